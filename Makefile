@@ -1,0 +1,47 @@
+# nixcomply's single entry point. `make demo` and `make test` each install what they need
+# (Debian packages when run as root, then a virtualenv in .venv) and are what CI runs.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PYTEST := $(BIN)/python -m pytest -c python/pyproject.toml --rootdir=.
+APT_PACKAGES := nix-bin libsystemd-dev pkg-config git
+
+.PHONY: all test lint demo render render-check deps system-deps bench clean
+
+all: test
+
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "missing Debian packages:$$missing (install them as root)"; exit 1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+$(VENV)/.installed: python/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e 'python[test,systemd]'
+	touch $@
+
+deps: system-deps $(VENV)/.installed
+
+# The test command (README, CI): unit tests, real-Nix and real-systemd integration tests,
+# linters (ruff, mypy --strict), render freshness and .nix parsing all run inside pytest.
+test: deps
+	$(PYTEST) tests
+
+lint: deps
+	$(PYTEST) tests/test_linters.py
+
+render: deps
+	$(BIN)/nixcomply render baseline/hipaa-v1.yaml -o modules/baselines/hipaa-v1.nix
+
+render-check: deps
+	$(BIN)/nixcomply render baseline/hipaa-v1.yaml -o modules/baselines/hipaa-v1.nix --check
+
+bench: deps
+	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .demo

@@ -1,0 +1,5 @@
+import sys
+
+from nixcomply.cli import main
+
+sys.exit(main())

@@ -1,0 +1,139 @@
+"""The ``nixcomply`` command line.
+
+Each area of nixcomply registers its verbs from a module in ``nixcomply.commands``; those
+modules only declare arguments and import the heavy machinery inside their handlers, so
+``nixcomply --version`` starts fast. ``main`` turns every deliberate error into a one-line
+message and an exit code (see ``nixcomply.errors``); ``--debug`` adds tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Final
+
+from nixcomply import __version__
+from nixcomply.errors import EXIT_INTERNAL, EXIT_USAGE, NixcomplyError
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[argparse.Namespace], int]
+
+# The verb groups, in the order `nixcomply --help` lists them.
+COMMAND_MODULES: Final = ("baseline",)
+
+
+def common_options() -> argparse.ArgumentParser:
+    """Options every verb accepts, before or after the verb name."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="log everything and show tracebacks",
+    )
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="log progress to stderr",
+    )
+    return common
+
+
+COMMON: Final = common_options()
+
+
+def add_verb(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    handler: Handler,
+    *,
+    help: str,
+    aliases: Sequence[str] = (),
+    description: str | None = None,
+) -> argparse.ArgumentParser:
+    """Add one verb with the common options; its handler returns the exit code."""
+    parser = subparsers.add_parser(
+        name,
+        help=help,
+        description=description or help,
+        aliases=list(aliases),
+        parents=[COMMON],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def add_group(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], name: str, *, help: str
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    """Add a verb that has verbs of its own (``nixcomply evidence verify``)."""
+    parser = subparsers.add_parser(name, help=help, description=help, parents=[COMMON])
+    parser.set_defaults(handler=_group_help(parser))
+    return parser.add_subparsers(title="commands", metavar="COMMAND")
+
+
+def _group_help(parser: argparse.ArgumentParser) -> Handler:
+    def show(_args: argparse.Namespace) -> int:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+
+    return show
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(
+        prog="nixcomply",
+        description="NixOS-native compliance: render baselines, reconcile hosts, keep signed evidence.",
+        parents=[COMMON],
+    )
+    parser.add_argument("--version", action="version", version=f"nixcomply {__version__}")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        module = importlib.import_module(f"nixcomply.commands.{name}")
+        module.register(subparsers)
+    return parser
+
+
+def setup_logging(*, debug: bool, verbose: bool) -> None:
+    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = bool(getattr(args, "debug", False))
+    setup_logging(debug=debug, verbose=bool(getattr(args, "verbose", False)))
+    handler: Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return handler(args)
+    except NixcomplyError as e:
+        if debug:
+            logger.exception("%s", type(e).__name__)
+        print(f"nixcomply: error: {e}", file=sys.stderr)
+        if e.hint:
+            print(f"nixcomply: hint: {e.hint}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("nixcomply: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if debug:
+            raise
+        print(
+            f"nixcomply: internal error: {type(e).__name__}: {e}\n"
+            "nixcomply: this is a bug; run again with --debug for a traceback and report it",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL

@@ -1,0 +1,146 @@
+"""The errors nixcomply raises on purpose.
+
+Every error a user can cause derives from :class:`NixcomplyError`. ``cli.main`` prints
+its message (and hint) on one line and exits with its ``exit_code``; a traceback is
+shown only with ``--debug``. Anything else that escapes is a bug in nixcomply and is
+reported as an internal error.
+
+Exit codes, shared by every verb:
+
+* 0: success;
+* 1: the job ran and found something wrong (tampered evidence, failed or reverted
+  reconcile, a failed external command);
+* 2: bad usage or bad input (a malformed file, a missing file, a wrong argument);
+* 3: success with warnings (for example an attestation that expired);
+* 75: temporarily unavailable (another reconciler holds the lock); retry later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Final
+
+EXIT_OK: Final = 0
+EXIT_FAILURE: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_WARNINGS: Final = 3
+EXIT_TEMPFAIL: Final = 75
+EXIT_INTERNAL: Final = 70
+
+
+class NixcomplyError(Exception):
+    """Base of every deliberate error. Raised nowhere directly; use a subclass."""
+
+    exit_code: ClassVar[int] = EXIT_FAILURE
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(NixcomplyError):
+    """Raised when command-line arguments are well formed but wrong (a flag combination,
+    an unknown id). Reported with exit code 2."""
+
+    exit_code = EXIT_USAGE
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with an input file: where (file, line, field) and what was expected."""
+
+    file: Path | None
+    line: int | None
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = ""
+        if self.file is not None:
+            where = f"{self.file}:{self.line}: " if self.line is not None else f"{self.file}: "
+        field = f"{self.field}: " if self.field else ""
+        return f"{where}{field}{self.message}"
+
+
+class InputError(NixcomplyError):
+    """Raised when a file the user gave (baseline, runbook, rule, keyring, config) cannot be
+    read or does not validate. Carries every problem found, each naming file, line and field.
+    Reported with exit code 2; nothing is written before the input is known to be good."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, problems: Sequence[Problem], *, hint: str | None = None) -> None:
+        self.problems = tuple(problems)
+        if len(self.problems) == 1:
+            message = str(self.problems[0])
+        else:
+            lines = [f"{len(self.problems)} problems:"]
+            lines.extend(f"  {p}" for p in self.problems)
+            message = "\n".join(lines)
+        super().__init__(message, hint=hint)
+
+    @classmethod
+    def single(
+        cls, file: Path | None, message: str, *, line: int | None = None, field: str = ""
+    ) -> InputError:
+        return cls([Problem(file=file, line=line, field=field, message=message)])
+
+
+class CommandError(NixcomplyError):
+    """Raised by ``nixcomply.process`` when an external command exits non-zero, cannot be
+    started, or times out. Carries the argv, the exit status and the captured stderr so the
+    report says exactly what ran and what it said."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        returncode: int | None,
+        stdout: str = "",
+        stderr: str = "",
+        reason: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.argv = tuple(argv)
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+        what = reason or f"exited with status {returncode}"
+        tail = stderr.strip().splitlines()[-5:]
+        detail = ("\n  " + "\n  ".join(tail)) if tail else ""
+        super().__init__(f"command {_show_argv(self.argv)} {what}{detail}", hint=hint)
+
+
+class CommandNotFoundError(CommandError):
+    """Raised when the program of an argv is not on PATH (or not executable). Usually a missing
+    dependency; the hint names the package."""
+
+    exit_code = EXIT_USAGE
+
+
+class CommandTimeoutError(CommandError):
+    """Raised when an external command runs longer than its timeout; it has been killed."""
+
+
+class VerificationError(NixcomplyError):
+    """Raised when evidence or a health gate does not verify: a bad signature, a broken chain,
+    a Merkle root that does not match. Exit code 1; the message names the first bad item."""
+
+
+class LockHeldError(NixcomplyError):
+    """Raised when another nixcomply process holds the state directory's lock. Exit code 75
+    (try again later); the message names the lock file and the holder's pid when known."""
+
+    exit_code = EXIT_TEMPFAIL
+
+
+def _show_argv(argv: Sequence[str]) -> str:
+    import shlex
+
+    return "'" + shlex.join(argv) + "'"
