@@ -1,0 +1,129 @@
+"""The only gateway to external commands.
+
+Every command nixcomply runs goes through :func:`run`: an argv list (never a shell), a
+timeout, output captured as text, the argv logged at debug level, and failures raised as
+:class:`~nixcomply.errors.CommandError` subclasses that carry the command and its stderr.
+Tests mock this one function (with ``autospec=True``) and assert the exact argv.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from nixcomply.errors import CommandError, CommandNotFoundError, CommandTimeoutError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = 600.0
+
+# What to install when a program is missing (Debian package names; on NixOS these come
+# with the system or with the nixcomply package).
+_PACKAGE_HINTS = {
+    "nix": "nix-bin",
+    "nix-env": "nix-bin",
+    "nix-store": "nix-bin",
+    "nix-instantiate": "nix-bin",
+    "git": "git",
+    "sshd": "openssh-server",
+    "systemctl": "systemd",
+    "journalctl": "systemd",
+}
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a finished command left behind."""
+
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+    duration: float
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+
+def run(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    check: bool = True,
+    timeout: float | None = DEFAULT_TIMEOUT,
+    env: Mapping[str, str] | None = None,
+    extra_env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    input: str | None = None,
+    allowed_returncodes: Sequence[int] = (0,),
+) -> Result:
+    """Run ``argv`` and return its :class:`Result`.
+
+    ``check=True`` raises :class:`CommandError` unless the exit status is in
+    ``allowed_returncodes``. ``env`` replaces the environment; ``extra_env`` adds to it.
+    A missing program raises :class:`CommandNotFoundError`; a timeout kills the command
+    and raises :class:`CommandTimeoutError`, whatever ``check`` says.
+    """
+    args = tuple(os.fspath(a) for a in argv)
+    if not args:
+        raise ValueError("empty argv")
+    full_env: dict[str, str] | None = None
+    if env is not None or extra_env is not None:
+        full_env = dict(os.environ if env is None else env)
+        full_env.update(extra_env or {})
+    logger.debug("$ %s", shlex.join(args))
+    start = time.monotonic()
+    try:
+        completed = subprocess.run(
+            args,
+            check=False,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=timeout,
+            env=full_env,
+            cwd=cwd,
+            input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
+        )
+    except FileNotFoundError:
+        package = _PACKAGE_HINTS.get(Path(args[0]).name)
+        raise CommandNotFoundError(
+            args,
+            returncode=None,
+            reason="could not be started: program not found",
+            hint=f"install {package}" if package else "check PATH",
+        ) from None
+    except PermissionError as e:
+        raise CommandError(args, returncode=None, reason=f"could not be started: {e.strerror}") from None
+    except subprocess.TimeoutExpired as e:
+        raise CommandTimeoutError(
+            args,
+            returncode=None,
+            stdout=_text(e.stdout),
+            stderr=_text(e.stderr),
+            reason=f"timed out after {timeout:g} s and was killed",
+        ) from None
+    result = Result(
+        argv=args,
+        returncode=completed.returncode,
+        stdout=completed.stdout,
+        stderr=completed.stderr,
+        duration=time.monotonic() - start,
+    )
+    logger.debug("exit %d after %.3f s: %s", result.returncode, result.duration, args[0])
+    if check and result.returncode not in allowed_returncodes:
+        raise CommandError(args, returncode=result.returncode, stdout=result.stdout, stderr=result.stderr)
+    return result
+
+
+def _text(data: bytes | str | None) -> str:
+    if data is None:
+        return ""
+    return data if isinstance(data, str) else data.decode("utf-8", "replace")
