@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from nixcomply.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
