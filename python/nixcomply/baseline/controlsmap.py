@@ -172,7 +172,9 @@ class MapRow(_Citation):
         _check_items(v, CONTROL_ID, None)
         coverage = info.data.get("coverage")
         if coverage in (Coverage.AUTOMATED, Coverage.PARTIAL) and not v:
-            raise ValueError(f"a {coverage} row names the baseline controls that implement it")
+            raise ValueError(
+                f"an automated or partial row names the baseline controls that implement it (coverage is {coverage})"
+            )
         return v
 
     @field_validator("checks")
@@ -184,6 +186,13 @@ class MapRow(_Citation):
             raise ValueError("an automated row names the runtime checks that verify it")
         if coverage is Coverage.ATTESTATION and v:
             raise ValueError("an attestation row is met by a signed statement, not by runtime checks")
+        return v
+
+    @field_validator("evidence")
+    @classmethod
+    def _evidence(cls, v: str) -> str:
+        if v != v.strip():
+            raise ValueError("has leading or trailing spaces")
         return v
 
     @property
