@@ -26,6 +26,19 @@ NIX_CONFIG = "\n".join(
 )
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark tests by the real components they need, from the fixtures they use, so the Nix
+    build sandbox (no nix store, no systemd) can deselect them: `-m "not nix and not systemd"`."""
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        if "nix_env" in names:
+            item.add_marker(pytest.mark.nix)
+        if "user_manager" in names:
+            item.add_marker(pytest.mark.systemd)
+        if item.path.name == "test_linters.py":
+            item.add_marker(pytest.mark.lint)
+
+
 @dataclass(frozen=True)
 class CliResult:
     code: int

@@ -17,7 +17,11 @@ BROKEN = {
     "broken-duplicate-id.yaml": (27, "controls[1].id", "duplicate control id 'ssh.password-auth-disabled'"),
     "broken-unknown-check.yaml": (37, "controls[1].verify.check", "unknown check 'backup_freshness'"),
     "broken-unknown-runbook.yaml": (38, "controls[1].remediation", "no runbook 'RB-BACKUP-999'"),
-    "broken-citation.yaml": (18, "controls[0].frameworks.hipaa", "'312(d)' is not a HIPAA Security Rule citation"),
+    "broken-citation.yaml": (
+        18,
+        "controls[0].frameworks.hipaa",
+        "'312(d)' is not a HIPAA Security Rule citation",
+    ),
     "broken-option-path.yaml": (
         24,
         "controls[0].nixos.services.openssh..settings.PasswordAuthentication",

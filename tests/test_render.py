@@ -38,7 +38,9 @@ def leaves(path: tuple[str, ...], value: Any) -> list[tuple[tuple[str, ...], str
     return [(path, json.dumps(value, sort_keys=True))]
 
 
-def expected_definitions(loaded: LoadedBaseline, release: str, *, root_on_luks: bool) -> dict[str, Counter[Any]]:
+def expected_definitions(
+    loaded: LoadedBaseline, release: str, *, root_on_luks: bool
+) -> dict[str, Counter[Any]]:
     target = releases.release(release)
     out: dict[str, Counter[Any]] = {}
     for control in loaded.baseline.controls:
@@ -148,9 +150,21 @@ def test_root_on_luks_assertion_fails_without_luks(tmp_path: Path, nix_env: dict
     module = rendered_file(tmp_path, loaded, "26.05")
     for fs, luks, holds in [
         ({"/": {"device": "/dev/sda2", "fsType": "ext4"}}, {}, False),
-        ({"/": {"device": "/dev/mapper/other", "fsType": "ext4"}}, {"cryptroot": {"device": "/dev/sda2"}}, False),
-        ({"/": {"device": "/dev/mapper/cryptroot", "fsType": "ext4"}}, {"cryptroot": {"device": "/dev/sda2"}}, True),
-        ({"/": {"device": "/dev/disk/by-label/nixos", "fsType": "ext4"}}, {"crypt": {"device": "/dev/sda2"}}, True),
+        (
+            {"/": {"device": "/dev/mapper/other", "fsType": "ext4"}},
+            {"cryptroot": {"device": "/dev/sda2"}},
+            False,
+        ),
+        (
+            {"/": {"device": "/dev/mapper/cryptroot", "fsType": "ext4"}},
+            {"cryptroot": {"device": "/dev/sda2"}},
+            True,
+        ),
+        (
+            {"/": {"device": "/dev/disk/by-label/nixos", "fsType": "ext4"}},
+            {"crypt": {"device": "/dev/sda2"}},
+            True,
+        ),
     ]:
         result = evaluate(module, "hipaa-v1", {"none": {}}, nix_env, fileSystems=fs, luksDevices=luks)
         asserted = [d["value"] for d in result["none"] if d["path"] == ["assertions"]]
@@ -171,7 +185,9 @@ def test_rendering_is_deterministic() -> None:
 @pytest.mark.parametrize("release", ["26.05", "unstable"])
 def test_rendered_module_parses(release: str, tmp_path: Path, nix_env: dict[str, str]) -> None:
     module = rendered_file(tmp_path, load_baseline(HIPAA, release=release), release)
-    r = subprocess.run(["nix-instantiate", "--parse", str(module)], capture_output=True, text=True, check=False)
+    r = subprocess.run(
+        ["nix-instantiate", "--parse", str(module)], capture_output=True, text=True, check=False
+    )
     assert r.returncode == 0, r.stderr
 
 
@@ -198,7 +214,7 @@ def test_check_detects_stale_output(cli, tmp_path: Path) -> None:  # type: ignor
 def test_render_to_stdout(cli) -> None:  # type: ignore[no-untyped-def]
     r = cli("render", MINIMAL)
     assert r.code == 0
-    assert "(lib.mkIf (active \"ssh.password-auth-disabled\") {" in r.out
+    assert '(lib.mkIf (active "ssh.password-auth-disabled") {' in r.out
 
 
 def test_check_without_output_is_usage_error(cli) -> None:  # type: ignore[no-untyped-def]

@@ -140,7 +140,9 @@ def problems_from_validation(error: pydantic.ValidationError, source: SourceMap)
     """
     import difflib
 
-    errors = [(tuple(p for p in e["loc"] if not _is_union_tag(p)), e) for e in error.errors(include_url=False)]
+    errors = [
+        (tuple(p for p in e["loc"] if not _is_union_tag(p)), e) for e in error.errors(include_url=False)
+    ]
     missing = {loc: e for loc, e in errors if e["type"] == "missing"}
     absorbed: set[Loc] = set()
     problems = []

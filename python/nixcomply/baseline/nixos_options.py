@@ -59,7 +59,7 @@ def lookup(release: str, path: tuple[str, ...]) -> OptionInfo | None:
 def describe(t: NixType) -> str:
     """A type written the way the NixOS manual writes it."""
     if isinstance(t, str):
-        return {"lines": "strings concatenated with \"\\n\"", "anything": "anything"}.get(t, t)
+        return {"lines": 'strings concatenated with "\\n"', "anything": "anything"}.get(t, t)
     ((kind, arg),) = t.items()
     if kind == "enum":
         return "one of " + ", ".join(json.dumps(v) for v in arg)

@@ -98,7 +98,9 @@ def spell(settings: Sequence[tuple[AttrPath, Any]], target: Release) -> dict[Att
             if isinstance(m, IniLines) and _starts_with(path, m.canonical):
                 rest = path[len(m.canonical) :]
                 if len(rest) != 1:
-                    raise ValueError(f"{'.'.join(path)}: expected exactly one key under {'.'.join(m.canonical)}")
+                    raise ValueError(
+                        f"{'.'.join(path)}: expected exactly one key under {'.'.join(m.canonical)}"
+                    )
                 lines.setdefault(m.option, []).append(f"{rest[0]}={ini_value(value)}")
                 break
         else:

@@ -96,7 +96,9 @@ def _render_control(control: Control, target: releases.Release) -> RenderedContr
         settings=tuple(
             sorted((format_attr_path(path), nix_value(value, indent=3)) for path, value in settings.items())
         ),
-        assertions=tuple((ASSERTION_EXPRESSIONS[r.assertion], nix_string(r.message)) for r in control.requires),
+        assertions=tuple(
+            (ASSERTION_EXPRESSIONS[r.assertion], nix_string(r.message)) for r in control.requires
+        ),
         manifest_entry=nix_value(manifest, indent=2),
     )
 

@@ -52,7 +52,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     validate.add_argument("--nixos-release", metavar="RELEASE", help="check option names of this release")
 
     controls = add_verb(
-        group, "controls", cmd_controls, help="list controls with their HIPAA, SOC 2, CIS v8 and NIST references"
+        group,
+        "controls",
+        cmd_controls,
+        help="list controls with their HIPAA, SOC 2, CIS v8 and NIST references",
     )
     _baseline_arg(controls)
     controls.add_argument("--json", action="store_true", help="machine-readable output")

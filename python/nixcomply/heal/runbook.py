@@ -105,7 +105,9 @@ class Runbook(BaseModel):
     severity: Severity
     description: str = Field(min_length=1)
     controls: list[str] = Field(default_factory=list, description="baseline control ids this runbook heals")
-    disruptive: bool = Field(default=False, description="interrupts service (waits for the maintenance window)")
+    disruptive: bool = Field(
+        default=False, description="interrupts service (waits for the maintenance window)"
+    )
     params: dict[str, ParamSpec] = Field(default_factory=dict)
     constraints: Constraints = Field(default_factory=Constraints)
     preconditions: list[Precondition] = Field(default_factory=list)
