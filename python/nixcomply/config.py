@@ -63,7 +63,7 @@ class MaintenanceWindow(BaseModel):
     start: time
     end: time
     days: list[Weekday] = Field(
-        default_factory=lambda: list(WEEKDAYS), description="days on which a window starts"
+        default_factory=lambda: list(WEEKDAYS), min_length=1, description="days on which a window starts"
     )
 
     @model_validator(mode="after")
