@@ -473,6 +473,8 @@ class Sandbox:
         for name, text in files.items():
             (flake / name).write_text(text)
         sandbox._git("init", "-q", "--initial-branch=main")
+        # a commit left behind by `parent=` (main moved elsewhere) stays buildable by revision
+        sandbox._git("config", "gc.auto", "0")
         sandbox._git("add", "-A")
         sandbox._git("commit", "-q", "-m", "sandbox host: flake skeleton, no generation yet")
         logger.info("created sandbox host %s in %s", host, dir)
