@@ -1,10 +1,10 @@
 """The shipped hipaa-v1 baseline is internally consistent and every option path it sets is one
 whose existence (and spelling per release) was verified against nixpkgs sources.
 
-`tests/data/nixos-options.json` records that verification: per release the option paths the
-renderer will emit, with their declared type and the source read; `renames` maps a canonical
-(unstable) path to its 26.05 spelling. A path in the baseline that is missing there has not
-been verified, and a wrong option name breaks every client's build.
+`python/nixcomply/baseline/data/nixos-options.json` records that verification: per release
+the option paths the renderer may emit, with their declared type and the source read;
+`nixcomply.baseline.releases` maps canonical paths to each release's spelling. A path that is
+missing there has not been verified, and a wrong option name breaks every client's build.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from nixcomply.yamlsource import load_model
 
 REPO: Final = Path(__file__).resolve().parent.parent
 BASELINE: Final = REPO / "baseline" / "hipaa-v1.yaml"
-OPTIONS: Final = REPO / "tests" / "data" / "nixos-options.json"
+OPTIONS: Final = REPO / "python" / "nixcomply" / "baseline" / "data" / "nixos-options.json"
 RUNBOOKS: Final = frozenset(
     {
         "RB-SERVICE-001",
@@ -49,10 +49,16 @@ def options() -> dict[str, Any]:
     return data
 
 
-def release_path(options: dict[str, Any], release: str, canonical: str) -> str:
-    """The option path the renderer must emit for `canonical` on `release`."""
-    rename = options["renames"].get(release, {}).get(canonical)
-    return canonical if rename is None else str(rename["to"])
+def emitted_paths(control_nixos: dict[str, Any], release: str) -> set[str]:
+    """Every option path the renderer can emit for these settings on `release` (both sides of
+    an option family whose spelling the evaluation decides)."""
+    from nixcomply.baseline import releases
+    from nixcomply.baseline.nixattr import format_attr_path, parse_attr_path
+
+    spelled = releases.spell(
+        [(parse_attr_path(p), v) for p, v in control_nixos.items()], releases.release(release)
+    )
+    return {format_attr_path(path) for variant in spelled.variants() for path in variant}
 
 
 def test_baseline_has_unique_controls(baseline: Baseline) -> None:
@@ -82,23 +88,8 @@ def test_every_option_path_is_verified_for_each_release(baseline: Baseline, opti
     for release in RELEASES:
         known = options["releases"][release]
         for control in baseline.controls:
-            for canonical in control.nixos:
-                emitted = release_path(options, release, canonical)
-                assert emitted in known, (
-                    f"{control.id}: {canonical} (emitted as {emitted} for {release}) "
-                    "is not in tests/data/nixos-options.json"
-                )
-
-
-def test_renames_point_to_verified_paths_of_their_release(options: dict[str, Any]) -> None:
-    for release, table in options["renames"].items():
-        for canonical, rename in table.items():
-            assert rename["kind"] in {"rename", "extraConfig-line"}, canonical
-            assert rename["to"] in options["releases"][release], canonical
-            assert canonical in options["releases"]["unstable"], canonical
-            assert canonical not in options["releases"][release], (
-                f"{canonical} is renamed for {release} but also listed as existing there"
-            )
+            for emitted in emitted_paths(dict(control.nixos), release):
+                assert emitted in known, f"{control.id}: {emitted} ({release}) is not in {OPTIONS.name}"
 
 
 def test_verified_entries_name_their_source(options: dict[str, Any]) -> None:
@@ -160,3 +151,4 @@ def test_data_file_is_valid_json_with_both_releases() -> None:
     data = json.loads(Path(OPTIONS).read_text(encoding="utf-8"))
     assert set(RELEASES) <= set(data["releases"])
     assert data["sources"], "sources read must be recorded"
+    assert "renames" not in data, "the release table lives in nixcomply.baseline.releases"

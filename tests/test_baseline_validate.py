@@ -30,7 +30,7 @@ BROKEN = {
     "broken-value-type.yaml": (
         24,
         "controls[0].nixos.services.openssh.settings.PasswordAuthentication",
-        'expected bool for services.openssh.settings.PasswordAuthentication, got "no"',
+        'expected null or bool for services.openssh.settings.PasswordAuthentication, got "no"',
     ),
     "broken-severity.yaml": (29, "controls[1].severity", "'critical', 'high', 'medium' or 'low'"),
     "broken-unknown-field.yaml": (38, "controls[1].remedation", "unknown field; did you mean 'remediation'?"),

@@ -39,13 +39,13 @@ def leaves(path: tuple[str, ...], value: Any) -> list[tuple[tuple[str, ...], str
 
 
 def expected_definitions(
-    loaded: LoadedBaseline, release: str, *, root_on_luks: bool
+    loaded: LoadedBaseline, release: str, *, root_on_luks: bool, structured: bool = True
 ) -> dict[str, Counter[Any]]:
     target = releases.release(release)
     out: dict[str, Counter[Any]] = {}
     for control in loaded.baseline.controls:
         defs: Counter[Any] = Counter()
-        for option, value in control_settings(control, target).items():
+        for option, value in control_settings(control, target).resolved(structured=structured).items():
             defs.update(leaves(option, value))
         if control.requires:
             asserted = [{"assertion": root_on_luks, "message": r.message} for r in control.requires]
@@ -99,20 +99,48 @@ def rendered_file(tmp_path: Path, loaded: LoadedBaseline, release: str) -> Path:
     return module
 
 
-ROUND_TRIPS = [(MINIMAL, "26.05"), (HIPAA, "26.05"), (HIPAA, "unstable")]
+def probed_options(release: str, *, structured: bool) -> dict[str, Any]:
+    """A stand-in for `options` in which the probed structured options exist, or not."""
+    options: dict[str, Any] = {}
+    if structured:
+        for mapping in releases.release(release).mappings:
+            if isinstance(mapping, releases.Detect):
+                node = options
+                for name in mapping.probe:
+                    node = node.setdefault(name, {})
+                node["_type"] = "option"
+    return options
 
 
-@pytest.mark.parametrize(("path", "release"), ROUND_TRIPS, ids=lambda x: getattr(x, "name", x))
-def test_round_trip_through_nix(path: Path, release: str, tmp_path: Path, nix_env: dict[str, str]) -> None:
-    """Every control's settings reach the evaluated module value for value; excepting a
-    control removes exactly its settings and records the exception in the manifest."""
+ROUND_TRIPS = [
+    (MINIMAL, "26.05", True),
+    (HIPAA, "26.05", True),
+    (HIPAA, "26.05", False),
+    (HIPAA, "unstable", True),
+    (HIPAA, "unstable", False),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "release", "structured"),
+    ROUND_TRIPS,
+    ids=[f"{p.stem}-{r}-{'structured' if s else 'fallback'}" for p, r, s in ROUND_TRIPS],
+)
+def test_round_trip_through_nix(
+    path: Path, release: str, structured: bool, tmp_path: Path, nix_env: dict[str, str]
+) -> None:
+    """Every control's settings reach the evaluated module value for value (on both sides of
+    an option family whose spelling the evaluation decides); excepting a control removes
+    exactly its settings and records the exception in the manifest."""
     loaded = load_baseline(path, release=release)
     module = rendered_file(tmp_path, loaded, release)
-    expected = expected_definitions(loaded, release, root_on_luks=True)
+    expected = expected_definitions(loaded, release, root_on_luks=True, structured=structured)
     ids = [c.id for c in loaded.baseline.controls]
     scenarios: dict[str, dict[str, Any]] = {"none": {}}
     scenarios.update({f"except-{i}": {cid: EXCEPTION} for i, cid in enumerate(ids)})
-    result = evaluate(module, loaded.baseline.id, scenarios, nix_env)
+    result = evaluate(
+        module, loaded.baseline.id, scenarios, nix_env, options=probed_options(release, structured=structured)
+    )
 
     everything, manifest = split(result["none"])
     assert everything == sum(expected.values(), Counter())
@@ -131,7 +159,10 @@ def test_round_trip_through_nix(path: Path, release: str, tmp_path: Path, nix_en
         assert entry.remediation == control.remediation
         assert entry.frameworks == control.frameworks.model_dump()
         assert entry.verify.model_dump() == control.verify.model_dump()
-        spelled = {".".join(p): v for p, v in control_settings(control, target).items()}
+        spelled = {
+            ".".join(p): v
+            for p, v in control_settings(control, target).resolved(structured=structured).items()
+        }
         assert {k.replace('"', ""): v for k, v in entry.settings.items()} == spelled
 
     for i, cid in enumerate(ids):

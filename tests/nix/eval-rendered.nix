@@ -13,6 +13,8 @@
   scenarios ? { none = { }; },
   fileSystems ? { "/" = { device = "/dev/mapper/cryptroot"; fsType = "ext4"; }; },
   luksDevices ? { cryptroot = { device = "/dev/disk/by-uuid/0000"; }; },
+  # stands in for the declared options the module probes (`options ? a.b.c`)
+  options ? { },
 }:
 let
   lib = {
@@ -44,6 +46,6 @@ let
         inherit fileSystems;
       };
     in
-    definitions [ ] (import module { inherit config lib; }).config;
+    definitions [ ] (import module { inherit config lib options; }).config;
 in
 builtins.mapAttrs (_: evaluate) scenarios

@@ -82,28 +82,30 @@ def _option_problems(baseline: Baseline, source: SourceMap, release_name: str) -
     target = releases.release(release_name)
     owners: dict[tuple[str, ...], tuple[str, Any]] = {}
     for i, control in enumerate(baseline.controls):
-        canonical = [(parse_attr_path(p), v) for p, v in control.nixos.items()]
-        for path, value in canonical:
-            loc = ("controls", i, "nixos", format_attr_path(path))
+        for path_text, value in control.nixos.items():
+            path = parse_attr_path(path_text)
+            loc = ("controls", i, "nixos", path_text)
             try:
-                spelled = releases.spell([(path, value)], target)
+                variants = releases.spell([(path, value)], target).variants()
             except ValueError as e:
                 yield source.problem(loc, str(e))
                 continue
-            for option, option_value in spelled.items():
-                why = nixos_options.check(release_name, option, option_value)
-                if why is not None:
-                    yield source.problem(loc, why)
-                    continue
-                if option in owners and not _merges(release_name, option):
-                    other, other_value = owners[option]
-                    if other_value != option_value:
-                        yield source.problem(
-                            loc,
-                            f"{control.id} and {other} give {format_attr_path(option)} different values "
-                            f"({json.dumps(option_value)} vs {json.dumps(other_value)}); they would collide",
-                        )
-                owners.setdefault(option, (control.id, option_value))
+            # where the evaluation decides the spelling, both spellings must be right
+            for variant in variants:
+                for option, option_value in variant.items():
+                    why = nixos_options.check(release_name, option, option_value)
+                    if why is not None:
+                        yield source.problem(loc, why)
+                        continue
+                    if option in owners and not _merges(release_name, option):
+                        other, other_value = owners[option]
+                        if other != control.id and other_value != option_value:
+                            yield source.problem(
+                                loc,
+                                f"{control.id} and {other} give {format_attr_path(option)} different values "
+                                f"({json.dumps(option_value)} vs {json.dumps(other_value)}); they would collide",
+                            )
+                    owners.setdefault(option, (control.id, option_value))
 
 
 def _merges(release: str, option: tuple[str, ...]) -> bool:

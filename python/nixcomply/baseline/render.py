@@ -35,6 +35,15 @@ ASSERTION_EXPRESSIONS: Final = {AssertionKind.ROOT_ON_LUKS: "rootOnLuks"}
 
 
 @dataclass(frozen=True)
+class Detected:
+    """Settings whose spelling the evaluation decides: ``options ? <probe>``."""
+
+    probe: str  # Nix expression, e.g. `options ? systemd.coredump.settings`
+    structured: tuple[tuple[str, str], ...]
+    fallback: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
 class RenderedControl:
     id: str
     title: str
@@ -44,8 +53,10 @@ class RenderedControl:
     check: str
     remediation: str
     settings: tuple[tuple[str, str], ...]  # (option path as Nix source, value as Nix source)
+    detected: Detected | None
     assertions: tuple[tuple[str, str], ...]  # (Nix expression, message as Nix string)
-    manifest_entry: str  # the control's static manifest attribute set, as Nix source
+    manifest_entry: str  # the control's manifest attribute set, as Nix source
+    manifest_settings: str  # its `settings` (target spelling), a Nix expression
 
 
 def _environment() -> jinja2.Environment:
@@ -70,21 +81,44 @@ def references(control: Control) -> str:
     return " · ".join(parts)
 
 
-def control_settings(control: Control, target: releases.Release) -> dict[tuple[str, ...], Any]:
+def control_settings(control: Control, target: releases.Release) -> releases.Spelled:
     canonical = [(parse_attr_path(p), v) for p, v in control.nixos.items()]
     return releases.spell(canonical, target)
 
 
+def _nix_settings(settings: dict[tuple[str, ...], Any], indent: int) -> tuple[tuple[str, str], ...]:
+    return tuple(
+        sorted((format_attr_path(path), nix_value(value, indent=indent)) for path, value in settings.items())
+    )
+
+
+def _manifest_settings(settings: dict[tuple[str, ...], Any]) -> dict[str, Any]:
+    return {format_attr_path(path): value for path, value in settings.items()}
+
+
 def _render_control(control: Control, target: releases.Release) -> RenderedControl:
-    settings = control_settings(control, target)
+    spelled = control_settings(control, target)
     manifest = {
         "title": control.title,
         "severity": control.severity.value,
         "frameworks": control.frameworks.model_dump(),
         "verify": control.verify.model_dump(),
         "remediation": control.remediation,
-        "settings": {format_attr_path(path): value for path, value in settings.items()},
     }
+    settings_expr = nix_value(_manifest_settings(spelled.settings), indent=3)
+    detected = None
+    if spelled.probe is not None:
+        probe = f"options ? {format_attr_path(spelled.probe)}"
+        detected = Detected(
+            probe=probe,
+            structured=_nix_settings(spelled.structured, 4),
+            fallback=_nix_settings(spelled.fallback, 4),
+        )
+        settings_expr = (
+            f"{settings_expr} // (if {probe} then "
+            f"{nix_value(_manifest_settings(spelled.structured), indent=3)} else "
+            f"{nix_value(_manifest_settings(spelled.fallback), indent=3)})"
+        )
     return RenderedControl(
         id=control.id,
         title=control.title,
@@ -93,13 +127,13 @@ def _render_control(control: Control, target: releases.Release) -> RenderedContr
         rationale_lines=tuple(textwrap.wrap(" ".join(control.rationale.split()), width=92)),
         check=control.verify.check,
         remediation=control.remediation,
-        settings=tuple(
-            sorted((format_attr_path(path), nix_value(value, indent=3)) for path, value in settings.items())
-        ),
+        settings=_nix_settings(spelled.settings, 3 if detected is None else 4),
+        detected=detected,
         assertions=tuple(
             (ASSERTION_EXPRESSIONS[r.assertion], nix_string(r.message)) for r in control.requires
         ),
         manifest_entry=nix_value(manifest, indent=2),
+        manifest_settings=settings_expr,
     )
 
 
