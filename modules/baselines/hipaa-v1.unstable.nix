@@ -28,7 +28,7 @@ let
     "ssh.password-auth-disabled" = {
       frameworks = {
         cis_v8 = [ "4.1" ];
-        hipaa = [ "164.312(d)" ];
+        hipaa = [ "164.308(a)(5)(ii)(D)" "164.312(d)" ];
         nist_800_53 = [ "IA-2" "IA-5" "AC-17" ];
         nist_csf = [ "PR.AA-03" ];
         soc2 = [ "CC6.1" ];
@@ -46,7 +46,7 @@ let
     "ssh.kbd-interactive-auth-disabled" = {
       frameworks = {
         cis_v8 = [ "4.1" ];
-        hipaa = [ "164.312(d)" ];
+        hipaa = [ "164.308(a)(5)(ii)(D)" "164.312(d)" ];
         nist_800_53 = [ "IA-2" "IA-5" "AC-17" ];
         nist_csf = [ "PR.AA-03" ];
         soc2 = [ "CC6.1" ];
@@ -64,7 +64,7 @@ let
     "ssh.root-login-disabled" = {
       frameworks = {
         cis_v8 = [ "4.7" "5.4" ];
-        hipaa = [ "164.312(a)(2)(i)" "164.312(d)" ];
+        hipaa = [ "164.312(a)(1)" "164.312(a)(2)(i)" "164.312(d)" ];
         nist_800_53 = [ "AC-6(2)" "IA-2" "AC-17" ];
         nist_csf = [ "PR.AA-05" ];
         soc2 = [ "CC6.1" "CC6.3" ];
@@ -137,7 +137,7 @@ let
     "ssh.strong-macs" = {
       frameworks = {
         cis_v8 = [ "3.10" ];
-        hipaa = [ "164.312(e)(2)(i)" "164.312(c)(1)" ];
+        hipaa = [ "164.312(c)(1)" "164.312(e)(1)" "164.312(e)(2)(i)" ];
         nist_800_53 = [ "SC-8(1)" "SC-13" ];
         nist_csf = [ "PR.DS-02" ];
         soc2 = [ "CC6.7" ];
@@ -204,7 +204,7 @@ let
     "ssh.login-grace-time" = {
       frameworks = {
         cis_v8 = [ "4.1" ];
-        hipaa = [ "164.312(a)(1)" ];
+        hipaa = [ "164.312(a)(1)" "164.312(d)" ];
         nist_800_53 = [ "AC-7" "SC-5" ];
         nist_csf = [ "PR.PS-01" ];
         soc2 = [ "CC6.6" ];
@@ -251,7 +251,7 @@ let
     "ssh.verbose-logging" = {
       frameworks = {
         cis_v8 = [ "8.2" "8.5" ];
-        hipaa = [ "164.312(b)" "164.308(a)(5)(ii)(C)" ];
+        hipaa = [ "164.308(a)(1)(ii)(D)" "164.308(a)(5)(ii)(C)" "164.312(b)" ];
         nist_800_53 = [ "AU-2" "AU-3" "AU-12" ];
         nist_csf = [ "PR.PS-04" "DE.CM-03" ];
         soc2 = [ "CC7.2" ];
@@ -284,7 +284,7 @@ let
     "audit.auditd-enabled" = {
       frameworks = {
         cis_v8 = [ "8.2" "8.5" ];
-        hipaa = [ "164.312(b)" ];
+        hipaa = [ "164.308(a)(1)(ii)(D)" "164.308(a)(5)(ii)(C)" "164.312(b)" ];
         nist_800_53 = [ "AU-2" "AU-12" ];
         nist_csf = [ "PR.PS-04" "DE.CM-09" ];
         soc2 = [ "CC7.2" ];
@@ -299,7 +299,7 @@ let
     "audit.identity-changes" = {
       frameworks = {
         cis_v8 = [ "8.5" ];
-        hipaa = [ "164.312(b)" "164.308(a)(4)(ii)(C)" ];
+        hipaa = [ "164.308(a)(4)(ii)(C)" "164.312(a)(2)(i)" "164.312(b)" ];
         nist_800_53 = [ "AU-2" "AU-12" "AC-2(4)" ];
         nist_csf = [ "DE.CM-03" "PR.PS-04" ];
         soc2 = [ "CC6.2" "CC7.2" ];
@@ -321,7 +321,7 @@ let
     "audit.sudoers-changes" = {
       frameworks = {
         cis_v8 = [ "8.5" ];
-        hipaa = [ "164.312(b)" "164.308(a)(4)(ii)(C)" ];
+        hipaa = [ "164.308(a)(4)(ii)(C)" "164.312(b)" ];
         nist_800_53 = [ "AU-2" "AU-12" "AC-6(9)" ];
         nist_csf = [ "DE.CM-03" ];
         soc2 = [ "CC6.3" "CC7.2" ];
@@ -336,7 +336,7 @@ let
     "audit.privileged-commands" = {
       frameworks = {
         cis_v8 = [ "5.4" "8.5" ];
-        hipaa = [ "164.312(b)" "164.308(a)(1)(ii)(D)" ];
+        hipaa = [ "164.308(a)(1)(ii)(D)" "164.312(b)" ];
         nist_800_53 = [ "AC-6(9)" "AU-2" "AU-12" ];
         nist_csf = [ "DE.CM-03" ];
         soc2 = [ "CC6.3" "CC7.2" ];
@@ -413,7 +413,7 @@ let
     "logging.journald-persistent" = {
       frameworks = {
         cis_v8 = [ "8.2" "8.3" ];
-        hipaa = [ "164.312(b)" ];
+        hipaa = [ "164.308(a)(1)(ii)(D)" "164.308(a)(5)(ii)(C)" "164.312(b)" ];
         nist_800_53 = [ "AU-4" "AU-11" ];
         nist_csf = [ "PR.PS-04" ];
         soc2 = [ "CC7.2" ];
@@ -428,7 +428,7 @@ let
     "logging.journald-retention" = {
       frameworks = {
         cis_v8 = [ "8.3" "8.10" ];
-        hipaa = [ "164.312(b)" "164.308(a)(1)(ii)(D)" ];
+        hipaa = [ "164.308(a)(1)(ii)(D)" "164.312(b)" ];
         nist_800_53 = [ "AU-4" "AU-11" ];
         nist_csf = [ "PR.PS-04" ];
         soc2 = [ "CC7.2" ];
@@ -458,7 +458,7 @@ let
     "logging.continuity" = {
       frameworks = {
         cis_v8 = [ "8.2" ];
-        hipaa = [ "164.312(b)" ];
+        hipaa = [ "164.308(a)(1)(ii)(D)" "164.308(a)(6)(ii)" "164.312(b)" ];
         nist_800_53 = [ "AU-5" "AU-12" ];
         nist_csf = [ "DE.CM-09" ];
         soc2 = [ "CC7.2" ];
@@ -509,7 +509,7 @@ let
     "network.firewall-log-refused" = {
       frameworks = {
         cis_v8 = [ "8.2" ];
-        hipaa = [ "164.312(b)" "164.308(a)(1)(ii)(D)" ];
+        hipaa = [ "164.308(a)(1)(ii)(D)" "164.312(b)" ];
         nist_800_53 = [ "AU-12" "SI-4" ];
         nist_csf = [ "DE.CM-01" ];
         soc2 = [ "CC7.2" ];
@@ -524,7 +524,7 @@ let
     "network.tcp-syncookies" = {
       frameworks = {
         cis_v8 = [ "4.1" ];
-        hipaa = [ "164.308(a)(1)(ii)(B)" ];
+        hipaa = [ "164.308(a)(1)(ii)(B)" "164.312(e)(1)" ];
         nist_800_53 = [ "SC-5" ];
         nist_csf = [ "PR.IR-01" ];
         soc2 = [ "CC6.6" ];
@@ -539,7 +539,7 @@ let
     "network.rp-filter" = {
       frameworks = {
         cis_v8 = [ "4.1" ];
-        hipaa = [ "164.308(a)(1)(ii)(B)" ];
+        hipaa = [ "164.308(a)(1)(ii)(B)" "164.312(e)(1)" ];
         nist_800_53 = [ "SC-7" ];
         nist_csf = [ "PR.IR-01" ];
         soc2 = [ "CC6.6" ];
@@ -627,7 +627,12 @@ let
     "encryption.root-on-luks" = {
       frameworks = {
         cis_v8 = [ "3.6" "3.11" ];
-        hipaa = [ "164.312(a)(2)(iv)" "164.310(d)(1)" ];
+        hipaa = [
+          "164.310(d)(1)"
+          "164.310(d)(2)(i)"
+          "164.310(d)(2)(ii)"
+          "164.312(a)(2)(iv)"
+        ];
         nist_800_53 = [ "SC-28" "SC-28(1)" ];
         nist_csf = [ "PR.DS-01" ];
         soc2 = [ "CC6.1" "CC6.7" ];
@@ -642,7 +647,7 @@ let
     "access.sudo-wheel-password" = {
       frameworks = {
         cis_v8 = [ "5.4" ];
-        hipaa = [ "164.312(d)" "164.312(a)(1)" ];
+        hipaa = [ "164.312(a)(1)" "164.312(d)" ];
         nist_800_53 = [ "AC-6" "IA-11" ];
         nist_csf = [ "PR.AA-03" "PR.AA-05" ];
         soc2 = [ "CC6.1" "CC6.3" ];
@@ -657,7 +662,7 @@ let
     "access.sudo-exec-wheel-only" = {
       frameworks = {
         cis_v8 = [ "5.4" ];
-        hipaa = [ "164.312(a)(1)" ];
+        hipaa = [ "164.308(a)(4)(ii)(C)" "164.312(a)(1)" ];
         nist_800_53 = [ "AC-6" "AC-6(10)" ];
         nist_csf = [ "PR.AA-05" ];
         soc2 = [ "CC6.3" ];
@@ -690,7 +695,7 @@ let
     "access.immutable-users" = {
       frameworks = {
         cis_v8 = [ "5.1" "6.1" "6.2" ];
-        hipaa = [ "164.308(a)(4)(ii)(C)" "164.312(a)(2)(i)" ];
+        hipaa = [ "164.308(a)(3)(ii)(C)" "164.308(a)(4)(ii)(C)" "164.312(a)(2)(i)" ];
         nist_800_53 = [ "AC-2" "CM-5" ];
         nist_csf = [ "PR.AA-01" ];
         soc2 = [ "CC6.2" ];
@@ -725,7 +730,7 @@ let
     "kernel.kptr-restrict" = {
       frameworks = {
         cis_v8 = [ "4.1" "10.5" ];
-        hipaa = [ "164.308(a)(1)(ii)(B)" ];
+        hipaa = [ "164.308(a)(1)(ii)(B)" "164.312(a)(1)" ];
         nist_800_53 = [ "CM-6" "SI-16" ];
         nist_csf = [ "PR.PS-01" ];
         soc2 = [ "CC6.8" ];
@@ -740,7 +745,7 @@ let
     "kernel.dmesg-restrict" = {
       frameworks = {
         cis_v8 = [ "4.1" "10.5" ];
-        hipaa = [ "164.308(a)(1)(ii)(B)" ];
+        hipaa = [ "164.308(a)(1)(ii)(B)" "164.312(a)(1)" ];
         nist_800_53 = [ "CM-6" "SI-11" ];
         nist_csf = [ "PR.PS-01" ];
         soc2 = [ "CC6.8" ];
@@ -755,7 +760,7 @@ let
     "kernel.aslr" = {
       frameworks = {
         cis_v8 = [ "10.5" ];
-        hipaa = [ "164.308(a)(1)(ii)(B)" ];
+        hipaa = [ "164.308(a)(1)(ii)(B)" "164.308(a)(5)(ii)(B)" ];
         nist_800_53 = [ "SI-16" ];
         nist_csf = [ "PR.PS-01" ];
         soc2 = [ "CC6.8" ];
@@ -770,7 +775,7 @@ let
     "devices.usb-storage-blocked" = {
       frameworks = {
         cis_v8 = [ "4.1" ];
-        hipaa = [ "164.310(d)(1)" "164.308(a)(1)(ii)(B)" ];
+        hipaa = [ "164.308(a)(1)(ii)(B)" "164.310(d)(1)" ];
         nist_800_53 = [ "MP-7" ];
         nist_csf = [ "PR.DS-01" "PR.PS-01" ];
         soc2 = [ "CC6.7" ];
@@ -794,7 +799,7 @@ let
     "system.coredumps-disabled" = {
       frameworks = {
         cis_v8 = [ "4.1" ];
-        hipaa = [ "164.312(a)(1)" "164.308(a)(1)(ii)(B)" ];
+        hipaa = [ "164.308(a)(1)(ii)(B)" "164.312(a)(1)" ];
         nist_800_53 = [ "CM-6" ];
         nist_csf = [ "PR.DS-10" ];
         soc2 = [ "CC6.1" ];
@@ -814,7 +819,7 @@ let
     "nix.allowed-users" = {
       frameworks = {
         cis_v8 = [ "4.1" ];
-        hipaa = [ "164.312(a)(1)" "164.308(a)(1)(ii)(B)" ];
+        hipaa = [ "164.308(a)(1)(ii)(B)" "164.312(a)(1)" ];
         nist_800_53 = [ "AC-6" "CM-11" ];
         nist_csf = [ "PR.PS-05" ];
         soc2 = [ "CC6.3" "CC8.1" ];
@@ -829,7 +834,7 @@ let
     "nix.require-sigs" = {
       frameworks = {
         cis_v8 = [ "4.1" ];
-        hipaa = [ "164.312(c)(1)" "164.308(a)(5)(ii)(B)" ];
+        hipaa = [ "164.308(a)(5)(ii)(B)" "164.312(c)(1)" ];
         nist_800_53 = [ "SI-7" "CM-14" ];
         nist_csf = [ "PR.PS-05" "ID.RA-09" ];
         soc2 = [ "CC6.8" "CC8.1" ];
@@ -881,7 +886,7 @@ let
     "backup.policy" = {
       frameworks = {
         cis_v8 = [ "11.2" ];
-        hipaa = [ "164.308(a)(7)(ii)(A)" "164.310(d)(2)(iv)" ];
+        hipaa = [ "164.308(a)(7)(ii)(A)" "164.310(d)(2)(iv)" "164.312(c)(1)" ];
         nist_800_53 = [ "CP-9" ];
         nist_csf = [ "PR.DS-11" ];
         soc2 = [ "A1.2" ];
@@ -896,7 +901,7 @@ let
     "backup.restore-tested" = {
       frameworks = {
         cis_v8 = [ "11.5" ];
-        hipaa = [ "164.308(a)(7)(ii)(D)" "164.308(a)(7)(ii)(B)" ];
+        hipaa = [ "164.308(a)(7)(ii)(A)" "164.308(a)(7)(ii)(B)" "164.308(a)(7)(ii)(D)" ];
         nist_800_53 = [ "CP-9(1)" "CP-10" ];
         nist_csf = [ "PR.DS-11" "RC.RP-03" ];
         soc2 = [ "A1.3" ];
@@ -926,7 +931,14 @@ let
     "system.generation-approved" = {
       frameworks = {
         cis_v8 = [ "4.1" ];
-        hipaa = [ "164.308(a)(1)(ii)(B)" "164.312(c)(1)" ];
+        hipaa = [
+          "164.308(a)(1)(ii)(B)"
+          "164.308(a)(3)(ii)(C)"
+          "164.308(a)(4)(ii)(C)"
+          "164.308(a)(6)(ii)"
+          "164.308(a)(7)(ii)(B)"
+          "164.312(c)(1)"
+        ];
         nist_800_53 = [ "CM-2" "CM-3" "CM-6" ];
         nist_csf = [ "PR.PS-01" ];
         soc2 = [ "CC7.1" "CC8.1" ];
@@ -956,7 +968,7 @@ let
     "compliance.exceptions-current" = {
       frameworks = {
         cis_v8 = [ "4.1" ];
-        hipaa = [ "164.308(a)(8)" "164.316(b)(2)(iii)" ];
+        hipaa = [ "164.308(a)(1)(ii)(B)" "164.308(a)(8)" "164.316(b)(2)(iii)" ];
         nist_800_53 = [ "CA-5" "CA-7" ];
         nist_csf = [ "ID.RA-07" ];
         soc2 = [ "CC4.1" ];
@@ -977,7 +989,7 @@ let
       id = "hipaa-v1";
       version = 1;
       title = "HIPAA Security Rule baseline for NixOS hosts that store or process ePHI";
-      digest = "sha256:505828d8f822624755099191dc592e320a3195d37b76f4e0110717d7de8452e8";
+      digest = "sha256:b59342ce952f33a5749bb4248af731c2919524f056de4ef7698c011a09b98f1e";
     };
     nixos_release = "unstable";
     parameters = {
@@ -1014,7 +1026,7 @@ in
     })
 
     # ssh.password-auth-disabled: SSH password authentication is disabled [critical]
-    # HIPAA 164.312(d) · SOC 2 CC6.1 · CIS v8 4.1 · NIST 800-53 IA-2, IA-5, AC-17 · NIST CSF PR.AA-03
+    # HIPAA 164.308(a)(5)(ii)(D), 164.312(d) · SOC 2 CC6.1 · CIS v8 4.1 · NIST 800-53 IA-2, IA-5, AC-17 · NIST CSF PR.AA-03
     # Passwords sent to an internet-facing SSH server can be guessed, sprayed or phished; keys
     # cannot. Administrators log in with keys, so a stolen or weak password does not open the
     # host.
@@ -1024,7 +1036,7 @@ in
     })
 
     # ssh.kbd-interactive-auth-disabled: SSH keyboard-interactive authentication is disabled [high]
-    # HIPAA 164.312(d) · SOC 2 CC6.1 · CIS v8 4.1 · NIST 800-53 IA-2, IA-5, AC-17 · NIST CSF PR.AA-03
+    # HIPAA 164.308(a)(5)(ii)(D), 164.312(d) · SOC 2 CC6.1 · CIS v8 4.1 · NIST 800-53 IA-2, IA-5, AC-17 · NIST CSF PR.AA-03
     # Keyboard-interactive authentication hands the login to PAM, which asks for the account
     # password; leaving it on re-opens password login even when PasswordAuthentication is off.
     # Verified by the `sshd_effective` check; remediation RB-DRIFT-001.
@@ -1033,7 +1045,7 @@ in
     })
 
     # ssh.root-login-disabled: Root cannot log in over SSH [high]
-    # HIPAA 164.312(a)(2)(i), 164.312(d) · SOC 2 CC6.1, CC6.3 · CIS v8 4.7, 5.4 · NIST 800-53 AC-6(2), IA-2, AC-17 · NIST CSF PR.AA-05
+    # HIPAA 164.312(a)(1), 164.312(a)(2)(i), 164.312(d) · SOC 2 CC6.1, CC6.3 · CIS v8 4.7, 5.4 · NIST 800-53 AC-6(2), IA-2, AC-17 · NIST CSF PR.AA-05
     # A login as root is not attributable to a person. Administrators log in with their own
     # account and escalate with sudo, so every privileged action is tied to a unique user.
     # Verified by the `sshd_effective` check; remediation RB-DRIFT-001.
@@ -1076,7 +1088,7 @@ in
     })
 
     # ssh.strong-macs: SSH uses encrypt-then-MAC integrity algorithms only [high]
-    # HIPAA 164.312(e)(2)(i), 164.312(c)(1) · SOC 2 CC6.7 · CIS v8 3.10 · NIST 800-53 SC-8(1), SC-13 · NIST CSF PR.DS-02
+    # HIPAA 164.312(c)(1), 164.312(e)(1), 164.312(e)(2)(i) · SOC 2 CC6.7 · CIS v8 3.10 · NIST 800-53 SC-8(1), SC-13 · NIST CSF PR.DS-02
     # Message authentication keeps data in transit from being altered unnoticed. Only encrypt-
     # then-MAC variants of SHA-2 and UMAC are offered; MD5 and SHA-1 MACs are refused.
     # Verified by the `sshd_effective` check; remediation RB-DRIFT-001.
@@ -1110,7 +1122,7 @@ in
     })
 
     # ssh.login-grace-time: Unauthenticated SSH connections are closed after 60 seconds [low]
-    # HIPAA 164.312(a)(1) · SOC 2 CC6.6 · CIS v8 4.1 · NIST 800-53 AC-7, SC-5 · NIST CSF PR.PS-01
+    # HIPAA 164.312(a)(1), 164.312(d) · SOC 2 CC6.6 · CIS v8 4.1 · NIST 800-53 AC-7, SC-5 · NIST CSF PR.PS-01
     # Half-open logins hold server slots; a short grace time keeps a flood of slow connections
     # from locking administrators out.
     # Verified by the `sshd_effective` check; remediation RB-DRIFT-001.
@@ -1133,7 +1145,7 @@ in
     })
 
     # ssh.verbose-logging: SSH logs at VERBOSE level, including the key used to log in [medium]
-    # HIPAA 164.312(b), 164.308(a)(5)(ii)(C) · SOC 2 CC7.2 · CIS v8 8.2, 8.5 · NIST 800-53 AU-2, AU-3, AU-12 · NIST CSF PR.PS-04, DE.CM-03
+    # HIPAA 164.308(a)(1)(ii)(D), 164.308(a)(5)(ii)(C), 164.312(b) · SOC 2 CC7.2 · CIS v8 8.2, 8.5 · NIST 800-53 AU-2, AU-3, AU-12 · NIST CSF PR.PS-04, DE.CM-03
     # At VERBOSE sshd records the fingerprint of the key that authenticated each login, so the
     # audit trail shows which person's key was used, not only which account.
     # Verified by the `sshd_effective` check; remediation RB-DRIFT-001.
@@ -1152,7 +1164,7 @@ in
     })
 
     # audit.auditd-enabled: The kernel audit subsystem and auditd are running [critical]
-    # HIPAA 164.312(b) · SOC 2 CC7.2 · CIS v8 8.2, 8.5 · NIST 800-53 AU-2, AU-12 · NIST CSF PR.PS-04, DE.CM-09
+    # HIPAA 164.308(a)(1)(ii)(D), 164.308(a)(5)(ii)(C), 164.312(b) · SOC 2 CC7.2 · CIS v8 8.2, 8.5 · NIST 800-53 AU-2, AU-12 · NIST CSF PR.PS-04, DE.CM-09
     # HIPAA requires mechanisms that record and examine activity on systems holding ePHI. The
     # kernel audit subsystem records security-relevant events from boot on, and auditd writes them
     # to /var/log/audit.
@@ -1163,7 +1175,7 @@ in
     })
 
     # audit.identity-changes: Changes to account and group databases are audited [high]
-    # HIPAA 164.312(b), 164.308(a)(4)(ii)(C) · SOC 2 CC6.2, CC7.2 · CIS v8 8.5 · NIST 800-53 AU-2, AU-12, AC-2(4) · NIST CSF DE.CM-03, PR.PS-04
+    # HIPAA 164.308(a)(4)(ii)(C), 164.312(a)(2)(i), 164.312(b) · SOC 2 CC6.2, CC7.2 · CIS v8 8.5 · NIST 800-53 AU-2, AU-12, AC-2(4) · NIST CSF DE.CM-03, PR.PS-04
     # A new account, changed group membership or replaced password hash is how access is granted;
     # recording every write to passwd, group, shadow and gshadow shows who changed access and
     # when.
@@ -1178,7 +1190,7 @@ in
     })
 
     # audit.sudoers-changes: Changes to the sudo policy are audited [high]
-    # HIPAA 164.312(b), 164.308(a)(4)(ii)(C) · SOC 2 CC6.3, CC7.2 · CIS v8 8.5 · NIST 800-53 AU-2, AU-12, AC-6(9) · NIST CSF DE.CM-03
+    # HIPAA 164.308(a)(4)(ii)(C), 164.312(b) · SOC 2 CC6.3, CC7.2 · CIS v8 8.5 · NIST 800-53 AU-2, AU-12, AC-6(9) · NIST CSF DE.CM-03
     # Whoever can edit the sudoers file can become root; every write to it is recorded so an
     # unapproved privilege grant is visible.
     # Verified by the `audit_rules` check; remediation RB-DRIFT-001.
@@ -1187,7 +1199,7 @@ in
     })
 
     # audit.privileged-commands: Execution of setuid-root programs (sudo, su, passwd ...) is audited [high]
-    # HIPAA 164.312(b), 164.308(a)(1)(ii)(D) · SOC 2 CC6.3, CC7.2 · CIS v8 5.4, 8.5 · NIST 800-53 AC-6(9), AU-2, AU-12 · NIST CSF DE.CM-03
+    # HIPAA 164.308(a)(1)(ii)(D), 164.312(b) · SOC 2 CC6.3, CC7.2 · CIS v8 5.4, 8.5 · NIST 800-53 AC-6(9), AU-2, AU-12 · NIST CSF DE.CM-03
     # Privilege elevation by a logged-in person is the most sensitive event on a host. On NixOS
     # the setuid wrappers in /run/wrappers/bin are recreated in a new directory on every switch,
     # so a path-based rule would silently go stale; this rule matches any execve that gains root
@@ -1236,7 +1248,7 @@ in
     })
 
     # logging.journald-persistent: The system journal is stored on disk and survives reboots [high]
-    # HIPAA 164.312(b) · SOC 2 CC7.2 · CIS v8 8.2, 8.3 · NIST 800-53 AU-4, AU-11 · NIST CSF PR.PS-04
+    # HIPAA 164.308(a)(1)(ii)(D), 164.308(a)(5)(ii)(C), 164.312(b) · SOC 2 CC7.2 · CIS v8 8.2, 8.3 · NIST 800-53 AU-4, AU-11 · NIST CSF PR.PS-04
     # A journal kept only in memory is lost on reboot or crash, exactly when it is needed to
     # investigate. Persistent storage keeps sshd, sudo and kernel logs as evidence.
     # Verified by the `journald_config` check; remediation RB-DRIFT-001.
@@ -1256,7 +1268,7 @@ in
     ]))
 
     # logging.journald-retention: The journal keeps up to a year of logs within a bounded size [medium]
-    # HIPAA 164.312(b), 164.308(a)(1)(ii)(D) · SOC 2 CC7.2 · CIS v8 8.3, 8.10 · NIST 800-53 AU-4, AU-11 · NIST CSF PR.PS-04
+    # HIPAA 164.308(a)(1)(ii)(D), 164.312(b) · SOC 2 CC7.2 · CIS v8 8.3, 8.10 · NIST 800-53 AU-4, AU-11 · NIST CSF PR.PS-04
     # Logs must last long enough to investigate an incident (CIS asks for at least 90 days)
     # without filling the disk and stopping services. The local journal keeps at most one year in
     # at most 4 GiB and always leaves 2 GiB free; longer retention is the job of the central log
@@ -1281,7 +1293,7 @@ in
     ]))
 
     # logging.continuity: Logging works end to end [high]
-    # HIPAA 164.312(b) · SOC 2 CC7.2 · CIS v8 8.2 · NIST 800-53 AU-5, AU-12 · NIST CSF DE.CM-09
+    # HIPAA 164.308(a)(1)(ii)(D), 164.308(a)(6)(ii), 164.312(b) · SOC 2 CC7.2 · CIS v8 8.2 · NIST 800-53 AU-5, AU-12 · NIST CSF DE.CM-09
     # A configured logger that silently stopped writing is worse than none because it looks fine.
     # A canary message is written and read back, and journald and auditd are checked to be active.
     # Verified by the `logging` check; remediation RB-SERVICE-001.
@@ -1310,7 +1322,7 @@ in
     })
 
     # network.firewall-log-refused: Refused inbound connections are logged [medium]
-    # HIPAA 164.312(b), 164.308(a)(1)(ii)(D) · SOC 2 CC7.2 · CIS v8 8.2 · NIST 800-53 AU-12, SI-4 · NIST CSF DE.CM-01
+    # HIPAA 164.308(a)(1)(ii)(D), 164.312(b) · SOC 2 CC7.2 · CIS v8 8.2 · NIST 800-53 AU-12, SI-4 · NIST CSF DE.CM-01
     # Connection attempts the firewall refuses are the first trace of scanning and attacks;
     # logging them gives the reviewer of information system activity something to review.
     # Verified by the `firewall` check; remediation RB-FIREWALL-001.
@@ -1319,7 +1331,7 @@ in
     })
 
     # network.tcp-syncookies: TCP SYN cookies are enabled [low]
-    # HIPAA 164.308(a)(1)(ii)(B) · SOC 2 CC6.6 · CIS v8 4.1 · NIST 800-53 SC-5 · NIST CSF PR.IR-01
+    # HIPAA 164.308(a)(1)(ii)(B), 164.312(e)(1) · SOC 2 CC6.6 · CIS v8 4.1 · NIST 800-53 SC-5 · NIST CSF PR.IR-01
     # SYN cookies keep the host reachable during a SYN flood, protecting the availability of the
     # services that give clinicians access to ePHI.
     # Verified by the `sysctl` check; remediation RB-DRIFT-001.
@@ -1328,7 +1340,7 @@ in
     })
 
     # network.rp-filter: Strict reverse-path filtering is enabled [low]
-    # HIPAA 164.308(a)(1)(ii)(B) · SOC 2 CC6.6 · CIS v8 4.1 · NIST 800-53 SC-7 · NIST CSF PR.IR-01
+    # HIPAA 164.308(a)(1)(ii)(B), 164.312(e)(1) · SOC 2 CC6.6 · CIS v8 4.1 · NIST 800-53 SC-7 · NIST CSF PR.IR-01
     # Packets whose source address could not be answered through the interface they arrived on are
     # spoofed; dropping them blocks a class of spoofing attacks. (The NixOS firewall also filters
     # reverse paths in nftables by default.)
@@ -1367,7 +1379,7 @@ in
     })
 
     # encryption.root-on-luks: The root file system is encrypted with LUKS [critical]
-    # HIPAA 164.312(a)(2)(iv), 164.310(d)(1) · SOC 2 CC6.1, CC6.7 · CIS v8 3.6, 3.11 · NIST 800-53 SC-28, SC-28(1) · NIST CSF PR.DS-01
+    # HIPAA 164.310(d)(1), 164.310(d)(2)(i), 164.310(d)(2)(ii), 164.312(a)(2)(iv) · SOC 2 CC6.1, CC6.7 · CIS v8 3.6, 3.11 · NIST 800-53 SC-28, SC-28(1) · NIST CSF PR.DS-01
     # A lost, stolen or discarded disk must not expose ePHI; encrypted media also fall under
     # HIPAA's breach safe harbour. The build fails unless the root file system sits on a LUKS
     # device, and the running host is checked with lsblk and cryptsetup.
@@ -1382,7 +1394,7 @@ in
     })
 
     # access.sudo-wheel-password: sudo asks wheel members for their password [high]
-    # HIPAA 164.312(d), 164.312(a)(1) · SOC 2 CC6.1, CC6.3 · CIS v8 5.4 · NIST 800-53 AC-6, IA-11 · NIST CSF PR.AA-03, PR.AA-05
+    # HIPAA 164.312(a)(1), 164.312(d) · SOC 2 CC6.1, CC6.3 · CIS v8 5.4 · NIST 800-53 AC-6, IA-11 · NIST CSF PR.AA-03, PR.AA-05
     # Re-authenticating before acting as root means an unlocked session or a stolen SSH key alone
     # is not enough to take over the host.
     # Verified by the `sudo_config` check; remediation RB-DRIFT-001.
@@ -1391,7 +1403,7 @@ in
     })
 
     # access.sudo-exec-wheel-only: Only wheel members can execute sudo at all [medium]
-    # HIPAA 164.312(a)(1) · SOC 2 CC6.3 · CIS v8 5.4 · NIST 800-53 AC-6, AC-6(10) · NIST CSF PR.AA-05
+    # HIPAA 164.308(a)(4)(ii)(C), 164.312(a)(1) · SOC 2 CC6.3 · CIS v8 5.4 · NIST 800-53 AC-6, AC-6(10) · NIST CSF PR.AA-05
     # Removing execute permission on sudo for everyone outside wheel means a flaw in sudo itself
     # (like CVE-2021-3156) cannot be used by ordinary or service accounts.
     # Verified by the `sudo_config` check; remediation RB-DRIFT-001.
@@ -1409,7 +1421,7 @@ in
     })
 
     # access.immutable-users: User accounts are defined only in the reviewed configuration [high]
-    # HIPAA 164.308(a)(4)(ii)(C), 164.312(a)(2)(i) · SOC 2 CC6.2 · CIS v8 5.1, 6.1, 6.2 · NIST 800-53 AC-2, CM-5 · NIST CSF PR.AA-01
+    # HIPAA 164.308(a)(3)(ii)(C), 164.308(a)(4)(ii)(C), 164.312(a)(2)(i) · SOC 2 CC6.2 · CIS v8 5.1, 6.1, 6.2 · NIST 800-53 AC-2, CM-5 · NIST CSF PR.AA-01
     # With mutable users off, accounts, groups and password hashes come only from the approved
     # NixOS configuration; useradd or passwd changes do not survive the next switch, so every
     # grant of access goes through review. Password hashes must then be declared
@@ -1429,7 +1441,7 @@ in
     })
 
     # kernel.kptr-restrict: Kernel pointer addresses are hidden from all users [medium]
-    # HIPAA 164.308(a)(1)(ii)(B) · SOC 2 CC6.8 · CIS v8 4.1, 10.5 · NIST 800-53 CM-6, SI-16 · NIST CSF PR.PS-01
+    # HIPAA 164.308(a)(1)(ii)(B), 164.312(a)(1) · SOC 2 CC6.8 · CIS v8 4.1, 10.5 · NIST 800-53 CM-6, SI-16 · NIST CSF PR.PS-01
     # Kernel addresses in /proc help an attacker turn a local bug into root; hiding them even from
     # privileged processes (value 2) removes that help.
     # Verified by the `sysctl` check; remediation RB-DRIFT-001.
@@ -1438,7 +1450,7 @@ in
     })
 
     # kernel.dmesg-restrict: Only privileged users can read the kernel log [medium]
-    # HIPAA 164.308(a)(1)(ii)(B) · SOC 2 CC6.8 · CIS v8 4.1, 10.5 · NIST 800-53 CM-6, SI-11 · NIST CSF PR.PS-01
+    # HIPAA 164.308(a)(1)(ii)(B), 164.312(a)(1) · SOC 2 CC6.8 · CIS v8 4.1, 10.5 · NIST 800-53 CM-6, SI-11 · NIST CSF PR.PS-01
     # The kernel ring buffer leaks addresses and hardware details useful for exploits, and can
     # contain fragments of sensitive data; unprivileged users do not need it.
     # Verified by the `sysctl` check; remediation RB-DRIFT-001.
@@ -1447,7 +1459,7 @@ in
     })
 
     # kernel.aslr: Full address space layout randomisation is on [medium]
-    # HIPAA 164.308(a)(1)(ii)(B) · SOC 2 CC6.8 · CIS v8 10.5 · NIST 800-53 SI-16 · NIST CSF PR.PS-01
+    # HIPAA 164.308(a)(1)(ii)(B), 164.308(a)(5)(ii)(B) · SOC 2 CC6.8 · CIS v8 10.5 · NIST 800-53 SI-16 · NIST CSF PR.PS-01
     # Randomising the stack, heap, mmap and VDSO addresses (value 2) makes memory-corruption
     # exploits unreliable.
     # Verified by the `sysctl` check; remediation RB-DRIFT-001.
@@ -1456,7 +1468,7 @@ in
     })
 
     # devices.usb-storage-blocked: USB mass storage cannot be used [medium]
-    # HIPAA 164.310(d)(1), 164.308(a)(1)(ii)(B) · SOC 2 CC6.7 · CIS v8 4.1 · NIST 800-53 MP-7 · NIST CSF PR.DS-01, PR.PS-01
+    # HIPAA 164.308(a)(1)(ii)(B), 164.310(d)(1) · SOC 2 CC6.7 · CIS v8 4.1 · NIST 800-53 MP-7 · NIST CSF PR.DS-01, PR.PS-01
     # A USB stick is the easiest way to carry ePHI out of the practice or malware in. The
     # usb_storage and uas drivers are blacklisted and any explicit load fails. Hosts that boot
     # from USB or need removable media for backups record an exception.
@@ -1467,7 +1479,7 @@ in
     })
 
     # system.coredumps-disabled: Core dumps are neither stored nor produced for setuid programs [medium]
-    # HIPAA 164.312(a)(1), 164.308(a)(1)(ii)(B) · SOC 2 CC6.1 · CIS v8 4.1 · NIST 800-53 CM-6 · NIST CSF PR.DS-10
+    # HIPAA 164.308(a)(1)(ii)(B), 164.312(a)(1) · SOC 2 CC6.1 · CIS v8 4.1 · NIST 800-53 CM-6 · NIST CSF PR.DS-10
     # A core dump is a copy of a process's memory and can contain ePHI, passwords and keys.
     # systemd-coredump keeps no dumps, setuid programs never dump, and login sessions get a hard
     # core-size limit of zero.
@@ -1480,7 +1492,7 @@ in
     })
 
     # nix.allowed-users: Only wheel members can use the Nix daemon [high]
-    # HIPAA 164.312(a)(1), 164.308(a)(1)(ii)(B) · SOC 2 CC6.3, CC8.1 · CIS v8 4.1 · NIST 800-53 AC-6, CM-11 · NIST CSF PR.PS-05
+    # HIPAA 164.308(a)(1)(ii)(B), 164.312(a)(1) · SOC 2 CC6.3, CC8.1 · CIS v8 4.1 · NIST 800-53 AC-6, CM-11 · NIST CSF PR.PS-05
     # Any user allowed to talk to the Nix daemon can build and run arbitrary software on the host.
     # Restricting the daemon to administrators (root is always allowed as a trusted user) keeps
     # software installation under change control.
@@ -1490,7 +1502,7 @@ in
     })
 
     # nix.require-sigs: Nix installs only signed binaries from caches [critical]
-    # HIPAA 164.312(c)(1), 164.308(a)(5)(ii)(B) · SOC 2 CC6.8, CC8.1 · CIS v8 4.1 · NIST 800-53 SI-7, CM-14 · NIST CSF PR.PS-05, ID.RA-09
+    # HIPAA 164.308(a)(5)(ii)(B), 164.312(c)(1) · SOC 2 CC6.8, CC8.1 · CIS v8 4.1 · NIST 800-53 SI-7, CM-14 · NIST CSF PR.PS-05, ID.RA-09
     # Every binary on a NixOS host comes from the Nix store; requiring signatures from trusted
     # keys stops a compromised or spoofed cache from planting malicious software.
     # Verified by the `nix_config` check; remediation RB-DRIFT-001.
@@ -1519,14 +1531,14 @@ in
     # (runtime policy: no NixOS option; the reconciler verifies it on the running host)
 
     # backup.policy: A backup newer than the allowed age exists [critical]
-    # HIPAA 164.308(a)(7)(ii)(A), 164.310(d)(2)(iv) · SOC 2 A1.2 · CIS v8 11.2 · NIST 800-53 CP-9 · NIST CSF PR.DS-11
+    # HIPAA 164.308(a)(7)(ii)(A), 164.310(d)(2)(iv), 164.312(c)(1) · SOC 2 A1.2 · CIS v8 11.2 · NIST 800-53 CP-9 · NIST CSF PR.DS-11
     # HIPAA requires retrievable exact copies of ePHI. The newest backup must be younger than
     # parameters.backup_max_age_hours, which bounds how much data a disaster can take.
     # Verified by the `backup` check; remediation RB-BACKUP-001.
     # (runtime policy: no NixOS option; the reconciler verifies it on the running host)
 
     # backup.restore-tested: A restore from backup has been tested recently [high]
-    # HIPAA 164.308(a)(7)(ii)(D), 164.308(a)(7)(ii)(B) · SOC 2 A1.3 · CIS v8 11.5 · NIST 800-53 CP-9(1), CP-10 · NIST CSF PR.DS-11, RC.RP-03
+    # HIPAA 164.308(a)(7)(ii)(A), 164.308(a)(7)(ii)(B), 164.308(a)(7)(ii)(D) · SOC 2 A1.3 · CIS v8 11.5 · NIST 800-53 CP-9(1), CP-10 · NIST CSF PR.DS-11, RC.RP-03
     # A backup that was never restored is a hope, not a plan. A successful restore test must be
     # newer than parameters.restore_test_max_age_days.
     # Verified by the `restore_test` check; remediation RB-RESTORE-001.
@@ -1541,7 +1553,7 @@ in
     # (runtime policy: no NixOS option; the reconciler verifies it on the running host)
 
     # system.generation-approved: The host runs the approved configuration [critical]
-    # HIPAA 164.308(a)(1)(ii)(B), 164.312(c)(1) · SOC 2 CC7.1, CC8.1 · CIS v8 4.1 · NIST 800-53 CM-2, CM-3, CM-6 · NIST CSF PR.PS-01
+    # HIPAA 164.308(a)(1)(ii)(B), 164.308(a)(3)(ii)(C), 164.308(a)(4)(ii)(C), 164.308(a)(6)(ii), 164.308(a)(7)(ii)(B), 164.312(c)(1) · SOC 2 CC7.1, CC8.1 · CIS v8 4.1 · NIST 800-53 CM-2, CM-3, CM-6 · NIST CSF PR.PS-01
     # Every control above holds only while the host runs the reviewed configuration. The running
     # generation and flake revision must equal the approved one; anything else is drift and is
     # healed by re-applying the approved generation.
@@ -1556,7 +1568,7 @@ in
     # (runtime policy: no NixOS option; the reconciler verifies it on the running host)
 
     # compliance.exceptions-current: Every exception from this baseline is approved and unexpired [medium]
-    # HIPAA 164.308(a)(8), 164.316(b)(2)(iii) · SOC 2 CC4.1 · CIS v8 4.1 · NIST 800-53 CA-5, CA-7 · NIST CSF ID.RA-07
+    # HIPAA 164.308(a)(1)(ii)(B), 164.308(a)(8), 164.316(b)(2)(iii) · SOC 2 CC4.1 · CIS v8 4.1 · NIST 800-53 CA-5, CA-7 · NIST CSF ID.RA-07
     # An exception is an accepted risk with an owner and an end date. Expired exceptions are
     # findings, and ones about to expire are warned about parameters.exception_warn_days in
     # advance, so no deviation becomes permanent by neglect.
