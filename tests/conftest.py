@@ -12,6 +12,8 @@ import pytest
 
 from nixcomply.cli import main
 
+pytest_plugins = ["fixtures_systemd"]
+
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "tests" / "data"
 
