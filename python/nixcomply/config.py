@@ -101,6 +101,7 @@ class Executables(BaseModel):
 class SystemdConfig(BaseModel):
     model_config = _Strict
 
+    enable: bool = Field(default=True, description="check units through systemd (off only where none runs)")
     user_mode: bool = Field(default=False, description="talk to a user manager (sandbox) instead of PID 1")
     bus_address: str | None = None
 
@@ -125,8 +126,20 @@ class ReconcilerConfig(BaseModel):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     executables: Executables = Field(default_factory=Executables)
     systemd: SystemdConfig = Field(default_factory=SystemdConfig)
+    environment: dict[str, str] = Field(
+        default_factory=dict, description="extra environment for nix, nixos-rebuild, git and liveness commands"
+    )
     build_timeout: float = Field(default=3600, gt=0)
     activation_timeout: float = Field(default=900, gt=0)
+
+
+    @field_validator("flake")
+    @classmethod
+    def _flake(cls, value: str) -> str:
+        from nixcomply.nixos.flake import FlakeRef
+
+        FlakeRef.parse(value)  # raises ValueError saying what is wrong
+        return value
 
 
 def load_config(path: Path) -> ReconcilerConfig:

@@ -224,6 +224,14 @@ class State:
                 (outcome, detail, _ts(now()), revision),
             )
 
+    def in_progress(self) -> list[Attempt]:
+        """Attempts that never reached an outcome: nixcomply was interrupted during them."""
+        rows = self._db.execute(
+            "SELECT revision, toplevel, phase, outcome, count, updated_at, detail FROM attempts "
+            "WHERE outcome IS NULL ORDER BY updated_at"
+        ).fetchall()
+        return [Attempt(r[0], r[1], r[2], r[3], r[4], _dt(r[5]), r[6]) for r in rows]
+
     def blocked_revisions(self) -> list[Attempt]:
         rows = self._db.execute(
             "SELECT revision, toplevel, phase, outcome, count, updated_at, detail FROM attempts "
