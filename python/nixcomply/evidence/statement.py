@@ -35,6 +35,7 @@ import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any, ClassVar, Final, Literal, TypeVar
 
 from pydantic import (
@@ -107,6 +108,9 @@ class ControlStatus(StrEnum):
     SKIPPED = "skipped"
 
 
+Coverage = Literal["automated", "partial", "attestation"]
+
+
 class KeyRole(StrEnum):
     BUNDLE = "bundle"
     LOG = "log"
@@ -166,6 +170,23 @@ class Host(_Model):
 
     machine_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
     hostname: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$")]
+
+    @classmethod
+    def local(cls, *, etc: Path = Path("/etc")) -> Host:
+        """This machine: ``/etc/machine-id`` and the host name. Without a machine-id (some
+        containers) the id is all zeros, which evidence readers can recognise."""
+        import socket
+
+        try:
+            machine_id = (etc / "machine-id").read_text().strip()
+        except OSError:
+            machine_id = ""
+        if not re.fullmatch(r"[0-9a-f]{32}", machine_id):
+            machine_id = "0" * 32
+        hostname = (
+            re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname().split(".")[0]).strip("-.") or "localhost"
+        )
+        return cls(machine_id=machine_id, hostname=hostname)
 
 
 class GenerationRef(_Model):
@@ -299,7 +320,7 @@ class Attestation(Predicate):
 
     control: Identifier
     title: str = ""
-    coverage: Literal["automated", "partial", "attestation"] | None = None
+    coverage: Coverage | None = None
     attested_by: Person
     evidence_url: Url
     expires: date

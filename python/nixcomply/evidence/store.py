@@ -6,33 +6,24 @@ Layout under the store root (``--state-dir``, ``/var/lib/nixcomply`` on a host):
         statement.json                    the in-toto statement: exactly the signed bytes
         envelope.dsse.json                the DSSE envelope over statement.json (one line)
         attachments/<name>                raw outputs, diffs; each a subject of the statement
-    log/leaves                            the Merkle log: leaf hash i (32 bytes) at offset 32*i,
-                                          leaf = SHA-256(0x00 || bytes of envelope.dsse.json)
-    log/state/<size, 12 digits>.json      append state at the newest size (one file): frontier,
-                                          root, last entry
-    log/checkpoints/<size, 12 digits>     a C2SP checkpoint per tree size, every one kept
-    log/pending.json                      only while an append is in flight (intent record)
-    log/append.lock                       flock(2) lock serialising appenders
+    log/                                  the Merkle log and its checkpoints (nixcomply.evidence.log)
     keyring.json                          the public keys (nixcomply.evidence.keyring)
     scrub-salt                            the PHI scrubber's salt (secret, never exported)
 
 Bundle ids are ``<observed_at as YYYYMMDDTHHMMSSZ>-<seq, 8+ digits>-<8 random hex>``:
-sortable, unique even across a reset store. The append state is::
+sortable, and unique even across a store that was reset.
 
-    {"version": 1, "size": 18, "root": "<hex>", "frontier": ["<hex>", ...],
-     "last": {"seq": 17, "bundle_id": "...", "path": "evidence/...", "envelope_sha256": "<hex>"}}
-
-An append takes the lock, then: (1) writes ``pending.json`` naming the entry it is about
-to add (sequence number, bundle path, envelope digest); (2) writes the bundle into a
-hidden temporary directory, fsyncs it and renames it into place; (3) appends the leaf;
-(4) writes the state for the new size and removes the old one (a new name each time:
-replacing one file in place makes ext4 flush it synchronously on every append); (5) writes the new checkpoint; (6) removes ``pending.json``.
-Every step is atomic and durable (``nixcomply.fsutil``: temp file, fsync, rename, fsync
-directory). A crash anywhere leaves ``pending.json`` behind, and the next ``open`` (under
-the lock) finishes the entry if its bundle was completely written, or removes its traces
-if not — so the log is either the old one or the new one, never a mix, and an append
-that returned (was *acknowledged*) is never lost. Appending costs O(log n): only the
-frontier is read and written, never the whole tree.
+An append takes the lock, then: (1) writes ``log/pending.json`` naming the entry it is
+about to add (sequence number, bundle path, envelope digest); (2) writes the bundle into a
+hidden temporary directory beside its final place, fsyncs it and renames it into place;
+(3) appends the leaf, (4) writes the new append state, (5) writes the new checkpoint and
+(6) removes ``pending.json`` (``MerkleLog.commit``). Every step is atomic and durable
+(temp file or directory, fsync, rename, fsync of the parent). A crash anywhere leaves
+``pending.json`` behind, and the next :meth:`EvidenceStore.open` (under the lock) finishes
+the entry if its bundle was completely written, or removes its traces if not: the store is
+either the old one or the new one, never a mix, and an append that returned (was
+*acknowledged*) is never lost. Appending costs O(log n): only the frontier of the tree is
+read and written.
 """
 
 from __future__ import annotations
@@ -40,88 +31,49 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import logging
 import os
 import re
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from hashlib import sha256
 from pathlib import Path
 from types import TracebackType
 from typing import Final
 
-from nixcomply.errors import LockHeldError, NixcomplyError
-from nixcomply.evidence import dsse
-from nixcomply.evidence.checkpoint import Checkpoint
+from nixcomply.errors import LockHeldError
+from nixcomply.evidence import dsse, log
+from nixcomply.evidence.keyring import Keyring, load_keyring
 from nixcomply.evidence.keys import Signer, check_key_name
-from nixcomply.evidence.merkle import Frontier, leaf_hash
+from nixcomply.evidence.log import LogState, MerkleLog, Pending, StoreError
+from nixcomply.evidence.merkle import leaf_hash
 from nixcomply.evidence.statement import (
     GENESIS_PREV,
     Chain,
+    KeyRole,
     Predicate,
     Subject,
     make_statement,
     scrub_free_text,
     statement_bytes,
 )
-from nixcomply.fsutil import atomic_write, ensure_dir, fsync_dir
+from nixcomply.fsutil import ensure_dir, fsync_dir
 from nixcomply.scrub import Scrubber, load_or_create_salt, merge_counts
 
 logger = logging.getLogger(__name__)
 
 EVIDENCE_DIR: Final = "evidence"
-LOG_DIR: Final = "log"
-LEAVES: Final = "log/leaves"
-STATE_DIR: Final = "log/state"
-CHECKPOINTS: Final = "log/checkpoints"
-PENDING: Final = "log/pending.json"
-LOCK: Final = "log/append.lock"
 KEYRING: Final = "keyring.json"
 SALT: Final = "scrub-salt"
 STATEMENT_FILE: Final = "statement.json"
 ENVELOPE_FILE: Final = "envelope.dsse.json"
 ATTACHMENTS_DIR: Final = "attachments"
-HASH_SIZE: Final = 32
 LOCK_TIMEOUT_S: Final = 60.0
 
 ATTACHMENT_NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-BUNDLE_PATH: Final = re.compile(r"^evidence/\d{4}/\d{2}/\d{2}/[0-9A-Za-z-]+$")
-
-# Tests set this to kill the process at a named step of an append (crash testing).
-FAULT_HOOK: Callable[[str], None] | None = None
-
-
-def _fault(step: str) -> None:
-    if FAULT_HOOK is not None:
-        FAULT_HOOK(step)
-
-
-class StoreError(NixcomplyError):
-    """The store's files contradict each other in a way no crash can produce (tampering or
-    disk corruption); appending stops and ``nixcomply evidence verify`` says where."""
-
-
-def checkpoint_name(size: int) -> str:
-    return f"{size:012d}"
-
-
-def state_name(size: int) -> str:
-    return f"{size:012d}.json"
-
-
-def state_sizes(root: Path) -> list[int]:
-    """The sizes of the state files present (normally one; two after a crash mid-commit)."""
-    sizes = []
-    with contextlib.suppress(FileNotFoundError):
-        for entry in os.scandir(root / STATE_DIR):
-            stem, dot, ext = entry.name.partition(".")
-            if dot and ext == "json" and len(stem) == 12 and stem.isdigit():
-                sizes.append(int(stem))
-    return sorted(sizes)
 
 
 @dataclass(frozen=True)
@@ -134,95 +86,6 @@ class Recorded:
     envelope_sha256: str
     checkpoint_size: int
     redactions: Mapping[str, int] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class LastEntry:
-    seq: int
-    bundle_id: str
-    path: str
-    envelope_sha256: str
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "seq": self.seq,
-            "bundle_id": self.bundle_id,
-            "path": self.path,
-            "envelope_sha256": self.envelope_sha256,
-        }
-
-
-@dataclass
-class LogState:
-    frontier: Frontier
-    last: LastEntry | None
-
-    @property
-    def size(self) -> int:
-        return self.frontier.size
-
-    def to_bytes(self) -> bytes:
-        data = {
-            "version": 1,
-            "size": self.size,
-            "root": self.frontier.root().hex(),
-            "frontier": [h.hex() for h in self.frontier.hashes],
-            "last": self.last.to_json() if self.last else None,
-        }
-        return (json.dumps(data) + "\n").encode()
-
-
-def parse_state(data: bytes) -> LogState:
-    """Parse an append state file (``log/state/<size>.json``); raises ``ValueError`` saying what is wrong."""
-    try:
-        obj = json.loads(data)
-        size = obj["size"]
-        frontier = Frontier(size, [bytes.fromhex(h) for h in obj["frontier"]])
-        if frontier.root().hex() != obj["root"]:
-            raise ValueError("root does not match the frontier")
-        last_obj = obj["last"]
-        last = None
-        if last_obj is not None:
-            last = LastEntry(
-                int(last_obj["seq"]),
-                str(last_obj["bundle_id"]),
-                str(last_obj["path"]),
-                str(last_obj["envelope_sha256"]),
-            )
-        if (last is None) != (size == 0) or (last is not None and last.seq != size - 1):
-            raise ValueError("last entry does not match the size")
-    except (KeyError, TypeError, json.JSONDecodeError) as e:
-        raise ValueError(f"malformed: {e}") from None
-    return LogState(frontier, last)
-
-
-@dataclass(frozen=True)
-class Pending:
-    seq: int
-    path: str
-    bundle_id: str
-    envelope_sha256: str
-    leaf: str
-
-    def to_bytes(self) -> bytes:
-        return (json.dumps(self.__dict__) + "\n").encode()
-
-    @classmethod
-    def parse(cls, data: bytes) -> Pending:
-        try:
-            obj = json.loads(data)
-            pending = cls(
-                int(obj["seq"]),
-                str(obj["path"]),
-                str(obj["bundle_id"]),
-                str(obj["envelope_sha256"]),
-                str(obj["leaf"]),
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"malformed: {e}") from None
-        if not BUNDLE_PATH.match(pending.path):
-            raise ValueError(f"bad bundle path {pending.path!r}")
-        return pending
 
 
 def bundle_relpath(predicate: Predicate, bundle_id: str) -> str:
@@ -252,6 +115,10 @@ class EvidenceStore:
         self.durable = durable
         self.scrubber = scrubber
         self._lock_fd = lock_fd
+        self._lock_depth = 0
+        self._keyring_seen: tuple[int, int] | None = None
+        self._keyring: Keyring | None = None
+        self.log = MerkleLog(root, origin=origin, durable=durable)
 
     @classmethod
     def open(
@@ -267,14 +134,14 @@ class EvidenceStore:
         """Open (creating directories if needed) and finish any interrupted append."""
         check_key_name(origin)
         root = root.absolute()
-        for sub in (EVIDENCE_DIR, LOG_DIR, CHECKPOINTS, STATE_DIR):
+        for sub in (EVIDENCE_DIR, log.LOG_DIR, log.CHECKPOINTS, log.STATE_DIR):
             ensure_dir(root / sub)
         if scrubber is None:
             scrubber = Scrubber(load_or_create_salt(root / SALT))
-        fd = os.open(root / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(root / log.LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         store = cls(root, signer, log_signer, origin=origin, durable=durable, scrubber=scrubber, lock_fd=fd)
         try:
-            with store._locked():
+            with store.locked():
                 store._recover()
         except BaseException:
             store.close()
@@ -296,17 +163,6 @@ class EvidenceStore:
 
     # -- reading -----------------------------------------------------------------------
 
-    def _read_state(self) -> LogState:
-        sizes = state_sizes(self.root)
-        if not sizes:
-            return LogState(Frontier(), None)
-        path = self.root / STATE_DIR / state_name(sizes[-1])
-        data = path.read_bytes()
-        try:
-            return parse_state(data)
-        except ValueError as e:
-            raise StoreError(f"{path}: {e}") from None
-
     def last_seq(self) -> int | None:
         """The sequence number of the newest entry, or None for an empty store."""
         last = self.tail()
@@ -314,7 +170,7 @@ class EvidenceStore:
 
     def tail(self) -> Recorded | None:
         """The newest entry (as :class:`Recorded`), or None for an empty store."""
-        state = self._read_state()
+        state = self.log.read_state()
         if state.last is None:
             return None
         return Recorded(
@@ -365,9 +221,10 @@ class EvidenceStore:
         if len(set(names)) != len(names):
             raise ValueError("two subjects have the same name")
 
-        with self._locked():
+        with self.locked():
             state = self._recover()
             seq = state.size
+            self._check_keys(seq)
             prev = state.last.envelope_sha256 if state.last else GENESIS_PREV
             t = scrubbed.observed_at
             bundle_id = f"{t:%Y%m%dT%H%M%SZ}-{seq:08d}-{secrets.token_hex(4)}"
@@ -377,11 +234,11 @@ class EvidenceStore:
             env_sha = sha256(envelope).hexdigest()
             relpath = bundle_relpath(filled, bundle_id)
             pending = Pending(seq, relpath, bundle_id, env_sha, leaf_hash(envelope).hex())
-            atomic_write(self.root / PENDING, pending.to_bytes(), durable=self.durable)
-            _fault("pending")
+            self.log.write_pending(pending)
+            log.fault("pending")
             self._write_bundle(relpath, payload, envelope, files)
-            _fault("bundle")
-            self._commit(state, pending, [self.log_signer, *log_cosigners])
+            log.fault("bundle")
+            self.log.commit(state, pending, [self.log_signer, *log_cosigners])
         logger.debug("evidence entry %d recorded at %s", seq, relpath)
         return Recorded(seq, bundle_id, self.root / relpath, env_sha, seq + 1, merge_counts(all_counts))
 
@@ -400,13 +257,13 @@ class EvidenceStore:
             (tmp / ATTACHMENTS_DIR).mkdir()
             for name, data in files.items():
                 self._write_new(tmp / ATTACHMENTS_DIR / name, data)
-                _fault("attachment")
+                log.fault("attachment")
             if self.durable:
                 fsync_dir(tmp / ATTACHMENTS_DIR)
         self._write_new(tmp / ENVELOPE_FILE, envelope)
         if self.durable:
             fsync_dir(tmp)
-        _fault("bundle-written")
+        log.fault("bundle-written")
         os.rename(tmp, final)
         if self.durable:
             fsync_dir(day)
@@ -423,110 +280,84 @@ class EvidenceStore:
         finally:
             os.close(fd)
 
-    def _commit(self, state: LogState, pending: Pending, log_signers: Sequence[Signer]) -> LogState:
-        """Steps 3–6 of an append (also run by recovery): leaf, state, checkpoint, done."""
-        seq = pending.seq
-        leaf = bytes.fromhex(pending.leaf)
-        leaves = self.root / LEAVES
-        fd = os.open(leaves, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    def _check_keys(self, seq: int) -> None:
+        """Refuse to sign with a key the store's own keyring does not trust for ``seq``:
+        evidence an auditor would reject is worse than a loud failure (typically the key
+        file was not switched after a rotation)."""
+        path = self.root / KEYRING
         try:
-            size = os.fstat(fd).st_size
-            if size == HASH_SIZE * (seq + 1):
-                if os.pread(fd, HASH_SIZE, HASH_SIZE * seq) != leaf:
-                    raise StoreError(f"{leaves}: leaf {seq} differs from the interrupted append's")
-            elif HASH_SIZE * seq <= size < HASH_SIZE * (seq + 1):
-                # A torn write of this very leaf: the bytes beyond the last whole leaf are ours.
-                os.ftruncate(fd, HASH_SIZE * seq)
-                os.pwrite(fd, leaf, HASH_SIZE * seq)
-                if self.durable:
-                    os.fsync(fd)
-            else:
-                raise StoreError(
-                    f"{leaves}: holds {size // HASH_SIZE} leaves (+{size % HASH_SIZE} bytes), "
-                    f"expected {seq} or {seq + 1}"
+            st = path.stat()
+        except FileNotFoundError:
+            return
+        seen = (st.st_mtime_ns, st.st_size)
+        if self._keyring is None or self._keyring_seen != seen:
+            self._keyring = load_keyring(path)
+            self._keyring_seen = seen
+        for role, signer in ((KeyRole.BUNDLE, self.signer), (KeyRole.LOG, self.log_signer)):
+            if signer.public not in self._keyring.valid_keys(role, seq):
+                entry = self._keyring.entry_for(signer.public, role)
+                why = (
+                    "is not in it"
+                    if entry is None
+                    else f"is {entry.status.value}, valid for entries {entry.valid_from}..{entry.valid_until}"
                 )
-        finally:
-            os.close(fd)
-        _fault("leaf")
-        if state.size == seq:
-            state.frontier.append(leaf)
-            state.last = LastEntry(seq, pending.bundle_id, pending.path, pending.envelope_sha256)
-            self._write_state(state)
-        _fault("state")
-        note = Checkpoint(self.origin, state.size, state.frontier.root()).sign(log_signers)
-        atomic_write(self.root / CHECKPOINTS / checkpoint_name(state.size), note, durable=self.durable)
-        _fault("checkpoint")
-        os.unlink(self.root / PENDING)
-        if self.durable:
-            fsync_dir(self.root / LOG_DIR)
-        return state
-
-    def _write_state(self, state: LogState) -> None:
-        directory = self.root / STATE_DIR
-        atomic_write(directory / state_name(state.size), state.to_bytes(), durable=self.durable)
-        for size in state_sizes(self.root):
-            if size != state.size:
-                (directory / state_name(size)).unlink()
+                raise StoreError(
+                    f"{path}: the {role.value} key {signer.public.name}+{signer.key_id_hex} {why}; "
+                    f"it may not sign entry {seq}",
+                    hint="after a rotation, point the service at the new key",
+                )
 
     def _recover(self) -> LogState:
-        """Finish or undo an interrupted append (call with the lock held)."""
-        state = self._read_state()
-        pending_path = self.root / PENDING
-        try:
-            data = pending_path.read_bytes()
-        except FileNotFoundError:
-            self._check_leaves(state)
+        """Finish or undo an interrupted append (call with the lock held).
+
+        The intent record names the entry. If its state was already written, only the
+        checkpoint may be missing; if its bundle is complete on disk (the envelope has the
+        recorded digest), the entry is finished; otherwise its traces are removed.
+        """
+        state = self.log.read_state()
+        pending = self.log.read_pending()
+        if pending is None:
+            self.log.check_leaves(state)
             return state
-        try:
-            pending = Pending.parse(data)
-        except ValueError as e:
-            raise StoreError(f"{pending_path}: {e}") from None
         if state.size == pending.seq + 1:
             if state.last is None or state.last.envelope_sha256 != pending.envelope_sha256:
                 raise StoreError(
-                    f"{pending_path}: names entry {pending.seq}, which the append state records differently"
+                    f"{self.root / log.PENDING}: names entry {pending.seq}, "
+                    "which the append state records differently"
                 )
             logger.warning("finishing the interrupted append of entry %d (checkpoint)", pending.seq)
-            return self._commit(state, pending, [self.log_signer])
+            return self.log.commit(state, pending, [self.log_signer])
         if state.size != pending.seq:
-            raise StoreError(f"{pending_path}: names entry {pending.seq} but the log has {state.size}")
+            raise StoreError(
+                f"{self.root / log.PENDING}: names entry {pending.seq} but the log has {state.size}"
+            )
         bundle = self.root / pending.path
-        envelope = bundle / ENVELOPE_FILE
         complete = False
         with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-            complete = sha256(envelope.read_bytes()).hexdigest() == pending.envelope_sha256
+            complete = sha256((bundle / ENVELOPE_FILE).read_bytes()).hexdigest() == pending.envelope_sha256
         if complete:
             logger.warning("finishing the interrupted append of entry %d (%s)", pending.seq, pending.path)
-            return self._commit(state, pending, [self.log_signer])
+            return self.log.commit(state, pending, [self.log_signer])
         logger.warning("rolling back the interrupted append of entry %d (%s)", pending.seq, pending.path)
-        tmp = bundle.parent / f".{bundle.name}.tmp"
-        for leftover in (tmp, bundle):
+        for leftover in (bundle.parent / f".{bundle.name}.tmp", bundle):
             if leftover.exists():
                 shutil.rmtree(leftover)
-        leaves = self.root / LEAVES
-        with contextlib.suppress(FileNotFoundError):
-            if leaves.stat().st_size > HASH_SIZE * state.size:
-                os.truncate(leaves, HASH_SIZE * state.size)
-        pending_path.unlink()
-        if self.durable:
-            fsync_dir(self.root / LOG_DIR)
+        self.log.rollback(state)
         return state
 
-    def _check_leaves(self, state: LogState) -> None:
-        try:
-            size = (self.root / LEAVES).stat().st_size
-        except FileNotFoundError:
-            size = 0
-        if size != HASH_SIZE * state.size:
-            raise StoreError(
-                f"{self.root / LEAVES}: {size} bytes, but the append state records {state.size} entries",
-                hint="run `nixcomply evidence verify` on the store to find out what changed",
-            )
-
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
+    def locked(self) -> Iterator[None]:
+        """Hold the append lock (re-entrant): key rotation keeps it across its entry and
+        the keyring update so no other append slips in between."""
         if self._lock_fd < 0:
             raise ValueError("the store is closed")
+        if self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+            return
         deadline = time.monotonic() + LOCK_TIMEOUT_S
         while True:
             try:
@@ -536,14 +367,11 @@ class EvidenceStore:
                 if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                     raise
                 if time.monotonic() > deadline:
-                    raise LockHeldError(f"{self.root / LOCK}: another process keeps appending") from None
+                    raise LockHeldError(f"{self.root / log.LOCK}: another process keeps appending") from None
                 time.sleep(0.005)
+        self._lock_depth = 1
         try:
             yield
         finally:
+            self._lock_depth = 0
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-
-
-def read_leaves(root: Path) -> list[bytes]:
-    data = (root / LEAVES).read_bytes()
-    return [data[i : i + HASH_SIZE] for i in range(0, len(data) - len(data) % HASH_SIZE, HASH_SIZE)]

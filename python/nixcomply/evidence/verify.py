@@ -40,34 +40,35 @@ from typing import Any, Final, Literal, TypedDict
 
 import pydantic
 
+from nixcomply.errors import UsageError
 from nixcomply.evidence import dsse
 from nixcomply.evidence.checkpoint import NoteError, open_checkpoint, parse_checkpoint_text, parse_note
+from nixcomply.evidence.index import INDEX_FILE, control_index
 from nixcomply.evidence.keyring import Keyring, RangeCache
 from nixcomply.evidence.keys import PublicKey
+from nixcomply.evidence.log import (
+    CHECKPOINTS,
+    HASH_SIZE,
+    LEAVES,
+    PENDING,
+    STATE_DIR,
+    Pending,
+    checkpoint_name,
+    parse_state,
+    split_leaves,
+    state_name,
+    state_sizes,
+)
 from nixcomply.evidence.merkle import Frontier, leaf_hash, verify_inclusion
 from nixcomply.evidence.statement import (
     GENESIS_PREV,
     Attestation,
     KeyRole,
     KeyRotation,
+    Statement,
     parse_statement,
 )
-from nixcomply.evidence.store import (
-    ATTACHMENTS_DIR,
-    CHECKPOINTS,
-    ENVELOPE_FILE,
-    EVIDENCE_DIR,
-    HASH_SIZE,
-    LEAVES,
-    PENDING,
-    STATE_DIR,
-    STATEMENT_FILE,
-    Pending,
-    checkpoint_name,
-    parse_state,
-    state_name,
-    state_sizes,
-)
+from nixcomply.evidence.store import ATTACHMENTS_DIR, ENVELOPE_FILE, EVIDENCE_DIR, KEYRING, STATEMENT_FILE
 
 PACKET_FILE: Final = "packet.json"
 PACKET_FORMAT: Final = "nixcomply-evidence-packet/v1"
@@ -219,6 +220,7 @@ class _Checked:
     bundle: _Bundle | None = None
     findings: list[Finding] = field(default_factory=list)
     attestation: tuple[str, int, date, str] | None = None
+    statement: Statement | None = None  # kept for packets, to recompute their index
 
     def error(self, message: str, *, seq: int | None = None, path: str | None = None) -> None:
         self.findings.append(Finding("error", message, seq, path))
@@ -295,6 +297,7 @@ class _Verifier:
         self.bundles: dict[int, _Bundle] = {}
         self.attestations: dict[str, tuple[int, date, str, str]] = {}
         self.temp_dirs: list[str] = []
+        self.statements: dict[int, Statement] = {}
 
     def error(self, message: str, *, seq: int | None = None, path: str | None = None) -> None:
         self.report.errors.append(Finding("error", message, seq, path))
@@ -414,6 +417,8 @@ class _Verifier:
         out.bundle = _Bundle(
             seq, rel, sha256(env_bytes).hexdigest(), leaf_hash(env_bytes), chain.prev, predicate.bundle_id
         )
+        if self.report.kind == "packet":
+            out.statement = statement
         return out
 
     def check_attachments(self, out: _Checked, subjects: list[Any], rel: str, seq: int) -> None:
@@ -488,6 +493,8 @@ class _Verifier:
             )
             return
         self.bundles[b.seq] = b
+        if checked.statement is not None:
+            self.statements[b.seq] = checked.statement
         if checked.attestation is not None:
             control, seq, expires, by = checked.attestation
             current = self.attestations.get(control)
@@ -545,10 +552,7 @@ class _Verifier:
         sizes = self.checkpoint_sizes()
         checkpoints = self.check_files(rels, sizes)
         leaves_data = self.read(LEAVES) or b""
-        stored = [
-            leaves_data[i : i + HASH_SIZE]
-            for i in range(0, len(leaves_data) - len(leaves_data) % HASH_SIZE, HASH_SIZE)
-        ]
+        stored = split_leaves(leaves_data)
         torn = len(leaves_data) % HASH_SIZE
         pending = self.check_pending(stored, torn) if packet is None else None
         if packet is None:
@@ -877,6 +881,12 @@ class _Verifier:
                 ok = False
             if not ok:
                 self.error("inclusion proof does not verify against the newest checkpoint", seq=seq, path=rel)
+        index = [
+            (seq, self.bundles[seq].path, self.bundles[seq].bundle_id, st)
+            for seq, st in self.statements.items()
+        ]
+        if self.read(INDEX_FILE) != control_index(index):
+            self.error("differs from the index recomputed from the packet's bundles", path=INDEX_FILE)
 
     def check_attestations(self) -> None:
         for control, (seq, expires, by, rel) in sorted(self.attestations.items()):
@@ -884,6 +894,36 @@ class _Verifier:
                 self.warn(
                     f"attestation of {control} by {by} expired on {expires.isoformat()}", seq=seq, path=rel
                 )
+
+
+def verify_path(
+    path: Path,
+    keyring: Keyring | None,
+    *,
+    pin: bytes | None = None,
+    today: date | None = None,
+    progress: Progress | None = None,
+    jobs: int | None = None,
+) -> Report:
+    """Verify a store directory, an unpacked packet or a packet ``.zip``. Without a
+    keyring, the one inside the directory or packet is used (the caller says so)."""
+    import tempfile
+
+    from nixcomply.evidence.keyring import load_keyring
+
+    if path.is_file():
+        from nixcomply.evidence.export import unpack
+
+        with tempfile.TemporaryDirectory(prefix="nixcomply-packet-") as tmp:
+            unpack(path, Path(tmp))
+            report = verify_path(Path(tmp), keyring, pin=pin, today=today, progress=progress, jobs=jobs)
+            report.path = path
+            return report
+    if not path.is_dir():
+        raise UsageError(f"{path}: no such directory or packet")
+    if keyring is None:
+        keyring = load_keyring(path / KEYRING)
+    return verify(path, keyring, pin=pin, today=today, progress=progress, jobs=jobs)
 
 
 def verify(
