@@ -1,0 +1,321 @@
+"""Verbs for evidence: ``nixcomply evidence keygen|verify|export|attest|rotate|revoke``.
+
+Exit codes follow ``nixcomply.errors``; ``verify`` in particular: 0 every check passed,
+1 evidence tampered with or invalid (the first bad bundle is named), 2 usage or I/O error,
+3 passed with warnings (an expired attestation, an interrupted append).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+from nixcomply import cli
+from nixcomply.errors import EXIT_OK, EXIT_WARNINGS
+
+if TYPE_CHECKING:
+    from nixcomply.evidence.keys import Signer
+    from nixcomply.evidence.store import EvidenceStore
+
+DEFAULT_STATE_DIR: Final = Path("/var/lib/nixcomply")
+
+
+def _date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date like 2026-03-31") from None
+
+
+def _store_options(parser: argparse.ArgumentParser, *, keys: bool = True) -> None:
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=DEFAULT_STATE_DIR,
+        help=f"the evidence store's root (default {DEFAULT_STATE_DIR})",
+    )
+    parser.add_argument("--keyring", type=Path, help="keyring file (default STATE_DIR/keyring.json)")
+    if keys:
+        parser.add_argument(
+            "--signing-key",
+            help="bundle signing key file (ignored under systemd: $CREDENTIALS_DIRECTORY/"
+            "nixcomply-evidence-bundle-key)",
+        )
+        parser.add_argument(
+            "--log-key",
+            help="log (checkpoint) key file (under systemd: $CREDENTIALS_DIRECTORY/nixcomply-evidence-log-key)",
+        )
+        parser.add_argument("--origin", help="the log's origin line (default: the log key's name)")
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    group = cli.add_group(
+        subparsers, "evidence", help="signed, tamper-evident evidence: verify, export, attest"
+    )
+
+    p = cli.add_verb(group, "keygen", _keygen, help="generate an Ed25519 key for signing evidence")
+    p.add_argument("--role", choices=("bundle", "log"), required=True, help="what the key signs")
+    p.add_argument("--name", help="key name, no spaces or '+' (default HOST/evidence-ROLE)")
+    p.add_argument("--out", type=Path, required=True, help="private key file to write (mode 0600)")
+    p.add_argument(
+        "--keyring", type=Path, help="also add the public key to this keyring (created if missing)"
+    )
+    p.add_argument("--valid-from", type=int, default=0, help="first entry the key may sign (default 0)")
+
+    p = cli.add_verb(
+        group,
+        "verify",
+        _verify,
+        help="verify an evidence store or an export packet, offline",
+        description=(
+            "Verify every signature, digest, chain link and checkpoint of an evidence store\n"
+            "or an auditor's packet (directory or .zip).\n\n"
+            "exit status: 0 ok, 1 tampered or invalid, 2 usage or I/O error, 3 ok with warnings"
+        ),
+    )
+    p.add_argument("path", type=Path, metavar="DIR", help="store root, packet directory or packet .zip")
+    p.add_argument("--keyring", type=Path, help="the pinned keyring (default: DIR/keyring.json)")
+    p.add_argument("--pin-checkpoint", type=Path, help="an earlier checkpoint the log must still extend")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--jobs", type=int, help="threads (default: CPUs, at most 4)")
+    p.add_argument("--at", type=_date, help="judge expiry as of this date (default today, UTC)")
+
+    p = cli.add_verb(group, "export", _export, help="write an auditor's packet for a period")
+    p.add_argument("--from", dest="start", type=_date, required=True, metavar="DATE", help="first day (UTC)")
+    p.add_argument("--to", dest="end", type=_date, required=True, metavar="DATE", help="last day (UTC)")
+    p.add_argument("--controls", nargs="+", default=[], metavar="CONTROL", help="only bundles about these")
+    p.add_argument("-o", "--output", type=Path, required=True, help="packet .zip to write")
+    _store_options(p, keys=False)
+
+    p = cli.add_verb(
+        group, "attest", _attest, help="record a signed attestation of an organisational control"
+    )
+    p.add_argument(
+        "control", metavar="CONTROL", help="citation from controls-map.csv or a baseline control id"
+    )
+    p.add_argument("--by", required=True, help="who attests (name or e-mail)")
+    p.add_argument("--evidence-url", required=True, help="link to the evidence (policy, records)")
+    p.add_argument("--expires", type=_date, required=True, help="date the attestation must be renewed by")
+    p.add_argument("--statement", required=True, help="what is attested")
+    p.add_argument("--controls-map", type=Path, help="controls-map.csv (default: the source tree's)")
+    p.add_argument("--baseline", type=Path, help="baseline YAML, for a control id's framework references")
+    _store_options(p)
+
+    p = cli.add_verb(
+        group, "rotate", _rotate, help="rotate the bundle or log key (signed by old and new key)"
+    )
+    p.add_argument("--role", choices=("bundle", "log"), required=True)
+    p.add_argument("--new-key", type=Path, required=True, help="the new private key (from evidence keygen)")
+    p.add_argument("--reason", default="scheduled rotation")
+    _store_options(p)
+
+    p = cli.add_verb(group, "revoke", _revoke, help="revoke a key of the keyring")
+    p.add_argument("key", metavar="KEY", help="verifier key, key name, name+keyid or fingerprint")
+    p.add_argument("--reason", required=True)
+    p.add_argument("--from-seq", type=int, help="first entry the key may no longer vouch for (default: now)")
+    _store_options(p)
+
+
+def _keyring_path(args: argparse.Namespace) -> Path:
+    path: Path | None = args.keyring
+    return path if path is not None else args.state_dir / "keyring.json"
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    import socket
+
+    from nixcomply.errors import UsageError
+    from nixcomply.evidence.keyring import KeyEntry, Keyring, load_keyring, save_keyring
+    from nixcomply.evidence.keys import generate, write_private_key
+    from nixcomply.evidence.statement import KeyRole
+
+    role = KeyRole(args.role)
+    name = args.name or f"{socket.gethostname().split('.')[0]}/evidence-{role.value}"
+    try:
+        signer = generate(name)
+    except ValueError as e:
+        raise UsageError(f"--name: {e}") from None
+    keyring: Keyring | None = None
+    if args.keyring is not None:
+        keyring = load_keyring(args.keyring) if args.keyring.exists() else Keyring()
+        active = keyring.active(role)
+        if active:
+            raise UsageError(
+                f"{args.keyring} already has an active {role.value} key ({active[0].key.name})",
+                hint="use `nixcomply evidence rotate` to replace it",
+            )
+    pub = write_private_key(args.out, signer)
+    if keyring is not None and args.keyring is not None:
+        entry = KeyEntry(vkey=signer.public.vkey, role=role, valid_from=args.valid_from)
+        save_keyring(args.keyring, keyring.with_keys([*keyring.keys, entry]))
+    print(signer.public.vkey)
+    print(f"wrote {args.out} (private, 0600) and {pub}", file=sys.stderr)
+    print(f"fingerprint (sha256 of the public key): {signer.public.fingerprint}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _progress() -> Callable[[int, int], None]:
+    import time
+
+    state = {"last": 0.0}
+
+    def show(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done == total or now - state["last"] > 0.2:
+            state["last"] = now
+            print(f"\rverifying: {done}/{total} bundles", end="", file=sys.stderr, flush=True)
+            if done == total:
+                print("\r" + " " * 40 + "\r", end="", file=sys.stderr, flush=True)
+
+    return show
+
+
+def _verify(args: argparse.Namespace) -> int:
+    import json
+
+    from nixcomply.errors import InputError
+    from nixcomply.evidence.keyring import load_keyring
+    from nixcomply.evidence.verify import verify_path
+
+    keyring = load_keyring(args.keyring) if args.keyring is not None else None
+    if keyring is None and not args.json:
+        print(
+            f"note: trusting the keyring inside {args.path}; pass --keyring to pin your own copy",
+            file=sys.stderr,
+        )
+    pin = None
+    if args.pin_checkpoint is not None:
+        try:
+            pin = args.pin_checkpoint.read_bytes()
+        except OSError as e:
+            raise InputError.single(args.pin_checkpoint, f"cannot read: {e.strerror}") from None
+    progress = _progress() if sys.stderr.isatty() and not args.json else None
+    if args.jobs is not None and args.jobs < 1:
+        from nixcomply.errors import UsageError
+
+        raise UsageError("--jobs must be at least 1")
+    report = verify_path(args.path, keyring, pin=pin, today=args.at, progress=progress, jobs=args.jobs)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        for line in report.lines():
+            print(line)
+    return report.exit_code
+
+
+def _signers(args: argparse.Namespace) -> tuple[Signer, Signer]:
+    from nixcomply.evidence.keys import BUNDLE_CREDENTIAL, LOG_CREDENTIAL, load_signer
+
+    return (
+        load_signer(args.signing_key, credential=BUNDLE_CREDENTIAL),
+        load_signer(args.log_key, credential=LOG_CREDENTIAL),
+    )
+
+
+def _open_store(args: argparse.Namespace) -> EvidenceStore:
+    from nixcomply.evidence.store import EvidenceStore
+
+    signer, log_signer = _signers(args)
+    return EvidenceStore.open(args.state_dir, signer, log_signer, origin=args.origin or log_signer.name)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from nixcomply.errors import UsageError
+    from nixcomply.evidence.export import export_packet
+    from nixcomply.evidence.keyring import load_keyring
+
+    if not args.state_dir.is_dir():
+        raise UsageError(f"{args.state_dir}: no evidence store here")
+    keyring = load_keyring(_keyring_path(args))
+    result = export_packet(
+        args.state_dir, keyring, args.output, start=args.start, end=args.end, controls=args.controls
+    )
+    print(
+        f"wrote {result.path}: {result.bundles} bundles from {args.start} to {args.end}, "
+        f"tree size {result.tree_size}, {result.checkpoints} checkpoints"
+    )
+    for w in result.report.warnings[:10]:
+        print(f"warning: {w}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _attest(args: argparse.Namespace) -> int:
+    from nixcomply.errors import UsageError
+    from nixcomply.evidence.attest import attest, default_controls_map, find_control
+    from nixcomply.evidence.statement import Host
+
+    controls_map = args.controls_map or default_controls_map()
+    if controls_map is None:
+        raise UsageError("no controls-map.csv found", hint="pass --controls-map baseline/controls-map.csv")
+    ref = find_control(args.control, controls_map, args.baseline)
+    with _open_store(args) as store:
+        recorded = attest(
+            store,
+            ref,
+            by=args.by,
+            evidence_url=args.evidence_url,
+            expires=args.expires,
+            statement=args.statement,
+            host=Host.local(),
+        )
+    print(f"recorded attestation of {ref.key} as entry {recorded.seq}: {recorded.path}")
+    if recorded.redactions:
+        kinds = ", ".join(f"{n} {k}" for k, n in recorded.redactions.items())
+        print(f"warning: redacted possible PHI from the statement ({kinds})", file=sys.stderr)
+        return EXIT_WARNINGS
+    return EXIT_OK
+
+
+def _rotate(args: argparse.Namespace) -> int:
+    from nixcomply.evidence.keys import read_private_key
+    from nixcomply.evidence.rotation import rotate
+    from nixcomply.evidence.statement import Host, KeyRole
+
+    new = read_private_key(args.new_key)
+    role = KeyRole(args.role)
+    with _open_store(args) as store:
+        recorded = rotate(
+            store,
+            _keyring_path(args),
+            role=role,
+            new=new,
+            host=Host.local(),
+            actor=_actor(),
+            reason=args.reason,
+        )
+    print(f"rotated the {role.value} key to {new.public.name} at entry {recorded.seq}")
+    print(
+        f"now point the service at {args.new_key} (the old key may not sign later entries)", file=sys.stderr
+    )
+    return EXIT_OK
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    from nixcomply.evidence.rotation import revoke
+    from nixcomply.evidence.statement import Host
+
+    with _open_store(args) as store:
+        recorded = revoke(
+            store,
+            _keyring_path(args),
+            args.key,
+            host=Host.local(),
+            actor=_actor(),
+            reason=args.reason,
+            from_seq=args.from_seq,
+        )
+    print(f"revoked {args.key} at entry {recorded.seq}")
+    return EXIT_OK
+
+
+def _actor() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "external"
