@@ -12,7 +12,7 @@ import pytest
 
 from nixcomply.cli import main
 
-pytest_plugins = ["fixtures_systemd"]
+pytest_plugins = ["fixtures_systemd", "fixtures_nix", "fixtures_reconcile"]
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "tests" / "data"

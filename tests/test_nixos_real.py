@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from fixtures_nix import World
 
 pytestmark = pytest.mark.nix
-pytest_plugins = ["fixtures_nix"]
 
 
 # -- flake metadata and builds -------------------------------------------------------------------

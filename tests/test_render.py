@@ -13,14 +13,14 @@ import pytest
 
 from conftest import DATA, REPO
 from nixcomply.baseline import releases
+from nixcomply.baseline.evaluate import definitions
 from nixcomply.baseline.load import LoadedBaseline, load_baseline
-from nixcomply.baseline.nixattr import nix_value
 from nixcomply.baseline.render import control_settings, render
 from nixcomply.manifest import Manifest
+from nixcomply.nixos.tools import Tools
 
 HIPAA = REPO / "baseline" / "hipaa-v1.yaml"
 MINIMAL = DATA / "baselines" / "valid-minimal.yaml"
-EVAL = REPO / "tests" / "nix" / "eval-rendered.nix"
 EXCEPTION = {
     "justification": "test: prove the control renders to nothing",
     "approvedBy": "tester@example.test",
@@ -57,28 +57,7 @@ def expected_definitions(
 def evaluate(
     module: Path, baseline_id: str, scenarios: dict[str, dict[str, Any]], nix_env: dict[str, str], **args: Any
 ) -> dict[str, list[dict[str, Any]]]:
-    argv = [
-        "nix-instantiate",
-        "--eval",
-        "--strict",
-        "--json",
-        str(EVAL),
-        "--arg",
-        "module",
-        str(module),
-        "--argstr",
-        "baseline",
-        baseline_id,
-        "--arg",
-        "scenarios",
-        nix_value(scenarios),
-    ]
-    for name, value in args.items():
-        argv += ["--arg", name, nix_value(value)]
-    r = subprocess.run(argv, capture_output=True, text=True, env=nix_env, check=False)
-    assert r.returncode == 0, r.stderr
-    result: dict[str, list[dict[str, Any]]] = json.loads(r.stdout)
-    return result
+    return definitions(module, baseline_id, scenarios, tools=Tools(extra_env=nix_env), **args)
 
 
 def split(definitions: list[dict[str, Any]]) -> tuple[Counter[Any], Manifest | None]:

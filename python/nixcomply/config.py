@@ -127,11 +127,11 @@ class ReconcilerConfig(BaseModel):
     executables: Executables = Field(default_factory=Executables)
     systemd: SystemdConfig = Field(default_factory=SystemdConfig)
     environment: dict[str, str] = Field(
-        default_factory=dict, description="extra environment for nix, nixos-rebuild, git and liveness commands"
+        default_factory=dict,
+        description="extra environment for nix, nixos-rebuild, git and liveness commands",
     )
     build_timeout: float = Field(default=3600, gt=0)
     activation_timeout: float = Field(default=900, gt=0)
-
 
     @field_validator("flake")
     @classmethod

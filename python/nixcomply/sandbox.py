@@ -50,6 +50,7 @@ import os
 import platform
 import re
 import shutil
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -687,6 +688,9 @@ class Sandbox:
         root = self.root
         root.profiles_dir.mkdir(parents=True)
         root.current_system.parent.mkdir(parents=True, exist_ok=True)
+        # a machine identity of its own, as /etc/machine-id gives a real host (evidence names it)
+        (root.path / "etc").mkdir(exist_ok=True)
+        (root.path / "etc/machine-id").write_text(uuid.uuid4().hex + "\n")
         (root.path / ROOT_MARKER).write_text(
             "The root directory of a nixcomply sandbox host; the emulated nixos-rebuild and\n"
             "switch-to-configuration act only on a directory holding this file.\n"

@@ -26,6 +26,7 @@ import os
 import signal
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, Self
@@ -180,8 +181,11 @@ class UserManager:
         log_level: str = "notice",
         start_timeout: float = DEFAULT_START_TIMEOUT,
         stop_timeout: float = DEFAULT_STOP_TIMEOUT,
+        unit_paths: Sequence[Path] = (),
     ) -> None:
         self.root = root.resolve()
+        # searched before unit_dir: the sandbox host points one at its running system's units
+        self.unit_paths = tuple(unit_paths)
         self.unit_dir = self.root / "units"
         self.runtime_dir = self.root / "runtime"
         self.home = self.root / "home"
@@ -258,7 +262,7 @@ class UserManager:
             "LANG": "C.UTF-8",
             "XDG_RUNTIME_DIR": str(self.runtime_dir),
             # The trailing ":" appends systemd's built-in user unit directories.
-            "SYSTEMD_UNIT_PATH": f"{self.unit_dir}:",
+            "SYSTEMD_UNIT_PATH": ":".join(str(p) for p in (*self.unit_paths, self.unit_dir)) + ":",
         }
         argv = [
             "unshare",

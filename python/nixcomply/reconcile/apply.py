@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from nixcomply import faults
 from nixcomply.config import ReconcilerConfig
 from nixcomply.errors import CommandError
 from nixcomply.heal.window import in_window, next_opening
@@ -79,6 +80,7 @@ def apply(
     timer = _Timer()
     rev = plan.target_revision
     state.begin_attempt(rev, str(target))
+    faults.point("built")
     failed_before = health.failed_units(ctx.systemd)
 
     started = time.monotonic()
@@ -88,6 +90,7 @@ def apply(
         )
     except CommandError as e:
         timer.measure("test", started)
+        state.set_phase(rev, "reverting")
         return _revert(
             ctx,
             target=target,
@@ -97,6 +100,7 @@ def apply(
             generation_before=generation_before,
         )
     timer.measure("test", started)
+    faults.point("tested")
 
     state.set_phase(rev, "gating")
     started = time.monotonic()
@@ -108,8 +112,10 @@ def apply(
         env=dict(ctx.tools.extra_env),
     )
     timer.measure("gate", started)
+    faults.point("gated")
     if not result.ok:
         failed = "; ".join(f"{c.name}: {c.detail}" for c in result.checks if not c.ok)
+        state.set_phase(rev, "reverting")
         return _revert(
             ctx,
             target=target,
@@ -127,6 +133,7 @@ def apply(
         )
     except CommandError as e:
         timer.measure("switch", started)
+        state.set_phase(rev, "reverting")
         return _revert(
             ctx,
             target=target,
@@ -136,6 +143,7 @@ def apply(
             generation_before=generation_before,
         )
     timer.measure("switch", started)
+    faults.point("switched")
     after = generations.current_generation(ctx.root)
     note = " (switch-to-configuration reported failed units while switching)" if switched.units_failed else ""
     return ApplyResult(
@@ -186,6 +194,7 @@ def _revert(
             generation_before=generation_before,
         )
     timer.measure("revert", started)
+    faults.point("reverted")
     return ApplyResult(
         outcome=ApplyOutcome.REVERTED,
         detail=f"{why}; re-activated {good} (the boot default was never changed)",

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from nixcomply import faults
 from nixcomply.config import ReconcilerConfig
 from nixcomply.errors import InputError
 from nixcomply.evidence.statement import Host
@@ -26,6 +27,7 @@ from nixcomply.manifest import read_manifest
 from nixcomply.nixos.root import Root
 from nixcomply.nixos.tools import Tools
 from nixcomply.reconcile import apply as applying
+from nixcomply.reconcile import record
 from nixcomply.reconcile.gate import SystemdFactory, SystemdLike
 from nixcomply.reconcile.model import (
     ApplyOutcome,
@@ -36,7 +38,6 @@ from nixcomply.reconcile.model import (
     PlanKind,
 )
 from nixcomply.reconcile.observe import external_change, observation_of, observe
-from nixcomply.reconcile import record
 from nixcomply.reconcile.plan import Target, decide, desired_state
 from nixcomply.state import Attempt, State
 
@@ -123,14 +124,19 @@ class Reconciler:
             )
             return report
 
-    def _cycle(self, state: State, store: EvidenceStore | None, *, started: datetime, dry_run: bool) -> CycleReport:
+    def _cycle(
+        self, state: State, store: EvidenceStore | None, *, started: datetime, dry_run: bool
+    ) -> CycleReport:
         seqs: list[int] = []
         host = observe(self.root, tools=self.tools, hostname=self.config.host)
         identity = record.host_identity(self.root.path, self.config.host)
         policy = self._policy_digest(host)
         interrupted = state.in_progress()
         explained = frozenset(
-            p for a in interrupted for p in (a.toplevel, host.profile.store_path if host.profile else None) if p
+            p
+            for a in interrupted
+            for p in (a.toplevel, host.profile.store_path if host.profile else None)
+            if p
         )
 
         external = external_change(state.observation(), host, explained_paths=explained)
@@ -152,7 +158,9 @@ class Reconciler:
 
         target = desired_state(self.config, tools=self.tools)
         for attempt in interrupted:
-            seq = self._settle(attempt, host, target, state, store, identity, policy)
+            seq = self._settle(
+                attempt, host=host, target=target, state=state, store=store, identity=identity, policy=policy
+            )
             if seq is not None:
                 seqs.append(seq)
         if not dry_run:
@@ -160,12 +168,21 @@ class Reconciler:
 
         plan = decide(host, target, state, self.config, tools=self.tools)
         result = applying.apply(plan, host, state, self.context(), dry_run=dry_run, now=datetime.now(UTC))
-        after = observe(self.root, tools=self.tools, hostname=self.config.host) if result.outcome in {
+        after = (
+            observe(self.root, tools=self.tools, hostname=self.config.host)
+            if result.outcome
+            in {
+                ApplyOutcome.SUCCESS,
+                ApplyOutcome.REVERTED,
+                ApplyOutcome.FAILED,
+            }
+            else host
+        )
+        if store is not None and result.outcome in {
             ApplyOutcome.SUCCESS,
             ApplyOutcome.REVERTED,
             ApplyOutcome.FAILED,
-        } else host
-        if store is not None and result.outcome in {ApplyOutcome.SUCCESS, ApplyOutcome.REVERTED, ApplyOutcome.FAILED}:
+        }:
             recorded = record.record_apply(
                 store,
                 host_id=identity,
@@ -179,6 +196,7 @@ class Reconciler:
             )
             if recorded is not None:
                 seqs.append(recorded.seq)
+        faults.point("recorded")
         self._close_attempt(plan, result, after, state)
         if not dry_run:
             state.set_observation(observation_of(after))
@@ -211,6 +229,7 @@ class Reconciler:
     def _settle(
         self,
         attempt: Attempt,
+        *,
         host: HostState,
         target: Target,
         state: State,
@@ -222,17 +241,26 @@ class Reconciler:
         current = host.current.store_path if host.current else None
         profile = host.profile.store_path if host.profile else None
         if attempt.toplevel is not None and current == attempt.toplevel == profile:
-            outcome, detail = ApplyOutcome.SUCCESS, "the switch completed; the run that made it was interrupted before recording it"
-        elif attempt.toplevel is not None and current == profile and current != attempt.toplevel:
-            outcome, detail = ApplyOutcome.REVERTED, (
-                f"interrupted during {attempt.phase}; the host runs its boot default again, "
-                f"{attempt.toplevel} was not kept"
+            outcome, detail = (
+                ApplyOutcome.SUCCESS,
+                "the switch completed; the run that made it was interrupted before recording it",
             )
+        elif attempt.phase == "reverting" and current == profile:
+            outcome, detail = (
+                ApplyOutcome.REVERTED,
+                f"{attempt.toplevel} failed and was reverted; the run was interrupted before recording it",
+            )
+        elif current == profile:
+            # interrupted before anything was activated (or after it was undone): no generation
+            # changed, nothing to record; not judged by the gate, so not blocked either
+            logger.info("an interrupted attempt at %s left the host on its boot default", attempt.revision)
+            state.clear_attempts(attempt.revision)
+            return None
         else:
             return None  # still activated but not switched: the plan decides again (test, gate, switch)
         result = ApplyResult(outcome=outcome, detail=detail, target_path=attempt.toplevel)
         seq = None
-        if store is not None:
+        if store is not None and not _already_recorded(store, attempt):
             recorded = record.record_apply(
                 store,
                 host_id=identity,
@@ -254,8 +282,7 @@ class Reconciler:
                 revision=attempt.revision,
             )
         else:
-            # interrupted, not judged by the gate: not blocked, the plan may try it again
-            state.clear_attempts(attempt.revision)
+            state.end_attempt(attempt.revision, "reverted", detail)
         return seq
 
     def _policy_digest(self, host: HostState) -> str | None:
@@ -267,3 +294,25 @@ class Reconciler:
         except InputError:  # an unreadable manifest is a finding of the checks, not an error here
             return None
         return manifest.baseline.digest if manifest else None
+
+
+def _already_recorded(store: EvidenceStore, attempt: Attempt) -> bool:
+    """Whether the newest evidence entry is this attempt's outcome (the run that wrote it died
+    before closing the attempt): recording it again would duplicate it."""
+    import json
+
+    tail = store.tail()
+    if tail is None:
+        return False
+    try:
+        statement = json.loads((tail.path / "statement.json").read_bytes())
+        predicate = statement["predicate"]
+        observed = datetime.fromisoformat(predicate["observed_at"])
+        return bool(
+            statement["predicateType"].endswith("/generation-change/v1")
+            and predicate.get("actor") == "nixcomply"
+            and predicate["generation"]["store_path"] == attempt.toplevel
+            and observed >= attempt.updated_at
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return False

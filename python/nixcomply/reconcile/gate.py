@@ -20,7 +20,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Protocol
 
-from nixcomply import process
+from nixcomply import faults, process
 from nixcomply.config import HealthGate
 from nixcomply.errors import CommandError, NixcomplyError
 from nixcomply.nixos.rebuild import ActivationResult
@@ -74,6 +74,7 @@ def run_gate(
     checks: list[GateCheck] = []
     if gate.settle_seconds:
         sleep(min(gate.settle_seconds, gate.timeout))
+    faults.point("gating")
 
     unit_checks, failed_now = _unit_checks(gate, failed_before, systemd, deadline, sleep)
     checks.append(_activation_check(activation, failed_before, failed_now))

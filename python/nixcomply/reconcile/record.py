@@ -28,7 +28,14 @@ from nixcomply.evidence.statement import (
 )
 from nixcomply.evidence.store import EvidenceStore, Recorded
 from nixcomply.nixos.tools import Tools
-from nixcomply.reconcile.model import ApplyOutcome, ApplyResult, Desired, ExternalChange, HostState, SystemInfo
+from nixcomply.reconcile.model import (
+    ApplyOutcome,
+    ApplyResult,
+    Desired,
+    ExternalChange,
+    HostState,
+    SystemInfo,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +92,9 @@ def _subject(path: str | None, tools: Tools) -> list[Subject]:
     return [Subject(name=path, digest={"sha256": digest})]
 
 
-def _generation(info: SystemInfo | None, fallback_path: str, previous: SystemInfo | None, nar_hash: str | None) -> Generation:
+def _generation(
+    info: SystemInfo | None, fallback_path: str, previous: SystemInfo | None, nar_hash: str | None
+) -> Generation:
     prev = None
     if previous is not None and previous.generation is not None:
         prev = GenerationRef(number=previous.generation, store_path=previous.store_path)

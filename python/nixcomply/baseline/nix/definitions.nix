@@ -1,5 +1,5 @@
 # Evaluate a rendered baseline module with the real Nix evaluator but without nixpkgs (which
-# these machines do not have): a stand-in `lib` provides the few functions the generated
+# the sandbox host and the test machines do not have): a stand-in `lib` provides the few functions the generated
 # file uses, in nixpkgs' own representation (`mkIf`/`mkMerge` build `_type`d sets that the
 # module system later interprets), and `definitions` interprets them the same way: a false
 # `mkIf` contributes nothing, a `mkMerge` contributes each of its parts.
