@@ -40,6 +40,10 @@ render: deps
 	$(BIN)/nixcomply render baseline/hipaa-v1.yaml --nixos-release unstable -o modules/baselines/hipaa-v1.unstable.nix
 	$(BIN)/nixcomply baseline schema -o baseline/baseline.schema.json
 
+# The whole cycle on a sandbox host (render, switch, revert, verify); kept in .demo/ for a look.
+demo: deps
+	rm -rf .demo && $(BIN)/nixcomply demo --dir .demo
+
 bench: deps
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 

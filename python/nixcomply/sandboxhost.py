@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,8 @@ from nixcomply.sandbox import Sandbox
 from nixcomply.usermanager import UserManager
 
 logger = logging.getLogger(__name__)
+
+SHORT_PATH = 40  # longer sandbox paths put the user manager's sockets elsewhere
 
 
 @dataclass
@@ -133,6 +137,10 @@ class SandboxHost:
     def close(self) -> None:
         if self.manager is not None:
             self.manager.stop()
+            if self.manager.root.parent == Path(tempfile.gettempdir()) and self.manager.root.name.startswith(
+                "nixcomply-um-"
+            ):
+                shutil.rmtree(self.manager.root, ignore_errors=True)
             self.manager = None
 
     def __enter__(self) -> Self:
@@ -148,6 +156,12 @@ def _start_manager(directory: Path, sandbox: Sandbox) -> UserManager | None:
     if os.geteuid() != 0:
         logger.warning("not root: the sandbox runs without systemd (the health gate checks no units)")
         return None
+    if len(str(directory)) > SHORT_PATH:
+        # the manager's sockets live under it and a unix socket path holds at most 108 bytes
+        directory.mkdir(parents=True, exist_ok=True)
+        short = Path(tempfile.mkdtemp(prefix="nixcomply-um-"))
+        (directory / "runtime-location").write_text(f"{short}\n")
+        directory = short
     manager = UserManager(directory, unit_paths=[sandbox.user_unit_path])
     try:
         manager.start()

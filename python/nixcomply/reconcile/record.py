@@ -15,7 +15,7 @@ from pathlib import Path
 
 from nixcomply.config import ReconcilerConfig
 from nixcomply.errors import CommandError
-from nixcomply.evidence.keys import load_signer
+from nixcomply.evidence.keys import BUNDLE_CREDENTIAL, LOG_CREDENTIAL, load_signer
 from nixcomply.evidence.statement import (
     Action,
     Generation,
@@ -39,8 +39,6 @@ from nixcomply.reconcile.model import (
 
 logger = logging.getLogger(__name__)
 
-SIGNING_CREDENTIAL = "evidence-signing-key"
-LOG_CREDENTIAL = "evidence-log-key"
 
 OUTCOMES = {
     ApplyOutcome.SUCCESS: Outcome.SUCCESS,
@@ -57,7 +55,7 @@ def origin_for(config: ReconcilerConfig) -> str:
 def open_store(config: ReconcilerConfig) -> EvidenceStore:
     """The evidence store under the state directory, with keys from systemd credentials or
     the configured files; a missing key is an error before anything is changed."""
-    signer = load_signer(config.evidence.signing_key, credential=SIGNING_CREDENTIAL)
+    signer = load_signer(config.evidence.signing_key, credential=BUNDLE_CREDENTIAL)
     log_signer = load_signer(config.evidence.log_key, credential=LOG_CREDENTIAL)
     return EvidenceStore.open(config.state_dir, signer, log_signer, origin=origin_for(config))
 
