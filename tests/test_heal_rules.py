@@ -207,3 +207,24 @@ def test_exists_needs_bool_and_in_needs_list() -> None:
     with pytest.raises(ValidationError, match="list value"):
         cond("x", "in", "abc")
     assert Op("not_in") is Op.NOT_IN
+
+
+def test_built_in_rules_cover_every_check() -> None:
+    from conftest import REPO
+    from nixcomply.baseline.load import known_runbook_ids
+    from nixcomply.checks.catalog import CHECK_NAMES
+
+    rules = load_rules((REPO / "runbooks" / "rules").glob("*.yaml"), runbook_ids=known_runbook_ids())
+    for check in sorted(CHECK_NAMES):
+        finding = {
+            "check": check,
+            "status": "drift",
+            "severity": "high",
+            "runbook_params": {"unit": "x.service"},
+        }
+        decision = decide(rules, finding)
+        assert decision is not None, f"no built-in rule handles drift of {check}"
+        errored = decide(rules, {**finding, "status": "error"})
+        assert errored is not None
+        assert errored.alert is not None, f"an erroring {check} must alert, never pass"
+    assert decide(rules, {"check": "sshd_effective", "status": "pass", "severity": "high"}) is None
