@@ -198,7 +198,8 @@ def test_reload_or_restart_reloads_when_it_can(user_systemd: Systemd, units: Uni
     assert sd.reload_or_restart(name, timeout=10) == "done"
     assert sd.unit_state(name).main_pid == pid, "a unit with ExecReload was restarted instead"
     deadline = time.monotonic() + 5
-    while not marker.exists() and time.monotonic() < deadline:
+    # `>>` creates the file before `echo` writes into it: wait for the content itself
+    while not (marker.exists() and marker.read_text().endswith("\n")) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert marker.read_text() == "hup\n"
 
