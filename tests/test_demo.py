@@ -26,6 +26,29 @@ def test_demo_switches_then_reverts_and_verifies(cli, tmp_path: Path, nix_env: d
     r = cli("status", "--config", out / "host" / "reconciler.json")
     assert r.code == 0
     assert "blocked" in r.out
+    check_metrics(out / "host" / "metrics" / "nixcomply.prom")
+
+
+def check_metrics(path: Path) -> None:
+    """The textfile parses with Prometheus' own parser and carries the last run's figures."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = {f.name: f for f in text_string_to_metric_families(path.read_text())}
+    value = {f: {tuple(sorted(s.labels.items())): s.value for s in families[f].samples} for f in families}
+    assert value["nixcomply_last_run_outcome"][(("outcome", "reverted"),)] == 1
+    assert value["nixcomply_last_run_outcome"][(("outcome", "success"),)] == 0
+    assert value["nixcomply_last_plan"][(("kind", "drift"),)] == 1
+    assert value["nixcomply_generation"][()] == 2
+    assert value["nixcomply_evidence_sequence"][()] == 1
+    assert value["nixcomply_evidence_checkpoint_size"][()] == 2
+    assert value["nixcomply_blocked_revisions"][()] == 1
+    assert value["nixcomply_need_reboot"][()] == 0
+    (info,) = families["nixcomply_info"].samples
+    assert info.labels["host"] == "clinic-01"
+    assert info.labels["baseline"] == "hipaa-v1"
+    assert "nixcomply_drift_findings" in families
+    assert "nixcomply_heals" in families  # counters are exposed as <name>_total samples
+    assert "nixcomply_suppressed_flaps" in families
 
 
 def test_demo_refuses_a_directory_in_use(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -47,6 +47,10 @@ class SandboxHost:
         return self.dir / "state"
 
     @property
+    def metrics_path(self) -> Path:
+        return self.dir / "metrics" / "nixcomply.prom"
+
+    @property
     def config(self) -> ReconcilerConfig:
         return load_config(self.config_path)
 
@@ -126,6 +130,7 @@ class SandboxHost:
                 else {"enable": False}
             ),
             "evidence": evidence,
+            "metrics": {"enable": True, "path": str(self.metrics_path)},
         }
         config.update(settings or {})
         atomic_write_text(self.config_path, json.dumps(config, indent=2, sort_keys=True) + "\n", mode=0o600)

@@ -111,6 +111,8 @@ class Reconciler:
                 store = stack.enter_context(record.open_store(self.config))
             run_id = state.start_run("reconcile-dry-run" if dry_run else "reconcile")
             report = self._cycle(state, store, started=started, dry_run=dry_run)
+            if self.config.metrics.enable:
+                self._write_metrics(report, state, store)
             state.finish_run(
                 run_id,
                 report.result.outcome.value,
@@ -284,6 +286,35 @@ class Reconciler:
         else:
             state.end_attempt(attempt.revision, "reverted", detail)
         return seq
+
+    def _write_metrics(self, report: CycleReport, state: State, store: EvidenceStore | None) -> None:
+        from nixcomply import metrics
+
+        tail = store.tail() if store is not None else None
+        manifest = None
+        if report.host.current is not None:
+            try:
+                manifest = read_manifest(Path(report.host.current.store_path))
+            except InputError:
+                manifest = None
+        snapshot = metrics.Snapshot(
+            host=self.config.host,
+            baseline=f"{manifest.baseline.id}" if manifest else None,
+            nixos_release=manifest.nixos_release if manifest else None,
+            finished_at=report.finished_at.timestamp(),
+            duration_s=(report.finished_at - report.started_at).total_seconds(),
+            outcome=report.result.outcome.value,
+            plan=report.plan.kind.value if report.plan else None,
+            generation=report.host.profile.generation if report.host.profile else None,
+            need_reboot=bool(report.host.need_reboot),
+            findings=tuple(report.finding_samples),
+            heals=state.heal_counts(),
+            suppressed=len(state.suppressed()),
+            blocked=len(state.blocked_revisions()),
+            evidence_seq=tail.seq if tail else None,
+            checkpoint_size=tail.checkpoint_size if tail else None,
+        )
+        metrics.write(self.config.metrics.path, snapshot)
 
     def _policy_digest(self, host: HostState) -> str | None:
         """The digest of the baseline the running system was rendered from."""

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from nixcomply.metrics import FindingSample
 
 _Model = ConfigDict(extra="forbid", frozen=True)
 
@@ -162,6 +166,24 @@ class ApplyResult(BaseModel):
     generation_after: int | None = None
 
 
+class FindingSummary(BaseModel):
+    """One runtime finding as the cycle reports it (the full finding is in evidence)."""
+
+    model_config = _Model
+
+    check: str
+    control_ids: list[str]
+    severity: str
+    status: str
+    drifted: bool
+    message: str
+    decision: str | None = Field(default=None, description="runbook run, alert, suppressed, deferred ...")
+
+    @property
+    def family(self) -> str:
+        return self.control_ids[0].split(".", 1)[0] if self.control_ids else self.check
+
+
 class CycleReport(BaseModel):
     """One reconcile cycle, end to end (``nixcomply reconcile --json``)."""
 
@@ -176,5 +198,11 @@ class CycleReport(BaseModel):
     plan: Plan | None
     result: ApplyResult
     evidence_seqs: list[int] = Field(default_factory=list)
-    findings: int = 0
+    findings: list[FindingSummary] = Field(default_factory=list)
     error: str | None = None
+
+    @property
+    def finding_samples(self) -> list[FindingSample]:
+        from nixcomply.metrics import FindingSample
+
+        return [FindingSample(f.severity, f.family, f.drifted) for f in self.findings]
