@@ -118,7 +118,10 @@ class ReconcilerConfig(BaseModel):
     root: Path = Field(default=Path("/"), description="host root (a sandbox uses a directory)")
     dry_run: bool = False
     mode: Literal["timer", "daemon"] = "timer"
-    poll_interval_seconds: float = Field(default=900, ge=10)
+    poll_interval_seconds: float = Field(default=900, ge=1, description="daemon mode: time between cycles")
+    cycle_timeout_seconds: float = Field(
+        default=7200, gt=0, description="daemon mode: a cycle longer than this stops petting the watchdog"
+    )
     jitter_seconds: float = Field(default=60, ge=0)
     health_gate: HealthGate = Field(default_factory=HealthGate)
     maintenance_window: MaintenanceWindow | None = None

@@ -538,6 +538,9 @@ class Sandbox:
         env = {
             "PATH": f"{self.bin_dir}{os.pathsep}{os.environ.get('PATH', os.defpath)}",
             "NIX_CONFIG": f"{inherited_config}\n{NIX_CONFIG}" if inherited_config else NIX_CONFIG,
+            # the local store directly: Debian's nix-bin sets NIX_REMOTE=daemon for user
+            # services (environment.d), and the sandbox needs no daemon
+            "NIX_REMOTE": "local",
             ENV_ROOT: str(self.root.path),
         }
         if self.user_runtime_dir is not None:

@@ -28,16 +28,17 @@ class Verb(StrEnum):
 
     PLAN = "plan"
     RECONCILE = "reconcile"
+    DAEMON = "daemon"
     STATUS = "status"
     RESET = "reset"
 
     @property
     def activates(self) -> bool:
-        return self is Verb.RECONCILE
+        return self in {Verb.RECONCILE, Verb.DAEMON}
 
     @property
     def writes_state(self) -> bool:
-        return self in {Verb.RECONCILE, Verb.RESET, Verb.PLAN}
+        return self in {Verb.RECONCILE, Verb.DAEMON, Verb.RESET, Verb.PLAN}
 
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:
@@ -76,6 +77,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _config_arg(rec)
     rec.add_argument("--dry-run", action="store_true", help="do everything but activate")
     rec.add_argument("--json", action="store_true", help="machine-readable output")
+
+    daemon = add_verb(
+        subparsers,
+        Verb.DAEMON,
+        cmd_daemon,
+        help="reconcile periodically as a systemd Type=notify service (READY, WATCHDOG, STATUS)",
+    )
+    _config_arg(daemon)
 
     status = add_verb(subparsers, Verb.STATUS, cmd_status, help="one screen on the host for a technician")
     _config_arg(status)
@@ -160,6 +169,13 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     else:
         print("\n".join(summarise(report)))
     return exit_code(report)
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    from nixcomply.config import DEFAULT_CONFIG
+    from nixcomply.daemon import run
+
+    return run(args.config or DEFAULT_CONFIG)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
