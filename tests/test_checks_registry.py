@@ -268,3 +268,19 @@ def test_table(tmp_path: Path) -> None:
     )
     assert "kernel.kptr_restrict is 2, expected 1" in table
     assert lines[-1] == "2 finding(s) from 2 check(s): 1 pass, 1 drift"
+
+
+def test_every_shipped_control_speaks_its_checks_language() -> None:
+    """Each hipaa-v1 control's expect uses keys its check knows (the contract with the baseline)."""
+    from nixcomply.baseline.load import load_baseline
+    from nixcomply.checks.base import expect_problem
+    from nixcomply.paths import default_baseline
+
+    baseline = load_baseline(default_baseline()).baseline
+    problems = []
+    for c in baseline.controls:
+        spec = registry.REGISTRY[c.verify.check].spec
+        problem = expect_problem(spec, c.verify.expect)
+        if problem:
+            problems.append(f"{c.id}: {problem}")
+    assert problems == []

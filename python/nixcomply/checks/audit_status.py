@@ -3,7 +3,9 @@
 ``enabled`` is 0 (off), 1 (on) or 2 (on and locked until reboot, ``-e 2``); ``failure`` is
 what the kernel does when it cannot log (0 silent, 1 printk, 2 panic); ``pid`` is the
 process receiving the records (0: no auditd, records go to the kernel log). Expectations
-compare as integers; ``enabled: 1`` is also met by 2 (locked is stricter).
+compare as integers; ``enabled: 1`` is also met by 2 (locked is stricter). A control that
+expects ``enabled`` also needs a running audit daemon (``pid`` not 0) unless it says
+``pid_running: false``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ SPEC: Final = CheckSpec(
     runbook="RB-SERVICE-001",
     expect_keys=frozenset({"enabled", "failure", "pid_running", "backlog_limit_min"}),
 )
+DEFAULT_EXPECT: Final[Mapping[str, Any]] = {"enabled": 1}
 _LINE: Final = re.compile(r"^([a-z_]+) (-?\d+)(?: .*)?$")
 _REQUIRED: Final = ("enabled", "failure", "pid")
 
@@ -58,10 +61,12 @@ def _int(expect: Mapping[str, Any], key: str) -> int | None:
 
 
 def judge(status: dict[str, int], expect: Mapping[str, Any], ctx: CheckContext) -> Verdict:
+    expect = expect or DEFAULT_EXPECT
     enabled = _int(expect, "enabled")
     failure = _int(expect, "failure")
     backlog = _int(expect, "backlog_limit_min")
-    pid_running = expect.get("pid_running", True)
+    # "enabled" is what the auditd control asks for: records need a daemon to land anywhere
+    pid_running = expect.get("pid_running", "enabled" in expect)
     if not isinstance(pid_running, bool):
         raise ValueError(f"expect.pid_running must be true or false, not {pid_running!r}")
     wrong = []
@@ -76,7 +81,7 @@ def judge(status: dict[str, int], expect: Mapping[str, Any], ctx: CheckContext) 
     if pid_running and status["pid"] == 0:
         wrong.append("no audit daemon receives the records (pid 0)")
     expected: dict[str, Any] = dict(expect)
-    expected.setdefault("pid_running", True)
+    expected["pid_running"] = pid_running
     observed = dict(status)
     if wrong:
         return Verdict(

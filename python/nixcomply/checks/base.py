@@ -223,7 +223,7 @@ def skipped_findings(spec: CheckSpec, ctx: CheckContext, controls: Controls, mes
     return findings
 
 
-def _bad_expect(spec: CheckSpec, expect: Mapping[str, Any]) -> str | None:
+def expect_problem(spec: CheckSpec, expect: Mapping[str, Any]) -> str | None:
     if spec.expect_keys is None:
         return None
     unknown = sorted(set(expect) - spec.expect_keys)
@@ -254,7 +254,7 @@ def targets(ctx: CheckContext, spec: CheckSpec, controls: Controls) -> tuple[lis
         return findings, [Target((), {})]
     result = []
     for cid, control in enforced:
-        problem = _bad_expect(spec, control.verify.expect)
+        problem = expect_problem(spec, control.verify.expect)
         if problem:
             findings.append(make_finding(spec, [(cid, control)], Verdict("error", problem)))
         else:
