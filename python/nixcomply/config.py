@@ -15,6 +15,7 @@ from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from nixcomply.checks.config import ChecksConfig
 from nixcomply.yamlsource import load_model
 
 DEFAULT_CONFIG: Final = Path("/etc/nixcomply/reconciler.json")
@@ -129,6 +130,9 @@ class ReconcilerConfig(BaseModel):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     executables: Executables = Field(default_factory=Executables)
     systemd: SystemdConfig = Field(default_factory=SystemdConfig)
+    checks: ChecksConfig = Field(
+        default_factory=ChecksConfig, description="site specifics of the runtime checks"
+    )
     environment: dict[str, str] = Field(
         default_factory=dict,
         description="extra environment for nix, nixos-rebuild, git and liveness commands",

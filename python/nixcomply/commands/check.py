@@ -44,29 +44,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _load_config(path: Path) -> tuple[ChecksConfig, dict[str, Any]]:
-    """The checks configuration from ``path``, and the reconciler settings the verb uses
-    (``root``, ``systemd``) when ``path`` is a reconciler configuration."""
-    from pydantic import BaseModel, ConfigDict, Field
-
+    """The checks configuration from ``path`` (a full reconciler configuration, validated as
+    one, or a checks configuration alone), and the reconciler settings this verb uses."""
     from nixcomply.checks.config import ChecksConfig
+    from nixcomply.config import ReconcilerConfig
     from nixcomply.yamlsource import load_yaml, validate
 
-    class _Systemd(BaseModel):
-        model_config = ConfigDict(extra="ignore")
-        user_mode: bool = False
-        bus_address: str | None = None
-
-    class _Reconciler(BaseModel):
-        # Only what this verb reads; the reconciler validates the whole file itself.
-        model_config = ConfigDict(extra="ignore")
-        checks: ChecksConfig = Field(default_factory=ChecksConfig)
-        root: Path | None = None
-        systemd: _Systemd = Field(default_factory=_Systemd)
-
     data, source = load_yaml(path)
-    if isinstance(data, dict) and ("flake" in data or "checks" in data):
-        view = validate(_Reconciler, data, source)
-        return view.checks, {"root": view.root, **view.systemd.model_dump()}
+    if isinstance(data, dict) and "flake" in data:
+        config = validate(ReconcilerConfig, data, source)
+        return config.checks, {"root": config.root, **config.systemd.model_dump()}
     return validate(ChecksConfig, data if data is not None else {}, source), {}
 
 
