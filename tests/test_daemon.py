@@ -79,7 +79,11 @@ def test_hung_cycle_stops_the_watchdog_and_systemd_restarts_it(fresh: World, tmp
     hang.chmod(hang.stat().st_mode | stat.S_IEXEC)
     fresh.configure(
         "good",
-        executables={"nix": str(hang), "nixos_rebuild": str(fresh.sandbox.bin_dir / "nixos-rebuild")},
+        executables={
+            "nix": str(hang),
+            "nixos_rebuild": str(fresh.sandbox.bin_dir / "nixos-rebuild"),
+            "systemd_run": None,
+        },
         cycle_timeout_seconds=1,
     )
     sd = start(

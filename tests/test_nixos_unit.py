@@ -416,3 +416,33 @@ def test_history_dir(tmp_path: Path) -> None:
     assert git.history_dir(FlakeRef.parse(f"path:{tmp_path}")) is None
     assert git.history_dir(FlakeRef.parse(f"git+file://{tmp_path}/sub")) is None
     assert git.history_dir(FlakeRef.parse("git+https://git.example/fleet?ref=main")) is None
+
+
+def test_reactivation_through_systemd_run(run: mock.MagicMock) -> None:
+    """On a real host the reconciler re-activates outside its own hardened unit, the way
+    nixos-rebuild-ng activates: a transient unit that passes the exit status through."""
+    run.return_value = result(returncode=4)
+    tools = Tools(systemd_run="systemd-run")
+    r = rebuild.switch_to_configuration(P2, RebuildAction.TEST, tools=tools)
+    run.assert_called_once_with(
+        [
+            "systemd-run",
+            "-E",
+            "LOCALE_ARCHIVE",
+            "--collect",
+            "--no-ask-password",
+            "--pipe",
+            "--quiet",
+            "--service-type=exec",
+            "--unit=nixcomply-switch-to-configuration",
+            "--wait",
+            P2 / "bin/switch-to-configuration",
+            "test",
+        ],
+        check=True,
+        timeout=rebuild.ACTIVATION_TIMEOUT,
+        extra_env=None,
+        cwd=None,
+        allowed_returncodes=(0, 4),
+    )
+    assert r.units_failed

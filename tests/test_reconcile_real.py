@@ -45,7 +45,12 @@ def test_noop_cycle_decides_in_sync_without_building(fresh: World, tmp_path: Pat
     nix, log = nix_logger(fresh, tmp_path)
     for _ in range(2):
         report = fresh.reconcile(
-            "good", executables={"nix": nix, "nixos_rebuild": str(fresh.sandbox.bin_dir / "nixos-rebuild")}
+            "good",
+            executables={
+                "nix": nix,
+                "nixos_rebuild": str(fresh.sandbox.bin_dir / "nixos-rebuild"),
+                "systemd_run": None,
+            },
         )
         assert report.plan is not None
         assert report.plan.kind == PlanKind.IN_SYNC, report.plan.reason
@@ -146,7 +151,11 @@ def test_failing_liveness_command_reverts(fresh: World) -> None:
 def test_unsafe_targets_are_refused_without_building(fresh: World, tmp_path: Path) -> None:
     fresh.install("newer")
     nix, log = nix_logger(fresh, tmp_path)
-    executables = {"nix": nix, "nixos_rebuild": str(fresh.sandbox.bin_dir / "nixos-rebuild")}
+    executables = {
+        "nix": nix,
+        "nixos_rebuild": str(fresh.sandbox.bin_dir / "nixos-rebuild"),
+        "systemd_run": None,
+    }
 
     side = fresh.reconcile("side", executables=executables)
     assert side.plan is not None

@@ -97,6 +97,9 @@ class Executables(BaseModel):
     nix: str = "nix"
     nixos_rebuild: str = "nixos-rebuild"
     git: str = "git"
+    systemd_run: str | None = Field(
+        default="systemd-run", description="re-activation runs in a transient unit (None: directly)"
+    )
 
 
 class SystemdConfig(BaseModel):

@@ -116,7 +116,11 @@ class SandboxHost:
             "host": self.sandbox.host,
             "state_dir": str(self.state_dir),
             "root": str(self.sandbox.root.path),
-            "executables": {"nixos_rebuild": str(self.sandbox.bin_dir / "nixos-rebuild")},
+            # the emulated activation acts only under the sandbox root: no transient unit
+            "executables": {
+                "nixos_rebuild": str(self.sandbox.bin_dir / "nixos-rebuild"),
+                "systemd_run": None,
+            },
             "environment": self.sandbox.extra_env,
             "health_gate": {
                 "critical_units": list(critical_units) if self.manager else [],

@@ -99,7 +99,26 @@ def switch_to_configuration(
 ) -> ActivationResult:
     """``<system>/bin/switch-to-configuration <action>``: activate without touching the profile
     (``test``), e.g. to re-activate the generation the profile still points at after a failed
-    health gate."""
+    health gate.
+
+    With ``tools.systemd_run`` set, the activation runs in a transient unit of PID 1 (as
+    nixos-rebuild-ng runs it), outside the caller's hardened service and its mount
+    namespace, and is not cut short if the caller dies; ``--wait --pipe`` passes the exit
+    status (4: units failed) and the output through."""
     argv: list[str | Path] = [system / "bin/switch-to-configuration", str(action)]
+    if tools.systemd_run is not None:
+        argv = [
+            tools.systemd_run,
+            "-E",
+            "LOCALE_ARCHIVE",
+            "--collect",
+            "--no-ask-password",
+            "--pipe",
+            "--quiet",
+            "--service-type=exec",
+            "--unit=nixcomply-switch-to-configuration",
+            "--wait",
+            *argv,
+        ]
     r = tools.run(argv, timeout=timeout, allowed_returncodes=(0, EXIT_UNITS_FAILED))
     return _result(action, system, r)

@@ -24,6 +24,9 @@ class Tools:
     nix: str = "nix"
     nixos_rebuild: str = "nixos-rebuild"
     git: str = "git"
+    # Activation outside the caller's own sandbox, as nixos-rebuild-ng does it: a transient
+    # unit of PID 1 (None: run switch-to-configuration directly, e.g. on the sandbox host).
+    systemd_run: str | None = None
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
     def run(

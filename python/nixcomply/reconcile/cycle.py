@@ -49,6 +49,7 @@ def tools_for(config: ReconcilerConfig) -> Tools:
         nix=config.executables.nix,
         nixos_rebuild=config.executables.nixos_rebuild,
         git=config.executables.git,
+        systemd_run=config.executables.systemd_run,
         extra_env=dict(config.environment),
     )
 
