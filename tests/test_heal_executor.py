@@ -75,8 +75,9 @@ def test_a_unit_that_cannot_start_is_rolled_back_with_an_alert(
     )
 
     assert run.outcome == RunOutcome.ALERT, run.reason
-    failed = [s for s in run.steps if s.outcome == "failed"]
-    assert len(failed) == 1 and failed[0].attempts == 3  # max_retries: 2
+    # whether the restart job already sees it failed or wait_unit does is a race; either fails
+    assert run.steps[0].action == "restart_service" and run.steps[0].attempts == 3  # max_retries: 2
+    assert any(s.outcome == "failed" for s in run.steps)
     assert heal.sleeps == [10, 10]
     assert run.verification is None, "a failed step ends the run before verification"
     assert [(r.action, r.outcome) for r in run.rollback] == [("send_alert", "success")]

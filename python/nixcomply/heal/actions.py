@@ -63,6 +63,9 @@ SyncGeneration = Callable[[float], SyncResult]
 
 @dataclass(frozen=True)
 class ActionResult:
+    """``output`` is everything the step printed (the executor keeps a bounded part);
+    ``data`` goes into evidence as it is, so actions bound what they put there."""
+
     ok: bool
     detail: str
     data: dict[str, JsonValue] = field(default_factory=dict)
@@ -126,9 +129,7 @@ def run_command(args: Mapping[str, Any], env: ActionEnv) -> ActionResult:
         "output": bounded(output, env.config.max_output_bytes),
     }
     what = f"{Path(argv[0]).name} exited with status {result.returncode}"
-    return ActionResult(
-        result.ok, what, data, bounded(output, env.config.max_output_bytes), argv, result.returncode
-    )
+    return ActionResult(result.ok, what, data, output, argv, result.returncode)
 
 
 def send_alert(args: Mapping[str, Any], env: ActionEnv) -> ActionResult:
@@ -284,7 +285,7 @@ def capture_state(args: Mapping[str, Any], env: ActionEnv) -> ActionResult:
             data["ruleset_error"] = error
             details.append(f"ruleset not readable: {error}")
             ok = unit is not None
-    return ActionResult(ok, "; ".join(details), data, bounded("\n".join(outputs), limit))
+    return ActionResult(ok, "; ".join(details), data, "\n".join(outputs))
 
 
 def _capture(argv: list[str], env: ActionEnv) -> tuple[str, str | None]:
@@ -327,7 +328,14 @@ def check_disk_space(args: Mapping[str, Any], env: ActionEnv) -> ActionResult:
 
 def _open_dir(path: Path) -> int:
     """Open the directory the guard resolved, refusing a symlink put there since then."""
-    fd = os.open(path, _DIR_FLAGS)
+    try:
+        fd = os.open(path, _DIR_FLAGS)
+    except OSError:
+        if path.is_symlink():
+            raise NixcomplyError(
+                f"{path} became a symlink since it was checked; refusing to follow it"
+            ) from None
+        raise
     actual = os.readlink(f"/proc/self/fd/{fd}")
     if actual != str(path):
         os.close(fd)
