@@ -11,12 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures_heal import CountingFactory, HealWorld
+from fixtures_heal import CountingFactory, HealWorld, write_evidence_keys
 from fixtures_systemd import Units
 
 from conftest import DATA, REPO
+from nixcomply.evidence.keys import read_private_key
+from nixcomply.evidence.statement import Host
+from nixcomply.evidence.store import EvidenceStore
+from nixcomply.evidence.verify import verify_path
 from nixcomply.heal.actions import SyncResult
 from nixcomply.heal.executor import RunbookRun, RunOutcome, execute
+from nixcomply.heal.record import record_remediation
 from nixcomply.heal.runbook import load_runbook
 from nixcomply.systemd import Systemd
 from nixcomply.usermanager import UserManager
@@ -64,6 +69,20 @@ def test_a_stopped_unit_is_restarted_and_verified(
     assert after["state"]["active_state"] == "active"  # type: ignore[index,call-overload]
     assert "journal" in before or "journal_error" in before
     assert run.missing_evidence == []
+
+    keys = write_evidence_keys(heal.tmp)
+    with EvidenceStore.open(
+        keys.state_dir,
+        read_private_key(keys.signing_key),
+        read_private_key(keys.log_key),
+        origin="nixcomply/t",
+    ) as store:
+        host = Host(machine_id="0" * 32, hostname="clinic-01")
+        recorded = record_remediation(store, run, host=host, controls=SERVICE.controls)
+    statement = json.loads((recorded.path / "statement.json").read_text())["predicate"]
+    assert statement["outcome"] == "success" and statement["runbook"] == "RB-SERVICE-001"
+    assert {c["status"] for c in statement["controls"]} == {"pass"}
+    assert not verify_path(keys.state_dir, None).errors
 
 
 def test_a_unit_that_cannot_start_is_rolled_back_with_an_alert(

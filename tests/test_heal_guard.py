@@ -404,3 +404,34 @@ def test_the_default_rules_pass_only_parameters_the_runbooks_declare() -> None:
                 k for k, v in runbooks[rule.action.runbook].params.items() if v.required and v.default is None
             }
             assert required <= set(rule.action.params), rule.id
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"allowed_roots": ["/"]}, "/ cannot be an allowed root"),
+        ({"allowed_roots": ["var/cache"]}, "must be absolute"),
+        ({"allowed_roots": ["/var/cache/../.."]}, "must not contain '..'"),
+        ({"binaries": {"bin/sh": "/bin/sh"}}, "a bare file name"),
+        ({"binaries": {"sh": "sh"}}, "must be an absolute path"),
+        ({"allowed_units": ["foo bar.service"]}, "is not a unit name or glob"),
+        ({"alowed_units": ["x.service"]}, "Extra inputs are not permitted"),
+    ],
+)
+def test_heal_config_refuses_what_would_loosen_the_guard(settings: dict[str, Any], message: str) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        HealConfig.model_validate(settings)
+
+
+def test_heal_config_defaults_cover_the_baseline_critical_services() -> None:
+    from fnmatch import fnmatchcase
+
+    from nixcomply.baseline.load import load_baseline
+
+    config = HealConfig()
+    assert config.enable
+    critical = load_baseline(REPO / "baseline" / "hipaa-v1.yaml").baseline.parameters.critical_services
+    for unit in critical:
+        assert any(fnmatchcase(unit, glob) for glob in config.allowed_units), unit

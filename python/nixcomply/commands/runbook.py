@@ -129,12 +129,12 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
     else:
         for r in runbooks:
-            flags = " disruptive" if r.disruptive else ""
+            flags = " [disruptive]" if r.disruptive else ""
             params = ", ".join(
                 f"{k}{'' if v.required and v.default is None else '?'}" for k, v in r.params.items()
             )
             print(
-                f"{r.id}  v{r.version}  {r.severity.value:<8}{flags}  {r.name}"
+                f"{r.id:<16} v{r.version:<3} {r.severity.value:<9}{r.name}{flags}"
                 + (f"  ({params})" if params else "")
             )
     if problems:

@@ -77,6 +77,9 @@ class HealConfig(BaseModel):
 
     model_config = _Strict
 
+    enable: bool = Field(
+        default=True, description="run runbooks from the reconcile cycle (false: findings and alerts only)"
+    )
     allowed_units: list[str] = Field(
         default_factory=lambda: list(DEFAULT_UNITS),
         description="fnmatch globs (case-sensitive) of the units runbooks may act on",
