@@ -12,7 +12,7 @@ import pytest
 
 from nixcomply.cli import main
 
-pytest_plugins = ["fixtures_systemd", "fixtures_nix", "fixtures_reconcile"]
+pytest_plugins = ["fixtures_systemd", "fixtures_nix", "fixtures_reconcile", "fixtures_heal"]
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "tests" / "data"
