@@ -7,6 +7,7 @@ Revisions (module-scoped, built once):
   newer    app.service runs with another command line (child of good)
   broken   app.service exits at once: the health gate must fail (child of newer)
   side     child of good: not a descendant of newer
+  fragile  app.service fails to start while the world's flag file exists
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,8 @@ from nixcomply.reconcile.model import CycleReport
 from nixcomply.sandboxhost import SandboxHost, sandbox_manifest
 
 HOST = "clinic-01"
+# built "today" from nixpkgs' point of view, so the patch-age check passes unless a test says otherwise
+TODAY = f"26.05.{datetime.now(UTC):%Y%m%d}.0123456"
 
 
 def app_unit(command: str) -> str:
@@ -41,6 +45,7 @@ class World:
     revs: dict[str, str]
     systems: dict[str, Path]
     manifest: str
+    flag: Path
 
     @property
     def sandbox(self):  # type: ignore[no-untyped-def]
@@ -89,22 +94,40 @@ def reconcile_world(tmp_path_factory: pytest.TempPathFactory, nix_env: dict[str,
         s = host.sandbox
         revs: dict[str, str] = {}
         revs["good"] = s.commit_generation(
-            label="good", manifest_json=manifest, units={"app.service": app_unit("/bin/sleep 1000")}
+            label="good",
+            manifest_json=manifest,
+            nixos_version=TODAY,
+            units={"app.service": app_unit("/bin/sleep 1000")},
         )
         revs["newer"] = s.commit_generation(
-            label="newer", manifest_json=manifest, units={"app.service": app_unit("/bin/sleep 1001")}
+            label="newer",
+            manifest_json=manifest,
+            nixos_version=TODAY,
+            units={"app.service": app_unit("/bin/sleep 1001")},
         )
         revs["broken"] = s.commit_generation(
-            label="broken", manifest_json=manifest, units={"app.service": app_unit("/bin/false")}
+            label="broken",
+            manifest_json=manifest,
+            nixos_version=TODAY,
+            units={"app.service": app_unit("/bin/false")},
         )
         revs["side"] = s.commit_generation(
             label="side",
             manifest_json=manifest,
+            nixos_version=TODAY,
             units={"app.service": app_unit("/bin/sleep 1002")},
             parent=revs["good"],
         )
+        # the app refuses to start while the world's flag file exists (a unit that fails to start)
+        flag = base / "app-broken"
+        revs["fragile"] = s.commit_generation(
+            label="fragile",
+            manifest_json=manifest,
+            nixos_version=TODAY,
+            units={"app.service": app_unit(f"/bin/sh -c 'test -e {flag} && exit 1; exec /bin/sleep 1003'")},
+        )
         systems = {name: s.build(rev) for name, rev in revs.items()}
-        yield World(host, revs, systems, manifest)
+        yield World(host, revs, systems, manifest, flag)
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from typing import Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from nixcomply.checks.config import ChecksConfig
+from nixcomply.heal.config import HealConfig
 from nixcomply.yamlsource import load_model
 
 DEFAULT_CONFIG: Final = Path("/etc/nixcomply/reconciler.json")
@@ -135,6 +136,9 @@ class ReconcilerConfig(BaseModel):
     systemd: SystemdConfig = Field(default_factory=SystemdConfig)
     checks: ChecksConfig = Field(
         default_factory=ChecksConfig, description="site specifics of the runtime checks"
+    )
+    heal: HealConfig = Field(
+        default_factory=HealConfig, description="self-healing: allowlists and limits of runbooks"
     )
     environment: dict[str, str] = Field(
         default_factory=dict,

@@ -30,6 +30,7 @@ from nixcomply.evidence.keyring import KeyEntry, Keyring, save_keyring
 from nixcomply.evidence.keys import generate, write_private_key
 from nixcomply.evidence.statement import KeyRole
 from nixcomply.fsutil import atomic_write_text
+from nixcomply.heal.config import DEFAULT_BINARIES
 from nixcomply.nixos.tools import Tools
 from nixcomply.sandbox import Sandbox
 from nixcomply.usermanager import UserManager
@@ -151,6 +152,12 @@ class SandboxHost:
             "evidence": evidence,
             "metrics": {"enable": True, "path": str(self.metrics_path)},
             "checks": {"skip": sorted(HOST_ONLY_CHECKS), "disk": {"mounts": ["/"]}},
+            # the sandbox's own service is the one runbooks may restart; the tools runbooks run
+            # are this machine's (a NixOS host has them under /run/current-system/sw/bin)
+            "heal": {
+                "allowed_units": ["app.service"],
+                "binaries": {name: found for name in DEFAULT_BINARIES if (found := shutil.which(name))},
+            },
         }
         config.update(settings or {})
         atomic_write_text(self.config_path, json.dumps(config, indent=2, sort_keys=True) + "\n", mode=0o600)

@@ -172,32 +172,16 @@ def parse_params(items: list[str]) -> dict[str, str]:
 
 
 def load_heal_config(path: Path | None) -> tuple[ReconcilerConfig | None, HealConfig]:
-    """The reconciler configuration (when there is one) and its ``heal`` block.
-
-    The ``heal`` block is validated on its own (errors name its lines), so this works
-    whether or not the reconciler's model knows the field yet.
-    """
-    from pydantic import BaseModel, ConfigDict
-
-    from nixcomply.config import DEFAULT_CONFIG, ReconcilerConfig
+    """The reconciler configuration (when there is one) and its ``heal`` block."""
+    from nixcomply.config import DEFAULT_CONFIG, load_config
     from nixcomply.heal.config import HealConfig
-    from nixcomply.yamlsource import load_yaml, validate
 
     if path is None:
         if not DEFAULT_CONFIG.exists():
             return None, HealConfig()
         path = DEFAULT_CONFIG
-    data, source = load_yaml(path)
-    if not isinstance(data, dict):
-        raise InputError.single(path, "expected a mapping of settings")
-
-    class _WithHeal(BaseModel):
-        model_config = ConfigDict(extra="allow", frozen=True)
-        heal: HealConfig = HealConfig()
-
-    heal = validate(_WithHeal, data, source).heal
-    rest = {k: v for k, v in data.items() if k != "heal"}
-    return validate(ReconcilerConfig, rest, source), heal
+    config = load_config(path)
+    return config, config.heal
 
 
 def _actor() -> str:

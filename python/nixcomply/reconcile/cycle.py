@@ -12,25 +12,31 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nixcomply import faults
 from nixcomply.checks import context as checks_context
+from nixcomply.checks.context import CheckContext
 from nixcomply.checks.finding import Finding
 from nixcomply.config import ReconcilerConfig
 from nixcomply.errors import InputError
 from nixcomply.evidence.statement import Host
 from nixcomply.evidence.store import EvidenceStore
+from nixcomply.heal.actions import SyncGeneration, SyncResult
 from nixcomply.lock import StateLock
 from nixcomply.manifest import read_manifest
+from nixcomply.nixos.rebuild import RebuildAction, switch_to_configuration
 from nixcomply.nixos.root import Root
 from nixcomply.nixos.tools import Tools
 from nixcomply.reconcile import apply as applying
 from nixcomply.reconcile import record, runtime
 from nixcomply.reconcile.gate import SystemdFactory, SystemdLike
+from nixcomply.reconcile.heal import Healer
 from nixcomply.reconcile.model import (
     ApplyOutcome,
     ApplyResult,
@@ -43,6 +49,9 @@ from nixcomply.reconcile.model import (
 from nixcomply.reconcile.observe import external_change, observation_of, observe
 from nixcomply.reconcile.plan import Target, decide, desired_state
 from nixcomply.state import Attempt, State
+
+if TYPE_CHECKING:
+    from nixcomply.systemd import Systemd
 
 logger = logging.getLogger(__name__)
 
@@ -212,7 +221,14 @@ class Reconciler:
         faults.point("recorded")
         self._close_attempt(plan, result, after, state)
         findings = self._runtime_checks(
-            after, target, state, store, identity, switched=result.outcome == ApplyOutcome.SUCCESS
+            after,
+            target,
+            state,
+            store,
+            identity,
+            switched=result.outcome == ApplyOutcome.SUCCESS,
+            in_sync=plan.kind == PlanKind.IN_SYNC or result.outcome == ApplyOutcome.SUCCESS,
+            dry_run=dry_run,
         )
         seqs.extend(findings.seqs)
         if not dry_run:
@@ -239,9 +255,11 @@ class Reconciler:
         identity: Host,
         *,
         switched: bool,
+        in_sync: bool,
+        dry_run: bool,
     ) -> RuntimeResult:
-        """The drift checks on the running host, recorded as one check-run statement."""
-        now = datetime.now(UTC)
+        """The drift checks on the running host, the heals they call for, and one check-run
+        statement with every control's status and what was decided about it."""
         systemd = (
             checks_context.default_systemd_factory(
                 user_mode=self.config.systemd.user_mode, bus_address=self.config.systemd.bus_address
@@ -249,11 +267,29 @@ class Reconciler:
             if self.config.systemd.enable
             else None
         )
-        ctx = runtime.context(self.config, host, target.desired, state, systemd=systemd, now=now)
-        runtime.record_ruleset(ctx, host, state, force=switched)
-        ctx = runtime.context(self.config, host, target.desired, state, systemd=systemd, now=now)
-        findings = runtime.check(ctx, state)
-        seqs = []
+
+        def check_context() -> CheckContext:
+            return runtime.context(
+                self.config, host, target.desired, state, systemd=systemd, now=datetime.now(UTC)
+            )
+
+        runtime.record_ruleset(check_context(), host, state, force=switched)
+        findings = runtime.check(check_context(), state)
+        policy = self._policy_digest(host)
+        healer = Healer(
+            config=self.config,
+            state=state,
+            store=store,
+            identity=identity,
+            policy_digest=policy,
+            dry_run=dry_run,
+            check_context=check_context,
+            systemd=self._executor_systemd() if self.config.systemd.enable else None,
+            sync_generation=self._sync_generation(host, in_sync=in_sync),
+            now=lambda: datetime.now(UTC),
+        )
+        healed = healer.heal(findings)
+        seqs = list(healed.seqs)
         if store is not None:
             seqs.append(
                 record.record_check_run(
@@ -261,12 +297,46 @@ class Reconciler:
                     host_id=identity,
                     host=host,
                     findings=findings,
-                    policy_digest=self._policy_digest(host),
+                    decisions=healed.decisions,
+                    policy_digest=policy,
                     tools=self.tools,
-                    now=now,
+                    now=datetime.now(UTC),
                 ).seq
             )
-        return RuntimeResult(findings=findings, summaries=[runtime.summary(f) for f in findings], seqs=seqs)
+        return RuntimeResult(
+            findings=findings,
+            summaries=[runtime.summary(f, healed.decisions.get(i)) for i, f in enumerate(findings)],
+            seqs=seqs,
+        )
+
+    def _executor_systemd(self) -> Callable[[], Systemd]:
+        from nixcomply.systemd import Systemd
+
+        def connect() -> Systemd:
+            return Systemd(
+                user_mode=self.config.systemd.user_mode, bus_address=self.config.systemd.bus_address
+            )
+
+        return connect
+
+    def _sync_generation(self, host: HostState, *, in_sync: bool) -> SyncGeneration:
+        """RB-DRIFT-001's step: re-activate the approved generation, which runs (this cycle's
+        generation step saw to that) and is the boot default."""
+
+        def sync(timeout: float) -> SyncResult:
+            profile = host.profile.store_path if host.profile else None
+            current = host.current.store_path if host.current else None
+            if not in_sync or profile is None or current != profile:
+                return SyncResult(
+                    False, "the approved generation is not running; the generation step decides first"
+                )
+            r = switch_to_configuration(Path(profile), RebuildAction.TEST, tools=self.tools, timeout=timeout)
+            ok = not r.units_failed
+            return SyncResult(
+                ok, f"re-activated {profile} (switch-to-configuration test exited {r.returncode})"
+            )
+
+        return sync
 
     def _close_attempt(self, plan: Plan, result: ApplyResult, after: HostState, state: State) -> None:
         if plan.kind != PlanKind.DRIFT or plan.target_revision is None:

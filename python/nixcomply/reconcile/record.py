@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -30,6 +30,7 @@ from nixcomply.evidence.statement import (
     HealthCheckResult,
     Host,
     Outcome,
+    Remediation,
     Subject,
 )
 from nixcomply.evidence.store import EvidenceStore, Recorded
@@ -205,25 +206,15 @@ def record_check_run(
     host_id: Host,
     host: HostState,
     findings: Sequence[Finding],
+    decisions: Mapping[int, str] | None = None,
     policy_digest: str | None,
     tools: Tools,
     now: datetime,
 ) -> Recorded:
     """One check-run statement: every control's status as observed in this cycle, with the
     raw command outputs attached (the store scrubs PHI from them before signing)."""
-    controls = []
-    for f in findings:
-        for control_id in f.control_ids or [f"check:{f.check}"]:
-            controls.append(
-                ControlResult(
-                    id=control_id,
-                    status=ControlStatus(_CONTROL_STATUS[f.status]),
-                    expected=f.expected,
-                    observed=f.observed,
-                    frameworks=FrameworkRefs.model_validate(f.frameworks),
-                    detail=f"{f.check}: {f.message}",
-                )
-            )
+    decided = decisions or {}
+    controls = [c for i, f in enumerate(findings) for c in _control_results(f, decided.get(i))]
     drifted = any(f.status in {"drift", "error"} for f in findings)
     current = host.current
     predicate = CheckRun(
@@ -242,3 +233,51 @@ def record_check_run(
     }
     subjects = _subject(current.store_path, tools) if current else []
     return store.append(predicate, subjects=subjects, attachments=attachments)
+
+
+def _control_results(finding: Finding, decision: str | None = None) -> list[ControlResult]:
+    note = f"; decided: {decision}" if decision else ""
+    return [
+        ControlResult(
+            id=control_id,
+            status=ControlStatus(_CONTROL_STATUS[finding.status]),
+            expected=finding.expected,
+            observed=finding.observed,
+            frameworks=FrameworkRefs.model_validate(finding.frameworks),
+            detail=f"{finding.check}: {finding.message}{note}",
+        )
+        for control_id in finding.control_ids or [f"check:{finding.check}"]
+    ]
+
+
+def record_alert(
+    store: EvidenceStore,
+    *,
+    host_id: Host,
+    finding: Finding,
+    rule: str,
+    message: str,
+    sent: bool,
+    policy_digest: str | None,
+    now: datetime,
+) -> Recorded:
+    """A rule decided a person must act: the alert, whether it reached the journal, and the
+    finding that caused it."""
+    predicate = Remediation(
+        event="remediation.alert",
+        observed_at=now,
+        host=host_id,
+        outcome=Outcome.ALERT,
+        policy_digest=policy_digest,
+        controls=_control_results(finding),
+        actions=[
+            Action(
+                name=f"alert:{rule}",
+                outcome=Outcome.ALERT if sent else Outcome.FAILED,
+                detail=message + ("" if sent else " (the alert could not be sent)"),
+            )
+        ],
+        finding=f"{finding.check}: {finding.message}",
+    )
+    attachments = {"finding.json": finding.model_dump_json(indent=2).encode()}
+    return store.append(predicate, attachments=attachments)

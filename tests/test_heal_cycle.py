@@ -1,0 +1,84 @@
+"""Self-healing inside the reconcile cycle, with the real systemd user manager: a service
+stopped by hand is found, restarted by RB-SERVICE-001 and verified; one that will not start
+ends in an alert after its rollback; one that keeps dying is suppressed after three heals."""
+
+from __future__ import annotations
+
+import json
+
+from fixtures_reconcile import World
+
+from nixcomply.reconcile.cycle import Reconciler
+from nixcomply.state import State
+
+
+def remediations(world: World) -> list[dict[str, object]]:
+    found = [json.loads(p.read_text()) for p in (world.host.state_dir / "evidence").rglob("statement.json")]
+    rem = [s["predicate"] for s in found if s["predicateType"].endswith("/remediation/v1")]
+    return sorted(rem, key=lambda p: p["chain"]["seq"])
+
+
+def app_finding(report):  # type: ignore[no-untyped-def]
+    (finding,) = [f for f in report.findings if f.check == "service_health" and "app" in f.message]
+    return finding
+
+
+def test_stopped_service_is_restarted_verified_and_recorded(fresh: World) -> None:
+    fresh.install("good")
+    config = fresh.configure("good")
+    assert fresh.systemctl("stop", "app.service").returncode == 0
+    report = Reconciler(config).run()
+    finding = app_finding(report)
+    assert finding.status == "drift"
+    assert finding.decision is not None
+    assert finding.decision.startswith("RB-SERVICE-001: success"), finding.decision
+    assert fresh.systemctl("is-active", "app.service").stdout.strip() == "active"
+    (remediation,) = remediations(fresh)
+    assert remediation["runbook"] == "RB-SERVICE-001"
+    assert remediation["outcome"] == "success"
+    assert any(a["name"].startswith("restart") or "restart" in a["name"] for a in remediation["actions"])  # type: ignore[union-attr]
+    assert fresh.verify() == 2  # the remediation and the cycle's check-run
+
+    calm = Reconciler(config).run()
+    assert app_finding(calm).status == "pass"
+    assert len(remediations(fresh)) == 1
+    assert fresh.verify() == 3
+
+
+def test_unit_that_will_not_start_ends_in_alert_after_rollback(fresh: World) -> None:
+    fresh.install("fragile")
+    config = fresh.configure("fragile")
+    fresh.flag.touch()
+    fresh.systemctl("stop", "app.service")
+    report = Reconciler(config).run()
+    finding = app_finding(report)
+    assert finding.decision is not None
+    assert "RB-SERVICE-001: alert" in finding.decision, finding.decision
+    (remediation,) = remediations(fresh)
+    assert remediation["outcome"] == "alert"
+    with State.open(fresh.host.state_dir) as state:
+        assert state.heal_counts() == {"alert": 1}
+        assert state.suppressed() == {}, "failures are not flaps"
+
+
+def test_a_service_that_keeps_dying_is_suppressed_after_three_heals(fresh: World, cli) -> None:  # type: ignore[no-untyped-def]
+    fresh.install("good")
+    config = fresh.configure("good")
+    decisions = []
+    for _ in range(4):
+        fresh.systemctl("stop", "app.service")
+        with State.open(fresh.host.state_dir) as state:
+            state.clear_cooldowns()  # as if each rule's cooldown had passed between the stops
+        decisions.append(app_finding(Reconciler(config).run()).decision)
+    assert [d.split(":")[0] for d in decisions[:3]] == ["RB-SERVICE-001"] * 3, decisions
+    assert "now suppressed" in decisions[2]
+    assert "suppressed since" in decisions[3], decisions[3]
+    assert fresh.systemctl("is-active", "app.service").stdout.strip() != "active", (
+        "a suppressed heal does not run"
+    )
+    assert len(remediations(fresh)) == 3
+
+    r = cli("status", "--config", fresh.host.config_path)
+    assert "suppressed service_health:RB-SERVICE-001" in r.out
+    assert cli("reset", "--config", fresh.host.config_path).code == 0
+    assert app_finding(Reconciler(config).run()).decision.startswith("RB-SERVICE-001: success")  # type: ignore[union-attr]
