@@ -12,6 +12,9 @@ import pytest
 
 from nixcomply.cli import main
 
+# Fixture modules of each area (tests/fixtures_<area>.py).
+pytest_plugins = ["fixtures_evidence"]
+
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "tests" / "data"
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -238,6 +239,7 @@ class _CheckedCheckpoint:
     error: str | None = None
 
 
+_SEQ_IN_ID: Final = re.compile(r"/\d{8}T\d{6}Z-(\d{8,})-[0-9a-f]{8}$")
 _BUNDLE_FILES: Final = frozenset({STATEMENT_FILE, ENVELOPE_FILE, ATTACHMENTS_DIR})
 _ATTACHED: Final = ATTACHMENTS_DIR + "/"
 # Work is handed to the threads in chunks: one future per item would cost more than
@@ -347,40 +349,48 @@ class _Verifier:
         """Check one bundle on its own (no shared state: runs in worker threads)."""
         out = _Checked()
         base = self.base + rel + "/"
+        # Until the signed statement says otherwise, the sequence number in the directory
+        # name locates the bundle, so even an unreadable one is reported in order.
+        m = _SEQ_IN_ID.search(rel)
+        hint = int(m.group(1)) if m else None
         try:
             names = set(os.listdir(base))
         except OSError as e:
-            out.error(f"cannot read bundle: {e.strerror}", path=rel)
+            out.error(f"cannot read bundle: {e.strerror}", seq=hint, path=rel)
             return out
         extra = names - _BUNDLE_FILES
         if extra:
-            out.error(f"unexpected file(s) in bundle: {', '.join(sorted(extra))}", path=rel)
+            out.error(f"unexpected file(s) in bundle: {', '.join(sorted(extra))}", seq=hint, path=rel)
         try:
             env_bytes = _read(base + ENVELOPE_FILE)
             stmt_bytes = _read(base + STATEMENT_FILE)
         except OSError as e:
-            out.error(f"{os.path.basename(e.filename or '')}: {e.strerror}", path=rel)
+            out.error(f"{os.path.basename(e.filename or '')}: {e.strerror}", seq=hint, path=rel)
             return out
         try:
             envelope = dsse.parse(env_bytes)
         except dsse.EnvelopeError as e:
-            out.error(f"{ENVELOPE_FILE}: {e}", path=rel)
+            out.error(f"{ENVELOPE_FILE}: {e}", seq=hint, path=rel)
             return out
         if envelope.payload != stmt_bytes:
-            out.error(f"{STATEMENT_FILE} differs from the payload signed in {ENVELOPE_FILE}", path=rel)
+            out.error(
+                f"{STATEMENT_FILE} differs from the payload signed in {ENVELOPE_FILE}", seq=hint, path=rel
+            )
         try:
             statement = parse_statement(envelope.payload)
         except pydantic.ValidationError as e:
             err = e.errors(include_url=False)[0]
             loc = ".".join(str(p) for p in err["loc"])
             out.error(
-                f"the signed statement is invalid: {loc}: {err['msg']} ({e.error_count()} errors)", path=rel
+                f"the signed statement is invalid: {loc}: {err['msg']} ({e.error_count()} errors)",
+                seq=hint,
+                path=rel,
             )
             return out
         predicate = statement.predicate
         chain = predicate.chain
         if chain is None or predicate.bundle_id is None:
-            out.error("the statement has no chain or bundle_id", path=rel)
+            out.error("the statement has no chain or bundle_id", seq=hint, path=rel)
             return out
         seq = chain.seq
         try:
@@ -697,7 +707,7 @@ class _Verifier:
                 prev_seq = None
                 continue
             if seq < len(stored) and stored[seq] != b.leaf:
-                self.error(f"the envelope does not match leaf {seq} of the log", seq=seq, path=b.path)
+                self.error(f"the envelope does not match leaf {seq} in {LEAVES}", seq=seq, path=b.path)
             if seq == 0:
                 if b.prev != GENESIS_PREV:
                     self.error("the first entry's chain.prev is not all zeros", seq=seq, path=b.path)
