@@ -31,6 +31,7 @@ from fixtures_evidence import (
 from nixcomply.errors import UsageError
 from nixcomply.evidence import dsse, log
 from nixcomply.evidence.checkpoint import open_checkpoint
+from nixcomply.evidence.export import export_packet
 from nixcomply.evidence.keyring import KeyEntry, Keyring, KeyStatus, load_keyring, save_keyring
 from nixcomply.evidence.keys import generate
 from nixcomply.evidence.log import StoreError, read_leaves, state_sizes
@@ -38,7 +39,7 @@ from nixcomply.evidence.merkle import Frontier, leaf_hash
 from nixcomply.evidence.rotation import finish_rotation, revoke, rotate
 from nixcomply.evidence.statement import GENESIS_PREV, KeyRole, KeyRotation, Outcome, parse_statement
 from nixcomply.evidence.store import ENVELOPE_FILE, STATEMENT_FILE
-from nixcomply.evidence.verify import verify
+from nixcomply.evidence.verify import verify, verify_path
 
 REPO = Path(__file__).resolve().parent.parent
 APPENDER = REPO / "tests" / "evidence_appender.py"
@@ -175,13 +176,11 @@ def test_two_processes_append_concurrently(tmp_path: Path, keys: Keys) -> None:
 
 
 STEPS_ROLLED_BACK = ["pending", "attachment", "bundle-written"]
-STEPS_FINISHED = ["bundle", "leaf", "state", "checkpoint"]
+STEPS_FINISHED = ["bundle", "leaf", "state", "old-state", "checkpoint"]
 
 
-@pytest.mark.parametrize("step", STEPS_ROLLED_BACK + STEPS_FINISHED)
-def test_crash_at_each_step_recovers(tmp_path: Path, keys: Keys, step: str) -> None:
-    with open_store(tmp_path, keys) as store:
-        fill(store, 3)
+def crash_append_at(root: Path, keys: Keys, step: str) -> None:
+    """Append in a child process that dies at ``step`` (a fault point of the append)."""
     pid = os.fork()
     if pid == 0:  # the child dies at the chosen step of its append
         try:
@@ -191,12 +190,19 @@ def test_crash_at_each_step_recovers(tmp_path: Path, keys: Keys, step: str) -> N
                     os._exit(37)
 
             log.FAULT_HOOK = die
-            with open_store(tmp_path, keys) as store:
+            with open_store(root, keys) as store:
                 store.append(generation_change(7), subjects=[TOPLEVEL], attachments={"x.log": b"x\n"})
         finally:
             os._exit(0)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 37
+
+
+@pytest.mark.parametrize("step", STEPS_ROLLED_BACK + STEPS_FINISHED)
+def test_crash_at_each_step_recovers(tmp_path: Path, keys: Keys, step: str) -> None:
+    with open_store(tmp_path, keys) as store:
+        fill(store, 3)
+    crash_append_at(tmp_path, keys, step)
 
     # Before recovery the store is an honest "interrupted" state: a warning, not tampering.
     before = verify(tmp_path, keys.keyring)
@@ -211,6 +217,19 @@ def test_crash_at_each_step_recovers(tmp_path: Path, keys: Keys, step: str) -> N
     assert report.exit_code == 0, report.lines()
     assert report.entries == expected + 1
     assert not list(tmp_path.glob("evidence/*/*/*/.*"))
+
+
+def test_export_leaves_out_an_entry_no_checkpoint_covers(tmp_path: Path, keys: Keys) -> None:
+    root = tmp_path / "store"
+    with open_store(root, keys) as store:
+        fill(store, 3)
+    crash_append_at(root, keys, "state")
+    packet = tmp_path / "p.zip"
+    result = export_packet(root, keys.keyring, packet, start=date(2026, 3, 1), end=date(2026, 3, 1))
+    assert (result.tree_size, result.bundles) == (3, 3)
+    assert any("interrupted" in str(w) for w in result.report.warnings)
+    report = verify_path(packet, keys.keyring)
+    assert report.exit_code == 0, report.lines()
 
 
 def test_inconsistent_log_stops_appends(tmp_path: Path, keys: Keys) -> None:

@@ -228,3 +228,27 @@ def test_pin_from_another_log_or_key_is_rejected(store_copy: Path, keys: Keys, t
     first = report.first_error()
     assert first is not None
     assert "pinned checkpoint" in first.message
+
+
+def test_resigned_old_checkpoint_is_caught_by_its_commitment(store_copy: Path, keys: Keys) -> None:
+    """A historical checkpoint whose signatures still verify but whose bytes changed (here:
+    an extra cosignature) no longer matches what the next entry committed to."""
+    from nixcomply.evidence.checkpoint import Checkpoint, parse_checkpoint_text, parse_note
+    from nixcomply.evidence.keys import generate
+
+    path = store_copy / "log/checkpoints/000000000004"
+    cp = parse_checkpoint_text(parse_note(path.read_bytes()).text)
+    path.write_bytes(Checkpoint(cp.origin, cp.size, cp.root).sign([keys.log, generate("witness.example/w")]))
+    for deep in (False, True):
+        report = verify(store_copy, keys.keyring, all_checkpoints=deep)
+        assert_tampered(report, "log/checkpoints/000000000004")
+        first = report.first_error()
+        assert first is not None
+        assert "committed to" in first.message
+
+
+def test_all_checkpoints_verifies_every_signature(sample_store: Path, keys: Keys) -> None:
+    fast = verify(sample_store, keys.keyring)
+    deep = verify(sample_store, keys.keyring, all_checkpoints=True)
+    assert fast.exit_code == deep.exit_code == 0
+    assert fast.checkpoints_verified == deep.checkpoints_verified == 9

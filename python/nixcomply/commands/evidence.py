@@ -81,6 +81,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--keyring", type=Path, help="the pinned keyring (default: DIR/keyring.json)")
     p.add_argument("--pin-checkpoint", type=Path, help="an earlier checkpoint the log must still extend")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument(
+        "--all-checkpoints",
+        action="store_true",
+        help="also verify the log-key signature of every older checkpoint (their digests are always checked)",
+    )
     p.add_argument("--jobs", type=int, help="threads (default: CPUs, at most 4)")
     p.add_argument("--at", type=_date, help="judge expiry as of this date (default today, UTC)")
 
@@ -198,7 +203,15 @@ def _verify(args: argparse.Namespace) -> int:
         from nixcomply.errors import UsageError
 
         raise UsageError("--jobs must be at least 1")
-    report = verify_path(args.path, keyring, pin=pin, today=args.at, progress=progress, jobs=args.jobs)
+    report = verify_path(
+        args.path,
+        keyring,
+        pin=pin,
+        today=args.at,
+        progress=progress,
+        jobs=args.jobs,
+        all_checkpoints=args.all_checkpoints,
+    )
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:

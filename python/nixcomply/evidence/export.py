@@ -37,6 +37,7 @@ import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from hashlib import sha256
 from pathlib import Path
 from typing import Final
 
@@ -103,8 +104,6 @@ def select(root: Path, start: date, end: date, tree_size: int, controls: Sequenc
             assert chain is not None  # verify has passed
             if chain.seq >= tree_size or (wanted and not _mentions(statement, wanted)):
                 continue
-            from hashlib import sha256
-
             rel = f"{EVIDENCE_DIR}/{day:%Y}/{day:%m}/{day:%d}/{entry.name}"
             out.append(Selected(chain.seq, rel, entry.name, sha256(data).hexdigest(), statement))
     return sorted(out, key=lambda s: s.seq)
@@ -142,8 +141,9 @@ Key fingerprints (sha256 of the Ed25519 public key):
   signed with Ed25519 over `PAE(payloadType, payload)`. `attachments/` holds raw outputs;
   each is a subject of the statement by sha256. Free text was passed through a PHI
   scrubber before signing: values like `[EMAIL-REDACTED-1a2b3c]` are redactions.
-- `predicate.chain`: `seq` is the entry's position in the log (from 0) and `prev` the
-  sha256 of the previous entry's envelope file, so the entries form a hash chain.
+- `predicate.chain`: `seq` is the entry's position in the log (from 0), `prev` the sha256
+  of the previous entry's envelope file (the entries form a hash chain), and `checkpoint`
+  the sha256 of the checkpoint file the log had just before the entry.
 - `log/leaves`: the RFC 6962 Merkle tree's leaves, 32 bytes each, leaf i =
   SHA-256(0x00 || bytes of entry i's envelope.dsse.json); nodes are
   SHA-256(0x01 || left || right).
@@ -178,7 +178,8 @@ def export_packet(
             f"the store does not verify, refusing to export: {first}",
             hint=f"run `nixcomply evidence verify {root}` for the full report",
         )
-    size = report.tree_size
+    # The newest checkpoint, not the leaves: an append in flight is not covered yet.
+    size = report.checkpoint_size
     selected = select(root, start, end, size, controls)
     leaves = read_leaves(root)[:size]
     tree = Tree(leaves)

@@ -228,7 +228,8 @@ class EvidenceStore:
             prev = state.last.envelope_sha256 if state.last else GENESIS_PREV
             t = scrubbed.observed_at
             bundle_id = f"{t:%Y%m%dT%H%M%SZ}-{seq:08d}-{secrets.token_hex(4)}"
-            filled = scrubbed.model_copy(update={"bundle_id": bundle_id, "chain": Chain(seq=seq, prev=prev)})
+            chain = Chain(seq=seq, prev=prev, checkpoint=self.log.checkpoint_digest(seq))
+            filled = scrubbed.model_copy(update={"bundle_id": bundle_id, "chain": chain})
             payload = statement_bytes(make_statement(filled, all_subjects))
             envelope = dsse.sign(payload, [self.signer, *cosigners]).to_bytes()
             env_sha = sha256(envelope).hexdigest()
