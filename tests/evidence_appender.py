@@ -1,9 +1,10 @@
 """A separate process that appends evidence, for the concurrency and crash tests.
 
-    python tests/evidence_appender.py ROOT BUNDLE_KEY LOG_KEY COUNT [TAG]
+    python tests/evidence_appender.py ROOT BUNDLE_KEY LOG_KEY COUNT [TAG [--wait]]
 
-Prints ``ready`` once the store is open, then ``<seq> <bundle_id>`` after each append
-*returns* — a printed line is an acknowledged entry, which must survive any crash.
+Prints ``ready`` once the store is open (with ``--wait``, then waits for a line on stdin,
+so several appenders can be started together), then ``<seq> <bundle_id>`` after each
+append *returns* — a printed line is an acknowledged entry, which must survive any crash.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ def main() -> int:
         root, read_private_key(bundle_key), read_private_key(log_key), origin=ORIGIN
     ) as store:
         print("ready", flush=True)
+        if "--wait" in sys.argv:
+            sys.stdin.readline()
         for i in range(count):
             predicate = CheckRun(
                 event="checks.ran",

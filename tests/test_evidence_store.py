@@ -160,19 +160,29 @@ def test_two_processes_append_concurrently(tmp_path: Path, keys: Keys) -> None:
     root = tmp_path / "store"
     procs = [
         subprocess.Popen(
-            [sys.executable, str(APPENDER), str(root), str(bundle_key), str(log_key), "12", tag],
+            [sys.executable, str(APPENDER), str(root), str(bundle_key), str(log_key), "25", tag, "--wait"],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
         )
         for tag in ("a", "b")
     ]
+    for p in procs:
+        assert p.stdout is not None
+        assert p.stdout.readline() == "ready\n"
+    for p in procs:  # both start appending at once
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()
     outputs = [p.communicate(timeout=120)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0]
-    seqs = sorted(int(line.split()[0]) for out in outputs for line in out.splitlines() if line != "ready")
-    assert seqs == list(range(24))
+    a, b = ([int(line.split()[0]) for line in out.splitlines()] for out in outputs)
+    assert sorted(a + b) == list(range(50))
+    assert max(a) > min(b), f"the appends did not overlap: {a} {b}"
+    assert max(b) > min(a), f"the appends did not overlap: {a} {b}"
     report = verify(root, keys.keyring)
     assert report.exit_code == 0, report.lines()
-    assert report.entries == 24
+    assert report.entries == 50
 
 
 STEPS_ROLLED_BACK = ["pending", "attachment", "bundle-written"]

@@ -29,14 +29,12 @@ read and written.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import logging
 import os
 import re
 import secrets
 import shutil
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from hashlib import sha256
@@ -44,7 +42,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final
 
-from nixcomply.errors import LockHeldError
 from nixcomply.evidence import dsse, log
 from nixcomply.evidence.keyring import Keyring, load_keyring
 from nixcomply.evidence.keys import Signer, check_key_name
@@ -71,7 +68,6 @@ SALT: Final = "scrub-salt"
 STATEMENT_FILE: Final = "statement.json"
 ENVELOPE_FILE: Final = "envelope.dsse.json"
 ATTACHMENTS_DIR: Final = "attachments"
-LOCK_TIMEOUT_S: Final = 60.0
 
 ATTACHMENT_NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -359,17 +355,13 @@ class EvidenceStore:
             finally:
                 self._lock_depth -= 1
             return
-        deadline = time.monotonic() + LOCK_TIMEOUT_S
-        while True:
-            try:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as e:
-                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    raise
-                if time.monotonic() > deadline:
-                    raise LockHeldError(f"{self.root / log.LOCK}: another process keeps appending") from None
-                time.sleep(0.005)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            # Wait in the kernel, not in a sleep loop: a waiter blocked in flock(2) is woken
+            # when the lock is released, so a busy appender cannot starve the others.
+            logger.debug("waiting for %s", self.root / log.LOCK)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         self._lock_depth = 1
         try:
             yield
