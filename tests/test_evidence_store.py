@@ -185,6 +185,25 @@ def test_two_processes_append_concurrently(tmp_path: Path, keys: Keys) -> None:
     assert report.entries == 50
 
 
+def test_threads_of_one_process_append_safely(tmp_path: Path, keys: Keys) -> None:
+    import threading
+
+    with open_store(tmp_path, keys, durable=False) as store:
+        threads = [
+            threading.Thread(
+                target=lambda i=i: [store.append(check_run(i), subjects=[TOPLEVEL]) for _ in range(10)]
+            )
+            for i in range(4)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    report = verify(tmp_path, keys.keyring)
+    assert report.exit_code == 0, report.lines()
+    assert report.entries == 40
+
+
 STEPS_ROLLED_BACK = ["pending", "attachment", "bundle-written"]
 STEPS_FINISHED = ["bundle", "leaf", "state", "old-state", "checkpoint"]
 

@@ -35,6 +35,7 @@ import os
 import re
 import secrets
 import shutil
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from hashlib import sha256
@@ -112,6 +113,7 @@ class EvidenceStore:
         self.scrubber = scrubber
         self._lock_fd = lock_fd
         self._lock_depth = 0
+        self._thread_lock = threading.RLock()
         self._keyring_seen: tuple[int, int] | None = None
         self._keyring: Keyring | None = None
         self.log = MerkleLog(root, origin=origin, durable=durable)
@@ -345,26 +347,29 @@ class EvidenceStore:
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Hold the append lock (re-entrant): key rotation keeps it across its entry and
-        the keyring update so no other append slips in between."""
-        if self._lock_fd < 0:
-            raise ValueError("the store is closed")
-        if self._lock_depth:
-            self._lock_depth += 1
+        the keyring update so no other append slips in between. flock(2) serialises
+        processes; threads of this process share the lock's file description, so a
+        thread lock serialises them first."""
+        with self._thread_lock:
+            if self._lock_fd < 0:
+                raise ValueError("the store is closed")
+            if self._lock_depth:
+                self._lock_depth += 1
+                try:
+                    yield
+                finally:
+                    self._lock_depth -= 1
+                return
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                # Wait in the kernel, not in a sleep loop: a waiter blocked in flock(2) is
+                # woken when the lock is released, so a busy appender cannot starve others.
+                logger.debug("waiting for %s", self.root / log.LOCK)
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            self._lock_depth = 1
             try:
                 yield
             finally:
-                self._lock_depth -= 1
-            return
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            # Wait in the kernel, not in a sleep loop: a waiter blocked in flock(2) is woken
-            # when the lock is released, so a busy appender cannot starve the others.
-            logger.debug("waiting for %s", self.root / log.LOCK)
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
-        self._lock_depth = 1
-        try:
-            yield
-        finally:
-            self._lock_depth = 0
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                self._lock_depth = 0
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
