@@ -5,9 +5,10 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 PYTEST := $(BIN)/python -m pytest -c python/pyproject.toml --rootdir=.
-APT_PACKAGES := nix-bin libsystemd-dev pkg-config git
+APT_PACKAGES := nix-bin libsystemd-dev pkg-config git \
+  openssh-server nftables iptables auditd chrony cryptsetup-bin restic borgbackup sudo kmod
 
-.PHONY: all test lint demo render render-check deps system-deps bench clean
+.PHONY: all test lint demo render deps system-deps bench clean
 
 all: test
 
@@ -34,11 +35,15 @@ test: deps
 lint: deps
 	$(PYTEST) tests/test_linters.py
 
+# Regenerate the committed, generated files (the tests fail while they are stale).
 render: deps
-	$(BIN)/nixcomply render baseline/hipaa-v1.yaml -o modules/baselines/hipaa-v1.nix
+	$(BIN)/nixcomply render baseline/hipaa-v1.yaml --nixos-release 26.05 -o modules/baselines/hipaa-v1.nix
+	$(BIN)/nixcomply render baseline/hipaa-v1.yaml --nixos-release unstable -o modules/baselines/hipaa-v1.unstable.nix
+	$(BIN)/nixcomply baseline schema -o baseline/baseline.schema.json
 
-render-check: deps
-	$(BIN)/nixcomply render baseline/hipaa-v1.yaml -o modules/baselines/hipaa-v1.nix --check
+# The whole cycle on a sandbox host (render, switch, revert, verify); kept in .demo/ for a look.
+demo: deps
+	rm -rf .demo && $(BIN)/nixcomply demo --dir .demo
 
 bench: deps
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

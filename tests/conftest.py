@@ -12,8 +12,7 @@ import pytest
 
 from nixcomply.cli import main
 
-# Fixture modules of each area (tests/fixtures_<area>.py).
-pytest_plugins = ["fixtures_evidence"]
+pytest_plugins = ["fixtures_systemd", "fixtures_nix", "fixtures_reconcile", "fixtures_evidence"]
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "tests" / "data"
@@ -27,6 +26,19 @@ NIX_CONFIG = "\n".join(
         "build-users-group =",
     ]
 )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark tests by the real components they need, from the fixtures they use, so the Nix
+    build sandbox (no nix store, no systemd) can deselect them: `-m "not nix and not systemd"`."""
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        if "nix_env" in names:
+            item.add_marker(pytest.mark.nix)
+        if "user_manager" in names:
+            item.add_marker(pytest.mark.systemd)
+        if item.path.name == "test_linters.py":
+            item.add_marker(pytest.mark.lint)
 
 
 @dataclass(frozen=True)

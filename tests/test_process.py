@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+import time
+from pathlib import Path
+
 import pytest
 
 from nixcomply import process
@@ -66,3 +70,33 @@ def test_stdin_is_not_inherited() -> None:
 
 def test_input_is_passed() -> None:
     assert process.run(["cat"], input="hello").stdout == "hello"
+
+
+def test_spawn_runs_in_background_and_terminates(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    child = process.spawn(
+        ["sh", "-c", 'echo "started $GREETING"; exec sleep 30'], env={"GREETING": "hi"}, log_file=log
+    )
+    deadline = time.monotonic() + 5
+    while "started" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert log.read_text() == "started hi\n"  # env replaced the environment; output in the log
+    assert child.poll() is None
+    assert process.terminate(child, timeout=5) is True
+    assert child.returncode == -signal.SIGTERM
+
+
+def test_terminate_kills_what_ignores_sigterm(tmp_path: Path) -> None:
+    ready = tmp_path / "ready"
+    child = process.spawn(["sh", "-c", f"trap '' TERM; touch {ready}; while :; do sleep 0.05; done"])
+    deadline = time.monotonic() + 5
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert process.terminate(child, timeout=0.3) is False
+    assert child.returncode == -signal.SIGKILL
+
+
+def test_spawn_missing_program_has_hint() -> None:
+    with pytest.raises(CommandNotFoundError) as info:
+        process.spawn(["/nonexistent/unshare"])
+    assert info.value.hint == "install util-linux"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import signal
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -33,6 +34,7 @@ _PACKAGE_HINTS = {
     "git": "git",
     "sshd": "openssh-server",
     "systemctl": "systemd",
+    "unshare": "util-linux",
     "journalctl": "systemd",
 }
 
@@ -127,3 +129,67 @@ def _text(data: bytes | str | None) -> str:
     if data is None:
         return ""
     return data if isinstance(data, str) else data.decode("utf-8", "replace")
+
+
+# A background process started by :func:`spawn`; callers signal, poll and wait on it.
+Child = subprocess.Popen[bytes]
+
+
+def spawn(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    log_file: Path | None = None,
+) -> Child:
+    """Start ``argv`` in the background and return it without waiting.
+
+    For long-lived helpers (a systemd user manager for tests and the sandbox host) that
+    :func:`run` cannot express. ``env`` replaces the environment entirely, so nothing of
+    the caller's (``NOTIFY_SOCKET``, ``DBUS_SESSION_BUS_ADDRESS``) leaks in by accident.
+    stdin is ``/dev/null``; stdout and stderr are appended to ``log_file`` (or discarded).
+    The caller owns the child: it must terminate it and ``wait()`` for it.
+    """
+    args = tuple(os.fspath(a) for a in argv)
+    if not args:
+        raise ValueError("empty argv")
+    logger.debug("$ %s &", shlex.join(args))
+    try:
+        if log_file is None:
+            return subprocess.Popen(
+                args,
+                env=env,
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        with log_file.open("ab") as log:
+            return subprocess.Popen(
+                args, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+            )
+    except FileNotFoundError:
+        package = _PACKAGE_HINTS.get(Path(args[0]).name)
+        raise CommandNotFoundError(
+            args,
+            returncode=None,
+            reason="could not be started: program not found",
+            hint=f"install {package}" if package else "check PATH",
+        ) from None
+    except PermissionError as e:
+        raise CommandError(args, returncode=None, reason=f"could not be started: {e.strerror}") from None
+
+
+def terminate(child: Child, *, timeout: float, sig: int = signal.SIGTERM) -> bool:
+    """Send ``sig`` to a :func:`spawn` child and wait up to ``timeout`` seconds for it to
+    exit; then SIGKILL it and reap it. Returns ``True`` when it exited on its own."""
+    if child.poll() is not None:
+        return True
+    child.send_signal(sig)
+    try:
+        child.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+        return False
+    return True

@@ -133,17 +133,33 @@ def load_yaml(path: Path) -> tuple[Any, SourceMap]:
 
 
 def problems_from_validation(error: pydantic.ValidationError, source: SourceMap) -> list[Problem]:
-    """One :class:`Problem` per pydantic error, located through ``source``."""
+    """One :class:`Problem` per pydantic error, located through ``source``.
+
+    A misspelt field shows up twice in pydantic (an unknown field and a missing one); the two
+    are reported once, as the unknown field with the likely intended name.
+    """
+    import difflib
+
+    errors = [
+        (tuple(p for p in e["loc"] if not _is_union_tag(p)), e) for e in error.errors(include_url=False)
+    ]
+    missing = {loc: e for loc, e in errors if e["type"] == "missing"}
+    absorbed: set[Loc] = set()
     problems = []
-    for err in error.errors(include_url=False):
-        loc = tuple(p for p in err["loc"] if not _is_union_tag(p))
+    for loc, err in errors:
         message = err["msg"]
-        if err["type"] not in {"missing", "extra_forbidden"} and "input" in err:
-            message = f"{message} (got {_short(err['input'])})"
         if err["type"] == "extra_forbidden":
-            message = "unknown field (not allowed here; check the spelling)"
-        problems.append(source.problem(loc, message))
-    return problems
+            siblings = [str(m[-1]) for m in missing if m[:-1] == loc[:-1] and m not in absorbed]
+            guess = difflib.get_close_matches(str(loc[-1]), siblings, n=1)
+            if guess:
+                absorbed.add((*loc[:-1], guess[0]))
+                message = f"unknown field; did you mean {guess[0]!r}?"
+            else:
+                message = "unknown field (not allowed here; check the spelling)"
+        elif err["type"] != "missing" and "input" in err:
+            message = f"{message} (got {_short(err['input'])})"
+        problems.append((loc, message))
+    return [source.problem(loc, message) for loc, message in problems if loc not in absorbed]
 
 
 def validate(model: type[M], data: Any, source: SourceMap) -> M:

@@ -13,7 +13,7 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, Final
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from nixcomply.baseline.nixattr import parse_attr_path
 
@@ -115,6 +115,15 @@ class Requirement(BaseModel):
 NixValue = None | bool | int | float | str | list[Any] | dict[str, Any]
 
 
+def _attr_path(value: str) -> str:
+    parse_attr_path(value)  # raises ValueError naming the path and the position
+    return value
+
+
+# A NixOS option path; as a dict key its errors are located at that key's own line.
+NixAttrPath = Annotated[str, AfterValidator(_attr_path)]
+
+
 class Control(BaseModel):
     model_config = _Strict
 
@@ -123,7 +132,7 @@ class Control(BaseModel):
     severity: Severity
     rationale: NonEmptyStr
     frameworks: Frameworks
-    nixos: dict[str, NixValue] = Field(
+    nixos: dict[NixAttrPath, NixValue] = Field(
         default_factory=dict, description="NixOS option path (canonical spelling) -> value"
     )
     requires: list[Requirement] = Field(default_factory=list)
@@ -142,13 +151,6 @@ class Control(BaseModel):
     def _runbook(cls, v: str) -> str:
         if not RUNBOOK_ID.match(v):
             raise ValueError(f"{v!r} is not a runbook id (like RB-DRIFT-001)")
-        return v
-
-    @field_validator("nixos")
-    @classmethod
-    def _paths(cls, v: dict[str, NixValue]) -> dict[str, NixValue]:
-        for path in v:
-            parse_attr_path(path)  # raises ValueError naming the path
         return v
 
 

@@ -1,0 +1,23 @@
+# `nix run .#<app>`: thin wrappers around the nixcomply command, arguments passed through.
+{ pkgs, self }:
+let
+  nixcomply = self.packages.${pkgs.stdenv.hostPlatform.system}.default;
+  app = name: description: text: {
+    type = "app";
+    program = pkgs.lib.getExe (
+      pkgs.writeShellApplication {
+        inherit name text;
+        runtimeInputs = [ nixcomply ];
+      }
+    );
+    meta = { inherit description; };
+  };
+in
+rec {
+  # Renders the baseline shipped with the package unless a BASELINE argument is given:
+  # `nix run .#render -- -o modules/baselines/hipaa-v1.nix`.
+  render = app "nixcomply-render" "Render a nixcomply baseline into a NixOS module" ''
+    exec nixcomply render "$@"
+  '';
+  default = render;
+}

@@ -1,0 +1,96 @@
+# The hipaa-v1 baseline is effective on a booted NixOS: sshd's effective settings, auditd and
+# its rules, the firewall, persistent journald and the manifest are all in place, and the
+# one excepted control's setting is absent while its exception is recorded.
+{ lib, ... }:
+{
+  name = "nixcomply-baseline-hipaa";
+
+  nodes.machine =
+    { self, ... }:
+    {
+      imports = [ self.nixosModules.default ];
+
+      nixcomply.baseline = "hipaa-v1";
+      nixcomply.exceptions = {
+        # The test VM's disks are ephemeral images without LUKS.
+        "encryption.root-on-luks" = {
+          justification = "VM test: ephemeral unencrypted disk image";
+          approvedBy = "ci@nixcomply.test";
+          expires = "2099-12-31";
+          ticket = "TEST-1";
+        };
+        # The excepted control whose setting the script proves absent.
+        "ssh.max-auth-tries" = {
+          justification = "VM test: prove an excepted control renders to nothing";
+          approvedBy = "ci@nixcomply.test";
+          expires = "2099-12-31";
+          ticket = "TEST-2";
+        };
+      };
+
+      services.openssh.enable = true;
+      # immutable users: the test logs in through the test driver's backdoor, not passwords
+      users.users.root.hashedPassword = "!";
+    };
+
+  testScript = ''
+    import json
+
+    machine.wait_for_unit("multi-user.target")
+    machine.wait_for_unit("sshd.service")
+
+    def sshd(key):
+        out = machine.succeed("sshd -T")
+        for line in out.splitlines():
+            k, _, v = line.partition(" ")
+            if k == key:
+                return v
+        raise AssertionError(f"sshd -T does not print {key}")
+
+    with subtest("sshd's effective configuration follows the baseline"):
+        for key, expected in [
+            ("passwordauthentication", "no"),
+            ("kbdinteractiveauthentication", "no"),
+            ("permitrootlogin", "no"),
+            ("x11forwarding", "no"),
+            ("allowtcpforwarding", "no"),
+            ("allowagentforwarding", "no"),
+            ("loglevel", "VERBOSE"),
+        ]:
+            got = sshd(key)
+            assert got == expected, f"sshd -T {key}: expected {expected}, got {got}"
+
+    with subtest("the excepted control's setting is absent"):
+        got = sshd("maxauthtries")
+        assert got == "6", f"ssh.max-auth-tries is excepted, so sshd's default 6 applies; got {got}"
+
+    with subtest("auditd runs with the identity, sudoers, module and time rules"):
+        machine.wait_for_unit("auditd.service")
+        rules = machine.succeed("auditctl -l")
+        for key in ["identity", "sudoers", "privileged", "modules", "time-change"]:
+            assert f"key={key}" in rules, f"audit rule with key {key} missing from:\n{rules}"
+
+    with subtest("the firewall is up and logs refused connections"):
+        machine.wait_for_unit("firewall.service")
+        ruleset = machine.succeed("nft list ruleset")
+        assert "policy drop" in ruleset or "drop" in ruleset, f"no default drop in:\n{ruleset}"
+        assert "refused connection" in ruleset, f"refused connections are not logged:\n{ruleset}"
+
+    with subtest("journald keeps the journal on disk"):
+        machine.succeed("test -d /var/log/journal")
+        conf = machine.succeed("systemd-analyze cat-config systemd/journald.conf")
+        assert "Storage=persistent" in conf, f"journald storage is not persistent:\n{conf}"
+
+    with subtest("the manifest records controls and the exceptions"):
+        manifest = json.loads(machine.succeed("cat /etc/nixcomply/manifest.json"))
+        assert manifest["baseline"]["id"] == "hipaa-v1", manifest["baseline"]
+        controls = manifest["controls"]
+        assert controls["ssh.max-auth-tries"]["status"] == "excepted", controls["ssh.max-auth-tries"]
+        assert controls["ssh.password-auth-disabled"]["status"] == "enforced"
+        assert set(manifest["exceptions"]) == {"encryption.root-on-luks", "ssh.max-auth-tries"}, manifest["exceptions"]
+
+    with subtest("re-activation is idempotent"):
+        machine.succeed("/run/current-system/bin/switch-to-configuration test")
+        assert sshd("passwordauthentication") == "no"
+  '';
+}

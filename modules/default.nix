@@ -1,0 +1,7 @@
+# nixcomply's NixOS module: `nixosModules.default` of the flake.
+{
+  imports = [
+    ./options.nix
+    ./baseline.nix
+  ];
+}

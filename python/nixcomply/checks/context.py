@@ -1,0 +1,201 @@
+"""Everything a check may look at: :class:`CheckContext`.
+
+Checks read the host only through the context: host paths under ``root`` (a sandbox passes a
+temporary directory and the same code runs), systemd through ``systemd_factory``, the
+running generation's promises through ``manifest`` and ``parameters``, and what the
+reconciler knows about generations through ``generation``. Commands go through
+``nixcomply.process.run``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path, PurePosixPath
+from typing import Any, Final, Protocol
+
+from pydantic import ValidationError
+
+from nixcomply.baseline.models import Parameters
+from nixcomply.checks.config import ChecksConfig
+from nixcomply.errors import InputError
+from nixcomply.manifest import Manifest, read_manifest
+from nixcomply.yamlsource import SourceMap, problems_from_validation
+
+logger = logging.getLogger(__name__)
+
+CURRENT_SYSTEM: Final = PurePosixPath("/run/current-system")
+BOOTED_SYSTEM: Final = PurePosixPath("/run/booted-system")
+
+# The hipaa-v1 values (DESIGN.md), used when neither a manifest nor the shipped baseline
+# is available, so that a host without nixcomply's module can still be looked at.
+FALLBACK_PARAMETERS: Final = Parameters(
+    backup_max_age_hours=24,
+    restore_test_max_age_days=30,
+    time_max_drift_seconds=90,
+    critical_patch_max_age_days=7,
+    critical_services=["sshd.service", "chronyd.service", "auditd.service"],
+)
+
+
+class UnitStateLike(Protocol):
+    """What the checks read of a unit (``nixcomply.systemd.UnitState`` has these)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def load_state(self) -> str: ...
+    @property
+    def active_state(self) -> str: ...
+    @property
+    def sub_state(self) -> str: ...
+    @property
+    def result(self) -> str | None: ...
+    @property
+    def n_restarts(self) -> int | None: ...
+    @property
+    def main_pid(self) -> int | None: ...
+
+
+class SystemdLike(Protocol):
+    """The part of ``nixcomply.systemd.Systemd`` the checks use. ``unit_state`` raises
+    (any exception) when the unit cannot be read; the check reports that as an error."""
+
+    def unit_state(self, name: str) -> UnitStateLike: ...
+
+
+# Returns a fresh connection per call: a connection is not thread-safe and checks run in
+# parallel, so every check that needs systemd opens its own.
+SystemdFactory = Callable[[], AbstractContextManager[SystemdLike]]
+
+
+@dataclass(frozen=True)
+class GenerationStatus:
+    """What the reconciler knows about generations (it fills this; checks only read it).
+
+    ``approved_since`` is when the reconciler first saw the approved revision differ from
+    the running one: the grace period of ``generation_max_drift_hours`` counts from there.
+    ``firewall_ruleset_hash`` is :func:`nixcomply.checks.firewall.ruleset_hash` of the
+    ruleset right after this generation was activated.
+    """
+
+    running_revision: str | None
+    approved_revision: str | None
+    running_since: datetime | None = None
+    approved_since: datetime | None = None
+    current_system: Path | None = None
+    booted_system: Path | None = None
+    generation_number: int | None = None
+    firewall_ruleset_hash: str | None = None
+
+
+@dataclass(frozen=True)
+class Attestation:
+    """A signed statement by a person standing in for an automated control (its expiry is
+    checked by the ``exceptions`` check)."""
+
+    id: str
+    title: str
+    expires: date
+    control_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CheckContext:
+    root: Path
+    manifest: Manifest | None
+    parameters: Parameters
+    now: datetime
+    config: ChecksConfig = field(default_factory=ChecksConfig)
+    systemd_factory: SystemdFactory | None = None
+    generation: GenerationStatus | None = None
+    attestations: tuple[Attestation, ...] = ()
+    # NRestarts of each unit at the previous look (the reconciler keeps them); a unit that
+    # restarted more than services.max_restarts times since then is drift.
+    previous_restarts: Mapping[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.now.tzinfo is None:
+            raise ValueError("CheckContext.now must be timezone-aware")
+
+    def host_path(self, path: str | PurePosixPath | Path) -> Path:
+        """``path`` (absolute on the host) under this context's root."""
+        pure = PurePosixPath(path)
+        if not pure.is_absolute():
+            raise ValueError(f"host path {path} must be absolute")
+        return self.root.joinpath(*pure.parts[1:])
+
+    @classmethod
+    def for_host(
+        cls,
+        root: Path,
+        *,
+        config: ChecksConfig | None = None,
+        systemd_factory: SystemdFactory | None = None,
+        generation: GenerationStatus | None = None,
+        attestations: tuple[Attestation, ...] = (),
+        previous_restarts: Mapping[str, int] | None = None,
+        now: datetime | None = None,
+    ) -> CheckContext:
+        """A context for the host under ``root``: the manifest of its running system
+        (``<root>/run/current-system/etc/nixcomply/manifest.json``) and its parameters."""
+        current = root.joinpath(*CURRENT_SYSTEM.parts[1:])
+        manifest = read_manifest(current) if current.exists() else None
+        return cls(
+            root=root,
+            manifest=manifest,
+            parameters=parameters_of(manifest, origin=current),
+            now=now or datetime.now(UTC),
+            config=config or ChecksConfig(),
+            systemd_factory=systemd_factory,
+            generation=generation,
+            attestations=attestations,
+            previous_restarts=previous_restarts or {},
+        )
+
+
+def parameters_of(manifest: Manifest | None, *, origin: Path | None = None) -> Parameters:
+    """The manifest's parameters, or the shipped baseline's, or :data:`FALLBACK_PARAMETERS`."""
+    if manifest is not None:
+        try:
+            return Parameters.model_validate(manifest.parameters)
+        except ValidationError as e:
+            where = SourceMap(origin or Path("manifest.json"))
+            raise InputError(problems_from_validation(e, where)) from None
+    return default_parameters()
+
+
+def default_parameters() -> Parameters:
+    from nixcomply.paths import default_baseline
+
+    path = default_baseline()
+    if path.exists():
+        from nixcomply.baseline.load import load_baseline
+
+        try:
+            return load_baseline(path).baseline.parameters
+        except InputError as e:
+            logger.warning("cannot read the shipped baseline's parameters (%s); using built-in values", e)
+    return FALLBACK_PARAMETERS
+
+
+def default_systemd_factory(
+    *, user_mode: bool = False, bus_address: str | None = None
+) -> SystemdFactory | None:
+    """A factory of ``nixcomply.systemd.Systemd`` connections, or None when that adapter
+    (or pystemd) is not installed: the checks that need systemd then report errors."""
+    try:
+        module: Any = importlib.import_module("nixcomply.systemd")
+        importlib.import_module("pystemd")
+    except ImportError:
+        return None
+    systemd_class: Callable[..., AbstractContextManager[SystemdLike]] = module.Systemd
+
+    def factory() -> AbstractContextManager[SystemdLike]:
+        return systemd_class(user_mode=user_mode, bus_address=bus_address)
+
+    return factory

@@ -1,0 +1,96 @@
+"""``nixcomply check``: run the runtime drift checks on this host (or a root directory) and
+show what drifted, with the controls and framework references each finding concerns."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nixcomply.cli import add_verb
+from nixcomply.errors import EXIT_FAILURE, EXIT_OK
+
+if TYPE_CHECKING:
+    from nixcomply.checks.config import ChecksConfig
+
+DEFAULT_CONFIG = Path("etc/nixcomply/reconciler.json")  # under the root
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = add_verb(
+        subparsers,
+        "check",
+        cmd_check,
+        help="run the runtime drift checks and report findings",
+        description=(
+            "Run the runtime drift checks (concurrently, each with a timeout) against the running\n"
+            "generation's manifest. On a terminal: a table of control, framework references and\n"
+            "status; otherwise, or with --json, a JSON report (nixcomply.checks.report.CheckReport).\n"
+            "Exit status: 0 nothing drifted, 1 something drifted or could not be checked, 2 bad usage."
+        ),
+    )
+    parser.add_argument("--json", action="store_true", help="print the JSON report even on a terminal")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these checks")
+    parser.add_argument("--root", type=Path, help="host root to look at (default: the configuration's, or /)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="reconciler configuration (its 'checks' block), or a checks configuration alone "
+        "(default: ROOT/etc/nixcomply/reconciler.json when it exists)",
+    )
+    parser.add_argument("--list", action="store_true", help="list the checks and what they observe")
+
+
+def _load_config(path: Path) -> tuple[ChecksConfig, dict[str, Any]]:
+    """The checks configuration from ``path`` (a full reconciler configuration, validated as
+    one, or a checks configuration alone), and the reconciler settings this verb uses."""
+    from nixcomply.checks.config import ChecksConfig
+    from nixcomply.config import ReconcilerConfig
+    from nixcomply.yamlsource import load_yaml, validate
+
+    data, source = load_yaml(path)
+    if isinstance(data, dict) and "flake" in data:
+        config = validate(ReconcilerConfig, data, source)
+        return config.checks, {"root": config.root, **config.systemd.model_dump()}
+    return validate(ChecksConfig, data if data is not None else {}, source), {}
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from nixcomply.checks.config import ChecksConfig
+    from nixcomply.checks.context import CheckContext, default_systemd_factory
+    from nixcomply.checks.registry import run_checks, select
+    from nixcomply.checks.report import CheckReport, render_table
+
+    if args.list:
+        from nixcomply.checks.catalog import CHECKS
+
+        for name, (what, expect) in sorted(CHECKS.items()):
+            print(f"{name:<16} {what}\n{'':<16} expect: {expect}")
+        return EXIT_OK
+    names = select(args.only) if args.only else select(None)
+    settings: dict[str, Any] = {}
+    config_path = args.config
+    if config_path is None:
+        candidate = (args.root or Path("/")) / DEFAULT_CONFIG
+        config_path = candidate if candidate.exists() else None
+    config = ChecksConfig()
+    if config_path is not None:
+        config, settings = _load_config(config_path)
+    root: Path = args.root or settings.get("root") or Path("/")
+    factory = default_systemd_factory(
+        user_mode=bool(settings.get("user_mode", False)), bus_address=settings.get("bus_address")
+    )
+    ctx = CheckContext.for_host(root, config=config, systemd_factory=factory)
+    findings = run_checks(ctx, names)
+    report = CheckReport.build(
+        findings, generated_at=datetime.now(UTC), root=str(root), manifest=ctx.manifest, checks=names
+    )
+    if args.json or not sys.stdout.isatty():
+        sys.stdout.write(report.model_dump_json(indent=2, by_alias=True) + "\n")
+    else:
+        sys.stdout.write(render_table(report, color=True))
+    return EXIT_FAILURE if report.failed else EXIT_OK

@@ -1,0 +1,37 @@
+"""``nixcomply demo``: the whole reconcile cycle on a sandbox host (see nixcomply.demo)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from nixcomply.cli import add_verb
+from nixcomply.errors import EXIT_FAILURE, EXIT_OK
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    demo = add_verb(
+        subparsers,
+        "demo",
+        cmd_demo,
+        help="run the whole cycle on a sandbox host: render, switch, revert, verify",
+    )
+    demo.add_argument(
+        "--dir", type=Path, help="keep the sandbox host, its state and evidence here (a new directory)"
+    )
+    demo.add_argument("--json", action="store_true", help="print a JSON summary instead of progress")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from nixcomply.demo import run_demo
+
+    directory = args.dir or Path(tempfile.mkdtemp(prefix="nixcomply-demo-"))
+    if args.json:
+        result = run_demo(directory, say=lambda line: print(line, file=sys.stderr))
+        print(json.dumps(result.as_json(), indent=2, default=str))
+    else:
+        result = run_demo(directory)
+    return EXIT_OK if result.evidence_ok else EXIT_FAILURE

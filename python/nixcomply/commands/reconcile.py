@@ -1,0 +1,205 @@
+"""Verbs of the reconciler: ``plan``, ``reconcile`` (``apply``), ``status``, ``reset``.
+
+Exit codes: ``plan`` 0 when in sync, 1 when it would act or refuses; ``reconcile`` 0 when the
+host ends in sync (switched, nothing to do, dry run, deferred to the window), 1 when a target
+was reverted, failed, refused or blocked; 2 for bad configuration; 75 when another
+reconciler holds the lock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nixcomply.cli import add_verb
+from nixcomply.errors import EXIT_FAILURE, EXIT_OK
+
+if TYPE_CHECKING:
+    from nixcomply.config import ReconcilerConfig
+    from nixcomply.reconcile.model import CycleReport
+
+
+class Verb(StrEnum):
+    """The reconciler's verbs and what each may do to the host."""
+
+    PLAN = "plan"
+    RECONCILE = "reconcile"
+    DAEMON = "daemon"
+    STATUS = "status"
+    RESET = "reset"
+
+    @property
+    def activates(self) -> bool:
+        return self in {Verb.RECONCILE, Verb.DAEMON}
+
+    @property
+    def writes_state(self) -> bool:
+        return self in {Verb.RECONCILE, Verb.DAEMON, Verb.RESET, Verb.PLAN}
+
+
+def _config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="reconciler configuration (default: /etc/nixcomply/reconciler.json)",
+    )
+
+
+def load(args: argparse.Namespace) -> ReconcilerConfig:
+    from nixcomply.config import DEFAULT_CONFIG, load_config
+
+    return load_config(args.config or DEFAULT_CONFIG)
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    plan = add_verb(subparsers, Verb.PLAN, cmd_plan, help="say what reconciling would do, without doing it")
+    _config_arg(plan)
+    plan.add_argument("--json", action="store_true", help="machine-readable output")
+    plan.add_argument(
+        "--no-build",
+        action="store_true",
+        help="on drift, do not build the target (no store path or closure diff)",
+    )
+
+    rec = add_verb(
+        subparsers,
+        Verb.RECONCILE,
+        cmd_reconcile,
+        aliases=["apply"],
+        help="bring the host to the approved generation: build, test, health gate, switch or revert",
+    )
+    _config_arg(rec)
+    rec.add_argument("--dry-run", action="store_true", help="do everything but activate")
+    rec.add_argument("--json", action="store_true", help="machine-readable output")
+
+    daemon = add_verb(
+        subparsers,
+        Verb.DAEMON,
+        cmd_daemon,
+        help="reconcile periodically as a systemd Type=notify service (READY, WATCHDOG, STATUS)",
+    )
+    _config_arg(daemon)
+
+    status = add_verb(subparsers, Verb.STATUS, cmd_status, help="one screen on the host for a technician")
+    _config_arg(status)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    reset = add_verb(
+        subparsers,
+        Verb.RESET,
+        cmd_reset,
+        help="let a reverted revision be tried again and clear flap suppressions and cooldowns",
+    )
+    _config_arg(reset)
+    reset.add_argument("--revision", help="clear only this revision's attempts")
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from nixcomply.reconcile.cycle import Reconciler
+    from nixcomply.reconcile.model import PlanKind
+
+    report = Reconciler(load(args), use_systemd=False).plan(build=not args.no_build)
+    if args.json:
+        _print_json(
+            {
+                "host": report.host.model_dump(mode="json"),
+                "desired": report.target.desired.model_dump(mode="json"),
+                "plan": report.plan.model_dump(mode="json"),
+            }
+        )
+    else:
+        p = report.plan
+        print(f"{p.kind.value}: {p.reason}")
+        if p.kind == PlanKind.DRIFT:
+            print(f"  from {p.current_path or '(nothing running)'}")
+            print(f"  to   {p.target_path or '(not built: --no-build)'}")
+            if p.closure_diff:
+                print("  closure difference:")
+                for line in p.closure_diff.splitlines():
+                    print(f"    {line}")
+    return EXIT_OK if report.plan.kind == PlanKind.IN_SYNC else EXIT_FAILURE
+
+
+def summarise(report: CycleReport) -> list[str]:
+    from nixcomply.reconcile.model import ApplyOutcome
+
+    lines = []
+    if report.external is not None:
+        lines.append(f"noticed: {report.external.description}")
+    if report.plan is not None:
+        lines.append(f"plan:    {report.plan.kind.value}: {report.plan.reason}")
+    r = report.result
+    lines.append(f"outcome: {r.outcome.value}: {r.detail}")
+    if r.gate is not None:
+        for c in r.gate.checks:
+            lines.append(f"  gate {'ok  ' if c.ok else 'FAIL'} {c.name}: {c.detail}")
+    if r.outcome == ApplyOutcome.SUCCESS and report.host.need_reboot:
+        lines.append(f"reboot needed for: {', '.join(report.host.need_reboot)}")
+    if report.evidence_seqs:
+        lines.append(f"evidence: entries {', '.join(str(s) for s in report.evidence_seqs)}")
+    return lines
+
+
+def exit_code(report: CycleReport) -> int:
+    from nixcomply.reconcile.model import ApplyOutcome, PlanKind
+
+    if report.result.outcome in {ApplyOutcome.REVERTED, ApplyOutcome.FAILED}:
+        return EXIT_FAILURE
+    if report.plan is not None and report.plan.kind in {PlanKind.REFUSED, PlanKind.BLOCKED}:
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    from nixcomply.reconcile.cycle import Reconciler
+
+    report = Reconciler(load(args)).run(dry_run=args.dry_run)
+    if args.json:
+        _print_json(report.model_dump(mode="json"))
+    else:
+        print("\n".join(summarise(report)))
+    return exit_code(report)
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    from nixcomply.config import DEFAULT_CONFIG
+    from nixcomply.daemon import run
+
+    return run(args.config or DEFAULT_CONFIG)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from nixcomply.reconcile.status import collect
+
+    status = collect(load(args))
+    if args.json:
+        _print_json(status.model_dump(mode="json"))
+    else:
+        print("\n".join(status.lines()))
+    return EXIT_OK
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    from nixcomply.lock import StateLock
+    from nixcomply.state import State
+
+    config = load(args)
+    with StateLock(config.state_dir, purpose="reset"), State.open(config.state_dir) as state:
+        attempts = state.clear_attempts(args.revision)
+        suppressed = state.clear_suppressed() if args.revision is None else 0
+        cooldowns = state.clear_cooldowns() if args.revision is None else 0
+    print(
+        f"cleared {attempts} blocked attempt(s), {suppressed} flap suppression(s), {cooldowns} cooldown(s)",
+        file=sys.stderr,
+    )
+    return EXIT_OK

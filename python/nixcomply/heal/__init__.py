@@ -1,0 +1,1 @@
+"""Self-healing: runbooks, their executor, deterministic rules, flap suppression, windows."""

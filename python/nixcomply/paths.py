@@ -1,0 +1,35 @@
+"""Where nixcomply's data (baselines, runbooks) lives: a checkout, or an installed package.
+
+The Nix package installs ``baseline/`` and ``runbooks/`` under ``share/nixcomply`` and sets
+``NIXCOMPLY_DATA_DIR``; an editable install from a checkout finds them beside ``python/``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Final
+
+_CHECKOUT: Final = Path(__file__).resolve().parent.parent.parent
+
+
+def data_dir() -> Path:
+    env = os.environ.get("NIXCOMPLY_DATA_DIR")
+    if env:
+        return Path(env)
+    if (_CHECKOUT / "baseline").is_dir() and (_CHECKOUT / "python").is_dir():
+        return _CHECKOUT
+    return Path(sys.prefix) / "share" / "nixcomply"
+
+
+def baseline_dir() -> Path:
+    return data_dir() / "baseline"
+
+
+def runbooks_dir() -> Path:
+    return data_dir() / "runbooks"
+
+
+def default_baseline(baseline_id: str = "hipaa-v1") -> Path:
+    return baseline_dir() / f"{baseline_id}.yaml"

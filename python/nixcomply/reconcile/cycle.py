@@ -1,0 +1,350 @@
+"""One reconcile cycle, end to end: lock, observe, notice outside changes, finish interrupted
+work, decide, apply, record evidence, remember.
+
+Ordering matters for crash safety. An attempt is opened before anything is activated and
+closed only after its outcome is in signed evidence; an interrupted attempt is found on the
+next cycle and settled from what the host shows (the switch completed, or the host still
+boots the old generation and the plan decides again). Nothing is recorded twice and nothing
+acknowledged is lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from nixcomply import faults
+from nixcomply.config import ReconcilerConfig
+from nixcomply.errors import InputError
+from nixcomply.evidence.statement import Host
+from nixcomply.evidence.store import EvidenceStore
+from nixcomply.lock import StateLock
+from nixcomply.manifest import read_manifest
+from nixcomply.nixos.root import Root
+from nixcomply.nixos.tools import Tools
+from nixcomply.reconcile import apply as applying
+from nixcomply.reconcile import record
+from nixcomply.reconcile.gate import SystemdFactory, SystemdLike
+from nixcomply.reconcile.model import (
+    ApplyOutcome,
+    ApplyResult,
+    CycleReport,
+    HostState,
+    Plan,
+    PlanKind,
+)
+from nixcomply.reconcile.observe import external_change, observation_of, observe
+from nixcomply.reconcile.plan import Target, decide, desired_state
+from nixcomply.state import Attempt, State
+
+logger = logging.getLogger(__name__)
+
+
+def tools_for(config: ReconcilerConfig) -> Tools:
+    return Tools(
+        nix=config.executables.nix,
+        nixos_rebuild=config.executables.nixos_rebuild,
+        git=config.executables.git,
+        systemd_run=config.executables.systemd_run,
+        extra_env=dict(config.environment),
+    )
+
+
+def systemd_for(config: ReconcilerConfig) -> SystemdFactory | None:
+    if not config.systemd.enable:
+        return None
+
+    def connect() -> AbstractContextManager[SystemdLike]:
+        from nixcomply.systemd import Systemd
+
+        return Systemd(user_mode=config.systemd.user_mode, bus_address=config.systemd.bus_address)
+
+    return connect
+
+
+@dataclass(frozen=True)
+class PlanReport:
+    host: HostState
+    target: Target
+    plan: Plan
+
+
+class Reconciler:
+    def __init__(
+        self,
+        config: ReconcilerConfig,
+        *,
+        tools: Tools | None = None,
+        systemd: SystemdFactory | None = None,
+        use_systemd: bool = True,
+    ) -> None:
+        self.config = config
+        self.root = Root(config.root)
+        self.tools = tools or tools_for(config)
+        self.systemd = systemd if systemd is not None else (systemd_for(config) if use_systemd else None)
+
+    def context(self) -> applying.Context:
+        return applying.Context(config=self.config, root=self.root, tools=self.tools, systemd=self.systemd)
+
+    # -- plan ------------------------------------------------------------------------------
+
+    def plan(self, *, build: bool = True) -> PlanReport:
+        """Observe and decide without activating anything (``nixcomply plan``)."""
+        with StateLock(self.config.state_dir, purpose="plan"), State.open(self.config.state_dir) as state:
+            host = observe(self.root, tools=self.tools, hostname=self.config.host)
+            target = desired_state(self.config, tools=self.tools)
+            plan = decide(host, target, state, self.config, tools=self.tools, build_target=build)
+            return PlanReport(host=host, target=target, plan=plan)
+
+    # -- reconcile -------------------------------------------------------------------------
+
+    def run(self, *, dry_run: bool = False, store: EvidenceStore | None = None) -> CycleReport:
+        started = datetime.now(UTC)
+        dry_run = dry_run or self.config.dry_run
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(StateLock(self.config.state_dir, purpose="reconcile"))
+            state = stack.enter_context(State.open(self.config.state_dir))
+            if store is None and not dry_run:
+                store = stack.enter_context(record.open_store(self.config))
+            run_id = state.start_run("reconcile-dry-run" if dry_run else "reconcile")
+            report = self._cycle(state, store, started=started, dry_run=dry_run)
+            if self.config.metrics.enable:
+                self._write_metrics(report, state, store)
+            state.finish_run(
+                run_id,
+                report.result.outcome.value,
+                {
+                    "plan": report.plan.kind.value if report.plan else None,
+                    "target_revision": report.plan.target_revision if report.plan else None,
+                    "detail": report.result.detail,
+                    "evidence_seqs": report.evidence_seqs,
+                    "generation": report.host.profile.generation if report.host.profile else None,
+                },
+            )
+            return report
+
+    def _cycle(
+        self, state: State, store: EvidenceStore | None, *, started: datetime, dry_run: bool
+    ) -> CycleReport:
+        seqs: list[int] = []
+        host = observe(self.root, tools=self.tools, hostname=self.config.host)
+        identity = record.host_identity(self.root.path, self.config.host)
+        policy = self._policy_digest(host)
+        interrupted = state.in_progress()
+        explained = frozenset(
+            p
+            for a in interrupted
+            for p in (a.toplevel, host.profile.store_path if host.profile else None)
+            if p
+        )
+
+        external = external_change(state.observation(), host, explained_paths=explained)
+        if external is not None:
+            logger.warning("%s", external.description)
+            if store is not None:
+                seqs.append(
+                    record.record_external(
+                        store,
+                        host_id=identity,
+                        before=None,
+                        after=host,
+                        change=external,
+                        policy_digest=policy,
+                        tools=self.tools,
+                        now=datetime.now(UTC),
+                    ).seq
+                )
+
+        target = desired_state(self.config, tools=self.tools)
+        for attempt in interrupted:
+            seq = self._settle(
+                attempt, host=host, target=target, state=state, store=store, identity=identity, policy=policy
+            )
+            if seq is not None:
+                seqs.append(seq)
+        if not dry_run:
+            state.set_observation(observation_of(host))
+
+        plan = decide(host, target, state, self.config, tools=self.tools)
+        result = applying.apply(plan, host, state, self.context(), dry_run=dry_run, now=datetime.now(UTC))
+        after = (
+            observe(self.root, tools=self.tools, hostname=self.config.host)
+            if result.outcome
+            in {
+                ApplyOutcome.SUCCESS,
+                ApplyOutcome.REVERTED,
+                ApplyOutcome.FAILED,
+            }
+            else host
+        )
+        if store is not None and result.outcome in {
+            ApplyOutcome.SUCCESS,
+            ApplyOutcome.REVERTED,
+            ApplyOutcome.FAILED,
+        }:
+            recorded = record.record_apply(
+                store,
+                host_id=identity,
+                before=host,
+                after=after,
+                desired=target.desired,
+                result=result,
+                policy_digest=self._policy_digest(after),
+                tools=self.tools,
+                now=datetime.now(UTC),
+            )
+            if recorded is not None:
+                seqs.append(recorded.seq)
+        faults.point("recorded")
+        self._close_attempt(plan, result, after, state)
+        if not dry_run:
+            state.set_observation(observation_of(after))
+        return CycleReport(
+            started_at=started,
+            finished_at=datetime.now(UTC),
+            dry_run=dry_run,
+            host=after,
+            desired=target.desired,
+            external=external,
+            plan=plan,
+            result=result,
+            evidence_seqs=seqs,
+        )
+
+    def _close_attempt(self, plan: Plan, result: ApplyResult, after: HostState, state: State) -> None:
+        if plan.kind != PlanKind.DRIFT or plan.target_revision is None:
+            return
+        rev = plan.target_revision
+        if result.outcome == ApplyOutcome.SUCCESS:
+            state.end_attempt(rev, "success", result.detail)
+            state.set_last_good(
+                generation=after.profile.generation if after.profile else None,
+                store_path=result.target_path or "",
+                revision=rev,
+            )
+        elif result.outcome in {ApplyOutcome.REVERTED, ApplyOutcome.FAILED}:
+            state.end_attempt(rev, result.outcome.value, result.detail)
+
+    def _settle(
+        self,
+        attempt: Attempt,
+        *,
+        host: HostState,
+        target: Target,
+        state: State,
+        store: EvidenceStore | None,
+        identity: Host,
+        policy: str | None,
+    ) -> int | None:
+        """An attempt a previous run did not finish: record what the host shows happened."""
+        current = host.current.store_path if host.current else None
+        profile = host.profile.store_path if host.profile else None
+        if attempt.toplevel is not None and current == attempt.toplevel == profile:
+            outcome, detail = (
+                ApplyOutcome.SUCCESS,
+                "the switch completed; the run that made it was interrupted before recording it",
+            )
+        elif attempt.phase == "reverting" and current == profile:
+            outcome, detail = (
+                ApplyOutcome.REVERTED,
+                f"{attempt.toplevel} failed and was reverted; the run was interrupted before recording it",
+            )
+        elif current == profile:
+            # interrupted before anything was activated (or after it was undone): no generation
+            # changed, nothing to record; not judged by the gate, so not blocked either
+            logger.info("an interrupted attempt at %s left the host on its boot default", attempt.revision)
+            state.clear_attempts(attempt.revision)
+            return None
+        else:
+            return None  # still activated but not switched: the plan decides again (test, gate, switch)
+        result = ApplyResult(outcome=outcome, detail=detail, target_path=attempt.toplevel)
+        seq = None
+        if store is not None and not _already_recorded(store, attempt):
+            recorded = record.record_apply(
+                store,
+                host_id=identity,
+                before=host,
+                after=host,
+                desired=target.desired.model_copy(update={"revision": attempt.revision}),
+                result=result,
+                policy_digest=policy,
+                tools=self.tools,
+                now=datetime.now(UTC),
+                note="(recovered)",
+            )
+            seq = recorded.seq if recorded else None
+        if outcome == ApplyOutcome.SUCCESS:
+            state.end_attempt(attempt.revision, "success", detail)
+            state.set_last_good(
+                generation=host.profile.generation if host.profile else None,
+                store_path=attempt.toplevel or "",
+                revision=attempt.revision,
+            )
+        else:
+            state.end_attempt(attempt.revision, "reverted", detail)
+        return seq
+
+    def _write_metrics(self, report: CycleReport, state: State, store: EvidenceStore | None) -> None:
+        from nixcomply import metrics
+
+        tail = store.tail() if store is not None else None
+        manifest = None
+        if report.host.current is not None:
+            try:
+                manifest = read_manifest(Path(report.host.current.store_path))
+            except InputError:
+                manifest = None
+        snapshot = metrics.Snapshot(
+            host=self.config.host,
+            baseline=f"{manifest.baseline.id}" if manifest else None,
+            nixos_release=manifest.nixos_release if manifest else None,
+            finished_at=report.finished_at.timestamp(),
+            duration_s=(report.finished_at - report.started_at).total_seconds(),
+            outcome=report.result.outcome.value,
+            plan=report.plan.kind.value if report.plan else None,
+            generation=report.host.profile.generation if report.host.profile else None,
+            need_reboot=bool(report.host.need_reboot),
+            findings=tuple(report.finding_samples),
+            heals=state.heal_counts(),
+            suppressed=len(state.suppressed()),
+            blocked=len(state.blocked_revisions()),
+            evidence_seq=tail.seq if tail else None,
+            checkpoint_size=tail.checkpoint_size if tail else None,
+        )
+        metrics.write(self.config.metrics.path, snapshot)
+
+    def _policy_digest(self, host: HostState) -> str | None:
+        """The digest of the baseline the running system was rendered from."""
+        if host.current is None:
+            return None
+        try:
+            manifest = read_manifest(Path(host.current.store_path))
+        except InputError:  # an unreadable manifest is a finding of the checks, not an error here
+            return None
+        return manifest.baseline.digest if manifest else None
+
+
+def _already_recorded(store: EvidenceStore, attempt: Attempt) -> bool:
+    """Whether the newest evidence entry is this attempt's outcome (the run that wrote it died
+    before closing the attempt): recording it again would duplicate it."""
+    import json
+
+    tail = store.tail()
+    if tail is None:
+        return False
+    try:
+        statement = json.loads((tail.path / "statement.json").read_bytes())
+        predicate = statement["predicate"]
+        observed = datetime.fromisoformat(predicate["observed_at"])
+        return bool(
+            statement["predicateType"].endswith("/generation-change/v1")
+            and predicate.get("actor") == "nixcomply"
+            and predicate["generation"]["store_path"] == attempt.toplevel
+            and observed >= attempt.updated_at
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return False

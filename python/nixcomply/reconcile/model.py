@@ -1,0 +1,208 @@
+"""What the reconciler observed, wanted, decided and did, as models.
+
+These are the shapes of ``nixcomply plan --json`` and ``nixcomply reconcile --json`` and they
+go into evidence unchanged, so a technician, a script and an auditor read the same facts.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from nixcomply.metrics import FindingSample
+
+_Model = ConfigDict(extra="forbid", frozen=True)
+
+
+class SystemInfo(BaseModel):
+    """One system toplevel as the host knows it."""
+
+    model_config = _Model
+
+    store_path: str
+    generation: int | None = Field(default=None, description="profile generation number, when it is one")
+    nixos_version: str | None = None
+    configuration_revision: str | None = None
+    nixpkgs_revision: str | None = None
+
+
+class ProfileGeneration(BaseModel):
+    model_config = _Model
+
+    number: int
+    store_path: str
+    date: datetime
+    current: bool
+
+
+class HostState(BaseModel):
+    """The running host: what is active, what boots, what the profile holds."""
+
+    model_config = _Model
+
+    observed_at: datetime
+    hostname: str
+    current: SystemInfo | None = Field(description="/run/current-system: what runs now")
+    booted: SystemInfo | None = Field(description="/run/booted-system: what the host booted")
+    profile: SystemInfo | None = Field(description="the system profile's generation: what boots next")
+    generations: list[ProfileGeneration] = Field(default_factory=list)
+    manifest_baseline: str | None = Field(
+        default=None, description="baseline id and version the running system carries"
+    )
+    need_reboot: list[str] = Field(
+        default_factory=list, description="kernel, initrd, kernel-modules that differ"
+    )
+
+    @property
+    def running_revision(self) -> str | None:
+        return self.current.configuration_revision if self.current else None
+
+    @property
+    def activation_pending(self) -> bool:
+        """Something was activated (``test``) that the boot default does not hold."""
+        if self.current is None or self.profile is None:
+            return False
+        return self.current.store_path != self.profile.store_path
+
+
+class Desired(BaseModel):
+    """What the host should run: the locked target flake and the approval policy."""
+
+    model_config = _Model
+
+    flake: str
+    host: str
+    locked_url: str
+    revision: str | None
+    nar_hash: str | None
+    last_modified: datetime | None
+    dirty: bool
+    approved_revision: str | None = None
+
+
+class ExternalKind(StrEnum):
+    SWITCH = "switch"  # the profile moved: nixos-rebuild switch/boot by hand
+    ROLLBACK = "rollback"  # the profile moved back to an older generation
+    ACTIVATION = "activation"  # a different system was activated without moving the profile
+    REBOOT = "reboot"  # the host booted a different system
+
+
+class ExternalChange(BaseModel):
+    """A generation change nixcomply did not make, noticed on a later cycle."""
+
+    model_config = _Model
+
+    kinds: list[ExternalKind]
+    before_current: str | None
+    after_current: str | None
+    before_profile_generation: int | None
+    after_profile_generation: int | None
+    before_booted: str | None
+    after_booted: str | None
+    description: str
+
+
+class PlanKind(StrEnum):
+    IN_SYNC = "in-sync"
+    DRIFT = "drift"
+    REFUSED = "refused"
+    BLOCKED = "blocked"
+
+
+class Plan(BaseModel):
+    """The decision: stay, move (and from where to where), or refuse (and why)."""
+
+    model_config = _Model
+
+    kind: PlanKind
+    reason: str
+    current_revision: str | None
+    target_revision: str | None
+    current_path: str | None
+    target_path: str | None = Field(default=None, description="known once built (drift only)")
+    closure_diff: str | None = None
+    built: bool = Field(default=False, description="whether deciding needed nix build")
+
+
+class GateCheck(BaseModel):
+    model_config = _Model
+
+    name: str
+    ok: bool
+    detail: str = ""
+    duration_s: float = 0.0
+
+
+class GateResult(BaseModel):
+    model_config = _Model
+
+    ok: bool
+    checks: list[GateCheck]
+    duration_s: float
+
+
+class ApplyOutcome(StrEnum):
+    SUCCESS = "success"
+    REVERTED = "reverted"
+    FAILED = "failed"
+    DEFERRED = "deferred"
+    DRY_RUN = "dry-run"
+    NOTHING = "nothing"  # in sync, refused or blocked: no activation
+
+
+class ApplyResult(BaseModel):
+    model_config = _Model
+
+    outcome: ApplyOutcome
+    detail: str
+    target_path: str | None = None
+    gate: GateResult | None = None
+    durations: dict[str, float] = Field(default_factory=dict)
+    generation_before: int | None = None
+    generation_after: int | None = None
+
+
+class FindingSummary(BaseModel):
+    """One runtime finding as the cycle reports it (the full finding is in evidence)."""
+
+    model_config = _Model
+
+    check: str
+    control_ids: list[str]
+    severity: str
+    status: str
+    drifted: bool
+    message: str
+    decision: str | None = Field(default=None, description="runbook run, alert, suppressed, deferred ...")
+
+    @property
+    def family(self) -> str:
+        return self.control_ids[0].split(".", 1)[0] if self.control_ids else self.check
+
+
+class CycleReport(BaseModel):
+    """One reconcile cycle, end to end (``nixcomply reconcile --json``)."""
+
+    model_config = _Model
+
+    started_at: datetime
+    finished_at: datetime
+    dry_run: bool
+    host: HostState
+    desired: Desired | None
+    external: ExternalChange | None
+    plan: Plan | None
+    result: ApplyResult
+    evidence_seqs: list[int] = Field(default_factory=list)
+    findings: list[FindingSummary] = Field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def finding_samples(self) -> list[FindingSample]:
+        from nixcomply.metrics import FindingSample
+
+        return [FindingSample(f.severity, f.family, f.drifted) for f in self.findings]

@@ -1,0 +1,184 @@
+"""Turn what the reconciler saw and did into signed evidence (generation-change statements).
+
+The subject of a generation change is the system toplevel, named by its store path and
+identified by the sha256 of its NAR serialisation (``nix path-info``), so an auditor can tie
+the statement to exactly the closure that ran.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from datetime import datetime
+from pathlib import Path
+
+from nixcomply.config import ReconcilerConfig
+from nixcomply.errors import CommandError
+from nixcomply.evidence.keys import BUNDLE_CREDENTIAL, LOG_CREDENTIAL, load_signer
+from nixcomply.evidence.statement import (
+    Action,
+    Generation,
+    GenerationChange,
+    GenerationRef,
+    HealthCheckResult,
+    Host,
+    Outcome,
+    Subject,
+)
+from nixcomply.evidence.store import EvidenceStore, Recorded
+from nixcomply.nixos.tools import Tools
+from nixcomply.reconcile.model import (
+    ApplyOutcome,
+    ApplyResult,
+    Desired,
+    ExternalChange,
+    HostState,
+    SystemInfo,
+)
+
+logger = logging.getLogger(__name__)
+
+
+OUTCOMES = {
+    ApplyOutcome.SUCCESS: Outcome.SUCCESS,
+    ApplyOutcome.REVERTED: Outcome.REVERTED,
+    ApplyOutcome.FAILED: Outcome.FAILED,
+    ApplyOutcome.DEFERRED: Outcome.DEFERRED,
+}
+
+
+def origin_for(config: ReconcilerConfig) -> str:
+    return config.evidence.origin or f"nixcomply/{config.host}"
+
+
+def open_store(config: ReconcilerConfig) -> EvidenceStore:
+    """The evidence store under the state directory, with keys from systemd credentials or
+    the configured files; a missing key is an error before anything is changed."""
+    signer = load_signer(config.evidence.signing_key, credential=BUNDLE_CREDENTIAL)
+    log_signer = load_signer(config.evidence.log_key, credential=LOG_CREDENTIAL)
+    return EvidenceStore.open(config.state_dir, signer, log_signer, origin=origin_for(config))
+
+
+def host_identity(root: Path, hostname: str) -> Host:
+    """machine-id from the host root (the sandbox has its own), host name as configured."""
+    local = Host.local(etc=root / "etc")
+    return Host(machine_id=local.machine_id, hostname=hostname)
+
+
+def nar_sha256(path: str, tools: Tools) -> str | None:
+    """sha256 (hex) of the store path's NAR serialisation, from ``nix path-info --json``."""
+    try:
+        result = tools.run([tools.nix, "path-info", "--json", path], timeout=60)
+        info = json.loads(result.stdout)
+        entry = info[0] if isinstance(info, list) else info[path]
+        nar_hash = str(entry["narHash"])
+    except (CommandError, ValueError, KeyError, IndexError, TypeError) as e:
+        logger.warning("cannot read the NAR hash of %s: %s", path, e)
+        return None
+    if nar_hash.startswith("sha256-"):
+        return base64.b64decode(nar_hash.removeprefix("sha256-")).hex()
+    return None
+
+
+def _subject(path: str | None, tools: Tools) -> list[Subject]:
+    if path is None:
+        return []
+    digest = nar_sha256(path, tools)
+    if digest is None:
+        return []
+    return [Subject(name=path, digest={"sha256": digest})]
+
+
+def _generation(
+    info: SystemInfo | None, fallback_path: str, previous: SystemInfo | None, nar_hash: str | None
+) -> Generation:
+    prev = None
+    if previous is not None and previous.generation is not None:
+        prev = GenerationRef(number=previous.generation, store_path=previous.store_path)
+    return Generation(
+        number=(info.generation if info and info.generation is not None else 0),
+        store_path=info.store_path if info else fallback_path,
+        previous=prev,
+        nixos_version=info.nixos_version if info else None,
+        configuration_revision=info.configuration_revision if info else None,
+        flake_nar_hash=nar_hash,
+    )
+
+
+def record_apply(
+    store: EvidenceStore,
+    *,
+    host_id: Host,
+    before: HostState,
+    after: HostState,
+    desired: Desired,
+    result: ApplyResult,
+    policy_digest: str | None,
+    tools: Tools,
+    now: datetime,
+    actor: str = "nixcomply",
+    note: str = "",
+) -> Recorded | None:
+    """One generation-change statement for a switch, a revert, a failure or a deferral."""
+    outcome = OUTCOMES.get(result.outcome)
+    if outcome is None:
+        return None
+    subject_path = result.target_path or (after.current.store_path if after.current else None)
+    info = after.profile if result.outcome == ApplyOutcome.SUCCESS else None
+    if info is None and result.target_path is not None:
+        info = SystemInfo(store_path=result.target_path, configuration_revision=desired.revision)
+    # one action per phase that ran; the last one ran into the outcome
+    phases = list(result.durations)
+    actions = [
+        Action(name=name, outcome=outcome if name == phases[-1] else Outcome.SUCCESS, duration_s=secs)
+        for name, secs in result.durations.items()
+    ]
+    actions.append(Action(name="result", outcome=outcome, detail=(note + " " + result.detail).strip()))
+    predicate = GenerationChange(
+        event="generation-change",
+        observed_at=now,
+        host=host_id,
+        actor=actor,
+        outcome=outcome,
+        policy_digest=policy_digest,
+        actions=actions,
+        generation=_generation(info, subject_path or "", before.profile, desired.nar_hash),
+        flake_ref=desired.locked_url,
+        health_gate=[
+            HealthCheckResult(name=c.name, ok=c.ok, detail=c.detail, duration_s=c.duration_s)
+            for c in (result.gate.checks if result.gate else [])
+        ],
+        durations=result.durations,
+    )
+    attachments = {"result.json": result.model_dump_json(indent=2).encode()}
+    if result.gate is not None:
+        attachments["health-gate.json"] = result.gate.model_dump_json(indent=2).encode()
+    return store.append(predicate, subjects=_subject(subject_path, tools), attachments=attachments)
+
+
+def record_external(
+    store: EvidenceStore,
+    *,
+    host_id: Host,
+    before: HostState | None,
+    after: HostState,
+    change: ExternalChange,
+    policy_digest: str | None,
+    tools: Tools,
+    now: datetime,
+) -> Recorded:
+    """A generation change made outside nixcomply, recorded with actor ``external``."""
+    path = after.current.store_path if after.current else change.after_current or ""
+    predicate = GenerationChange(
+        event="generation-change.external",
+        observed_at=now,
+        host=host_id,
+        actor="external",
+        outcome=Outcome.ALERT,
+        policy_digest=policy_digest,
+        actions=[Action(name="observed", outcome=Outcome.ALERT, detail=change.description)],
+        generation=_generation(after.current, path, None, None),
+    )
+    attachments = {"external-change.json": change.model_dump_json(indent=2).encode()}
+    return store.append(predicate, subjects=_subject(path or None, tools), attachments=attachments)

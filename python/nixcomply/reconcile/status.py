@@ -1,0 +1,131 @@
+"""``nixcomply status``: the host on one screen (like ``comin status``), from the state
+database, the evidence log and a look at the running system. Read-only; no lock needed."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict
+
+from nixcomply.config import ReconcilerConfig
+from nixcomply.nixos.root import Root
+from nixcomply.reconcile.cycle import tools_for
+from nixcomply.reconcile.model import HostState
+from nixcomply.reconcile.observe import observe
+from nixcomply.state import State
+
+
+class BlockedRevision(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    revision: str
+    outcome: str
+    at: datetime
+    detail: str
+
+
+class Status(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: HostState
+    flake: str
+    approved_revision: str | None
+    last_run_at: datetime | None
+    last_run_kind: str | None
+    last_outcome: str | None
+    last_detail: str | None
+    pending_target: str | None
+    blocked: list[BlockedRevision]
+    suppressed: dict[str, str]
+    last_good: dict[str, object] | None
+    evidence_seq: int | None
+    checkpoint_size: int | None
+
+    def lines(self) -> list[str]:
+        h = self.host
+
+        def system(label: str, info: object) -> str:
+            from nixcomply.reconcile.model import SystemInfo
+
+            if not isinstance(info, SystemInfo):
+                return f"{label:<10} (none)"
+            gen = f"generation {info.generation}" if info.generation is not None else "not in the profile"
+            rev = (info.configuration_revision or "unknown revision")[:12]
+            return (
+                f"{label:<10} {gen}, revision {rev}, {info.nixos_version or '?'}\n{'':<11}{info.store_path}"
+            )
+
+        out = [
+            f"host       {h.hostname}",
+            system("running", h.current),
+            system("booted", h.booted),
+            system("next boot", h.profile),
+            f"flake      {self.flake}"
+            + (f" (approved {self.approved_revision[:12]})" if self.approved_revision else ""),
+        ]
+        if self.last_run_at is not None:
+            out.append(
+                f"last run   {self.last_run_at:%Y-%m-%d %H:%M:%S} UTC {self.last_run_kind}: {self.last_outcome}"
+            )
+            if self.last_detail:
+                out.append(f"{'':<11}{self.last_detail}")
+        else:
+            out.append("last run   never")
+        if self.pending_target:
+            out.append(f"pending    {self.pending_target}")
+        if h.activation_pending:
+            out.append("WARNING    the running system is not the boot default (a test activation is pending)")
+        out.append(f"reboot     {'needed: ' + ', '.join(h.need_reboot) if h.need_reboot else 'not needed'}")
+        for b in self.blocked:
+            out.append(f"blocked    {b.revision[:12]} ({b.outcome} {b.at:%Y-%m-%d %H:%M}): {b.detail}")
+        for key, why in self.suppressed.items():
+            out.append(f"suppressed {key}: {why}")
+        evidence = "none yet" if self.evidence_seq is None else f"last entry {self.evidence_seq}"
+        if self.checkpoint_size is not None:
+            evidence += f", checkpoint size {self.checkpoint_size}"
+        out.append(f"evidence   {evidence}")
+        return out
+
+
+def collect(config: ReconcilerConfig) -> Status:
+    host = observe(Root(config.root), tools=tools_for(config), hostname=config.host)
+    with State.open(config.state_dir) as state:
+        last = state.last_run()
+        blocked = [
+            BlockedRevision(revision=a.revision, outcome=a.outcome or "", at=a.updated_at, detail=a.detail)
+            for a in state.blocked_revisions()
+        ]
+        pending = state.in_progress()
+        suppressed = {
+            k: f"since {since:%Y-%m-%d %H:%M} UTC: {why}" for k, (since, why) in state.suppressed().items()
+        }
+        last_good = state.last_good()
+    seq, size = _evidence_tail(config)
+    return Status(
+        host=host,
+        flake=config.flake,
+        approved_revision=config.approved_revision,
+        last_run_at=last.finished_at if last else None,
+        last_run_kind=last.kind if last else None,
+        last_outcome=last.outcome if last else None,
+        last_detail=str(last.summary.get("detail") or "") if last else None,
+        pending_target=(
+            f"{pending[0].revision[:12]} interrupted during {pending[0].phase}" if pending else None
+        ),
+        blocked=blocked,
+        suppressed=suppressed,
+        last_good=last_good,
+        evidence_seq=seq,
+        checkpoint_size=size,
+    )
+
+
+def _evidence_tail(config: ReconcilerConfig) -> tuple[int | None, int | None]:
+    """The newest evidence entry and checkpoint size, read without keys."""
+    from nixcomply.evidence.log import MerkleLog
+    from nixcomply.reconcile.record import origin_for
+
+    if not (config.state_dir / "log").is_dir():
+        return None, None
+    state = MerkleLog(config.state_dir, origin=origin_for(config), durable=False).read_state()
+    return (state.last.seq if state.last else None), state.size

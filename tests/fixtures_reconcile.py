@@ -1,0 +1,135 @@
+"""A sandbox host for reconciler tests: the real nix, a real systemd user manager running the
+host's units, evidence keys, and generations whose manifest comes from the real rendered
+hipaa-v1 module evaluated by the real nix.
+
+Revisions (module-scoped, built once):
+  good     app.service runs
+  newer    app.service runs with another command line (child of good)
+  broken   app.service exits at once: the health gate must fail (child of newer)
+  side     child of good: not a descendant of newer
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import REPO
+from nixcomply.baseline.evaluate import manifest_json
+from nixcomply.baseline.load import load_baseline
+from nixcomply.baseline.render import render
+from nixcomply.config import ReconcilerConfig
+from nixcomply.evidence.verify import verify_path
+from nixcomply.nixos.tools import Tools
+from nixcomply.reconcile.cycle import Reconciler
+from nixcomply.reconcile.model import CycleReport
+from nixcomply.sandboxhost import SandboxHost
+
+HOST = "clinic-01"
+
+
+def app_unit(command: str) -> str:
+    return f"[Unit]\nDescription=the clinic's application\n[Service]\nType=exec\nExecStart={command}\n"
+
+
+@dataclass
+class World:
+    host: SandboxHost
+    revs: dict[str, str]
+    systems: dict[str, Path]
+    manifest: str
+
+    @property
+    def sandbox(self):  # type: ignore[no-untyped-def]
+        return self.host.sandbox
+
+    def configure(self, target: str, **settings: Any) -> ReconcilerConfig:
+        """Point the reconciler at revision ``target`` (a name in revs, or a flake ref)."""
+        flake = str(self.sandbox.flake_ref_at(self.revs[target])) if target in self.revs else target
+        self.host.write_config(settings={"flake": flake, **settings})
+        return self.host.config
+
+    def reconcile(self, target: str, *, dry_run: bool = False, **settings: Any) -> CycleReport:
+        return Reconciler(self.configure(target, **settings)).run(dry_run=dry_run)
+
+    def install(self, name: str) -> None:
+        self.sandbox.install(self.revs[name])
+
+    def verify(self) -> int:
+        report = verify_path(self.host.state_dir, None)
+        assert not report.errors, [str(e) for e in report.errors]
+        return int(report.entries)
+
+    def systemctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        assert self.host.manager is not None
+        return subprocess.run(
+            ["systemctl", "--user", *args],
+            env={**self.host.manager.env},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+
+def rendered_manifest(tmp: Path, nix_env: dict[str, str]) -> str:
+    loaded = load_baseline(REPO / "baseline" / "hipaa-v1.yaml")
+    module = tmp / "hipaa-v1.nix"
+    module.write_text(render(loaded))
+    exceptions = {
+        "encryption.root-on-luks": {
+            "justification": "sandbox host: no block devices",
+            "approvedBy": "tests@nixcomply.test",
+            "expires": "2099-12-31",
+            "ticket": "TEST-1",
+        }
+    }
+    return manifest_json(module, "hipaa-v1", exceptions=exceptions, tools=Tools(extra_env=nix_env))
+
+
+@pytest.fixture(scope="module")
+def reconcile_world(tmp_path_factory: pytest.TempPathFactory, nix_env: dict[str, str]) -> Iterator[World]:
+    base = tmp_path_factory.mktemp("reconcile")
+    manifest = rendered_manifest(base, nix_env)
+    with SandboxHost.create(base / "host", host=HOST) as host:
+        assert host.manager is not None, "CI runs as root: the sandbox gets a real systemd user manager"
+        s = host.sandbox
+        revs: dict[str, str] = {}
+        revs["good"] = s.commit_generation(
+            label="good", manifest_json=manifest, units={"app.service": app_unit("/bin/sleep 1000")}
+        )
+        revs["newer"] = s.commit_generation(
+            label="newer", manifest_json=manifest, units={"app.service": app_unit("/bin/sleep 1001")}
+        )
+        revs["broken"] = s.commit_generation(
+            label="broken", manifest_json=manifest, units={"app.service": app_unit("/bin/false")}
+        )
+        revs["side"] = s.commit_generation(
+            label="side",
+            manifest_json=manifest,
+            units={"app.service": app_unit("/bin/sleep 1002")},
+            parent=revs["good"],
+        )
+        systems = {name: s.build(rev) for name, rev in revs.items()}
+        yield World(host, revs, systems, manifest)
+
+
+@pytest.fixture
+def fresh(reconcile_world: World) -> World:
+    """The shared world with an empty host and empty state (keys and keyring kept)."""
+    with contextlib.suppress(Exception):
+        reconcile_world.systemctl("stop", "app.service")
+        reconcile_world.systemctl("reset-failed")
+    reconcile_world.sandbox.reset_host()
+    state = reconcile_world.host.state_dir
+    for child in state.iterdir():
+        if child.name != "keyring.json":
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+    reconcile_world.host.write_config(settings={"flake": str(reconcile_world.sandbox.flake_ref)})
+    return reconcile_world

@@ -1,0 +1,154 @@
+"""The SQLite state and the reconciler lock, with the real SQLite and real processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from nixcomply.errors import LockHeldError
+from nixcomply.lock import StateLock
+from nixcomply.state import Observation, State, StateError, now
+
+
+def test_runs_round_trip(tmp_path: Path) -> None:
+    with State.open(tmp_path) as state:
+        assert state.last_run() is None
+        run = state.start_run("reconcile")
+        assert state.last_run() is None  # unfinished runs are not "last"
+        state.finish_run(run, "success", {"generation": 3})
+        last = state.last_run()
+        assert last is not None
+        assert (last.id, last.kind, last.outcome, last.summary) == (
+            run,
+            "reconcile",
+            "success",
+            {"generation": 3},
+        )
+        assert last.finished_at is not None and last.finished_at >= last.started_at
+
+
+def test_reverted_revision_is_blocked_until_reset(tmp_path: Path) -> None:
+    rev = "a" * 40
+    with State.open(tmp_path) as state:
+        state.begin_attempt(rev, "/nix/store/x-nixos-system")
+        attempt = state.attempt(rev)
+        assert attempt is not None and attempt.interrupted and not attempt.blocked
+        state.end_attempt(rev, "reverted", "sshd.service failed")
+    with State.open(tmp_path) as state:  # survives reopening
+        attempt = state.attempt(rev)
+        assert attempt is not None and attempt.blocked and attempt.detail == "sshd.service failed"
+        assert [a.revision for a in state.blocked_revisions()] == [rev]
+        assert state.clear_attempts() == 1
+        assert state.attempt(rev) is None
+
+
+def test_attempt_count_increments(tmp_path: Path) -> None:
+    rev = "b" * 40
+    with State.open(tmp_path) as state:
+        state.begin_attempt(rev, "/nix/store/1")
+        state.set_phase(rev, "gating")
+        state.begin_attempt(rev, "/nix/store/2")
+        attempt = state.attempt(rev)
+        assert attempt is not None
+        assert (attempt.count, attempt.toplevel, attempt.phase) == (2, "/nix/store/2", "testing")
+
+
+def test_toplevels_observation_last_good(tmp_path: Path) -> None:
+    with State.open(tmp_path) as state:
+        assert state.toplevel_for("c" * 40) is None
+        state.remember_toplevel("c" * 40, "/nix/store/c")
+        assert state.toplevel_for("c" * 40) == "/nix/store/c"
+        obs = Observation("/nix/store/c", "/nix/store/b", 4, "c" * 40, now())
+        state.set_observation(obs)
+        assert state.observation() == obs
+        state.set_last_good(generation=4, store_path="/nix/store/c", revision="c" * 40)
+        good = state.last_good()
+        assert good is not None and good["generation"] == 4
+
+
+def test_successful_heals_window_and_suppression_persist(tmp_path: Path) -> None:
+    t0 = now()
+    with State.open(tmp_path) as state:
+        state.record_heal("service_health", "RB-SERVICE-001", "success", t0 - timedelta(minutes=130))
+        state.record_heal("service_health", "RB-SERVICE-001", "failed", t0 - timedelta(minutes=10))
+        state.record_heal("service_health", "RB-SERVICE-001", "success", t0 - timedelta(minutes=5))
+        since = t0 - timedelta(minutes=120)
+        assert state.successful_heals_since("service_health", "RB-SERVICE-001", since) == 1
+        state.suppress("service_health:RB-SERVICE-001", "3 heals in 120 min")
+    with State.open(tmp_path) as state:
+        assert list(state.suppressed()) == ["service_health:RB-SERVICE-001"]
+        assert state.heal_counts() == {"success": 2, "failed": 1}
+        assert state.clear_suppressed() == 1
+        assert state.suppressed() == {}
+
+
+def test_wal_mode_and_schema_version(tmp_path: Path) -> None:
+    State.open(tmp_path).close()
+    db = sqlite3.connect(tmp_path / "state.db")
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+    db.execute("PRAGMA user_version=99")
+    db.commit()
+    db.close()
+    with pytest.raises(StateError, match="newer nixcomply"):
+        State.open(tmp_path)
+
+
+def test_corrupt_database_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "state.db").write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StateError, match="cannot open state database"):
+        State.open(tmp_path)
+
+
+HOLDER = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from nixcomply.lock import StateLock
+    lock = StateLock(Path(sys.argv[1]))
+    lock.acquire()
+    print("locked", flush=True)
+    time.sleep(60)
+    """
+)
+
+
+def test_second_reconciler_is_refused_and_lock_dies_with_holder(tmp_path: Path) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(LockHeldError) as info:
+            StateLock(tmp_path).acquire()
+        assert f"pid {holder.pid}" in str(info.value)
+        assert info.value.exit_code == 75
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+    deadline = time.monotonic() + 5
+    while True:  # the kernel releases the flock when the holder dies
+        try:
+            with StateLock(tmp_path):
+                break
+        except LockHeldError:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+
+def test_lock_is_reentrant_after_release(tmp_path: Path) -> None:
+    lock = StateLock(tmp_path)
+    with lock:
+        assert "pid" in (tmp_path / "lock").read_text()
+    with StateLock(tmp_path):
+        pass
