@@ -360,7 +360,25 @@ def test_attest_bad_controls_map_names_file(
         "--signing-key", key_files[0], "--log-key", key_files[1],
     )  # fmt: skip
     assert r.code == 2
-    assert f"{cmap}:1: missing column(s): kind" in r.err
+    assert f"{cmap}:1: header: header is 'citation,title'" in r.err
+
+
+def test_attest_defaults_to_the_shipped_map_and_baseline(
+    cli: Cli, store: Path, key_files: tuple[Path, Path]
+) -> None:
+    """Without --controls-map and --baseline, nixcomply's own baseline/ is used: a control id
+    then carries its references in every framework."""
+    r = cli(
+        "evidence", "attest", "ssh.password-auth-disabled", "--by", "bob", "--evidence-url", "https://x.example/y",
+        "--expires", "2099-01-01", "--statement", "exception reviewed", "--state-dir", store,
+        "--signing-key", key_files[0], "--log-key", key_files[1],
+    )  # fmt: skip
+    assert r.code == 0, r.err
+    (bundle,) = [p for p in store.glob("evidence/*/*/*/*") if "-00000006-" in p.name]
+    control = json.loads((bundle / "statement.json").read_text())["predicate"]["controls"][0]
+    assert control["status"] == "attested"
+    assert "164.312(d)" in control["frameworks"]["hipaa"]
+    assert all(control["frameworks"][fw] for fw in ("soc2", "cis_v8", "nist_800_53", "nist_csf"))
 
 
 def test_group_readable_signing_key_refused(

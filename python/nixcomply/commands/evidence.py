@@ -106,8 +106,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--evidence-url", required=True, help="link to the evidence (policy, records)")
     p.add_argument("--expires", type=_date, required=True, help="date the attestation must be renewed by")
     p.add_argument("--statement", required=True, help="what is attested")
-    p.add_argument("--controls-map", type=Path, help="controls-map.csv (default: the source tree's)")
-    p.add_argument("--baseline", type=Path, help="baseline YAML, for a control id's framework references")
+    p.add_argument("--controls-map", type=Path, help="controls-map.csv (default: nixcomply's own)")
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        help="baseline YAML, for a control id's framework references (default: hipaa-v1)",
+    )
     _store_options(p)
 
     p = cli.add_verb(
@@ -258,13 +262,13 @@ def _export(args: argparse.Namespace) -> int:
 
 def _attest(args: argparse.Namespace) -> int:
     from nixcomply.errors import UsageError
-    from nixcomply.evidence.attest import attest, default_controls_map, find_control
+    from nixcomply.evidence.attest import attest, default_baseline, default_controls_map, find_control
     from nixcomply.evidence.statement import Host
 
     controls_map = args.controls_map or default_controls_map()
     if controls_map is None:
         raise UsageError("no controls-map.csv found", hint="pass --controls-map baseline/controls-map.csv")
-    ref = find_control(args.control, controls_map, args.baseline)
+    ref = find_control(args.control, controls_map, args.baseline or default_baseline())
     with _open_store(args) as store:
         recorded = attest(
             store,
