@@ -252,3 +252,25 @@ def test_all_checkpoints_verifies_every_signature(sample_store: Path, keys: Keys
     deep = verify(sample_store, keys.keyring, all_checkpoints=True)
     assert fast.exit_code == deep.exit_code == 0
     assert fast.checkpoints_verified == deep.checkpoints_verified == 9
+
+
+def test_equivalent_respellings_are_caught(store_copy: Path, keys: Keys) -> None:
+    """Edits that parse to the same values are still edits: the append state must be in the
+    store's own form, and a checkpoint signature in canonical base64."""
+    import base64
+
+    (state,) = (store_copy / "log/state").iterdir()
+    state.write_bytes(state.read_bytes().replace(b'"size": 9', b'"size":  9'))
+    assert_tampered(verify(store_copy, keys.keyring), f"log/state/{state.name}")
+    state.write_bytes(state.read_bytes().replace(b'"size":  9', b'"size": 9'))
+    assert verify(store_copy, keys.keyring).exit_code == 0
+
+    newest = store_copy / "log/checkpoints/000000000009"
+    text = newest.read_text()
+    blob = text.rstrip("\n").rsplit(" ", 1)[1]
+    assert blob.endswith("=") and not blob.endswith("==")
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    respelled = blob[:-2] + alphabet[alphabet.index(blob[-2]) ^ 1] + "="
+    assert base64.b64decode(respelled) == base64.b64decode(blob)  # same bytes, other spelling
+    newest.write_text(text.replace(blob, respelled))
+    assert_tampered(verify(store_copy, keys.keyring), "log/checkpoints/000000000009")

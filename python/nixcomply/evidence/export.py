@@ -29,7 +29,6 @@ the whole store (an export of evidence that does not verify is refused), then wr
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import os
@@ -46,7 +45,7 @@ from nixcomply.evidence import dsse
 from nixcomply.evidence.index import INDEX_FILE, control_index
 from nixcomply.evidence.keyring import Keyring
 from nixcomply.evidence.log import CHECKPOINTS, LEAVES, checkpoint_name, read_leaves
-from nixcomply.evidence.merkle import Tree
+from nixcomply.evidence.merkle import Tree, proof_document
 from nixcomply.evidence.statement import Attestation, Statement, parse_statement
 from nixcomply.evidence.store import ENVELOPE_FILE, EVIDENCE_DIR
 from nixcomply.evidence.verify import PACKET_FILE, PACKET_FORMAT, PROOFS_DIR, Report, verify
@@ -189,14 +188,9 @@ def export_packet(
         for path in sorted((root / s.path).rglob("*")):
             if path.is_file():
                 files[path.relative_to(root).as_posix()] = path.read_bytes()
-        proof = {
-            "index": s.seq,
-            "tree_size": size,
-            "leaf_hash": base64.b64encode(leaves[s.seq]).decode(),
-            "root": base64.b64encode(root_hash).decode(),
-            "inclusion_path": [base64.b64encode(h).decode() for h in tree.inclusion_proof(s.seq)],
-        }
-        files[f"{PROOFS_DIR}/{s.seq}.json"] = (json.dumps(proof, indent=2) + "\n").encode()
+        files[f"{PROOFS_DIR}/{s.seq}.json"] = proof_document(
+            s.seq, size, leaves[s.seq], root_hash, tree.inclusion_proof(s.seq)
+        )
     sizes = {size} if size else set()
     if selected:
         sizes |= set(range(selected[0].seq + 1, selected[-1].seq + 2))

@@ -63,7 +63,7 @@ from nixcomply.evidence.log import (
     state_name,
     state_sizes,
 )
-from nixcomply.evidence.merkle import Frontier, leaf_hash, verify_inclusion
+from nixcomply.evidence.merkle import Frontier, leaf_hash, proof_document, verify_inclusion
 from nixcomply.evidence.statement import (
     GENESIS_PREV,
     Attestation,
@@ -654,6 +654,8 @@ class _Verifier:
         except ValueError as e:
             self.error(f"interrupted-append record is malformed: {e}", path=PENDING)
             return None
+        if data != pending.to_bytes():
+            self.error("not in the form the store writes (edited?)", path=PENDING)
         done = (
             pending.seq in self.bundles
             and self.bundles[pending.seq].envelope_sha256 == pending.envelope_sha256
@@ -899,6 +901,9 @@ class _Verifier:
         except ValueError as e:
             self.error(str(e), path=rel)
             return
+        if data != state.to_bytes():
+            # The store writes one canonical form; anything else was edited.
+            self.error("not in the form the store writes (edited?)", path=rel)
         if state.size != sizes[-1]:
             self.error(f"records {state.size} entries, its name says {sizes[-1]}", path=rel)
             return
@@ -924,6 +929,11 @@ class _Verifier:
             self.error(
                 f"packet.json says tree size {packet.get('tree_size')}, the log has {size}", path=PACKET_FILE
             )
+        if packet.get("origin") != self.report.origin:
+            self.error(
+                f"packet.json names log {packet.get('origin')!r}, the checkpoints {self.report.origin!r}",
+                path=PACKET_FILE,
+            )
         for seq, b in sorted(self.bundles.items()):
             rel = f"{PROOFS_DIR}/{seq}.json"
             data = self.read(rel)
@@ -943,6 +953,8 @@ class _Verifier:
                 ok = False
             if not ok:
                 self.error("inclusion proof does not verify against the newest checkpoint", seq=seq, path=rel)
+            elif data != proof_document(seq, size, b.leaf, root or b"", path):
+                self.error("not in the form nixcomply writes (edited?)", seq=seq, path=rel)
         index = [
             (seq, self.bundles[seq].path, self.bundles[seq].bundle_id, st)
             for seq, st in self.statements.items()
