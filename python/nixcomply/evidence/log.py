@@ -22,8 +22,10 @@ afterwards, because replacing a file in place makes ext4 flush it synchronously
 (``auto_da_alloc``) even when durability was not asked for.
 
 :meth:`MerkleLog.commit` performs the log's part of an append in crash-safe order — leaf,
-state, checkpoint, then removal of ``pending.json`` — and is idempotent: after a crash at
-any point, running it again with the same intent record completes the entry.
+new state, removal of the old state, checkpoint, then removal of ``pending.json`` — and is
+idempotent: after a crash at any point, running it again with the same intent record
+completes the entry. The state and intent files are written in exactly the form shown
+(``json.dumps`` defaults, one line); verify treats any other spelling as an edit.
 """
 
 from __future__ import annotations
