@@ -454,3 +454,19 @@ def test_random_bytes_never_verify() -> None:
     key = generate("a/b")
     sig = os.urandom(64)
     assert not key.public.verify(sig, b"message")
+
+
+@pytest.mark.nix
+def test_key_in_the_nix_store_is_refused(tmp_path: Path, nix_env: dict[str, str]) -> None:
+    import subprocess
+
+    key = tmp_path / "evidence-test-key"
+    write_private_key(key, generate("test/never-use"))
+    stored = subprocess.run(
+        ["nix", "store", "add-file", str(key)], env=nix_env, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert stored.startswith("/nix/store/")
+    with pytest.raises(InputError, match="readable by group or others") as e:
+        read_private_key(Path(stored))
+    assert e.value.hint is not None
+    assert "LoadCredential" in e.value.hint
