@@ -20,6 +20,21 @@ lib.mapAttrs' (
     touch $out
   '';
 
+  # Every option of the module renders to documentation without warnings (a missing type or
+  # description fails here, as it would in the NixOS manual).
+  module-options-doc =
+    (pkgs.nixosOptionsDoc {
+      options =
+        (lib.evalModules {
+          modules = [
+            self.nixosModules.default
+            { _module.check = false; }
+          ];
+          specialArgs = { inherit pkgs; };
+        }).options.nixcomply;
+      warningsAreErrors = true;
+    }).optionsJSON;
+
   # The unit tests (those needing the real nix store or a systemd manager run in CI, `make test`).
   python-unit =
     pkgs.runCommand "nixcomply-python-unit"

@@ -3,5 +3,6 @@
   imports = [
     ./options.nix
     ./baseline.nix
+    ./reconciler.nix
   ];
 }

@@ -1,7 +1,10 @@
 # The module the flake exports as `nixosModules.default`: nixcomply's modules, with the
-# flake's own package as the default wherever a package is needed.
+# flake's own package as the reconciler's default (an overlay's pkgs.nixcomply otherwise).
 { self }:
+{ lib, pkgs, ... }:
 {
   imports = [ ./default.nix ];
-  _module.args.nixcomplyFlake = self;
+  nixcomply.reconciler.package = lib.mkDefault (
+    pkgs.nixcomply or self.packages.${pkgs.stdenv.hostPlatform.system}.default
+  );
 }

@@ -21,7 +21,7 @@ from nixcomply.yamlsource import load_model
 DEFAULT_CONFIG: Final = Path("/etc/nixcomply/reconciler.json")
 DEFAULT_STATE_DIR: Final = Path("/var/lib/nixcomply")
 
-_Strict = ConfigDict(extra="forbid", frozen=True)
+_Strict = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WEEKDAYS: Final[tuple[Weekday, ...]] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _UNIT: Final = re.compile(r"^[A-Za-z0-9:_.\\@-]+\.(service|socket|target|timer|mount|path|swap|slice|scope)$")

@@ -21,7 +21,7 @@ from nixcomply.yamlsource import SourceMap, problems_from_validation
 MANIFEST_SCHEMA: Final = 1
 MANIFEST_PATH: Final = Path("etc/nixcomply/manifest.json")  # inside a system toplevel
 
-_Strict = ConfigDict(extra="forbid", frozen=True)
+_Strict = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class ManifestBaseline(BaseModel):
@@ -53,7 +53,7 @@ class ManifestControl(BaseModel):
 
 
 class ManifestException(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, defer_build=True)
 
     justification: str
     approved_by: str = Field(alias="approvedBy")

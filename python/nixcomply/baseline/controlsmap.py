@@ -51,7 +51,7 @@ LIST_SEPARATOR: Final = ";"
 # The sections of the Security Rule that hold standards and implementation specifications.
 SECTIONS: Final = ("164.308", "164.310", "164.312", "164.314", "164.316")
 
-_Strict = ConfigDict(extra="forbid", frozen=True)
+_Strict = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 NonEmptyStr = Annotated[str, StringConstraints(min_length=1)]
 R = TypeVar("R", bound=BaseModel)
 

@@ -36,7 +36,7 @@ NIST_CSF_SUBCATEGORY: Final = re.compile(r"^(?:GV|ID|PR|DE|RS|RC)\.[A-Z]{2}-\d{2
 CONTROL_ID: Final = re.compile(r"^[a-z][a-z0-9]*(?:\.[a-z0-9][a-z0-9-]*)+$")
 RUNBOOK_ID: Final = re.compile(r"^RB-[A-Z]+-\d{3}$")
 
-_Strict = ConfigDict(extra="forbid", frozen=True)
+_Strict = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 NonEmptyStr = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 

@@ -39,7 +39,7 @@ class Finding(BaseModel):
       configured on this host", or disabled in the checks configuration).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     check: str = Field(description="check name (nixcomply.checks.catalog)")
     control_ids: list[str] = Field(description="manifest controls judged; empty for a check run on its own")

@@ -29,7 +29,7 @@ FRAMEWORK_SHORT: Final = (
 
 
 class ReportBaseline(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     id: str
     version: int
@@ -39,7 +39,7 @@ class ReportBaseline(BaseModel):
 class CheckReport(BaseModel):
     """``nixcomply check --json``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, defer_build=True)
 
     schema_version: Literal[1] = Field(default=1, alias="schema")
     generated_at: datetime

@@ -31,7 +31,7 @@ SPEC: Final = CheckSpec(name=NAME, severity="medium", runbook="RB-RESTORE-001", 
 class RestoreTestResult(BaseModel):
     """The restore-test result file (written by RB-RESTORE-001, read by this check)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     finished_at: AwareDatetime = Field(description="when the comparison finished (ISO 8601 with zone)")
     ok: bool = Field(description="every restored file matched the live copy")

@@ -58,7 +58,7 @@ class KeyStatus(StrEnum):
 
 
 class KeyEntry(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     vkey: str
     role: KeyRole
@@ -91,7 +91,7 @@ class KeyEntry(BaseModel):
 
 
 class Keyring(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     version: Literal[1] = KEYRING_VERSION
     keys: list[KeyEntry] = Field(default_factory=list)

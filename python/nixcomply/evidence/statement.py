@@ -72,7 +72,7 @@ CHECK_RUN: Final = "https://nixcomply.dev/evidence/check-run/v1"
 ATTESTATION: Final = "https://nixcomply.dev/evidence/attestation/v1"
 KEY_ROTATION: Final = "https://nixcomply.dev/evidence/key-rotation/v1"
 
-_MODEL = ConfigDict(extra="forbid", frozen=True)
+_MODEL = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 _SHA256_HEX: Final = re.compile(r"[0-9a-f]{64}")
 
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
@@ -357,7 +357,7 @@ PREDICATE_CLASSES: Final[Mapping[str, type[Predicate]]] = {
 
 
 class _Statement(_Model):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, defer_build=True)
 
     type_: Literal["https://in-toto.io/Statement/v1"] = Field(default=STATEMENT_TYPE, alias="_type")
     subject: list[Subject] = Field(min_length=1)

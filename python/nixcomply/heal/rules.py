@@ -25,7 +25,7 @@ from nixcomply.errors import InputError, Problem
 from nixcomply.heal.runbook import PARAM_REF
 from nixcomply.yamlsource import SourceMap, load_yaml, validate
 
-_Strict = ConfigDict(extra="forbid", frozen=True)
+_Strict = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 _MISSING: Final = object()
 FIELD_PATH: Final = re.compile(r"^[a-z_][a-z0-9_]*(\.[A-Za-z0-9_.-]+)*$")
 

@@ -22,7 +22,7 @@ RUNBOOK_ID: Final = re.compile(r"^RB-[A-Z]+-\d{3}$")
 PARAM_NAME: Final = re.compile(r"^[a-z][a-z0-9_]*$")
 PARAM_REF: Final = re.compile(r"\$\{([^}]*)\}")
 
-_Strict = ConfigDict(extra="forbid", frozen=True)
+_Strict = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class Action(StrEnum):

@@ -24,7 +24,7 @@ _ANSI_RE: Final = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 class _BuildResultJson(BaseModel):
     """One element of ``nix build --json`` output (Nix's own format; unknown keys ignored)."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, defer_build=True)
 
     drv_path: str = Field(alias="drvPath")
     outputs: dict[str, str]

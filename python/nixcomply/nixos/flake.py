@@ -182,7 +182,7 @@ class FlakeMetadata:
 class _LockedJson(BaseModel):
     # Nix's own output: unknown keys are ignored (every Nix release adds some); the keys
     # nixcomply relies on are declared and typed.
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, defer_build=True)
 
     nar_hash: str = Field(alias="narHash")
 
@@ -190,7 +190,7 @@ class _LockedJson(BaseModel):
 class _MetadataJson(BaseModel):
     """``nix flake metadata --json`` (Nix 2.8 and later); see tests/data/nix/ for samples."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, defer_build=True)
 
     original_url: str = Field(alias="originalUrl")
     resolved_url: str = Field(alias="resolvedUrl")

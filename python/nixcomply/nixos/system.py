@@ -68,7 +68,7 @@ class NixosVersion:
 
 class _NixosVersionJson(BaseModel):
     # Written by nixpkgs' nixos-version; unknown keys ignored so a newer NixOS can add some.
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, defer_build=True)
 
     nixos_version: str = Field(alias="nixosVersion")
     nixpkgs_revision: str | None = Field(default=None, alias="nixpkgsRevision")

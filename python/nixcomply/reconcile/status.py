@@ -16,7 +16,7 @@ from nixcomply.state import State
 
 
 class BlockedRevision(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     revision: str
     outcome: str
@@ -25,7 +25,7 @@ class BlockedRevision(BaseModel):
 
 
 class Status(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     host: HostState
     flake: str

@@ -1,0 +1,126 @@
+"""The NixOS modules' options: each has a type and a description, the README's table is the
+modules' own, and the options render to a reconciler.json the Python side accepts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from optionsdoc import all_options, readme_with_table
+
+from conftest import REPO
+from nixcomply.baseline.nixattr import nix_value
+from nixcomply.config import ReconcilerConfig
+
+RECURSIVE_UPDATE = (
+    "let recursiveUpdate = a: b: a // builtins.mapAttrs (n: v: "
+    "if builtins.isAttrs v && builtins.isAttrs (a.${n} or null) then recursiveUpdate a.${n} v else v) b; in "
+)
+
+
+def test_every_option_has_a_type_and_a_description(nix_env: dict[str, str]) -> None:
+    found = all_options()
+    names = {o["name"] for o in found}
+    assert {"nixcomply.baseline", "nixcomply.exceptions", "nixcomply.reconciler.enable"} <= names
+    assert len(found) >= 30
+    for o in found:
+        assert o["type"], f"{o['name']} has no type"
+        assert o["description"] and len(o["description"].split()) >= 3, f"{o['name']} has no real description"
+
+
+def test_readme_table_is_the_modules_own(nix_env: dict[str, str]) -> None:
+    readme = (REPO / "README.md").read_text()
+    assert readme_with_table(readme) == readme, "README's options table is stale: run `make render`"
+
+
+def nest(flat: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in flat.items():
+        node = out
+        *parents, leaf = name.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+def rendered_config(cfg: dict[str, Any], nix_env: dict[str, str]) -> dict[str, Any]:
+    expr = (
+        RECURSIVE_UPDATE
+        + f"import {REPO}/modules/reconciler-config.nix {{ lib = {{ inherit recursiveUpdate; }}; }} ({nix_value(cfg)})"
+    )
+    r = subprocess.run(
+        ["nix-instantiate", "--eval", "--strict", "--json", "-E", expr],
+        capture_output=True,
+        text=True,
+        env=nix_env,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    data: dict[str, Any] = json.loads(r.stdout)
+    return data
+
+
+def defaults() -> dict[str, Any]:
+    prefix = "nixcomply.reconciler."
+    flat = {
+        o["name"][len(prefix) :]: o["defaultValue"]
+        for o in all_options()
+        if o["name"].startswith(prefix)
+        and "*" not in o["name"]
+        and o["hasDefault"]
+        and not o["name"].startswith(prefix + "maintenanceWindow.")
+    }
+    flat["hostAttribute"] = "clinic-01"  # defaultText: config.networking.hostName
+    flat.pop("package", None)  # defaultText only
+    return nest(flat)
+
+
+def test_module_options_render_to_a_config_the_reconciler_accepts(
+    tmp_path: Path, nix_env: dict[str, str]
+) -> None:
+    cfg = defaults()
+    cfg.update(
+        {
+            "enable": True,
+            "flake": "git+https://git.example/clinic-fleet?ref=main",
+            "approvedRevision": "4c6abcaa2657f6a2505afabb4946e043995addc6",
+            "signingKeyFile": "/run/keys/bundle.key",
+            "logKeyFile": "/run/keys/log.key",
+            "maintenanceWindow": {"start": "22:00", "end": "02:00", "days": ["sat", "sun"]},
+        }
+    )
+    cfg["healthGate"]["liveness"] = [
+        {"name": "portal", "argv": ["curl", "-fsS", "http://127.0.0.1/"], "timeout": 5}
+    ]
+    cfg["settings"] = {"checks": {"disk": {"mounts": ["/", "/var"]}}, "dry_run": True}
+    data = rendered_config(cfg, nix_env)
+    path = tmp_path / "reconciler.json"
+    path.write_text(json.dumps(data))
+    config = ReconcilerConfig.model_validate(data)
+    assert config.flake == cfg["flake"]
+    assert config.host == "clinic-01"
+    assert config.approved_revision == cfg["approvedRevision"]
+    assert config.health_gate.critical_units == ["sshd.service"]
+    assert config.health_gate.liveness[0].argv == ["curl", "-fsS", "http://127.0.0.1/"]
+    assert config.maintenance_window is not None
+    assert config.maintenance_window.days == ["sat", "sun"]
+    assert str(config.evidence.signing_key) == "/run/keys/bundle.key"
+    assert config.poll_interval_seconds == 900
+    assert config.dry_run is True, "settings override the rendered values"
+    assert config.checks.disk.mounts == [Path("/"), Path("/var")] or [
+        str(m) for m in config.checks.disk.mounts
+    ] == ["/", "/var"]
+
+
+def test_a_misspelt_setting_is_refused_naming_the_field(nix_env: dict[str, str]) -> None:
+    from pydantic import ValidationError
+
+    cfg = defaults()
+    cfg.update({"flake": "git+https://git.example/f", "settings": {"heath_gate": {"timeout": 5}}})
+    data = rendered_config(cfg, nix_env)
+    with pytest.raises(ValidationError, match="heath_gate"):
+        ReconcilerConfig.model_validate(data)
