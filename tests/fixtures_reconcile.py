@@ -21,16 +21,12 @@ from typing import Any
 
 import pytest
 
-from conftest import REPO
-from nixcomply.baseline.evaluate import manifest_json
-from nixcomply.baseline.load import load_baseline
-from nixcomply.baseline.render import render
 from nixcomply.config import ReconcilerConfig
 from nixcomply.evidence.verify import verify_path
 from nixcomply.nixos.tools import Tools
 from nixcomply.reconcile.cycle import Reconciler
 from nixcomply.reconcile.model import CycleReport
-from nixcomply.sandboxhost import SandboxHost
+from nixcomply.sandboxhost import SandboxHost, sandbox_manifest
 
 HOST = "clinic-01"
 
@@ -79,18 +75,9 @@ class World:
 
 
 def rendered_manifest(tmp: Path, nix_env: dict[str, str]) -> str:
-    loaded = load_baseline(REPO / "baseline" / "hipaa-v1.yaml")
-    module = tmp / "hipaa-v1.nix"
-    module.write_text(render(loaded))
-    exceptions = {
-        "encryption.root-on-luks": {
-            "justification": "sandbox host: no block devices",
-            "approvedBy": "tests@nixcomply.test",
-            "expires": "2099-12-31",
-            "ticket": "TEST-1",
-        }
-    }
-    return manifest_json(module, "hipaa-v1", exceptions=exceptions, tools=Tools(extra_env=nix_env))
+    return sandbox_manifest(
+        tmp / "baseline", critical_services=["app.service"], tools=Tools(extra_env=nix_env)
+    )
 
 
 @pytest.fixture(scope="module")

@@ -58,6 +58,11 @@ def test_daemon_is_ready_pets_the_watchdog_and_stops_cleanly(fresh: World) -> No
         state = sd.unit_state(UNIT)
         assert state.active_state == "active"
         assert state.n_restarts == 0
+        # STATUS= says what the daemon does: "reconciling" during a cycle, the last outcome between
+        deadline = time.monotonic() + 20
+        while "last run" not in (state.status_text or "") and time.monotonic() < deadline:
+            time.sleep(0.1)
+            state = sd.unit_state(UNIT)
         assert state.status_text is not None
         assert "last run" in state.status_text
         assert "in-sync" in state.status_text

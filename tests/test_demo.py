@@ -18,7 +18,8 @@ def test_demo_switches_then_reverts_and_verifies(cli, tmp_path: Path, nix_env: d
     assert (healthy["plan"], healthy["outcome"]) == ("drift", "success")
     assert (broken["plan"], broken["outcome"]) == ("drift", "reverted")
     assert any(not c["ok"] and c["name"] == "unit:app.service" for c in broken["gate"])
-    assert summary["evidence"] == {"entries": 2, "ok": True, "errors": []}
+    # two generation changes (switch, revert) and one check-run per reconcile
+    assert summary["evidence"] == {"entries": 4, "ok": True, "errors": []}
     assert "emulated" in summary["sandbox"]
     # everything stays for a look afterwards, and verifies independently of the demo
     report = verify_path(out / "host" / "state", None)
@@ -39,8 +40,8 @@ def check_metrics(path: Path) -> None:
     assert value["nixcomply_last_run_outcome"][(("outcome", "success"),)] == 0
     assert value["nixcomply_last_plan"][(("kind", "drift"),)] == 1
     assert value["nixcomply_generation"][()] == 2
-    assert value["nixcomply_evidence_sequence"][()] == 1
-    assert value["nixcomply_evidence_checkpoint_size"][()] == 2
+    assert value["nixcomply_evidence_sequence"][()] == 3
+    assert value["nixcomply_evidence_checkpoint_size"][()] == 4
     assert value["nixcomply_blocked_revisions"][()] == 1
     assert value["nixcomply_need_reboot"][()] == 0
     (info,) = families["nixcomply_info"].samples

@@ -22,13 +22,22 @@ def running(world: World) -> tuple[Path | None, Path | None]:
     return system.current_system(root), generations.profile_target(root)
 
 
+def statements(world: World) -> list[dict[str, object]]:
+    """Every statement in the evidence store, oldest first."""
+    found = [json.loads(p.read_text()) for p in (world.host.state_dir / "evidence").rglob("statement.json")]
+    return sorted(found, key=lambda s: s["predicate"]["chain"]["seq"])
+
+
 def entries(world: World) -> list[dict[str, object]]:
-    """Every generation-change predicate in the evidence store, oldest first."""
-    out = []
-    for statement in sorted((world.host.state_dir / "evidence").rglob("statement.json")):
-        data = json.loads(statement.read_text())
-        out.append(data["predicate"])
-    return sorted(out, key=lambda p: p["chain"]["seq"])  # type: ignore[index]
+    """The generation-change predicates (switches, reverts, outside changes), oldest first."""
+    return [s["predicate"] for s in statements(world) if s["predicateType"].endswith("/generation-change/v1")]
+
+
+def verified(world: World) -> int:
+    """Verify the whole store; every statement on disk is an entry of the verified log."""
+    n = world.verify()
+    assert n == len(statements(world))
+    return n
 
 
 def nix_logger(world: World, tmp_path: Path) -> tuple[str, Path]:
@@ -55,7 +64,7 @@ def test_noop_cycle_decides_in_sync_without_building(fresh: World, tmp_path: Pat
         assert report.plan is not None
         assert report.plan.kind == PlanKind.IN_SYNC, report.plan.reason
         assert report.result.outcome == ApplyOutcome.NOTHING
-        assert report.evidence_seqs == []
+        assert entries(fresh) == []
     calls = log.read_text().splitlines()
     assert any(c.startswith("flake metadata") for c in calls), calls
     assert not any(c.startswith("build") for c in calls), f"a no-op cycle must not build: {calls}"
@@ -88,12 +97,13 @@ def test_drift_is_tested_gated_switched_and_signed(fresh: World) -> None:
     assert predicate["generation"]["configuration_revision"] == fresh.revs["newer"]  # type: ignore[index]
     assert [c["name"] for c in predicate["health_gate"]][:1] == ["activation"]  # type: ignore[index]
     assert predicate["policy_digest"].startswith("sha256:")  # type: ignore[union-attr]
-    assert fresh.verify() == 1
+    verified(fresh)
 
     again = fresh.reconcile("newer")
     assert again.plan is not None
     assert again.plan.kind == PlanKind.IN_SYNC
-    assert fresh.verify() == 1, "an in-sync cycle records nothing"
+    assert len(entries(fresh)) == 1, "an in-sync cycle records no generation change"
+    verified(fresh)
 
 
 def test_failed_health_gate_reverts_and_blocks_until_reset(fresh: World, cli) -> None:  # type: ignore[no-untyped-def]
@@ -108,14 +118,15 @@ def test_failed_health_gate_reverts_and_blocks_until_reset(fresh: World, cli) ->
     assert fresh.systemctl("is-active", "app.service").stdout.strip() == "active"
     (predicate,) = entries(fresh)
     assert predicate["outcome"] == "reverted"
-    assert fresh.verify() == 1
+    verified(fresh)
 
     blocked = fresh.reconcile("broken")
     assert blocked.plan is not None
     assert blocked.plan.kind == PlanKind.BLOCKED
     assert "nixcomply reset" in blocked.plan.reason
     assert blocked.result.outcome == ApplyOutcome.NOTHING
-    assert fresh.verify() == 1
+    assert len(entries(fresh)) == 1, "a blocked revision is not activated again"
+    verified(fresh)
 
     r = cli("reset", "--config", fresh.host.config_path)
     assert r.code == 0, r.err
@@ -126,7 +137,8 @@ def test_failed_health_gate_reverts_and_blocks_until_reset(fresh: World, cli) ->
         attempt = state.attempt(fresh.revs["broken"])
         assert attempt is not None
         assert attempt.count == 1  # reset removed the first attempt
-    assert fresh.verify() == 2
+    assert [p["outcome"] for p in entries(fresh)] == ["reverted", "reverted"]
+    verified(fresh)
 
 
 def test_failing_liveness_command_reverts(fresh: World) -> None:
@@ -194,7 +206,7 @@ def test_change_made_by_hand_is_recorded_then_judged(fresh: World) -> None:
     preds = entries(fresh)
     assert [p["actor"] for p in preds] == ["nixcomply", "external", "nixcomply"]
     assert preds[1]["outcome"] == "alert"
-    assert fresh.verify() == 3
+    verified(fresh)
 
 
 def test_dry_run_builds_but_activates_nothing(fresh: World) -> None:
@@ -244,9 +256,10 @@ def test_cli_plan_status_and_reconcile(fresh: World, cli) -> None:  # type: igno
     assert r.code == 0, r.err
     assert f"revision {fresh.revs['newer'][:12]}" in r.out
     assert "last run" in r.out
-    assert "evidence   last entry 0" in r.out
+    # plan --json recorded nothing; reconcile: a switch and a check-run; apply: a check-run
+    assert "evidence   last entry 2, checkpoint size 3" in r.out
     status = json.loads(cli("status", "--config", config, "--json").out)
-    assert status["evidence_seq"] == 0
+    assert status["evidence_seq"] == 2
     assert status["last_outcome"] == "nothing"
 
 

@@ -14,34 +14,24 @@ It uses the reconciler, health gate and evidence store that run on real hosts.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from nixcomply.baseline.evaluate import manifest_json
-from nixcomply.baseline.load import load_baseline
-from nixcomply.baseline.render import render
 from nixcomply.errors import UsageError
 from nixcomply.evidence.verify import verify_path
-from nixcomply.paths import default_baseline
 from nixcomply.reconcile.cycle import Reconciler
 from nixcomply.reconcile.model import CycleReport
-from nixcomply.sandboxhost import SandboxHost
+from nixcomply.sandboxhost import SandboxHost, sandbox_manifest
 
 logger = logging.getLogger(__name__)
 
 HOST = "clinic-01"
 APP = "app.service"
-SANDBOX_EXCEPTION = {
-    "encryption.root-on-luks": {
-        "justification": "demo sandbox host: it has no block devices to encrypt",
-        "approvedBy": "demo@nixcomply.invalid",
-        "expires": "2099-12-31",
-        "ticket": "DEMO-1",
-    }
-}
 
 
 def _unit(command: str, description: str) -> str:
@@ -78,12 +68,12 @@ def run_demo(dir: Path, *, say: Callable[[str], None] = print) -> DemoResult:
     dir.mkdir(parents=True, exist_ok=True)
 
     say("1. render the hipaa-v1 baseline and evaluate its manifest with nix")
-    loaded = load_baseline(default_baseline())
-    module = dir / "hipaa-v1.nix"
-    module.write_text(render(loaded))
-    manifest = manifest_json(module, loaded.baseline.id, exceptions=SANDBOX_EXCEPTION)
-    say(f"   {len(loaded.baseline.controls)} controls -> {module}")
+    manifest = sandbox_manifest(dir / "baseline", critical_services=[APP])
+    controls = len(json.loads(manifest)["controls"])
+    say(f"   {controls} controls -> {dir / 'baseline' / 'hipaa-v1.nix'} (critical services: {APP})")
 
+    # the sandbox's systems say they were built from today's nixpkgs (patch age is checked)
+    version = f"26.05.{datetime.now(UTC):%Y%m%d}.0123456"
     with SandboxHost.create(dir / "host", host=HOST, critical_units=[APP]) as host:
         result = DemoResult(dir=dir, described=host.describe())
         sandbox = host.sandbox
@@ -93,6 +83,7 @@ def run_demo(dir: Path, *, say: Callable[[str], None] = print) -> DemoResult:
         first = sandbox.commit_generation(
             label="generation 1: the clinic's app",
             manifest_json=manifest,
+            nixos_version=version,
             units={APP: _unit("/bin/sleep 86400", "the clinic's app")},
         )
         sandbox.install(first)
@@ -102,6 +93,7 @@ def run_demo(dir: Path, *, say: Callable[[str], None] = print) -> DemoResult:
         second = sandbox.commit_generation(
             label="generation 2: app update",
             manifest_json=manifest,
+            nixos_version=version,
             units={APP: _unit("/bin/sleep 86401", "the clinic's app, updated")},
         )
         report = _reconcile(host, second)
@@ -112,6 +104,7 @@ def run_demo(dir: Path, *, say: Callable[[str], None] = print) -> DemoResult:
         third = sandbox.commit_generation(
             label="generation 3: broken app",
             manifest_json=manifest,
+            nixos_version=version,
             units={APP: _unit("/bin/false", "the clinic's app, broken")},
         )
         report = _reconcile(host, third)

@@ -19,18 +19,33 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Final, Self
 
+import yaml
+
+from nixcomply.checks.catalog import CHECK_NAMES
 from nixcomply.config import ReconcilerConfig, load_config
 from nixcomply.errors import NixcomplyError
 from nixcomply.evidence.keyring import KeyEntry, Keyring, save_keyring
 from nixcomply.evidence.keys import generate, write_private_key
 from nixcomply.evidence.statement import KeyRole
 from nixcomply.fsutil import atomic_write_text
+from nixcomply.nixos.tools import Tools
 from nixcomply.sandbox import Sandbox
 from nixcomply.usermanager import UserManager
 
 logger = logging.getLogger(__name__)
+
+# Checks that look at a real operating system (sshd, kernel, firewall, block devices, audit,
+# journald ...), which the sandbox host does not have: reported as skipped, never passed.
+HOST_ONLY_CHECKS = frozenset(CHECK_NAMES) - {
+    "generation",
+    "patch_age",
+    "service_health",
+    "disk_usage",
+    "exceptions",
+    "config_value",
+}
 
 SHORT_PATH = 40  # longer sandbox paths put the user manager's sockets elsewhere
 
@@ -135,6 +150,7 @@ class SandboxHost:
             ),
             "evidence": evidence,
             "metrics": {"enable": True, "path": str(self.metrics_path)},
+            "checks": {"skip": sorted(HOST_ONLY_CHECKS), "disk": {"mounts": ["/"]}},
         }
         config.update(settings or {})
         atomic_write_text(self.config_path, json.dumps(config, indent=2, sort_keys=True) + "\n", mode=0o600)
@@ -159,6 +175,45 @@ class SandboxHost:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+SANDBOX_EXCEPTIONS: Final = {
+    "encryption.root-on-luks": {
+        "justification": "sandbox host: it has no block devices to encrypt",
+        "approvedBy": "sandbox@nixcomply.invalid",
+        "expires": "2099-12-31",
+        "ticket": "SANDBOX-1",
+    }
+}
+
+
+def sandbox_manifest(
+    directory: Path,
+    *,
+    critical_services: Sequence[str] = ("app.service",),
+    tools: Tools | None = None,
+) -> str:
+    """The manifest a sandbox generation carries: the shipped hipaa-v1 baseline with the
+    sandbox's own critical services (site policy: its app, not sshd or chronyd, which it does
+    not run), rendered and evaluated by the real nix, with the exceptions a sandbox needs."""
+    from nixcomply.baseline.evaluate import manifest_json
+    from nixcomply.baseline.load import load_baseline
+    from nixcomply.baseline.render import render
+    from nixcomply.paths import default_baseline
+    from nixcomply.yamlsource import load_yaml
+
+    data, _ = load_yaml(default_baseline())
+    data["parameters"]["critical_services"] = list(critical_services)
+    directory.mkdir(parents=True, exist_ok=True)
+    baseline = directory / "hipaa-v1.yaml"
+    baseline.write_text(
+        "# The shipped hipaa-v1 baseline with the sandbox host's own critical services.\n"
+        + yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+    )
+    loaded = load_baseline(baseline)
+    module = directory / "hipaa-v1.nix"
+    module.write_text(render(loaded))
+    return manifest_json(module, loaded.baseline.id, exceptions=SANDBOX_EXCEPTIONS, tools=tools or Tools())
 
 
 def _start_manager(directory: Path, sandbox: Sandbox) -> UserManager | None:

@@ -143,6 +143,15 @@ def summarise(report: CycleReport) -> list[str]:
     if r.gate is not None:
         for c in r.gate.checks:
             lines.append(f"  gate {'ok  ' if c.ok else 'FAIL'} {c.name}: {c.detail}")
+    if report.findings:
+        counts: dict[str, int] = {}
+        for f in report.findings:
+            counts[f.status] = counts.get(f.status, 0) + 1
+        lines.append("checks:  " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
+        for f in report.findings:
+            if f.status in {"drift", "error"}:
+                decided = f" -> {f.decision}" if f.decision else ""
+                lines.append(f"  {f.status:<5} {f.check}: {f.message}{decided}")
     if r.outcome == ApplyOutcome.SUCCESS and report.host.need_reboot:
         lines.append(f"reboot needed for: {', '.join(report.host.need_reboot)}")
     if report.evidence_seqs:

@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from nixcomply import faults
+from nixcomply.checks import context as checks_context
+from nixcomply.checks.finding import Finding
 from nixcomply.config import ReconcilerConfig
 from nixcomply.errors import InputError
 from nixcomply.evidence.statement import Host
@@ -27,12 +29,13 @@ from nixcomply.manifest import read_manifest
 from nixcomply.nixos.root import Root
 from nixcomply.nixos.tools import Tools
 from nixcomply.reconcile import apply as applying
-from nixcomply.reconcile import record
+from nixcomply.reconcile import record, runtime
 from nixcomply.reconcile.gate import SystemdFactory, SystemdLike
 from nixcomply.reconcile.model import (
     ApplyOutcome,
     ApplyResult,
     CycleReport,
+    FindingSummary,
     HostState,
     Plan,
     PlanKind,
@@ -64,6 +67,13 @@ def systemd_for(config: ReconcilerConfig) -> SystemdFactory | None:
         return Systemd(user_mode=config.systemd.user_mode, bus_address=config.systemd.bus_address)
 
     return connect
+
+
+@dataclass(frozen=True)
+class RuntimeResult:
+    findings: list[Finding]
+    summaries: list[FindingSummary]
+    seqs: list[int]
 
 
 @dataclass(frozen=True)
@@ -201,6 +211,10 @@ class Reconciler:
                 seqs.append(recorded.seq)
         faults.point("recorded")
         self._close_attempt(plan, result, after, state)
+        findings = self._runtime_checks(
+            after, target, state, store, identity, switched=result.outcome == ApplyOutcome.SUCCESS
+        )
+        seqs.extend(findings.seqs)
         if not dry_run:
             state.set_observation(observation_of(after))
         return CycleReport(
@@ -213,7 +227,46 @@ class Reconciler:
             plan=plan,
             result=result,
             evidence_seqs=seqs,
+            findings=findings.summaries,
         )
+
+    def _runtime_checks(
+        self,
+        host: HostState,
+        target: Target,
+        state: State,
+        store: EvidenceStore | None,
+        identity: Host,
+        *,
+        switched: bool,
+    ) -> RuntimeResult:
+        """The drift checks on the running host, recorded as one check-run statement."""
+        now = datetime.now(UTC)
+        systemd = (
+            checks_context.default_systemd_factory(
+                user_mode=self.config.systemd.user_mode, bus_address=self.config.systemd.bus_address
+            )
+            if self.config.systemd.enable
+            else None
+        )
+        ctx = runtime.context(self.config, host, target.desired, state, systemd=systemd, now=now)
+        runtime.record_ruleset(ctx, host, state, force=switched)
+        ctx = runtime.context(self.config, host, target.desired, state, systemd=systemd, now=now)
+        findings = runtime.check(ctx, state)
+        seqs = []
+        if store is not None:
+            seqs.append(
+                record.record_check_run(
+                    store,
+                    host_id=identity,
+                    host=host,
+                    findings=findings,
+                    policy_digest=self._policy_digest(host),
+                    tools=self.tools,
+                    now=now,
+                ).seq
+            )
+        return RuntimeResult(findings=findings, summaries=[runtime.summary(f) for f in findings], seqs=seqs)
 
     def _close_attempt(self, plan: Plan, result: ApplyResult, after: HostState, state: State) -> None:
         if plan.kind != PlanKind.DRIFT or plan.target_revision is None:

@@ -10,14 +10,20 @@ from __future__ import annotations
 import base64
 import json
 import logging
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
+from nixcomply.checks.finding import Finding
 from nixcomply.config import ReconcilerConfig
 from nixcomply.errors import CommandError
 from nixcomply.evidence.keys import BUNDLE_CREDENTIAL, LOG_CREDENTIAL, load_signer
 from nixcomply.evidence.statement import (
     Action,
+    CheckRun,
+    ControlResult,
+    ControlStatus,
+    FrameworkRefs,
     Generation,
     GenerationChange,
     GenerationRef,
@@ -182,3 +188,57 @@ def record_external(
     )
     attachments = {"external-change.json": change.model_dump_json(indent=2).encode()}
     return store.append(predicate, subjects=_subject(path or None, tools), attachments=attachments)
+
+
+_CONTROL_STATUS = {
+    "pass": "pass",
+    "drift": "fail",
+    "error": "error",
+    "excepted": "excepted",
+    "skipped": "skipped",
+}
+
+
+def record_check_run(
+    store: EvidenceStore,
+    *,
+    host_id: Host,
+    host: HostState,
+    findings: Sequence[Finding],
+    policy_digest: str | None,
+    tools: Tools,
+    now: datetime,
+) -> Recorded:
+    """One check-run statement: every control's status as observed in this cycle, with the
+    raw command outputs attached (the store scrubs PHI from them before signing)."""
+    controls = []
+    for f in findings:
+        for control_id in f.control_ids or [f"check:{f.check}"]:
+            controls.append(
+                ControlResult(
+                    id=control_id,
+                    status=ControlStatus(_CONTROL_STATUS[f.status]),
+                    expected=f.expected,
+                    observed=f.observed,
+                    frameworks=FrameworkRefs.model_validate(f.frameworks),
+                    detail=f"{f.check}: {f.message}",
+                )
+            )
+    drifted = any(f.status in {"drift", "error"} for f in findings)
+    current = host.current
+    predicate = CheckRun(
+        event="check-run",
+        observed_at=now,
+        host=host_id,
+        outcome=Outcome.ALERT if drifted else Outcome.SUCCESS,
+        policy_digest=policy_digest,
+        controls=controls,
+        generation=_generation(current, current.store_path, None, None) if current else None,
+    )
+    attachments = {
+        "findings.json": json.dumps(
+            [f.model_dump(mode="json") for f in findings], indent=2, sort_keys=True
+        ).encode()
+    }
+    subjects = _subject(current.store_path, tools) if current else []
+    return store.append(predicate, subjects=subjects, attachments=attachments)

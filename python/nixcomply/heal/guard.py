@@ -1,0 +1,498 @@
+"""Everything a runbook run will touch is validated before its first step runs.
+
+:func:`check` takes a runbook, the parameters it was given and the host's
+:class:`~nixcomply.heal.config.HealConfig`, and returns a :class:`Plan`: every step of every
+section (preconditions, steps, rollback) with its arguments substituted, typed and checked.
+Rollback steps are checked too, so a run can never discover half-way that its way back is
+refused. Anything wrong raises :class:`GuardError` listing every problem, each naming the
+runbook, the step and the parameter or argument; nothing has run at that point.
+
+The rules, by kind of value:
+
+* unit: systemd's unit-name grammar (:func:`nixcomply.systemd.validate_unit_name`) and one
+  of the ``allowed_units`` globs;
+* path: absolute, no ``..`` component, resolved with ``os.path.realpath`` (so a symlink
+  that leads out is caught) and inside one of the ``allowed_roots``; the directory
+  ``clean_directory`` empties must lie strictly below a root, never be the root;
+* mount (``check_disk_space``): absolute, no ``..``, existing; only measured, so not confined;
+* string and every argv element: no shell metacharacters (``;|&$`<>(){}*?[]~!'"\\``), no
+  control characters (newline, tab, NUL...), not blank, bounded; a string *parameter* may
+  not start with ``-`` (it must not turn into an option);
+* ``run_command``: ``argv[0]`` is a bare name listed in ``binaries`` and is replaced by the
+  absolute path configured there, which must be an executable file; the argv is never
+  given to a shell;
+* int and duration: whole numbers within bounds.
+
+An empty string given for a parameter counts as not given (rules substitute ``""`` for a
+finding field that is missing), so the default applies or, when required, it is missing.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any, Final
+
+from pydantic import JsonValue
+
+from nixcomply.errors import UsageError
+from nixcomply.heal.config import BINARY_NAME, HealConfig
+from nixcomply.heal.runbook import (
+    ACTION_ARGS,
+    PARAM_REF,
+    Action,
+    ArgKind,
+    ArgSpec,
+    ParamSpec,
+    ParamType,
+    Runbook,
+    Step,
+)
+from nixcomply.systemd import InvalidUnitNameError, validate_unit_name
+from nixcomply.yamlsource import format_loc
+
+METACHARACTERS: Final = frozenset(";|&$`<>(){}*?[]~!'\"\\")
+MAX_PATH: Final = 4096
+_INT: Final = re.compile(r"^-?\d{1,18}$")
+_DURATION: Final = re.compile(r"^(\d{1,9})([smhd]?)$")
+_UNITS_OF_TIME: Final = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class Section(StrEnum):
+    PRECONDITION = "preconditions"
+    STEP = "steps"
+    ROLLBACK = "rollback"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """One reason a run is refused: which runbook, where, which parameter, why."""
+
+    runbook: str
+    where: str | None
+    param: str | None
+    message: str
+
+    def __str__(self) -> str:
+        parts = [f"runbook {self.runbook}"]
+        if self.where:
+            parts.append(self.where)
+        if self.param:
+            parts.append(self.param)
+        return ", ".join(parts) + f": {self.message}"
+
+
+class GuardError(UsageError):
+    """Raised by :func:`check` when a runbook run would touch something it may not, or was
+    given bad parameters. Nothing has run. Exit code 2; the message lists every refusal."""
+
+    def __init__(self, refusals: Sequence[Refusal]) -> None:
+        self.refusals = tuple(refusals)
+        if len(self.refusals) == 1:
+            message = str(self.refusals[0])
+        else:
+            message = "\n".join([f"{len(self.refusals)} problems:", *(f"  {r}" for r in self.refusals)])
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class BoundStep:
+    """A step with its arguments substituted and checked (``args``: typed values the action
+    uses; ``shown``: the same for reports and evidence)."""
+
+    section: Section
+    index: int
+    step: Step
+    args: Mapping[str, Any]
+    shown: Mapping[str, JsonValue]
+
+    @property
+    def where(self) -> str:
+        return f"{self.section.value}[{self.index}]"
+
+    @property
+    def label(self) -> str:
+        return f"{self.where} ({self.step.action.value})"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A runbook ready to run: typed parameters and every step bound."""
+
+    runbook: Runbook
+    params: Mapping[str, str | int]
+    preconditions: tuple[BoundStep, ...]
+    steps: tuple[BoundStep, ...]
+    rollback: tuple[BoundStep, ...]
+
+    def all_steps(self) -> tuple[BoundStep, ...]:
+        return (*self.preconditions, *self.steps, *self.rollback)
+
+
+class _Bad(Exception):
+    """A value was refused; the message says why (the caller adds where)."""
+
+
+def check(
+    runbook: Runbook, given: Mapping[str, object], config: HealConfig, *, root: Path = Path("/")
+) -> Plan:
+    """Validate ``given`` and every step of ``runbook`` against ``config``; raise
+    :class:`GuardError` naming every problem, or return the :class:`Plan`.
+
+    ``root`` is the host root paths are taken relative to (``/`` on a host; a sandbox
+    uses a directory): ``/var/cache`` means ``root/var/cache``.
+    """
+    refusals: list[Refusal] = []
+
+    def refuse(where: str | None, param: str | None, message: str) -> None:
+        refusals.append(Refusal(runbook.id, where, param, message))
+
+    total = len(runbook.preconditions) + len(runbook.steps) + len(runbook.rollback)
+    if total > config.max_steps:
+        refuse(None, None, f"has {total} steps; at most {config.max_steps} are allowed (heal.max_steps)")
+    for loc, message in runbook.semantic_problems():
+        refuse(format_loc(loc), None, message)
+    for name in sorted(runbook.referenced_params() - set(runbook.params)):
+        users = _users(runbook, name)
+        refuse(users[0] if users else None, f"parameter {name}", "is referred to but not declared")
+
+    params: dict[str, str | int] = {}
+    bad_params: set[str] = set()
+    for name in sorted(set(given) - set(runbook.params)):
+        known = ", ".join(sorted(runbook.params)) or "none"
+        refuse(None, f"parameter {name}", f"is not a parameter of this runbook (it takes: {known})")
+    for name, spec in runbook.params.items():
+        value = given.get(name)
+        if value is None or value == "":
+            if spec.default is None:
+                if spec.required:
+                    refuse(None, _param_label(runbook, name), "is required but was not given")
+                    bad_params.add(name)
+                continue
+            value = spec.default
+        try:
+            params[name] = _param(value, spec, config, root)
+        except _Bad as e:
+            refuse(None, _param_label(runbook, name), f"{_show(value)}: {e}")
+            bad_params.add(name)
+
+    sections: dict[Section, list[BoundStep]] = {s: [] for s in Section}
+    for section in Section:
+        for index, step in enumerate(getattr(runbook, section.value)):
+            where = f"{section.value}[{index}] ({step.action.value})"
+            bound = _bind(step, _Scope(params, bad_params, config, root, functools.partial(refuse, where)))
+            if bound is not None:
+                args, shown = bound
+                sections[section].append(BoundStep(section, index, step, args, shown))
+    if refusals:
+        raise GuardError(refusals)
+    return Plan(
+        runbook=runbook,
+        params=params,
+        preconditions=tuple(sections[Section.PRECONDITION]),
+        steps=tuple(sections[Section.STEP]),
+        rollback=tuple(sections[Section.ROLLBACK]),
+    )
+
+
+# -- parameters ------------------------------------------------------------------------------
+
+
+def _param(value: object, spec: ParamSpec, config: HealConfig, root: Path) -> str | int:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise _Bad(f"must be a string or a whole number, not {type(value).__name__}")
+    if isinstance(value, str) and len(value) > spec.max_length:
+        raise _Bad(f"is {len(value)} characters long; at most {spec.max_length} are allowed")
+    match spec.type:
+        case ParamType.INT:
+            return _int(value, spec.bounds())
+        case ParamType.DURATION:
+            return _duration(value, spec.bounds())
+    text = str(value)
+    match spec.type:
+        case ParamType.UNIT:
+            return _unit(text, config)
+        case ParamType.PATH:
+            _confine(text, config, root, strictly_inside=False)
+            return os.path.normpath(text)
+        case ParamType.MOUNT:
+            _mount(text, root)
+            return os.path.normpath(text)
+        case ParamType.STRING:
+            _safe(text)
+            if text.startswith("-"):
+                raise _Bad("must not start with '-' (it could be read as an option)")
+            return text
+    raise AssertionError(spec.type)  # pragma: no cover
+
+
+def _users(runbook: Runbook, name: str) -> list[str]:
+    return [
+        f"{where} ({step.action.value})"
+        for where, step in runbook.sections()
+        if name in {m for v in _strings(step.params) for m in PARAM_REF.findall(v)}
+    ]
+
+
+def _param_label(runbook: Runbook, name: str) -> str:
+    users = _users(runbook, name)
+    return f"parameter {name}" + (f" (used by {', '.join(users)})" if users else "")
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    return []
+
+
+# -- steps -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Scope:
+    params: Mapping[str, str | int]
+    bad_params: set[str]
+    config: HealConfig
+    root: Path
+    refuse: Callable[[str, str], None]
+
+
+def _bind(step: Step, scope: _Scope) -> tuple[dict[str, Any], dict[str, JsonValue]] | None:
+    params, bad_params, config, refuse = scope.params, scope.bad_params, scope.config, scope.refuse
+    args: dict[str, Any] = {}
+    shown: dict[str, JsonValue] = {}
+    ok = True
+    specs = ACTION_ARGS[step.action]
+    for name in step.params:
+        if name not in specs:  # the schema refuses these; a Runbook built in code might not
+            refuse(f"argument {name}", f"{step.action.value} has no such argument")
+            ok = False
+    for name, spec in specs.items():
+        if name not in step.params:
+            if spec.required:
+                refuse(f"argument {name}", "is required")
+                ok = False
+            args[name] = spec.default
+            continue
+        raw = step.params[name]
+        refs = sorted({m for v in _strings(raw) for m in PARAM_REF.findall(v)})
+        label = f"argument {name}" + (f" (from {', '.join('${' + r + '}' for r in refs)})" if refs else "")
+        if any(r in bad_params for r in refs):
+            ok = False  # already reported against the parameter
+            continue
+        missing = [r for r in refs if r not in params]
+        if missing:
+            refuse(label, f"refers to {', '.join(missing)}, which was not given and has no default")
+            ok = False
+            continue
+        try:
+            value = _substitute(raw, params)
+            args[name], shown[name] = _arg(spec, value, config, scope.root)
+        except _Bad as e:
+            refuse(label, str(e))
+            ok = False
+    if step.action == Action.CAPTURE_STATE and ok:
+        needs = (["nft"] if args.get("ruleset") else []) + (
+            ["journalctl"] if args.get("journal_lines") else []
+        )
+        for binary in needs:
+            try:
+                _binary(binary, config)
+            except _Bad as e:
+                refuse(f"argument {'ruleset' if binary == 'nft' else 'journal_lines'}", str(e))
+                ok = False
+    return (args, shown) if ok else None
+
+
+def _substitute(value: Any, params: Mapping[str, str | int]) -> Any:
+    """``"${p}"`` becomes the typed value of p; ``"a-${p}"`` interpolates its text."""
+    if isinstance(value, str):
+        whole = PARAM_REF.fullmatch(value)
+        if whole:
+            return params[whole.group(1)]
+        return PARAM_REF.sub(lambda m: str(params[m.group(1)]), value)
+    if isinstance(value, list):
+        return [_substitute(v, params) for v in value]
+    return value
+
+
+def _arg(spec: ArgSpec, value: Any, config: HealConfig, root: Path) -> tuple[Any, JsonValue]:
+    match spec.kind:
+        case ArgKind.UNIT:
+            unit = _unit(_text(value), config)
+            return unit, unit
+        case ArgKind.PATH:
+            path = _confine(_text(value), config, root, strictly_inside=spec.strictly_inside)
+            return path, str(path)
+        case ArgKind.MOUNT:
+            path = _mount(_text(value), root)
+            return path, str(path)
+        case ArgKind.TEXT:
+            text = _text(value)
+            if not text.strip():
+                raise _Bad("is empty")
+            if len(text) > config.alert.max_length:
+                raise _Bad(f"is {len(text)} characters long; at most {config.alert.max_length} are allowed")
+            bad = next((c for c in text if not c.isprintable()), None)
+            if bad is not None:
+                raise _Bad(f"contains the control character {bad!r}; an alert is one line")
+            return text, text
+        case ArgKind.ARGV:
+            argv = _argv(value, config)
+            return argv, list(argv)
+        case ArgKind.INT:
+            number = _int(value, spec.bounds)
+            return number, number
+        case ArgKind.BOOL:
+            if not isinstance(value, bool):
+                raise _Bad("must be true or false")
+            return value, value
+        case ArgKind.CHOICE:
+            text = _text(value)
+            if text not in spec.choices:
+                raise _Bad(f"{_show(text)} is not one of {', '.join(spec.choices)}")
+            return text, text
+    raise AssertionError(spec.kind)  # pragma: no cover
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise _Bad(f"must be a string, not {type(value).__name__}")
+    return str(value)
+
+
+# -- values ----------------------------------------------------------------------------------
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _safe(text: str) -> None:
+    """Refuse what a shell, a terminal or a log line could misread."""
+    if not text.strip():
+        raise _Bad("is empty or only whitespace")
+    bad = next((c for c in text if not c.isprintable()), None)
+    if bad is not None:
+        raise _Bad(f"contains the control character {bad!r}")
+    meta = next((c for c in text if c in METACHARACTERS), None)
+    if meta is not None:
+        raise _Bad(f"contains the shell metacharacter {meta!r}")
+
+
+def _unit(text: str, config: HealConfig) -> str:
+    try:
+        validate_unit_name(text)
+    except InvalidUnitNameError as e:
+        raise _Bad(str(e)) from None
+    if not any(fnmatchcase(text, glob) for glob in config.allowed_units):
+        raise _Bad(f"unit {text} is not on the allowlist (heal.allowed_units)")
+    return text
+
+
+def _absolute(text: str) -> None:
+    if len(text) > MAX_PATH:
+        raise _Bad(f"is {len(text)} characters long; a path has at most {MAX_PATH}")
+    _safe(text)
+    if not text.startswith("/"):
+        raise _Bad("must be an absolute path")
+    if ".." in text.split("/"):
+        raise _Bad("must not contain '..'")
+
+
+def _host(text: str, root: Path) -> str:
+    return os.path.normpath(os.path.join(root, text.lstrip("/")))
+
+
+def _confine(text: str, config: HealConfig, root: Path, *, strictly_inside: bool) -> Path:
+    """The resolved host path of ``text`` if it lies inside an allowed root."""
+    _absolute(text)
+    host = _host(text, root)
+    real = os.path.realpath(host)
+    roots = [(r, os.path.realpath(_host(str(r), root))) for r in config.allowed_roots]
+    for given_root, real_root in roots:
+        if real == real_root:
+            if strictly_inside:
+                raise _Bad(
+                    f"is the allowed root {given_root} itself; only a directory below it may be emptied"
+                )
+            return Path(real)
+        if real.startswith(real_root.rstrip("/") + "/"):
+            return Path(real)
+    listed = ", ".join(str(r) for r, _ in roots) or "none"
+    lexical = [_host(str(r), root) for r in config.allowed_roots]
+    if any(host == r or host.startswith(r.rstrip("/") + "/") for r in lexical):
+        raise _Bad(f"resolves to {real} through a symlink, outside the allowed roots ({listed})")
+    raise _Bad(f"is not under an allowed root (heal.allowed_roots: {listed})")
+
+
+def _mount(text: str, root: Path) -> Path:
+    _absolute(text)
+    host = _host(text, root)
+    if not os.path.exists(host):
+        raise _Bad("does not exist")
+    return Path(os.path.realpath(host))
+
+
+def _int(value: object, bounds: tuple[int, int]) -> int:
+    if isinstance(value, bool):
+        raise _Bad("must be a whole number")
+    if isinstance(value, str) and _INT.match(value.strip()):
+        value = int(value.strip())
+    if not isinstance(value, int):
+        raise _Bad(f"{_show(value)} is not a whole number")
+    if not bounds[0] <= value <= bounds[1]:
+        raise _Bad(f"{value} is out of bounds ({bounds[0]}..{bounds[1]})")
+    return value
+
+
+def _duration(value: object, bounds: tuple[int, int]) -> int:
+    if isinstance(value, str):
+        m = _DURATION.match(value.strip())
+        if m is None:
+            raise _Bad(f"{_show(value)} is not a duration (seconds, or a number with s, m, h or d)")
+        value = int(m.group(1)) * _UNITS_OF_TIME[m.group(2)]
+    return _int(value, bounds)
+
+
+def _binary(name: str, config: HealConfig) -> str:
+    if not BINARY_NAME.match(name):
+        raise _Bad(f"{_show(name)}: the program must be a bare name listed in heal.binaries, not a path")
+    path = config.binaries.get(name)
+    if path is None:
+        listed = ", ".join(sorted(config.binaries)) or "none"
+        raise _Bad(f"{name} is not on the binary allowlist (heal.binaries: {listed})")
+    real = os.path.realpath(path)
+    if not os.path.isfile(real) or not os.access(real, os.X_OK):
+        raise _Bad(f"{name} is configured as {path}, which is not an executable file here")
+    return path
+
+
+def _argv(value: Any, config: HealConfig) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise _Bad("must be a non-empty list")
+    if len(value) > config.max_argv:
+        raise _Bad(f"has {len(value)} elements; at most {config.max_argv} are allowed (heal.max_argv)")
+    out: list[str] = []
+    for i, element in enumerate(value):
+        try:
+            text = _text(element)
+            if len(text) > config.max_arg_length:
+                raise _Bad(f"is {len(text)} characters long; at most {config.max_arg_length} are allowed")
+            _safe(text)
+        except _Bad as e:
+            raise _Bad(f"argv[{i}] {_show(element)}: {e}") from None
+        out.append(text)
+    out[0] = _binary(out[0], config)
+    return tuple(out)

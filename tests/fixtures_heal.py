@@ -1,0 +1,142 @@
+"""Fixtures for the runbook executor: allowed roots in a temporary directory, a real syslog
+datagram socket that receives alerts (``logger --socket``), and a HealConfig/ExecutionContext
+that point at them and at the session's systemd user manager.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nixcomply.heal.config import AlertConfig, HealConfig
+from nixcomply.heal.executor import ExecutionContext
+from nixcomply.systemd import Systemd
+
+TEST_UNITS = ["t-*.service"]
+# Real programs of this machine that the tests' runbooks may run.
+TEST_BINARIES = {
+    "journalctl": "/usr/bin/journalctl",
+    "nft": "/usr/sbin/nft",
+    "chronyc": "/usr/bin/chronyc",
+    "touch": "/usr/bin/touch",
+    "echo": "/bin/echo",
+    "false": "/bin/false",
+}
+
+
+class AlertSink:
+    """A syslog datagram socket; ``messages()`` returns what arrived (``<10>... tag: text``)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.received: list[str] = []
+
+    def messages(self, *, wait: float = 0.0) -> list[str]:
+        self.sock.settimeout(wait if wait else 0.001)
+        with contextlib.suppress(TimeoutError, BlockingIOError):
+            while True:
+                self.received.append(self.sock.recv(65536).decode("utf-8", "replace"))
+                self.sock.settimeout(0.05)
+        return list(self.received)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@dataclass
+class HealWorld:
+    """``allowed`` is the one allowed root; ``outside`` a directory no runbook may touch."""
+
+    tmp: Path
+    allowed: Path
+    outside: Path
+    alerts: AlertSink
+    sleeps: list[float] = field(default_factory=list)
+
+    def config(self, **overrides: Any) -> HealConfig:
+        settings: dict[str, Any] = {
+            "allowed_units": TEST_UNITS,
+            "allowed_roots": [self.allowed],
+            "binaries": TEST_BINARIES,
+            "alert": AlertConfig(socket=self.alerts.path),
+            "unit_settle_seconds": 0.3,
+            "poll_interval_seconds": 0.02,
+        }
+        settings.update(overrides)
+        return HealConfig(**settings)
+
+    def context(self, systemd: Any = None, **overrides: Any) -> ExecutionContext:
+        settings: dict[str, Any] = {
+            "config": self.config(),
+            "systemd": systemd,
+            "user_mode": True,
+            "sleep": self.sleeps.append,
+        }
+        settings.update(overrides)
+        return ExecutionContext(**settings)
+
+
+@pytest.fixture
+def heal(tmp_path: Path) -> Iterator[HealWorld]:
+    allowed = tmp_path / "allowed"
+    outside = tmp_path / "outside"
+    allowed.mkdir()
+    outside.mkdir()
+    sink = AlertSink(tmp_path / "alert.sock")
+    try:
+        yield HealWorld(tmp=tmp_path, allowed=allowed, outside=outside, alerts=sink)
+    finally:
+        sink.close()
+
+
+class CountingFactory:
+    """A systemd factory that counts connections: a dry run and a refused run make none."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.calls = 0
+
+    def __call__(self) -> Systemd:
+        self.calls += 1
+        sd: Systemd = self.inner()
+        return sd
+
+
+@dataclass(frozen=True)
+class EvidenceKeys:
+    state_dir: Path
+    signing_key: Path
+    log_key: Path
+
+
+def write_evidence_keys(directory: Path, host: str = "clinic-01") -> EvidenceKeys:
+    """Real Ed25519 keys and the keyring an offline verifier pins (as the sandbox host does)."""
+    from nixcomply.evidence.keyring import KeyEntry, Keyring, save_keyring
+    from nixcomply.evidence.keys import generate, write_private_key
+    from nixcomply.evidence.statement import KeyRole
+
+    keys = EvidenceKeys(
+        directory / "state", directory / "keys" / "signing.key", directory / "keys" / "log.key"
+    )
+    bundle, log = generate(f"{host}-evidence"), generate(f"nixcomply/{host}")
+    write_private_key(keys.signing_key, bundle, durable=False)
+    write_private_key(keys.log_key, log, durable=False)
+    keys.state_dir.mkdir(mode=0o700)
+    save_keyring(
+        keys.state_dir / "keyring.json",
+        Keyring(
+            keys=[
+                KeyEntry(vkey=bundle.public.vkey, role=KeyRole.BUNDLE),
+                KeyEntry(vkey=log.public.vkey, role=KeyRole.LOG),
+            ]
+        ),
+    )
+    return keys

@@ -1,0 +1,286 @@
+"""The actions one by one, each in a one-step runbook through guard and executor: real files,
+real commands, real alerts; ``process.run`` mocked (autospec) only to pin exact argvs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import pytest
+from fixtures_heal import HealWorld
+
+from nixcomply import process
+from nixcomply.heal.actions import ActionEnv, bounded, send_alert
+from nixcomply.heal.config import AlertConfig
+from nixcomply.heal.executor import ExecutionContext, RunbookRun, RunOutcome, StepResult, execute
+from nixcomply.heal.runbook import Runbook
+
+
+def one_step(action: str, params: dict[str, Any], *, timeout: float = 30, rollback: bool = False) -> Runbook:
+    data: dict[str, Any] = {
+        "id": "RB-ACTION-001",
+        "name": f"one {action}",
+        "version": 1,
+        "severity": "low",
+        "description": "one step",
+        "steps": [
+            {
+                "action": action,
+                "description": f"do {action}",
+                "params": params,
+                "timeout": timeout,
+                "evidence_key": "out",
+            }
+        ],
+    }
+    if rollback:
+        data["rollback"] = [
+            {"action": "send_alert", "description": "say", "params": {"message": "rolled back"}}
+        ]
+    return Runbook.model_validate(data)
+
+
+def step(heal: HealWorld, action: str, params: dict[str, Any], **kw: Any) -> tuple[StepResult, RunbookRun]:
+    ctx: ExecutionContext = kw.pop("ctx", None) or heal.context()
+    run = execute(one_step(action, params, **kw), {}, ctx)
+    assert run.outcome != RunOutcome.REJECTED, run.refusals
+    return run.steps[0], run
+
+
+# -- run_command -----------------------------------------------------------------------------
+
+
+def test_run_command_runs_the_allowlisted_path_without_a_shell(heal: HealWorld) -> None:
+    result = process.Result(("/bin/echo",), 0, "hi\n", "", 0.01)
+    with mock.patch("nixcomply.process.run", autospec=True, return_value=result) as run:
+        s, _ = step(heal, "run_command", {"argv": ["echo", "--flag=a b", "x.y:z", 42]}, timeout=7)
+    run.assert_called_once_with(("/bin/echo", "--flag=a b", "x.y:z", "42"), check=False, timeout=7)
+    assert s.ok and s.command == ["/bin/echo", "--flag=a b", "x.y:z", "42"] and s.exit_code == 0
+
+
+def test_run_command_for_real_captures_bounded_output_and_the_exit_status(heal: HealWorld) -> None:
+    ctx = heal.context(config=heal.config(max_output_bytes=256))
+    s, run = step(heal, "run_command", {"argv": ["echo", "x" * 1000]}, ctx=ctx)
+    assert s.ok and s.output.startswith("x" * 256) and "745 more bytes not kept" in s.output
+    s, run = step(heal, "run_command", {"argv": ["false"]})
+    assert not s.ok and s.exit_code == 1 and run.outcome == RunOutcome.FAILED
+    assert run.reason.endswith("the runbook has no rollback")
+
+
+def test_a_command_that_outlives_its_step_timeout_is_killed(heal: HealWorld) -> None:
+    ctx = heal.context(config=heal.config(binaries={"sleep": "/bin/sleep"}))
+    started = time.monotonic()
+    s, run = step(heal, "run_command", {"argv": ["sleep", "30"]}, timeout=0.3, ctx=ctx, rollback=True)
+    assert time.monotonic() - started < 10
+    assert not s.ok and s.error is not None and "timed out after 0.3 s" in s.error
+    assert run.outcome == RunOutcome.ALERT and run.rollback[0].ok
+
+
+# -- send_alert ------------------------------------------------------------------------------
+
+
+def test_an_alert_reaches_the_configured_socket(heal: HealWorld) -> None:
+    s, _ = step(heal, "send_alert", {"message": "disk full on /var; call me", "priority": "warning"})
+    assert s.ok and s.detail == "alert sent via logger (warning)"
+    (message,) = heal.alerts.messages(wait=2)
+    assert message.startswith("<12>")  # user.warning
+    assert message.endswith("nixcomply-alert: disk full on /var; call me")
+
+
+def _env(heal: HealWorld, **alert: Any) -> ActionEnv:
+    def no_systemd() -> Any:
+        raise AssertionError("not used")
+
+    return ActionEnv(config=heal.config(alert=AlertConfig(**alert)), systemd=no_systemd, timeout=10)
+
+
+def test_an_alert_goes_to_the_journal_and_falls_back_to_logger(heal: HealWorld) -> None:
+    failed = process.Result(("systemd-cat",), 1, "", "Failed to create stream fd", 0.01)
+    ok = process.Result(("logger",), 0, "", "", 0.01)
+    with mock.patch("nixcomply.process.run", autospec=True, side_effect=[failed, ok]) as run:
+        result = send_alert({"message": "hello", "priority": None}, _env(heal))
+    assert result.ok and result.data["via"] == "logger"
+    assert run.call_args_list == [
+        mock.call(
+            ["systemd-cat", "-t", "nixcomply-alert", "-p", "crit"], check=False, timeout=10, input="hello\n"
+        ),
+        mock.call(
+            ["logger", "--tag", "nixcomply-alert", "--priority", "user.crit", "--socket-errors=on"],
+            check=False,
+            timeout=10,
+            input="hello\n",
+        ),
+    ]
+
+
+def test_an_alert_nobody_receives_is_a_failed_step(heal: HealWorld) -> None:
+    """No journald and no /dev/log here: systemd-cat and logger both fail, for real."""
+    if os.path.exists("/dev/log") or os.path.exists("/run/systemd/journal/stdout"):
+        pytest.fail("this machine has a syslog or journal socket; the test needs one without")
+    result = send_alert({"message": "hello", "priority": "err"}, _env(heal))
+    assert not result.ok
+    assert "the alert could not be sent" in result.detail
+    assert "systemd-cat exited" in result.detail and "logger exited" in result.detail
+
+
+# -- capture_state ---------------------------------------------------------------------------
+
+
+def test_capture_state_records_the_ruleset_and_its_hash(heal: HealWorld) -> None:
+    ruleset = "table inet filter {\n\tchain input {\n\t\tpolicy drop;\n\t}\n}\n"
+    with mock.patch(
+        "nixcomply.process.run", autospec=True, return_value=process.Result(("nft",), 0, ruleset, "", 0.01)
+    ) as run:
+        s, _ = step(heal, "capture_state", {"ruleset": True})
+    run.assert_called_once_with(["/usr/sbin/nft", "list", "ruleset"], check=True, timeout=30)
+    assert s.ok and s.output == ruleset
+    assert "ruleset sha256 " + hashlib.sha256(ruleset.encode()).hexdigest() in s.detail
+
+
+def test_capture_state_with_the_real_nft(heal: HealWorld) -> None:
+    real = subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True, check=False)
+    runbook = one_step("capture_state", {"ruleset": True})
+    runbook = runbook.model_copy(
+        update={"steps": [runbook.steps[0].model_copy(update={"evidence_key": "fw"})]}
+    )
+    run = execute(runbook, {}, heal.context())
+    data = run.evidence["fw"]
+    assert isinstance(data, dict)
+    if real.returncode == 0:
+        assert data["ruleset_sha256"] == hashlib.sha256(real.stdout.encode()).hexdigest()
+        assert run.outcome == RunOutcome.SUCCESS
+    else:
+        assert "ruleset_error" in data and run.outcome == RunOutcome.FAILED
+
+
+# -- check_disk_space ------------------------------------------------------------------------
+
+
+def test_check_disk_space_measures_with_statvfs(heal: HealWorld) -> None:
+    s, run = step(heal, "check_disk_space", {"path": str(heal.tmp), "min_free_percent": 1})
+    vfs = os.statvfs(heal.tmp)
+    data = run.evidence["out"]
+    assert s.ok and isinstance(data, dict)
+    assert data["path"] == str(heal.tmp) and data["total_bytes"] == vfs.f_blocks * vfs.f_frsize
+    assert isinstance(data["used_percent"], float) and 0 <= data["used_percent"] <= 100
+    assert data["free_percent"] == round(100 - data["used_percent"], 2)
+    s, run = step(heal, "check_disk_space", {"path": str(heal.tmp), "min_free_bytes": 2**61})
+    assert not s.ok and s.detail.endswith(f"less than {2**61} bytes free")
+
+
+# -- clean_directory -------------------------------------------------------------------------
+
+
+def _tree(base: Path, outside: Path) -> None:
+    (base / "sub" / "deeper").mkdir(parents=True)
+    for rel in ("old.log", "new.log", "sub/old.bin", "sub/deeper/new.bin"):
+        (base / rel).write_text(rel)
+    (outside / "precious").write_text("never removed")
+    (base / "link-out").symlink_to(outside)
+    (base / "sub" / "file-link").symlink_to(outside / "precious")
+    month_ago = time.time() - 30 * 86400
+    for rel in ("old.log", "sub/old.bin", "link-out"):
+        os.utime(base / rel, (month_ago, month_ago), follow_symlinks=False)
+
+
+def test_clean_directory_with_an_age_removes_only_old_files_and_follows_no_symlink(heal: HealWorld) -> None:
+    cache = heal.allowed / "cache"
+    _tree(cache, heal.outside)
+    s, _ = step(heal, "clean_directory", {"path": str(cache), "older_than_days": 7})
+    assert s.ok, s.detail
+    left = sorted(str(p.relative_to(cache)) for p in cache.rglob("*"))
+    assert left == ["new.log", "sub", "sub/deeper", "sub/deeper/new.bin", "sub/file-link"]
+    assert (heal.outside / "precious").read_text() == "never removed"
+
+
+def test_clean_directory_removes_everything_under_it_but_not_itself(heal: HealWorld) -> None:
+    cache = heal.allowed / "cache"
+    _tree(cache, heal.outside)
+    s, _ = step(heal, "clean_directory", {"path": str(cache)})
+    assert s.ok and cache.is_dir() and list(cache.iterdir()) == []
+    assert "removed 6 files and 2 directories" in s.detail
+    assert sorted(p.name for p in heal.outside.iterdir()) == ["precious"]
+
+
+def test_clean_directory_refuses_a_directory_swapped_for_a_symlink_after_the_check(
+    heal: HealWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = heal.allowed / "cache"
+    cache.mkdir()
+    (heal.outside / "precious").write_text("never removed")
+    from nixcomply.heal import actions
+
+    original = actions.clean_directory
+
+    def swap_then_clean(args: Any, env: ActionEnv) -> Any:
+        cache.rmdir()
+        cache.symlink_to(heal.outside)  # after the guard resolved it, before the action opens it
+        return original(args, env)
+
+    monkeypatch.setitem(actions.ACTIONS, actions.Action.CLEAN_DIRECTORY, swap_then_clean)  # type: ignore[attr-defined]
+    s, _ = step(heal, "clean_directory", {"path": str(cache)})
+    assert not s.ok and s.error is not None and "became a symlink since it was checked" in s.error
+    assert (heal.outside / "precious").read_text() == "never removed"
+
+
+# -- verify_checksums ------------------------------------------------------------------------
+
+
+def _pair(heal: HealWorld) -> tuple[Path, Path]:
+    reference, restored = heal.allowed / "reference", heal.allowed / "restored"
+    for d in (reference, restored):
+        (d / "sub").mkdir(parents=True)
+        (d / "a.txt").write_text("alpha")
+        (d / "sub" / "b.bin").write_bytes(b"\0" * 5000)
+        (d / "link").symlink_to("a.txt")
+    return reference, restored
+
+
+def _verify(heal: HealWorld, reference: Path, restored: Path, **extra: str) -> StepResult:
+    s, _ = step(heal, "verify_checksums", {"restored": str(restored), "reference": str(reference), **extra})
+    return s
+
+
+def test_identical_trees_match_and_the_result_is_recorded(heal: HealWorld) -> None:
+    reference, restored = _pair(heal)
+    result_file = heal.allowed / "state" / "result.json"
+    s = _verify(heal, reference, restored, result_file=str(result_file))
+    assert s.ok and s.detail == "2 files match"
+    recorded = json.loads(result_file.read_text())
+    assert recorded["ok"] is True and recorded["files_compared"] == 2
+    assert set(recorded) == {"finished_at", "ok", "files_compared"}
+
+
+@pytest.mark.parametrize(
+    ("damage", "detail"),
+    [
+        (lambda r: (r / "a.txt").write_text("alphA"), "0 missing, 0 extra, 1 differing of 2 compared"),
+        (lambda r: (r / "sub" / "b.bin").unlink(), "1 missing, 0 extra, 0 differing of 1 compared"),
+        (lambda r: (r / "sub" / "c").write_text("new"), "0 missing, 1 extra, 0 differing of 2 compared"),
+        (lambda r: ((r / "link").unlink(), (r / "link").symlink_to("/etc/passwd")), "1 differing"),
+        (lambda r: ((r / "a.txt").unlink(), (r / "a.txt").symlink_to("sub/b.bin")), "1 differing"),
+    ],
+)
+def test_any_difference_fails(heal: HealWorld, damage: Any, detail: str) -> None:
+    reference, restored = _pair(heal)
+    damage(restored)
+    s = _verify(heal, reference, restored)
+    assert not s.ok and detail in s.detail
+
+
+def test_an_empty_restore_fails(heal: HealWorld) -> None:
+    (heal.allowed / "r1").mkdir()
+    (heal.allowed / "r2").mkdir()
+    s = _verify(heal, heal.allowed / "r1", heal.allowed / "r2")
+    assert not s.ok and s.detail == "no file was compared (the restore produced nothing)"
+
+
+def test_bounded() -> None:
+    assert bounded("abc", 10) == "abc"
+    assert bounded("é" * 10, 5) == "éé\n[... 15 more bytes not kept]"
