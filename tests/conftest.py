@@ -12,7 +12,13 @@ import pytest
 
 from nixcomply.cli import main
 
-pytest_plugins = ["fixtures_systemd", "fixtures_nix", "fixtures_reconcile", "fixtures_heal"]
+pytest_plugins = [
+    "fixtures_systemd",
+    "fixtures_nix",
+    "fixtures_reconcile",
+    "fixtures_heal",
+    "fixtures_evidence",
+]
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "tests" / "data"

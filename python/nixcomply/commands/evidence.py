@@ -81,6 +81,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--keyring", type=Path, help="the pinned keyring (default: DIR/keyring.json)")
     p.add_argument("--pin-checkpoint", type=Path, help="an earlier checkpoint the log must still extend")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument(
+        "--all-checkpoints",
+        action="store_true",
+        help="also verify the log-key signature of every older checkpoint (their digests are always checked)",
+    )
     p.add_argument("--jobs", type=int, help="threads (default: CPUs, at most 4)")
     p.add_argument("--at", type=_date, help="judge expiry as of this date (default today, UTC)")
 
@@ -101,8 +106,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--evidence-url", required=True, help="link to the evidence (policy, records)")
     p.add_argument("--expires", type=_date, required=True, help="date the attestation must be renewed by")
     p.add_argument("--statement", required=True, help="what is attested")
-    p.add_argument("--controls-map", type=Path, help="controls-map.csv (default: the source tree's)")
-    p.add_argument("--baseline", type=Path, help="baseline YAML, for a control id's framework references")
+    p.add_argument("--controls-map", type=Path, help="controls-map.csv (default: nixcomply's own)")
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        help="baseline YAML, for a control id's framework references (default: hipaa-v1)",
+    )
     _store_options(p)
 
     p = cli.add_verb(
@@ -198,7 +207,15 @@ def _verify(args: argparse.Namespace) -> int:
         from nixcomply.errors import UsageError
 
         raise UsageError("--jobs must be at least 1")
-    report = verify_path(args.path, keyring, pin=pin, today=args.at, progress=progress, jobs=args.jobs)
+    report = verify_path(
+        args.path,
+        keyring,
+        pin=pin,
+        today=args.at,
+        progress=progress,
+        jobs=args.jobs,
+        all_checkpoints=args.all_checkpoints,
+    )
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
@@ -245,13 +262,13 @@ def _export(args: argparse.Namespace) -> int:
 
 def _attest(args: argparse.Namespace) -> int:
     from nixcomply.errors import UsageError
-    from nixcomply.evidence.attest import attest, default_controls_map, find_control
+    from nixcomply.evidence.attest import attest, default_baseline, default_controls_map, find_control
     from nixcomply.evidence.statement import Host
 
     controls_map = args.controls_map or default_controls_map()
     if controls_map is None:
         raise UsageError("no controls-map.csv found", hint="pass --controls-map baseline/controls-map.csv")
-    ref = find_control(args.control, controls_map, args.baseline)
+    ref = find_control(args.control, controls_map, args.baseline or default_baseline())
     with _open_store(args) as store:
         recorded = attest(
             store,

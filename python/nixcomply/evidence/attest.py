@@ -8,27 +8,21 @@ after which ``verify`` warns that it must be renewed — the way InSpec attestat
 
 CONTROL is either a citation of ``baseline/controls-map.csv`` (``164.308(a)(5)(i)``) or a
 baseline control id (``ssh.password-auth-disabled``): a citation is attested as is; a
-control id carries the HIPAA citations whose row lists it and, given the baseline file,
-its references in every framework.
-
-The CSV is read here with the csv module (columns ``citation, title, kind, requirement,
-coverage, controls, checks, evidence``; ``controls`` separated by ``;``); when
-``nixcomply.baseline.controlsmap`` lands it can take over the parsing.
+control id carries the HIPAA citations whose rows list it and, from the baseline, its
+references in every framework. The map is read by ``nixcomply.baseline.controlsmap``.
 """
 
 from __future__ import annotations
 
-import csv
 import difflib
 import logging
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Final, cast
 
 import pydantic
 
-from nixcomply.errors import InputError, Problem, UsageError
+from nixcomply.errors import UsageError
 from nixcomply.evidence.statement import (
     Attestation,
     ControlResult,
@@ -42,27 +36,6 @@ from nixcomply.evidence.store import EvidenceStore, Recorded
 
 logger = logging.getLogger(__name__)
 
-CSV_COLUMNS: Final = (
-    "citation",
-    "title",
-    "kind",
-    "requirement",
-    "coverage",
-    "controls",
-    "checks",
-    "evidence",
-)
-COVERAGES: Final = ("automated", "partial", "attestation")
-
-
-@dataclass(frozen=True)
-class MapRow:
-    line: int
-    citation: str
-    title: str
-    coverage: Coverage
-    controls: tuple[str, ...]
-
 
 @dataclass(frozen=True)
 class ControlRef:
@@ -75,52 +48,33 @@ class ControlRef:
 
 
 def default_controls_map() -> Path | None:
-    """``baseline/controls-map.csv`` of the source tree nixcomply runs from, if any."""
-    import nixcomply
+    """``controls-map.csv`` of nixcomply's data directory (checkout or package), if any."""
+    from nixcomply.paths import baseline_dir
 
-    candidate = Path(nixcomply.__file__).resolve().parents[2] / "baseline" / "controls-map.csv"
+    candidate = baseline_dir() / "controls-map.csv"
     return candidate if candidate.is_file() else None
 
 
-def read_controls_map(path: Path) -> list[MapRow]:
-    from nixcomply.yamlsource import read_text
+def default_baseline() -> Path | None:
+    from nixcomply import paths
 
-    text = read_text(path)
-    reader = csv.DictReader(text.splitlines())
-    missing = [c for c in CSV_COLUMNS if c not in (reader.fieldnames or [])]
-    if missing:
-        raise InputError.single(path, f"missing column(s): {', '.join(missing)}", line=1)
-    rows = []
-    problems = []
-    for row in reader:
-        line = reader.line_num
-        citation = (row.get("citation") or "").strip()
-        coverage = (row.get("coverage") or "").strip()
-        if not citation:
-            problems.append(Problem(path, line, "citation", "empty"))
-            continue
-        if coverage not in COVERAGES:
-            problems.append(
-                Problem(path, line, "coverage", f"{coverage!r} is not one of {', '.join(COVERAGES)}")
-            )
-            continue
-        controls = tuple(c.strip() for c in (row.get("controls") or "").split(";") if c.strip())
-        kind = cast(Coverage, coverage)
-        rows.append(MapRow(line, citation, (row.get("title") or "").strip(), kind, controls))
-    if problems:
-        raise InputError(problems)
-    return rows
+    candidate = paths.default_baseline()
+    return candidate if candidate.is_file() else None
 
 
 def find_control(control: str, controls_map: Path, baseline: Path | None = None) -> ControlRef:
     """Resolve CONTROL (a citation or a baseline control id); UsageError if unknown."""
-    rows = read_controls_map(controls_map)
+    from nixcomply.baseline.controlsmap import Coverage as MapCoverage
+    from nixcomply.baseline.controlsmap import citations_by_control, load_controls_map
+
+    rows = load_controls_map(controls_map)
     for row in rows:
         if row.citation == control:
-            if row.coverage == "automated":
+            if row.coverage is MapCoverage.AUTOMATED:
                 logger.warning("%s is covered by automated checks; the attestation adds to them", control)
-            return ControlRef(control, row.title, row.coverage, FrameworkRefs(hipaa=[control]))
-    citations = [row.citation for row in rows if control in row.controls]
+            coverage: Coverage = row.coverage.value
+            return ControlRef(control, row.title, coverage, FrameworkRefs(hipaa=[control]))
+    citations = list(citations_by_control(rows).get(control, ()))
     refs = FrameworkRefs(hipaa=citations)
     title = ""
     found = bool(citations)

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from nixcomply.evidence.keys import PublicKey, Signer, b64decode_strict
+from nixcomply.evidence.keys import PublicKey, Signer
 
 EM_DASH: Final = "\u2014"
 MAX_SIGNATURES: Final = 100
@@ -92,10 +92,14 @@ def parse_note(data: bytes) -> Note:
         if len(parts) != 2 or not parts[0]:
             raise NoteError(f"malformed signature line {line[:40]!r}")
         name, blob = parts
+        # Standard base64 in its one canonical spelling (c2sp.org/signed-note): a note is
+        # checked byte for byte, so two spellings of one signature must not both pass.
         try:
-            raw = b64decode_strict(blob)
+            raw = base64.b64decode(blob, validate=True)
         except ValueError as e:
-            raise NoteError(f"signature of {name}: {e}") from None
+            raise NoteError(f"signature of {name}: not valid base64: {e}") from None
+        if base64.b64encode(raw).decode() != blob:
+            raise NoteError(f"signature of {name}: not in canonical base64")
         if len(raw) < 5:
             raise NoteError(f"signature of {name} is too short")
         sigs.append(NoteSignature(name, int.from_bytes(raw[:4], "big"), raw[4:]))
@@ -150,6 +154,8 @@ def parse_checkpoint_text(text: str) -> Checkpoint:
         root = base64.b64decode(root_line, validate=True)
     except ValueError:
         raise NoteError("root hash is not base64") from None
+    if base64.b64encode(root).decode() != root_line:
+        raise NoteError("root hash is not in canonical base64")
     if len(root) != 32:
         raise NoteError(f"root hash is {len(root)} bytes, expected 32")
     if any(not e for e in extensions):

@@ -29,7 +29,6 @@ the whole store (an export of evidence that does not verify is refused), then wr
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import os
@@ -37,6 +36,7 @@ import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from hashlib import sha256
 from pathlib import Path
 from typing import Final
 
@@ -45,7 +45,7 @@ from nixcomply.evidence import dsse
 from nixcomply.evidence.index import INDEX_FILE, control_index
 from nixcomply.evidence.keyring import Keyring
 from nixcomply.evidence.log import CHECKPOINTS, LEAVES, checkpoint_name, read_leaves
-from nixcomply.evidence.merkle import Tree
+from nixcomply.evidence.merkle import Tree, proof_document
 from nixcomply.evidence.statement import Attestation, Statement, parse_statement
 from nixcomply.evidence.store import ENVELOPE_FILE, EVIDENCE_DIR
 from nixcomply.evidence.verify import PACKET_FILE, PACKET_FORMAT, PROOFS_DIR, Report, verify
@@ -103,8 +103,6 @@ def select(root: Path, start: date, end: date, tree_size: int, controls: Sequenc
             assert chain is not None  # verify has passed
             if chain.seq >= tree_size or (wanted and not _mentions(statement, wanted)):
                 continue
-            from hashlib import sha256
-
             rel = f"{EVIDENCE_DIR}/{day:%Y}/{day:%m}/{day:%d}/{entry.name}"
             out.append(Selected(chain.seq, rel, entry.name, sha256(data).hexdigest(), statement))
     return sorted(out, key=lambda s: s.seq)
@@ -142,8 +140,9 @@ Key fingerprints (sha256 of the Ed25519 public key):
   signed with Ed25519 over `PAE(payloadType, payload)`. `attachments/` holds raw outputs;
   each is a subject of the statement by sha256. Free text was passed through a PHI
   scrubber before signing: values like `[EMAIL-REDACTED-1a2b3c]` are redactions.
-- `predicate.chain`: `seq` is the entry's position in the log (from 0) and `prev` the
-  sha256 of the previous entry's envelope file, so the entries form a hash chain.
+- `predicate.chain`: `seq` is the entry's position in the log (from 0), `prev` the sha256
+  of the previous entry's envelope file (the entries form a hash chain), and `checkpoint`
+  the sha256 of the checkpoint file the log had just before the entry.
 - `log/leaves`: the RFC 6962 Merkle tree's leaves, 32 bytes each, leaf i =
   SHA-256(0x00 || bytes of entry i's envelope.dsse.json); nodes are
   SHA-256(0x01 || left || right).
@@ -178,7 +177,8 @@ def export_packet(
             f"the store does not verify, refusing to export: {first}",
             hint=f"run `nixcomply evidence verify {root}` for the full report",
         )
-    size = report.tree_size
+    # The newest checkpoint, not the leaves: an append in flight is not covered yet.
+    size = report.checkpoint_size
     selected = select(root, start, end, size, controls)
     leaves = read_leaves(root)[:size]
     tree = Tree(leaves)
@@ -188,14 +188,9 @@ def export_packet(
         for path in sorted((root / s.path).rglob("*")):
             if path.is_file():
                 files[path.relative_to(root).as_posix()] = path.read_bytes()
-        proof = {
-            "index": s.seq,
-            "tree_size": size,
-            "leaf_hash": base64.b64encode(leaves[s.seq]).decode(),
-            "root": base64.b64encode(root_hash).decode(),
-            "inclusion_path": [base64.b64encode(h).decode() for h in tree.inclusion_proof(s.seq)],
-        }
-        files[f"{PROOFS_DIR}/{s.seq}.json"] = (json.dumps(proof, indent=2) + "\n").encode()
+        files[f"{PROOFS_DIR}/{s.seq}.json"] = proof_document(
+            s.seq, size, leaves[s.seq], root_hash, tree.inclusion_proof(s.seq)
+        )
     sizes = {size} if size else set()
     if selected:
         sizes |= set(range(selected[0].seq + 1, selected[-1].seq + 2))

@@ -135,7 +135,12 @@ class Keyring(BaseModel):
         return Keyring(version=self.version, keys=list(keys))
 
     def to_bytes(self) -> bytes:
-        data = self.model_dump(mode="json", exclude_none=True)
+        data = self.model_dump(mode="json")
+        for entry in data["keys"]:
+            # Optional notes are left out when empty; an open-ended range stays explicit.
+            for name in ("added_at", "reason"):
+                if entry[name] is None:
+                    del entry[name]
         return (json.dumps(data, indent=2) + "\n").encode()
 
 

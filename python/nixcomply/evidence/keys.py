@@ -203,10 +203,15 @@ def read_private_key(path: Path) -> Signer:
         if not stat.S_ISREG(st.st_mode):
             raise InputError.single(path, "the key is not a regular file")
         if st.st_mode & 0o077:
+            in_store = path.resolve().is_relative_to("/nix/store")
             raise _input_error(
                 path,
                 f"private key is readable by group or others (mode {stat.S_IMODE(st.st_mode):04o})",
-                hint=f"chmod 600 {path}",
+                hint=(
+                    "keys never belong in the Nix store (it is world-readable); pass it with LoadCredential="
+                    if in_store
+                    else f"chmod 600 {path}"
+                ),
             )
         text = path.read_text("utf-8")
     except FileNotFoundError:

@@ -22,13 +22,16 @@ afterwards, because replacing a file in place makes ext4 flush it synchronously
 (``auto_da_alloc``) even when durability was not asked for.
 
 :meth:`MerkleLog.commit` performs the log's part of an append in crash-safe order — leaf,
-state, checkpoint, then removal of ``pending.json`` — and is idempotent: after a crash at
-any point, running it again with the same intent record completes the entry.
+new state, removal of the old state, checkpoint, then removal of ``pending.json`` — and is
+idempotent: after a crash at any point, running it again with the same intent record
+completes the entry. The state and intent files are written in exactly the form shown
+(``json.dumps`` defaults, one line); verify treats any other spelling as an edit.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -195,14 +198,22 @@ class MerkleLog:
         self.durable = durable
 
     def read_state(self) -> LogState:
-        sizes = state_sizes(self.root)
-        if not sizes:
-            return LogState(Frontier(), None)
-        path = self.root / STATE_DIR / state_name(sizes[-1])
-        try:
-            return parse_state(path.read_bytes())
-        except ValueError as e:
-            raise StoreError(f"{path}: {e}") from None
+        # Readers without the lock (tail()) can see a state file vanish between listing and
+        # reading when an append replaces it; the next listing has the new one.
+        for _attempt in range(5):
+            sizes = state_sizes(self.root)
+            if not sizes:
+                return LogState(Frontier(), None)
+            path = self.root / STATE_DIR / state_name(sizes[-1])
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                continue
+            try:
+                return parse_state(data)
+            except ValueError as e:
+                raise StoreError(f"{path}: {e}") from None
+        raise StoreError(f"{self.root / STATE_DIR}: the append state keeps changing")
 
     def read_pending(self) -> Pending | None:
         path = self.root / PENDING
@@ -214,6 +225,17 @@ class MerkleLog:
             return Pending.parse(data)
         except ValueError as e:
             raise StoreError(f"{path}: {e}") from None
+
+    def checkpoint_digest(self, size: int) -> str | None:
+        """sha256 of the checkpoint file of ``size`` (None for the empty tree): the next
+        entry commits to it (``chain.checkpoint``)."""
+        if size == 0:
+            return None
+        path = self.root / CHECKPOINTS / checkpoint_name(size)
+        try:
+            return hashlib.sha256(path.read_bytes()).hexdigest()
+        except FileNotFoundError:
+            raise StoreError(f"{path}: missing; the log's newest checkpoint is gone") from None
 
     def write_pending(self, pending: Pending) -> None:
         atomic_write(self.root / PENDING, pending.to_bytes(), durable=self.durable)
@@ -259,8 +281,15 @@ class MerkleLog:
         if state.size == seq:
             state.frontier.append(leaf)
             state.last = LastEntry(seq, pending.bundle_id, pending.path, pending.envelope_sha256)
-            self._write_state(state)
+            atomic_write(
+                self.root / STATE_DIR / state_name(state.size), state.to_bytes(), durable=self.durable
+            )
         fault("state")
+        # Also after a crash between writing the new state and removing the old one.
+        for size in state_sizes(self.root):
+            if size != state.size:
+                (self.root / STATE_DIR / state_name(size)).unlink()
+        fault("old-state")
         note = Checkpoint(self.origin, state.size, state.frontier.root()).sign(signers)
         atomic_write(self.root / CHECKPOINTS / checkpoint_name(state.size), note, durable=self.durable)
         fault("checkpoint")
@@ -278,10 +307,3 @@ class MerkleLog:
         os.unlink(self.root / PENDING)
         if self.durable:
             fsync_dir(self.root / LOG_DIR)
-
-    def _write_state(self, state: LogState) -> None:
-        directory = self.root / STATE_DIR
-        atomic_write(directory / state_name(state.size), state.to_bytes(), durable=self.durable)
-        for size in state_sizes(self.root):
-            if size != state.size:
-                (directory / state_name(size)).unlink()

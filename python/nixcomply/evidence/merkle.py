@@ -203,3 +203,23 @@ def verify_consistency(old: int, new: int, old_root: bytes, new_root: bytes, pro
         fn >>= 1
         sn >>= 1
     return fr == old_root and sr == new_root and sn == 0
+
+
+def proof_document(index: int, size: int, leaf: bytes, root: bytes, path: Sequence[bytes]) -> bytes:
+    """An inclusion proof as the export packet stores it (``proofs/<seq>.json``)::
+
+        {"index": 17, "tree_size": 1234, "leaf_hash": "<base64>", "root": "<base64>",
+         "inclusion_path": ["<base64>", ...]}
+
+    written in exactly this form (two-space indent, final newline)."""
+    import base64
+    import json
+
+    doc = {
+        "index": index,
+        "tree_size": size,
+        "leaf_hash": base64.b64encode(leaf).decode(),
+        "root": base64.b64encode(root).decode(),
+        "inclusion_path": [base64.b64encode(h).decode() for h in path],
+    }
+    return (json.dumps(doc, indent=2) + "\n").encode()

@@ -10,8 +10,9 @@ These URIs are identifiers in the in-toto sense (stable names for a schema versi
 pages anyone needs to fetch; this module is their specification.
 
 Every predicate shares: ``bundle_id`` and ``chain`` (filled in by the store: ``chain.seq``
-is the entry's position in the log, starting at 0, and ``chain.prev`` the sha256 of the
-previous entry's envelope file, 64 zeros for the first), ``event`` (a dotted name such as
+is the entry's position in the log, starting at 0, ``chain.prev`` the sha256 of the
+previous entry's envelope file, 64 zeros for the first, and ``chain.checkpoint`` the
+sha256 of the log's checkpoint file just before this entry), ``event`` (a dotted name such as
 ``generation.switched``), ``observed_at`` (UTC), ``host`` (machine-id and hostname),
 ``actor`` (``nixcomply``, ``external`` or the person who acted), ``outcome`` (success,
 failed, reverted, deferred, alert, rejected, expired), ``reconciler_version``,
@@ -233,10 +234,16 @@ class HealthCheckResult(_Model):
 
 
 class Chain(_Model):
-    VERBATIM = frozenset({"seq", "prev"})
+    """Where the entry sits in the log. ``checkpoint`` is the sha256 of the checkpoint file
+    the log had when the entry was appended (tree size ``seq``; null for the first entry):
+    it ties every historical checkpoint to a signed statement, so verify can check them
+    all by digest and needs the log key's signature only on the newest (and a pinned) one."""
+
+    VERBATIM = frozenset({"seq", "prev", "checkpoint"})
 
     seq: int = Field(ge=0)
     prev: Sha256Hex
+    checkpoint: Sha256Hex | None = None
 
 
 class Predicate(_Model):

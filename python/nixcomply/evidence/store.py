@@ -29,14 +29,13 @@ read and written.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import logging
 import os
 import re
 import secrets
 import shutil
-import time
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from hashlib import sha256
@@ -44,7 +43,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final
 
-from nixcomply.errors import LockHeldError
 from nixcomply.evidence import dsse, log
 from nixcomply.evidence.keyring import Keyring, load_keyring
 from nixcomply.evidence.keys import Signer, check_key_name
@@ -71,7 +69,6 @@ SALT: Final = "scrub-salt"
 STATEMENT_FILE: Final = "statement.json"
 ENVELOPE_FILE: Final = "envelope.dsse.json"
 ATTACHMENTS_DIR: Final = "attachments"
-LOCK_TIMEOUT_S: Final = 60.0
 
 ATTACHMENT_NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -116,6 +113,7 @@ class EvidenceStore:
         self.scrubber = scrubber
         self._lock_fd = lock_fd
         self._lock_depth = 0
+        self._thread_lock = threading.RLock()
         self._keyring_seen: tuple[int, int] | None = None
         self._keyring: Keyring | None = None
         self.log = MerkleLog(root, origin=origin, durable=durable)
@@ -228,7 +226,8 @@ class EvidenceStore:
             prev = state.last.envelope_sha256 if state.last else GENESIS_PREV
             t = scrubbed.observed_at
             bundle_id = f"{t:%Y%m%dT%H%M%SZ}-{seq:08d}-{secrets.token_hex(4)}"
-            filled = scrubbed.model_copy(update={"bundle_id": bundle_id, "chain": Chain(seq=seq, prev=prev)})
+            chain = Chain(seq=seq, prev=prev, checkpoint=self.log.checkpoint_digest(seq))
+            filled = scrubbed.model_copy(update={"bundle_id": bundle_id, "chain": chain})
             payload = statement_bytes(make_statement(filled, all_subjects))
             envelope = dsse.sign(payload, [self.signer, *cosigners]).to_bytes()
             env_sha = sha256(envelope).hexdigest()
@@ -348,30 +347,29 @@ class EvidenceStore:
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Hold the append lock (re-entrant): key rotation keeps it across its entry and
-        the keyring update so no other append slips in between."""
-        if self._lock_fd < 0:
-            raise ValueError("the store is closed")
-        if self._lock_depth:
-            self._lock_depth += 1
+        the keyring update so no other append slips in between. flock(2) serialises
+        processes; threads of this process share the lock's file description, so a
+        thread lock serialises them first."""
+        with self._thread_lock:
+            if self._lock_fd < 0:
+                raise ValueError("the store is closed")
+            if self._lock_depth:
+                self._lock_depth += 1
+                try:
+                    yield
+                finally:
+                    self._lock_depth -= 1
+                return
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                # Wait in the kernel, not in a sleep loop: a waiter blocked in flock(2) is
+                # woken when the lock is released, so a busy appender cannot starve others.
+                logger.debug("waiting for %s", self.root / log.LOCK)
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            self._lock_depth = 1
             try:
                 yield
             finally:
-                self._lock_depth -= 1
-            return
-        deadline = time.monotonic() + LOCK_TIMEOUT_S
-        while True:
-            try:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as e:
-                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    raise
-                if time.monotonic() > deadline:
-                    raise LockHeldError(f"{self.root / log.LOCK}: another process keeps appending") from None
-                time.sleep(0.005)
-        self._lock_depth = 1
-        try:
-            yield
-        finally:
-            self._lock_depth = 0
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                self._lock_depth = 0
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)

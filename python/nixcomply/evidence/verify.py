@@ -6,9 +6,11 @@ for that entry's sequence number (a key-rotation entry also by both keys it name
 attachment's sha256 is a subject and nothing else lies in the bundle, that the directory
 names match the bundle id and date, and that ``chain.prev`` is the sha256 of the previous
 envelope. For the log: one bundle per sequence number with none missing, each envelope's
-leaf hash equal to the stored leaf, every checkpoint signed by a log key valid for it and
-carrying the root of the tree at its size (in a store every size has its checkpoint), the
-newest checkpoint covering the whole log, the append state agreeing, and — with a pinned
+leaf hash equal to the stored leaf, every checkpoint carrying the root of the tree at its
+size (in a store every size has its checkpoint), the newest checkpoint signed by a log key
+valid for it and covering the whole log, every older checkpoint byte for byte the one the
+next entry committed to in its signed ``chain.checkpoint`` (``all_checkpoints`` also
+checks each one's log-key signature), the append state agreeing, and — with a pinned
 earlier checkpoint — the log still containing exactly the tree the pin describes (a
 truncated or rewritten history fails). A packet (``packet.json`` present, or a ``.zip``)
 holds only a range of bundles; for those, each inclusion proof is checked against the
@@ -19,10 +21,11 @@ interrupted and will be finished or undone on the next open of the store, an att
 whose latest renewal has expired, a keyring that disagrees with a rotation entry.
 
 Verification reads each file once and uses plain ``json`` for the envelope and log files;
-pydantic validates each statement. Bundles and checkpoints are checked on a few threads
+pydantic validates each statement. Thanks to the ``chain.checkpoint`` commitments, a log of
+n entries costs n + 1 signature verifications, not 2n. Bundles are checked on a few threads
 (``cryptography`` releases the GIL while it verifies a signature, so parsing overlaps with
-signature checks); results are merged in order on the main thread, so findings and the
-"first bad bundle" do not depend on scheduling.
+signature checks on an otherwise idle machine); results are merged in order on the main
+thread, so findings and the "first bad bundle" do not depend on scheduling.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -59,7 +63,7 @@ from nixcomply.evidence.log import (
     state_name,
     state_sizes,
 )
-from nixcomply.evidence.merkle import Frontier, leaf_hash, verify_inclusion
+from nixcomply.evidence.merkle import Frontier, leaf_hash, proof_document, verify_inclusion
 from nixcomply.evidence.statement import (
     GENESIS_PREV,
     Attestation,
@@ -119,6 +123,7 @@ class ReportJson(TypedDict):
     bundles: int
     tree_size: int
     root: str | None
+    checkpoint_size: int
     checkpoints_verified: int
     pinned: PinJson | None
     first_error: FindingJson | None
@@ -136,6 +141,7 @@ class Report:
     bundles: int = 0
     tree_size: int = 0
     root: bytes | None = None
+    checkpoint_size: int = 0
     checkpoints_verified: int = 0
     pinned: PinJson | None = None
     errors: list[Finding] = field(default_factory=list)
@@ -166,6 +172,7 @@ class Report:
             "bundles": self.bundles,
             "tree_size": self.tree_size,
             "root": self.root.hex() if self.root is not None else None,
+            "checkpoint_size": self.checkpoint_size,
             "checkpoints_verified": self.checkpoints_verified,
             "pinned": self.pinned,
             "first_error": conv(first) if first else None,
@@ -211,6 +218,7 @@ class _Bundle:
     leaf: bytes
     prev: str
     bundle_id: str
+    checkpoint: str | None
 
 
 @dataclass
@@ -232,12 +240,14 @@ class _Checked:
 @dataclass
 class _CheckedCheckpoint:
     size: int
+    raw: bytes | None = None
     origin: str | None = None
     cp_size: int | None = None
     root: bytes | None = None
     error: str | None = None
 
 
+_SEQ_IN_ID: Final = re.compile(r"/\d{8}T\d{6}Z-(\d{8,})-[0-9a-f]{8}$")
 _BUNDLE_FILES: Final = frozenset({STATEMENT_FILE, ENVELOPE_FILE, ATTACHMENTS_DIR})
 _ATTACHED: Final = ATTACHMENTS_DIR + "/"
 # Work is handed to the threads in chunks: one future per item would cost more than
@@ -282,8 +292,10 @@ class _Verifier:
         today: date,
         progress: Progress | None,
         jobs: int,
+        all_checkpoints: bool = False,
     ) -> None:
         self.root = root
+        self.all_checkpoints = all_checkpoints
         # String paths: pathlib's parsing costs more than reading a small file.
         self.base = os.fspath(root) + "/"
         self.keyring = keyring
@@ -347,40 +359,48 @@ class _Verifier:
         """Check one bundle on its own (no shared state: runs in worker threads)."""
         out = _Checked()
         base = self.base + rel + "/"
+        # Until the signed statement says otherwise, the sequence number in the directory
+        # name locates the bundle, so even an unreadable one is reported in order.
+        m = _SEQ_IN_ID.search(rel)
+        hint = int(m.group(1)) if m else None
         try:
             names = set(os.listdir(base))
         except OSError as e:
-            out.error(f"cannot read bundle: {e.strerror}", path=rel)
+            out.error(f"cannot read bundle: {e.strerror}", seq=hint, path=rel)
             return out
         extra = names - _BUNDLE_FILES
         if extra:
-            out.error(f"unexpected file(s) in bundle: {', '.join(sorted(extra))}", path=rel)
+            out.error(f"unexpected file(s) in bundle: {', '.join(sorted(extra))}", seq=hint, path=rel)
         try:
             env_bytes = _read(base + ENVELOPE_FILE)
             stmt_bytes = _read(base + STATEMENT_FILE)
         except OSError as e:
-            out.error(f"{os.path.basename(e.filename or '')}: {e.strerror}", path=rel)
+            out.error(f"{os.path.basename(e.filename or '')}: {e.strerror}", seq=hint, path=rel)
             return out
         try:
             envelope = dsse.parse(env_bytes)
         except dsse.EnvelopeError as e:
-            out.error(f"{ENVELOPE_FILE}: {e}", path=rel)
+            out.error(f"{ENVELOPE_FILE}: {e}", seq=hint, path=rel)
             return out
         if envelope.payload != stmt_bytes:
-            out.error(f"{STATEMENT_FILE} differs from the payload signed in {ENVELOPE_FILE}", path=rel)
+            out.error(
+                f"{STATEMENT_FILE} differs from the payload signed in {ENVELOPE_FILE}", seq=hint, path=rel
+            )
         try:
             statement = parse_statement(envelope.payload)
         except pydantic.ValidationError as e:
             err = e.errors(include_url=False)[0]
             loc = ".".join(str(p) for p in err["loc"])
             out.error(
-                f"the signed statement is invalid: {loc}: {err['msg']} ({e.error_count()} errors)", path=rel
+                f"the signed statement is invalid: {loc}: {err['msg']} ({e.error_count()} errors)",
+                seq=hint,
+                path=rel,
             )
             return out
         predicate = statement.predicate
         chain = predicate.chain
         if chain is None or predicate.bundle_id is None:
-            out.error("the statement has no chain or bundle_id", path=rel)
+            out.error("the statement has no chain or bundle_id", seq=hint, path=rel)
             return out
         seq = chain.seq
         try:
@@ -415,7 +435,13 @@ class _Verifier:
         if ATTACHMENTS_DIR in names or any(s.name.startswith(_ATTACHED) for s in statement.subject):
             self.check_attachments(out, statement.subject, rel, seq)
         out.bundle = _Bundle(
-            seq, rel, sha256(env_bytes).hexdigest(), leaf_hash(env_bytes), chain.prev, predicate.bundle_id
+            seq,
+            rel,
+            sha256(env_bytes).hexdigest(),
+            leaf_hash(env_bytes),
+            chain.prev,
+            predicate.bundle_id,
+            chain.checkpoint,
         )
         if self.report.kind == "packet":
             out.statement = statement
@@ -517,9 +543,6 @@ class _Verifier:
             sizes.append(int(e.name))
         return sorted(sizes)
 
-    def check_checkpoint_files(self, sizes: list[int]) -> list[_CheckedCheckpoint]:
-        return [self.check_checkpoint_file(size) for size in sizes]
-
     def check_checkpoint_file(self, size: int) -> _CheckedCheckpoint:
         out = _CheckedCheckpoint(size)
         try:
@@ -532,7 +555,7 @@ class _Verifier:
             out.error = str(e)
             return out
         cp = signed.checkpoint
-        out.origin, out.cp_size, out.root = cp.origin, cp.size, cp.root
+        out.raw, out.origin, out.cp_size, out.root = data, cp.origin, cp.size, cp.root
         return out
 
     # -- the log ---------------------------------------------------------------------------
@@ -549,8 +572,7 @@ class _Verifier:
     def run(self, *, packet: Mapping[str, Any] | None) -> Report:
         started = time.perf_counter()
         rels = self.scan()
-        sizes = self.checkpoint_sizes()
-        checkpoints = self.check_files(rels, sizes)
+        self.check_files(rels)
         leaves_data = self.read(LEAVES) or b""
         stored = split_leaves(leaves_data)
         torn = len(leaves_data) % HASH_SIZE
@@ -583,7 +605,7 @@ class _Verifier:
         frontiers = self.check_checkpoints(
             leaves,
             n,
-            checkpoints,
+            self.checkpoint_sizes(),
             complete=packet is None,
             pending=pending is not None,
             state_size=state_size,
@@ -598,35 +620,26 @@ class _Verifier:
         self.report.duration_s = time.perf_counter() - started
         return self.report
 
-    def check_files(self, rels: list[str], sizes: list[int]) -> list[_CheckedCheckpoint]:
-        """Check every bundle and checkpoint file, on ``jobs`` threads when it pays."""
+    def check_files(self, rels: list[str]) -> None:
+        """Check every bundle, on ``jobs`` threads when it pays; merge in order."""
         total = len(rels)
-        done = 0
-        checkpoints: list[_CheckedCheckpoint] = []
-        if self.jobs <= 1 or total + len(sizes) < _THREADED_MIN:
-            for rel in rels:
+        if self.jobs <= 1 or total < _THREADED_MIN:
+            for done, rel in enumerate(rels, 1):
                 self.merge(self.check_bundle(rel), rel)
-                done += 1
                 if self.progress is not None and (done % 500 == 0 or done == total):
                     self.progress(done, total)
-            return self.check_checkpoint_files(sizes)
+            return
         from concurrent.futures import ThreadPoolExecutor
 
-        bundle_chunks = [rels[i : i + _CHUNK] for i in range(0, total, _CHUNK)]
-        size_chunks = [sizes[i : i + _CHUNK] for i in range(0, len(sizes), _CHUNK)]
+        chunks = [rels[i : i + _CHUNK] for i in range(0, total, _CHUNK)]
+        done = 0
         with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="verify") as pool:
-            # Interleave the two kinds of work so every thread always has some.
-            cp_futures = [pool.submit(self.check_checkpoint_files, chunk) for chunk in size_chunks]
-            b_futures = [(chunk, pool.submit(self.check_bundles, chunk)) for chunk in bundle_chunks]
-            for chunk, future in b_futures:
-                for rel, checked in zip(chunk, future.result(), strict=True):
+            for chunk, results in zip(chunks, pool.map(self.check_bundles, chunks), strict=True):
+                for rel, checked in zip(chunk, results, strict=True):
                     self.merge(checked, rel)
                 done += len(chunk)
                 if self.progress is not None:
                     self.progress(done, total)
-            for cp_future in cp_futures:
-                checkpoints.extend(cp_future.result())
-        return checkpoints
 
     def state_size(self) -> int | None:
         sizes = state_sizes(self.root)
@@ -641,6 +654,8 @@ class _Verifier:
         except ValueError as e:
             self.error(f"interrupted-append record is malformed: {e}", path=PENDING)
             return None
+        if data != pending.to_bytes():
+            self.error("not in the form the store writes (edited?)", path=PENDING)
         done = (
             pending.seq in self.bundles
             and self.bundles[pending.seq].envelope_sha256 == pending.envelope_sha256
@@ -697,7 +712,9 @@ class _Verifier:
                 prev_seq = None
                 continue
             if seq < len(stored) and stored[seq] != b.leaf:
-                self.error(f"the envelope does not match leaf {seq} of the log", seq=seq, path=b.path)
+                self.error(f"the envelope does not match leaf {seq} in {LEAVES}", seq=seq, path=b.path)
+            if (b.checkpoint is None) != (seq == 0):
+                self.error("chain.checkpoint must name the checkpoint before the entry", seq=seq, path=b.path)
             if seq == 0:
                 if b.prev != GENESIS_PREV:
                     self.error("the first entry's chain.prev is not all zeros", seq=seq, path=b.path)
@@ -711,15 +728,19 @@ class _Verifier:
         self,
         leaves: list[bytes],
         n: int,
-        checked: list[_CheckedCheckpoint],
+        sizes: list[int],
         *,
         complete: bool,
         pending: bool,
         state_size: int | None,
     ) -> dict[int, Frontier]:
         """Compare every checkpoint with the tree recomputed from the leaves; returns the
-        frontier at the append state's size (for :meth:`check_state`)."""
-        sizes = [c.size for c in checked]
+        frontier at the append state's size (for :meth:`check_state`).
+
+        The newest checkpoint (and any no statement commits to) is verified by the log
+        key's signature. Every other one was committed to by the next entry's signed
+        ``chain.checkpoint``, so its bytes are checked against that digest; with
+        ``all_checkpoints`` every signature is verified as well."""
         wanted = set(sizes)
         roots: dict[int, bytes] = {}
         frontiers: dict[int, Frontier] = {}
@@ -738,29 +759,73 @@ class _Verifier:
             if n and not (pending and n == 1):
                 self.error("no checkpoint", path=CHECKPOINTS)
             return frontiers
-        newest_origin = next((c.origin for c in reversed(checked) if c.origin is not None), None)
-        self.report.origin = newest_origin
+        newest = sizes[-1]
+        self.report.checkpoint_size = newest
+        head = self.check_checkpoint_file(newest)
+        origin = head.origin
+        self.report.origin = origin
         mismatched: list[int] = []
-        for c in checked:
-            rel = f"{CHECKPOINTS}/{checkpoint_name(c.size)}"
-            if c.error is not None:
-                self.error(f"checkpoint: {c.error}", seq=c.size - 1, path=rel)
-                continue
+        for size in reversed(sizes):
+            rel = f"{CHECKPOINTS}/{checkpoint_name(size)}"
+            committed = self.bundles[size].checkpoint if size in self.bundles else None
+            if size == newest or committed is None or self.all_checkpoints:
+                c = head if size == newest else self.check_checkpoint_file(size)
+                if c.error is not None:
+                    self.error(f"checkpoint: {c.error}", seq=size - 1, path=rel)
+                    continue
+                if c.origin != origin:
+                    self.error(
+                        f"origin {c.origin!r} differs from the newest checkpoint's {origin!r}", path=rel
+                    )
+                if c.cp_size != size:
+                    self.error(
+                        f"file name says tree size {size} but the checkpoint says {c.cp_size}", path=rel
+                    )
+                    continue
+                if committed is not None and c.raw is not None and sha256(c.raw).hexdigest() != committed:
+                    self.error(
+                        f"differs from the checkpoint entry {size} committed to", seq=size - 1, path=rel
+                    )
+                    continue
+                root = c.root
+            else:
+                try:
+                    data = _read(self.base + rel)
+                except OSError as e:
+                    self.error(f"cannot read: {e.strerror}", seq=size - 1, path=rel)
+                    continue
+                if sha256(data).hexdigest() != committed:
+                    self.error(
+                        f"differs from the checkpoint entry {size} committed to (chain.checkpoint)",
+                        seq=size - 1,
+                        path=rel,
+                    )
+                    continue
+                # The digest makes the bytes authentic; the text must still be the right head.
+                lines = data.split(b"\n", 3)
+                if len(lines) < 4 or lines[1] != str(size).encode():
+                    self.error(f"not a checkpoint for tree size {size}", seq=size - 1, path=rel)
+                    continue
+                found_origin = lines[0].decode("utf-8", "replace")
+                if origin is None:
+                    origin = found_origin  # the newest one is unreadable; this one is authentic
+                elif found_origin != origin:
+                    self.error(
+                        f"origin {found_origin!r} differs from the newest checkpoint's {origin!r}", path=rel
+                    )
+                try:
+                    root = base64.b64decode(lines[2], validate=True)
+                except ValueError:
+                    root = None
             self.report.checkpoints_verified += 1
-            if c.origin != newest_origin:
+            if size > len(leaves):
                 self.error(
-                    f"origin {c.origin!r} differs from the newest checkpoint's {newest_origin!r}", path=rel
-                )
-            if c.cp_size != c.size:
-                self.error(f"file name says tree size {c.size} but the checkpoint says {c.cp_size}", path=rel)
-            elif c.size > len(leaves):
-                self.error(
-                    f"checkpoint of tree size {c.size}, but the log has {len(leaves)} entries",
-                    seq=c.size - 1,
+                    f"checkpoint of tree size {size}, but the log has {len(leaves)} entries",
+                    seq=size - 1,
                     path=rel,
                 )
-            elif roots.get(c.size) != c.root:
-                mismatched.append(c.size)
+            elif roots.get(size) != root:
+                mismatched.append(size)
         if mismatched:
             first = min(mismatched)
             more = f" (and {len(mismatched) - 1} later checkpoints)" if len(mismatched) > 1 else ""
@@ -769,7 +834,6 @@ class _Verifier:
                 seq=first - 1,
                 path=f"{CHECKPOINTS}/{checkpoint_name(first)}",
             )
-        newest = sizes[-1]
         if newest < n:
             if pending and newest == n - 1:
                 self.warn(f"entry {n - 1} is not yet covered by a checkpoint", seq=n - 1)
@@ -788,7 +852,7 @@ class _Verifier:
                     path=f"{CHECKPOINTS}/{checkpoint_name(missing[0])}",
                 )
         if self.pin is not None:
-            self.check_pin(leaves, newest_origin)
+            self.check_pin(leaves, origin)
         return frontiers
 
     def check_pin(self, leaves: list[bytes], origin: str | None) -> None:
@@ -837,6 +901,9 @@ class _Verifier:
         except ValueError as e:
             self.error(str(e), path=rel)
             return
+        if data != state.to_bytes():
+            # The store writes one canonical form; anything else was edited.
+            self.error("not in the form the store writes (edited?)", path=rel)
         if state.size != sizes[-1]:
             self.error(f"records {state.size} entries, its name says {sizes[-1]}", path=rel)
             return
@@ -862,6 +929,11 @@ class _Verifier:
             self.error(
                 f"packet.json says tree size {packet.get('tree_size')}, the log has {size}", path=PACKET_FILE
             )
+        if packet.get("origin") != self.report.origin:
+            self.error(
+                f"packet.json names log {packet.get('origin')!r}, the checkpoints {self.report.origin!r}",
+                path=PACKET_FILE,
+            )
         for seq, b in sorted(self.bundles.items()):
             rel = f"{PROOFS_DIR}/{seq}.json"
             data = self.read(rel)
@@ -881,6 +953,8 @@ class _Verifier:
                 ok = False
             if not ok:
                 self.error("inclusion proof does not verify against the newest checkpoint", seq=seq, path=rel)
+            elif data != proof_document(seq, size, b.leaf, root or b"", path):
+                self.error("not in the form nixcomply writes (edited?)", seq=seq, path=rel)
         index = [
             (seq, self.bundles[seq].path, self.bundles[seq].bundle_id, st)
             for seq, st in self.statements.items()
@@ -904,6 +978,7 @@ def verify_path(
     today: date | None = None,
     progress: Progress | None = None,
     jobs: int | None = None,
+    all_checkpoints: bool = False,
 ) -> Report:
     """Verify a store directory, an unpacked packet or a packet ``.zip``. Without a
     keyring, the one inside the directory or packet is used (the caller says so)."""
@@ -916,14 +991,24 @@ def verify_path(
 
         with tempfile.TemporaryDirectory(prefix="nixcomply-packet-") as tmp:
             unpack(path, Path(tmp))
-            report = verify_path(Path(tmp), keyring, pin=pin, today=today, progress=progress, jobs=jobs)
+            report = verify_path(
+                Path(tmp),
+                keyring,
+                pin=pin,
+                today=today,
+                progress=progress,
+                jobs=jobs,
+                all_checkpoints=all_checkpoints,
+            )
             report.path = path
             return report
     if not path.is_dir():
         raise UsageError(f"{path}: no such directory or packet")
     if keyring is None:
         keyring = load_keyring(path / KEYRING)
-    return verify(path, keyring, pin=pin, today=today, progress=progress, jobs=jobs)
+    return verify(
+        path, keyring, pin=pin, today=today, progress=progress, jobs=jobs, all_checkpoints=all_checkpoints
+    )
 
 
 def verify(
@@ -934,6 +1019,7 @@ def verify(
     today: date | None = None,
     progress: Progress | None = None,
     jobs: int | None = None,
+    all_checkpoints: bool = False,
 ) -> Report:
     """Verify a store or an unpacked packet directory (see the module docstring)."""
     import gc
@@ -961,6 +1047,7 @@ def verify(
         today=today,
         progress=progress,
         jobs=default_jobs() if jobs is None else jobs,
+        all_checkpoints=all_checkpoints,
     )
     # Verification allocates many short-lived objects and no cycles; the cyclic
     # collector would only rescan the growing table of checked bundles.
