@@ -68,6 +68,18 @@ in
       '';
     };
 
+    parameters = mkOption {
+      type = types.attrsOf types.anything;
+      default = { };
+      example = literalExpression ''{ critical_services = [ "sshd.service" "chronyd.service" "auditd.service" "ehr.service" ]; backup_max_age_hours = 12; }'';
+      description = ''
+        Site policy overriding the baseline's parameters (ages, drift limits, critical
+        services), recorded in the manifest. A value replaces the baseline's (a list is not
+        appended to). The reconciler validates the result and names any unknown or ill-typed
+        parameter.
+      '';
+    };
+
     internal.controlIds = mkOption {
       type = types.attrsOf (types.listOf types.str);
       default = { };

@@ -16,6 +16,7 @@ from nixcomply.baseline import releases
 from nixcomply.baseline.evaluate import definitions
 from nixcomply.baseline.load import LoadedBaseline, load_baseline
 from nixcomply.baseline.render import control_settings, render
+from nixcomply.errors import InputError
 from nixcomply.manifest import Manifest
 from nixcomply.nixos.tools import Tools
 
@@ -254,3 +255,27 @@ def test_every_baseline_is_listed_for_both_releases(nix_env: dict[str, str]) -> 
 def test_json_schema_is_fresh(cli) -> None:  # type: ignore[no-untyped-def]
     r = cli("baseline", "schema", "-o", REPO / "baseline" / "baseline.schema.json", "--check")
     assert r.code == 0, r.err
+
+
+def test_site_parameters_override_the_baselines(tmp_path: Path, nix_env: dict[str, str]) -> None:
+    from nixcomply.checks.context import parameters_of
+
+    loaded = load_baseline(HIPAA)
+    module = rendered_file(tmp_path, loaded, "26.05")
+    site = {"critical_services": ["sshd.service", "ehr.service"], "backup_max_age_hours": 12}
+    result = evaluate(module, "hipaa-v1", {"none": {}}, nix_env, parameters=site)
+    _, manifest = split(result["none"])
+    assert manifest is not None
+    assert manifest.parameters["critical_services"] == ["sshd.service", "ehr.service"]
+    assert manifest.parameters["backup_max_age_hours"] == 12
+    assert (
+        manifest.parameters["restore_test_max_age_days"]
+        == loaded.baseline.parameters.restore_test_max_age_days
+    )
+    assert parameters_of(manifest).backup_max_age_hours == 12
+
+    bad = evaluate(module, "hipaa-v1", {"none": {}}, nix_env, parameters={"backup_max_age_hour": 12})
+    _, manifest = split(bad["none"])
+    assert manifest is not None
+    with pytest.raises(InputError, match="backup_max_age_hour"):
+        parameters_of(manifest)

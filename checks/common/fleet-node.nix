@@ -26,6 +26,16 @@
     };
   };
 
+  # site policy: the clinic's app is a critical service the checks watch and heal
+  nixcomply.parameters.critical_services = [
+    "sshd.service"
+    "auditd.service"
+    "chronyd.service"
+    "systemd-journald.service"
+    "nftables.service"
+    "app.service"
+  ];
+
   nixcomply.reconciler = {
     enable = true;
     flake = "git+file:///var/lib/fleet?ref=main";
@@ -40,6 +50,7 @@
       timeout = 60;
     };
     metrics.enable = true;
+    settings.heal.allowed_units = [ "app.service" ];
   };
 
   services.openssh.enable = true;

@@ -1004,7 +1004,7 @@ let
       generation_max_drift_hours = 24;
       restore_test_max_age_days = 30;
       time_max_drift_seconds = 90.0;
-    };
+    } // (cfg.parameters or { });
     controls = builtins.mapAttrs (
       id: control: control // { status = if active id then "enforced" else "excepted"; }
     ) controls;

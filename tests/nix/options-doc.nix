@@ -17,6 +17,7 @@ let
     bool = mkType "bool" "boolean" { };
     package = mkType "package" "package" { };
     unspecified = mkType "unspecified" "unspecified value" { };
+    anything = mkType "anything" "anything" { };
     ints = {
       positive = mkType "positive" "positive integer, meaning >0" { };
       unsigned = mkType "unsigned" "unsigned integer, meaning >=0" { };

@@ -15,6 +15,8 @@
   luksDevices ? { cryptroot = { device = "/dev/disk/by-uuid/0000"; }; },
   # stands in for the declared options the module probes (`options ? a.b.c`)
   options ? { },
+  # nixcomply.parameters: site overrides of the baseline's parameters
+  parameters ? { },
 }:
 let
   lib = {
@@ -41,7 +43,7 @@ let
     exceptions:
     let
       config = {
-        nixcomply = { inherit baseline exceptions; };
+        nixcomply = { inherit baseline exceptions parameters; };
         boot.initrd.luks.devices = luksDevices;
         inherit fileSystems;
       };
