@@ -12,23 +12,24 @@ import time
 
 from nixcomply.baseline.load import known_runbook_ids
 from nixcomply.checks.catalog import CHECK_NAMES
-from nixcomply.checks.finding import Finding
+from nixcomply.checks.finding import Finding, Severity, Status
 from nixcomply.heal.rules import decide, load_rules
 from nixcomply.paths import runbooks_dir
 
 N = 10_000
+SEVERITIES: list[Severity] = ["critical", "high", "medium", "low"]
 
 
 def findings(rng: random.Random) -> list[Finding]:
     checks = sorted(CHECK_NAMES)
     out = []
     for i in range(N):
-        status = rng.choice(["pass", "drift", "drift", "error", "skipped"])
+        status: Status = rng.choice(["pass", "drift", "drift", "error", "skipped"])
         out.append(
             Finding(
                 check=rng.choice(checks),
                 control_ids=[f"area.control-{i % 50}"],
-                severity=rng.choice(["critical", "high", "medium", "low"]),
+                severity=rng.choice(SEVERITIES),
                 status=status,
                 subject=f"unit-{i % 7}.service",
                 observed={"active_state": rng.choice(["active", "inactive", "failed"]), "n_restarts": i % 5},
