@@ -14,13 +14,16 @@ import shlex
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from nixcomply.errors import CommandError, CommandNotFoundError, CommandTimeoutError
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 DEFAULT_TIMEOUT = 600.0
 
@@ -52,6 +55,16 @@ class Result:
     @property
     def ok(self) -> bool:
         return self.returncode == 0
+
+    def parsed(self, parse: Callable[[str], T]) -> T:
+        """``parse(stdout)``; output the parser rejects (``ValueError``) is reported as a
+        failure of this command, with its argv and stderr, like a non-zero exit."""
+        try:
+            return parse(self.stdout)
+        except ValueError as e:
+            raise CommandError(
+                self.argv, returncode=self.returncode, stdout=self.stdout, stderr=self.stderr, reason=str(e)
+            ) from None
 
 
 def run(
@@ -94,16 +107,8 @@ def run(
             input=input,
             stdin=None if input is not None else subprocess.DEVNULL,
         )
-    except FileNotFoundError:
-        package = _PACKAGE_HINTS.get(Path(args[0]).name)
-        raise CommandNotFoundError(
-            args,
-            returncode=None,
-            reason="could not be started: program not found",
-            hint=f"install {package}" if package else "check PATH",
-        ) from None
-    except PermissionError as e:
-        raise CommandError(args, returncode=None, reason=f"could not be started: {e.strerror}") from None
+    except OSError as e:
+        raise _not_started(args, e) from None
     except subprocess.TimeoutExpired as e:
         raise CommandTimeoutError(
             args,
@@ -123,6 +128,19 @@ def run(
     if check and result.returncode not in allowed_returncodes:
         raise CommandError(args, returncode=result.returncode, stdout=result.stdout, stderr=result.stderr)
     return result
+
+
+def _not_started(args: tuple[str, ...], e: OSError) -> CommandError:
+    """The error for a program that could not be started (missing, not executable)."""
+    if isinstance(e, FileNotFoundError):
+        package = _PACKAGE_HINTS.get(Path(args[0]).name)
+        return CommandNotFoundError(
+            args,
+            returncode=None,
+            reason="could not be started: program not found",
+            hint=f"install {package}" if package else "check PATH",
+        )
+    return CommandError(args, returncode=None, reason=f"could not be started: {e.strerror}")
 
 
 def _text(data: bytes | str | None) -> str:
@@ -168,16 +186,8 @@ def spawn(
             return subprocess.Popen(
                 args, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
             )
-    except FileNotFoundError:
-        package = _PACKAGE_HINTS.get(Path(args[0]).name)
-        raise CommandNotFoundError(
-            args,
-            returncode=None,
-            reason="could not be started: program not found",
-            hint=f"install {package}" if package else "check PATH",
-        ) from None
-    except PermissionError as e:
-        raise CommandError(args, returncode=None, reason=f"could not be started: {e.strerror}") from None
+    except OSError as e:
+        raise _not_started(args, e) from None
 
 
 def terminate(child: Child, *, timeout: float, sig: int = signal.SIGTERM) -> bool:

@@ -13,7 +13,6 @@ from typing import Final
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from nixcomply.errors import CommandError
 from nixcomply.nixos.flake import FlakeRef, toplevel_attr
 from nixcomply.nixos.tools import DEFAULT_TOOLS, Tools
 
@@ -62,16 +61,7 @@ def build_toplevel(
         ref.installable(toplevel_attr(host)),
     ]
     result = tools.run(argv, timeout=timeout)
-    try:
-        return parse_build_output(result.stdout)
-    except ValueError as e:
-        raise CommandError(
-            result.argv,
-            returncode=result.returncode,
-            stdout=result.stdout,
-            stderr=result.stderr,
-            reason=str(e),
-        ) from None
+    return result.parsed(parse_build_output)
 
 
 def diff_closures(old: Path, new: Path, *, tools: Tools = DEFAULT_TOOLS) -> str:

@@ -18,7 +18,6 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from nixcomply.errors import CommandError
 from nixcomply.nixos.tools import DEFAULT_TOOLS, Tools
 
 # The schemes a reconciler target may use. Indirect (registry) references such as
@@ -237,13 +236,4 @@ def flake_metadata(ref: FlakeRef, *, refresh: bool = False, tools: Tools = DEFAU
         argv.append("--refresh")
     argv.append(ref.url)
     result = tools.run(argv)
-    try:
-        return parse_flake_metadata(result.stdout)
-    except ValueError as e:
-        raise CommandError(
-            result.argv,
-            returncode=result.returncode,
-            stdout=result.stdout,
-            stderr=result.stderr,
-            reason=str(e),
-        ) from None
+    return result.parsed(parse_flake_metadata)

@@ -17,7 +17,6 @@ from typing import Final
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from nixcomply.errors import CommandError
 from nixcomply.manifest import read_manifest
 from nixcomply.nixos.root import Root
 from nixcomply.nixos.tools import DEFAULT_TOOLS, Tools
@@ -87,16 +86,7 @@ def nixos_version(system: Path, *, tools: Tools = DEFAULT_TOOLS) -> NixosVersion
     """Run ``<system>/sw/bin/nixos-version --json``: the version and revisions baked into
     that system (not the running one, unless ``system`` is the running one)."""
     result = tools.run([system / "sw/bin/nixos-version", "--json"], timeout=30)
-    try:
-        return parse_nixos_version(result.stdout)
-    except ValueError as e:
-        raise CommandError(
-            result.argv,
-            returncode=result.returncode,
-            stdout=result.stdout,
-            stderr=result.stderr,
-            reason=str(e),
-        ) from None
+    return result.parsed(parse_nixos_version)
 
 
 def kernel_version(system: Path) -> str | None:

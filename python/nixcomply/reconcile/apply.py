@@ -79,6 +79,13 @@ def apply(
 
     timer = _Timer()
     rev = plan.target_revision
+
+    def revert(why: str, gate: GateResult | None) -> ApplyResult:
+        state.set_phase(rev, "reverting")
+        return _revert(
+            ctx, target=target, why=why, gate=gate, timer=timer, generation_before=generation_before
+        )
+
     state.begin_attempt(rev, str(target))
     faults.point("built")
     failed_before = health.failed_units(ctx.systemd)
@@ -90,15 +97,7 @@ def apply(
         )
     except CommandError as e:
         timer.measure("test", started)
-        state.set_phase(rev, "reverting")
-        return _revert(
-            ctx,
-            target=target,
-            why=f"`nixos-rebuild test` failed: {e}",
-            gate=None,
-            timer=timer,
-            generation_before=generation_before,
-        )
+        return revert(f"`nixos-rebuild test` failed: {e}", None)
     timer.measure("test", started)
     faults.point("tested")
 
@@ -115,15 +114,7 @@ def apply(
     faults.point("gated")
     if not result.ok:
         failed = "; ".join(f"{c.name}: {c.detail}" for c in result.checks if not c.ok)
-        state.set_phase(rev, "reverting")
-        return _revert(
-            ctx,
-            target=target,
-            why=f"health gate failed: {failed}",
-            gate=result,
-            timer=timer,
-            generation_before=generation_before,
-        )
+        return revert(f"health gate failed: {failed}", result)
 
     state.set_phase(rev, "switching")
     started = time.monotonic()
@@ -133,15 +124,7 @@ def apply(
         )
     except CommandError as e:
         timer.measure("switch", started)
-        state.set_phase(rev, "reverting")
-        return _revert(
-            ctx,
-            target=target,
-            why=f"`nixos-rebuild switch` failed: {e}",
-            gate=result,
-            timer=timer,
-            generation_before=generation_before,
-        )
+        return revert(f"`nixos-rebuild switch` failed: {e}", result)
     timer.measure("switch", started)
     faults.point("switched")
     after = generations.current_generation(ctx.root)

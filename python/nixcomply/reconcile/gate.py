@@ -21,6 +21,7 @@ from contextlib import AbstractContextManager
 from typing import Protocol
 
 from nixcomply import faults, process
+from nixcomply.checks import context as checks_context
 from nixcomply.config import HealthGate
 from nixcomply.errors import CommandError, NixcomplyError
 from nixcomply.nixos.rebuild import ActivationResult
@@ -29,20 +30,11 @@ from nixcomply.reconcile.model import GateCheck, GateResult
 logger = logging.getLogger(__name__)
 
 
-class UnitStateLike(Protocol):
-    @property
-    def active_state(self) -> str: ...
-    @property
-    def sub_state(self) -> str: ...
-    @property
-    def result(self) -> str | None: ...
-
-
-class SystemdLike(Protocol):
-    """The part of :class:`nixcomply.systemd.Systemd` the gate uses."""
+class SystemdLike(checks_context.SystemdLike, Protocol):
+    """The part of :class:`nixcomply.systemd.Systemd` the gate uses: what the checks read of a
+    unit, and the failed units."""
 
     def failed_units(self) -> frozenset[str]: ...
-    def unit_state(self, name: str) -> UnitStateLike: ...
 
 
 SystemdFactory = Callable[[], AbstractContextManager[SystemdLike]]
@@ -131,7 +123,7 @@ def _unit_checks(
     try:
         with systemd() as sd:
             pending = list(gate.critical_units)
-            states: dict[str, UnitStateLike] = {}
+            states: dict[str, checks_context.UnitStateLike] = {}
             while True:
                 for unit in pending:
                     try:
