@@ -16,6 +16,9 @@ let
 
   configFile = jsonFormat.generate "nixcomply-reconciler.json" reconcilerConfig;
 
+  # the backup check reads restic or borg repositories when the site configures one
+  backupKind = cfg.settings.checks.backup.kind or "timestamp";
+
   inStore = path: path != null && lib.hasPrefix "${storeDir}/" path;
   keyAssertions = lib.concatMap (
     { option, value }:
@@ -81,7 +84,10 @@ in
         pkgs.kmod
         config.programs.ssh.package
       ]
-      ++ lib.optional config.services.chrony.enable config.services.chrony.package;
+      ++ lib.optional config.services.chrony.enable config.services.chrony.package
+      ++ lib.optional config.networking.firewall.enable config.networking.firewall.package
+      ++ lib.optional (backupKind == "restic") pkgs.restic
+      ++ lib.optional (backupKind == "borg") pkgs.borgbackup;
 
       environment = {
         # nix keeps flake fetches under $XDG_CACHE_HOME; /root is not writable here
