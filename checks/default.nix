@@ -59,7 +59,7 @@ lib.mapAttrs' (
         cp -r ${self} src && chmod -R u+w src && cd src
         export PYTHONPATH=$PWD/python HOME=$TMPDIR
         python -m pytest -c python/pyproject.toml --rootdir=. -p no:cacheprovider \
-          -m "not nix and not systemd and not lint" tests
+          -m "not nix and not systemd and not host and not lint" tests
         touch $out
       '';
 }

@@ -35,8 +35,9 @@ NIX_CONFIG = "\n".join(
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark tests by the real components they need, from the fixtures they use, so the Nix
-    build sandbox (no nix store, no systemd) can deselect them: `-m "not nix and not systemd"`."""
+    """Mark tests by the real components they need, from the fixtures they use (or their
+    module), so the Nix build sandbox (no nix store, no systemd, not root, none of the host's
+    tools) can deselect them: `-m "not nix and not systemd and not host and not lint"`."""
     for item in items:
         names = getattr(item, "fixturenames", ())
         if "nix_env" in names:
@@ -45,6 +46,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.systemd)
         if item.path.name == "test_linters.py":
             item.add_marker(pytest.mark.lint)
+        if item.path.name == "test_checks_integration.py":
+            item.add_marker(pytest.mark.host)
 
 
 @dataclass(frozen=True)
