@@ -56,3 +56,12 @@ def test_every_cli_verb_shown_exists(cli) -> None:  # type: ignore[no-untyped-de
             continue
         r = cli(*verb[:1], "--help") if verb[0] != "baseline" else cli(*verb[:2], "--help")
         assert r.code == 0, f"`{command}` from the README does not parse: {r.err}"
+
+
+def test_make_demo_runs_the_demo_verb_the_tests_exercise() -> None:
+    """`make demo` is the quick start's first command; its recipe is `nixcomply demo`, which
+    tests/test_demo.py runs end to end."""
+    makefile = (REPO / "Makefile").read_text()
+    recipe = makefile.split("\ndemo:", 1)[1].split("\n\n", 1)[0]
+    assert "nixcomply demo --dir .demo" in recipe
+    assert (REPO / "tests" / "test_demo.py").exists()
