@@ -109,6 +109,18 @@ class ControlStatus(StrEnum):
     SKIPPED = "skipped"
 
 
+def control_status_of(finding_status: str) -> ControlStatus:
+    """A runtime check's finding status (pass, drift, error, excepted, skipped) as the
+    control status evidence records; anything else is ``unknown``."""
+    return {
+        "pass": ControlStatus.PASS,
+        "drift": ControlStatus.FAIL,
+        "error": ControlStatus.ERROR,
+        "excepted": ControlStatus.EXCEPTED,
+        "skipped": ControlStatus.SKIPPED,
+    }.get(finding_status, ControlStatus.UNKNOWN)
+
+
 Coverage = Literal["automated", "partial", "attestation"]
 
 

@@ -26,6 +26,7 @@ from nixcomply.evidence.statement import (
     Outcome,
     Remediation,
     Subject,
+    control_status_of,
 )
 from nixcomply.evidence.store import EvidenceStore, Recorded
 from nixcomply.heal.executor import RunbookRun, RunOutcome, StepResult
@@ -33,7 +34,6 @@ from nixcomply.heal.executor import RunbookRun, RunOutcome, StepResult
 EVENT: Final = "remediation.runbook"
 _IDENTIFIER: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._()/:@+-]{0,199}$")
 _ATTACHMENT: Final = re.compile(r"[^A-Za-z0-9._-]+")
-_STATUS: Final = {"pass": ControlStatus.PASS, "drift": ControlStatus.FAIL, "error": ControlStatus.ERROR}
 
 
 def record_remediation(
@@ -97,7 +97,7 @@ def _controls(run: RunbookRun, finding: Mapping[str, Any], fallback: Sequence[st
         status = ControlStatus.PASS if verification.ok else ControlStatus.FAIL
         observed = verification.observed if verification.observed is not None else finding.get("observed")
     else:
-        status = _STATUS.get(str(finding.get("status")), ControlStatus.UNKNOWN)
+        status = control_status_of(str(finding.get("status")))
         observed = finding.get("observed")
     refs = finding.get("frameworks") or {}
     frameworks = FrameworkRefs(

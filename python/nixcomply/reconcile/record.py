@@ -22,7 +22,6 @@ from nixcomply.evidence.statement import (
     Action,
     CheckRun,
     ControlResult,
-    ControlStatus,
     FrameworkRefs,
     Generation,
     GenerationChange,
@@ -32,6 +31,7 @@ from nixcomply.evidence.statement import (
     Outcome,
     Remediation,
     Subject,
+    control_status_of,
 )
 from nixcomply.evidence.store import EvidenceStore, Recorded
 from nixcomply.nixos.tools import Tools
@@ -191,15 +191,6 @@ def record_external(
     return store.append(predicate, subjects=_subject(path or None, tools), attachments=attachments)
 
 
-_CONTROL_STATUS = {
-    "pass": "pass",
-    "drift": "fail",
-    "error": "error",
-    "excepted": "excepted",
-    "skipped": "skipped",
-}
-
-
 def record_check_run(
     store: EvidenceStore,
     *,
@@ -240,7 +231,7 @@ def _control_results(finding: Finding, decision: str | None = None) -> list[Cont
     return [
         ControlResult(
             id=control_id,
-            status=ControlStatus(_CONTROL_STATUS[finding.status]),
+            status=control_status_of(finding.status),
             expected=finding.expected,
             observed=finding.observed,
             frameworks=FrameworkRefs.model_validate(finding.frameworks),
