@@ -11,6 +11,7 @@ acknowledged is lost.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -29,7 +30,7 @@ from nixcomply.evidence.statement import Host
 from nixcomply.evidence.store import EvidenceStore
 from nixcomply.heal.actions import SyncGeneration, SyncResult
 from nixcomply.lock import StateLock
-from nixcomply.manifest import read_manifest
+from nixcomply.manifest import Manifest, read_manifest
 from nixcomply.nixos.rebuild import RebuildAction, switch_to_configuration
 from nixcomply.nixos.root import Root
 from nixcomply.nixos.tools import Tools
@@ -415,12 +416,7 @@ class Reconciler:
         from nixcomply import metrics
 
         tail = store.tail() if store is not None else None
-        manifest = None
-        if report.host.current is not None:
-            try:
-                manifest = read_manifest(Path(report.host.current.store_path))
-            except InputError:
-                manifest = None
+        manifest = _running_manifest(report.host)
         snapshot = metrics.Snapshot(
             host=self.config.host,
             baseline=f"{manifest.baseline.id}" if manifest else None,
@@ -442,13 +438,23 @@ class Reconciler:
 
     def _policy_digest(self, host: HostState) -> str | None:
         """The digest of the baseline the running system was rendered from."""
-        if host.current is None:
-            return None
-        try:
-            manifest = read_manifest(Path(host.current.store_path))
-        except InputError:  # an unreadable manifest is a finding of the checks, not an error here
-            return None
+        manifest = _running_manifest(host)
         return manifest.baseline.digest if manifest else None
+
+
+def _running_manifest(host: HostState) -> Manifest | None:
+    """The running system's manifest, or None (an unreadable one is a finding of the checks,
+    not an error of the cycle)."""
+    return None if host.current is None else _manifest_of(host.current.store_path)
+
+
+@functools.lru_cache(maxsize=8)
+def _manifest_of(store_path: str) -> Manifest | None:
+    """A store path never changes, so its manifest is read once per process."""
+    try:
+        return read_manifest(Path(store_path))
+    except InputError:
+        return None
 
 
 def _already_recorded(store: EvidenceStore, attempt: Attempt) -> bool:
