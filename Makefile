@@ -8,7 +8,7 @@ PYTEST := $(BIN)/python -m pytest -c python/pyproject.toml --rootdir=.
 APT_PACKAGES := nix-bin libsystemd-dev pkg-config git \
   openssh-server nftables iptables auditd chrony cryptsetup-bin restic borgbackup sudo kmod
 
-.PHONY: all test lint demo render deps system-deps bench clean
+.PHONY: all test fuzz lint demo render deps system-deps bench clean
 
 all: test
 
@@ -31,6 +31,13 @@ deps: system-deps $(VENV)/.installed
 # linters (ruff, mypy --strict), render freshness and .nix parsing all run inside pytest.
 test: deps
 	$(PYTEST) tests
+
+# The property tests with fresh random examples, many more of them (tests/fuzzing.py):
+# CI runs them derandomized; run this before changing the evidence code, and paste a
+# failure's @reproduce_failure line into the test. FUZZ_FACTOR scales the examples.
+FUZZ_FACTOR ?= 20
+fuzz: deps
+	HYPOTHESIS_PROFILE=fuzz NIXCOMPLY_FUZZ_FACTOR=$(FUZZ_FACTOR) $(PYTEST) tests -m property
 
 lint: deps
 	$(PYTEST) tests/test_linters.py

@@ -9,10 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import is_hypothesis_test
 
 from nixcomply.cli import main
 
 pytest_plugins = [
+    "fuzzing",
     "fixtures_systemd",
     "fixtures_nix",
     "fixtures_reconcile",
@@ -48,6 +50,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.lint)
         if item.path.name == "test_checks_integration.py":
             item.add_marker(pytest.mark.host)
+        if is_hypothesis_test(getattr(item, "obj", None)):
+            item.add_marker(pytest.mark.property)
 
 
 @dataclass(frozen=True)
