@@ -10,6 +10,7 @@ from hashlib import sha256
 from pathlib import Path
 
 import pytest
+from fuzzing import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -271,7 +272,34 @@ def test_inclusion_proof_by_hand() -> None:
     assert tree.inclusion_proof(0) == [leaves[1], leaves[2]]
 
 
-@settings(max_examples=60, deadline=None)
+def test_inclusion_checks_hash_lengths() -> None:
+    """9.7: a 0-byte leaf against a 0-byte root in a tree of one used to verify."""
+    assert not verify_inclusion(b"", 0, 1, [], b"")
+    leaf = leaf_hash(b"a")
+    assert verify_inclusion(leaf, 0, 1, [], leaf)
+    assert not verify_inclusion(leaf[:31], 0, 1, [], leaf[:31])
+    tree = Tree([leaf_hash(x) for x in (b"a", b"b", b"c")])
+    path = tree.inclusion_proof(0)
+    assert verify_inclusion(tree.levels[0][0], 0, 3, path, tree.root())
+    assert not verify_inclusion(tree.levels[0][0], 0, 3, [path[0], path[1] + b"x"], tree.root())
+    assert not verify_inclusion(leaf, 0, 0, [], leaf)
+
+
+def test_consistency_checks_sizes_and_lengths() -> None:
+    """9.7: consistency between two empty trees used to be accepted."""
+    assert not verify_consistency(0, 0, EMPTY_ROOT, EMPTY_ROOT, [])
+    assert not verify_consistency(0, 3, EMPTY_ROOT, EMPTY_ROOT, [])
+    tree = Tree([leaf_hash(x) for x in (b"a", b"b", b"c")])
+    root1 = Tree(tree.levels[0][:1]).root()
+    assert verify_consistency(3, 3, tree.root(), tree.root(), [])
+    assert not verify_consistency(3, 3, tree.root()[:16], tree.root()[:16], [])
+    proof = tree.consistency_proof(1)
+    assert verify_consistency(1, 3, root1, tree.root(), proof)
+    assert not verify_consistency(1, 3, root1, tree.root(), [p + b"\0" for p in proof])
+    assert not verify_consistency(2, 1, root1, root1, proof)
+
+
+@settings(max_examples=examples(60))
 @given(n=st.integers(1, 70), data=st.data())
 def test_proofs_verify_and_detect_changes(n: int, data: st.DataObject) -> None:
     leaves = [leaf_hash(i.to_bytes(4, "big")) for i in range(n)]

@@ -21,6 +21,7 @@ from hashlib import sha256
 from typing import Final
 
 EMPTY_ROOT: Final = sha256(b"").digest()
+HASH_LEN: Final = 32
 
 
 def leaf_hash(data: bytes) -> bytes:
@@ -152,9 +153,16 @@ class Tree:
         return [*self._subproof(m - k, start + k, end, False), self.subtree(start, start + k)]
 
 
+def _hashes(*values: bytes) -> bool:
+    return all(len(v) == HASH_LEN for v in values)
+
+
 def verify_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[bytes], root: bytes) -> bool:
-    """RFC 9162 §2.1.3.2: does ``proof`` place leaf hash ``leaf`` at ``index`` under ``root``?"""
-    if not 0 <= index < size:
+    """RFC 9162 §2.1.3.2: does ``proof`` place leaf hash ``leaf`` at ``index`` under ``root``?
+
+    Every hash must be a SHA-256 digest (32 bytes): without the length check an empty leaf
+    would "verify" against an empty root in a tree of one."""
+    if not 0 <= index < size or not _hashes(leaf, root, *proof):
         return False
     fn, sn = index, size - 1
     r = leaf
@@ -175,10 +183,16 @@ def verify_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[bytes],
 
 
 def verify_consistency(old: int, new: int, old_root: bytes, new_root: bytes, proof: Sequence[bytes]) -> bool:
-    """RFC 9162 §2.1.4.2: is the tree of size ``old`` a prefix of the one of size ``new``?"""
+    """RFC 9162 §2.1.4.2: is the tree of size ``old`` a prefix of the one of size ``new``?
+
+    Consistency is defined for ``0 < old <= new`` (RFC 6962 §2.1.2): the empty tree proves
+    nothing, so a proof from size 0 (even to another empty tree) is refused, as is any hash
+    that is not 32 bytes."""
+    if not 0 < old <= new or not _hashes(old_root, new_root, *proof):
+        return False
     if old == new:
         return old_root == new_root and not proof
-    if not 0 < old < new or not proof:
+    if not proof:
         return False
     path = list(proof)
     if old & (old - 1) == 0:
