@@ -8,6 +8,7 @@ import os
 import stat
 from hashlib import sha256
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fuzzing import examples
@@ -351,6 +352,103 @@ def test_group_readable_key_refused(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="readable by group or others") as e:
         read_private_key(path)
     assert e.value.hint == f"chmod 600 {path}"
+
+
+def test_key_mode_is_checked_on_the_file_that_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """9.8: the key used to be stat'ed by path and then opened by path, so a file swapped in
+    between (here: a world-readable key renamed over the checked one right after the first
+    look at the path) was read unchecked. Checked on the open descriptor, the key read is
+    the one whose mode and owner were checked."""
+    good, planted = generate("a/good"), generate("a/planted")
+    path = tmp_path / "bundle.key"
+    write_private_key(path, good)
+    other = tmp_path / "other.key"
+    write_private_key(other, planted)
+    other.chmod(0o644)
+    swapped = False
+    real_stat, real_open = os.stat, os.open
+
+    def swap_after(real: Any) -> Any:
+        def call(target: Any, *args: Any, **kwargs: Any) -> Any:
+            nonlocal swapped
+            result = real(target, *args, **kwargs)
+            if not swapped and os.fspath(target) == os.fspath(path):
+                swapped = True
+                os.rename(other, path)
+            return result
+
+        return call
+
+    monkeypatch.setattr(os, "stat", swap_after(real_stat))
+    monkeypatch.setattr(os, "open", swap_after(real_open))
+    signer = read_private_key(path)
+    monkeypatch.undo()
+    assert swapped
+    assert signer.public == good.public
+    with pytest.raises(InputError, match="readable by group or others"):
+        read_private_key(path)
+
+
+def test_key_owned_by_another_user_refused(tmp_path: Path) -> None:
+    path = tmp_path / "bundle.key"
+    write_private_key(path, generate("a/b"))
+    os.chown(path, 65534, -1)  # nobody: could replace the key's contents at any time
+    with pytest.raises(InputError, match="owned by uid 65534") as e:
+        read_private_key(path)
+    assert e.value.hint == f"chown {os.geteuid()} {path}"
+
+
+def test_fifo_at_the_key_path_does_not_hang(tmp_path: Path) -> None:
+    path = tmp_path / "bundle.key"
+    os.mkfifo(path, 0o600)
+    with pytest.raises(InputError, match="not a regular file"):
+        read_private_key(path)
+
+
+def test_write_private_key_never_replaces_a_key_that_appears(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """9.8: the existence check came before the rename, so a key created in between (here by
+    a concurrent keygen, simulated when the parent directory is made) was replaced."""
+    import nixcomply.fsutil
+
+    path = tmp_path / "keys" / "bundle.key"
+    first = generate("a/first")
+    real_ensure_dir = nixcomply.fsutil.ensure_dir
+
+    def racing_ensure_dir(directory: Path, **kwargs: Any) -> Path:
+        monkeypatch.setattr(nixcomply.fsutil, "ensure_dir", real_ensure_dir)
+        real_ensure_dir(directory, **kwargs)
+        write_private_key(path, first)  # the other keygen wins the race
+        return directory
+
+    monkeypatch.setattr(nixcomply.fsutil, "ensure_dir", racing_ensure_dir)
+    with pytest.raises(UsageError, match="refusing to overwrite"):
+        write_private_key(path, generate("a/second"))
+    monkeypatch.undo()
+    assert read_private_key(path).public == first.public
+    assert sorted(p.name for p in path.parent.iterdir()) == ["bundle.key", "bundle.key.pub"]
+
+
+def test_keyring_is_read_as_json_not_yaml(tmp_path: Path) -> None:
+    """9.8: the keyring went through the YAML loader, which also takes YAML spellings."""
+    vkey = generate("a/b").public.vkey
+    path = tmp_path / "keyring.json"
+    path.write_text(f"version: 1\nkeys:\n  - {{vkey: '{vkey}', role: bundle}}\n")
+    with pytest.raises(InputError, match="invalid JSON") as e:
+        load_keyring(path)
+    assert e.value.problems[0].line == 1
+    path.write_text('{"version": 1, "keys": [], "keys": []}\n')
+    with pytest.raises(InputError, match="duplicate key 'keys'"):
+        load_keyring(path)
+    path.write_text('{"version": 1,\n "keys": [] // the bundle key\n}\n')
+    with pytest.raises(InputError, match="invalid JSON") as e:
+        load_keyring(path)
+    assert e.value.problems[0].line == 2
+    path.write_text('{"version": 1, "keys": [{"vkey": "' + vkey + '", "role": "bundle"}]}\n')
+    assert load_keyring(path).keys[0].vkey == vkey
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 from fixtures_evidence import Keys
-from hypothesis import HealthCheck, given, settings
+from fuzzing import examples
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nixcomply.errors import UsageError, VerificationError
@@ -67,7 +68,7 @@ def test_packet_contents(packet_dir: Path, keys: Keys) -> None:
     assert len(packet_files(packet_dir)) == 9 * 2 + 7 + 9 + 9 + 2  # bundles, attachments, proofs, log, index
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(80))
 @given(data=st.data())
 def test_any_flipped_byte_in_a_packet_is_detected(packet_dir: Path, keys: Keys, data: st.DataObject) -> None:
     rel = data.draw(st.sampled_from(packet_files(packet_dir)), label="file")

@@ -12,12 +12,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from fixtures_evidence import TOPLEVEL, Keys, check_run, fill, open_store
-from hypothesis import HealthCheck, given, settings
+from fuzzing import examples
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nixcomply.evidence.verify import Finding, Report, verify
@@ -69,7 +70,7 @@ def test_untouched_sample_verifies(sample_store: Path, keys: Keys) -> None:
     assert len(stored_files(sample_store)) == 36  # 9 bundles: 25 bundle files, leaves, state, 9 checkpoints
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(150))
 @given(data=st.data())
 def test_any_flipped_byte_is_detected(sample_store: Path, keys: Keys, data: st.DataObject) -> None:
     files = stored_files(sample_store)
@@ -83,7 +84,95 @@ def test_any_flipped_byte_is_detected(sample_store: Path, keys: Keys, data: st.D
         assert_tampered(verify(root, keys.keyring, jobs=1), place_of(rel))
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def flip_into(envelope: bytes, field: bytes, accept: Callable[[bytes], bool]) -> tuple[int, int]:
+    """A single flipped byte of ``envelope`` (offset, xor) that changes the signed payload
+    only inside the JSON value after ``field`` and leaves a payload ``accept`` takes."""
+    import base64
+    import json
+
+    obj = json.loads(envelope)
+    payload = base64.b64decode(obj["payload"])
+    start = envelope.index(obj["payload"].encode())
+    at = payload.index(field) + len(field)
+    alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    for char in range(at * 4 // 3, (at + 64) * 4 // 3):
+        for other in alphabet:
+            original = envelope[start + char]
+            if other == original:
+                continue
+            flipped = bytearray(envelope)
+            flipped[start + char] = other
+            try:
+                changed = base64.b64decode(json.loads(bytes(flipped))["payload"], validate=True)
+            except ValueError:
+                continue
+            if changed != payload and accept(changed):
+                return start + char, original ^ other
+    raise AssertionError(f"no single flipped byte changes {field!r} acceptably")
+
+
+def test_changed_chain_checkpoint_is_blamed_on_its_bundle(store_copy: Path, keys: Keys) -> None:
+    """The seen CI failure: a flipped byte in bundle 3's envelope changed the (now unsigned)
+    ``chain.checkpoint``, and the verifier judged checkpoint 3 by it, reporting entry 2
+    first. Nothing read from an envelope that does not verify may judge anything else."""
+    from nixcomply.evidence.statement import parse_statement
+
+    bundle = bundles(store_copy)[3]
+    path = store_copy / bundle / "envelope.dsse.json"
+    envelope = path.read_bytes()
+    original = parse_statement(base64_payload(envelope)).predicate.chain
+
+    def only_checkpoint_changed(payload: bytes) -> bool:
+        try:
+            chain = parse_statement(payload).predicate.chain
+        except ValueError:
+            return False
+        return chain is not None and original is not None and chain.checkpoint != original.checkpoint
+
+    offset, xor = flip_into(envelope, b'"checkpoint":"', only_checkpoint_changed)
+    flipped = bytearray(envelope)
+    flipped[offset] ^= xor
+    path.write_bytes(bytes(flipped))
+    report = verify(store_copy, keys.keyring, jobs=1)
+    assert_tampered(report, bundle)
+    assert all(f.seq == 3 or f.seq is None for f in report.errors), report.lines()
+
+
+def test_changed_chain_seq_is_blamed_on_its_bundle(store_copy: Path, keys: Keys) -> None:
+    """An envelope whose signature fails cannot claim another entry's place: bundle 5
+    rewritten to say ``seq`` 1 is reported as entry 5, not as a second entry 1."""
+    from nixcomply.evidence.statement import parse_statement
+
+    bundle = bundles(store_copy)[5]
+    path = store_copy / bundle / "envelope.dsse.json"
+    envelope = path.read_bytes()
+
+    def claims_an_earlier_entry(payload: bytes) -> bool:
+        try:
+            chain = parse_statement(payload).predicate.chain
+        except ValueError:
+            return False
+        return chain is not None and chain.seq < 5
+
+    offset, xor = flip_into(envelope, b'"chain":{"seq":', claims_an_earlier_entry)
+    flipped = bytearray(envelope)
+    flipped[offset] ^= xor
+    path.write_bytes(bytes(flipped))
+    report = verify(store_copy, keys.keyring, jobs=1)
+    assert_tampered(report, bundle)
+    first = report.first_error()
+    assert first is not None
+    assert first.seq == 5, report.lines()
+
+
+def base64_payload(envelope: bytes) -> bytes:
+    import base64
+    import json
+
+    return base64.b64decode(json.loads(envelope)["payload"])
+
+
+@settings(max_examples=examples(20))
 @given(data=st.data())
 def test_deleted_bundle_is_detected(sample_store: Path, keys: Keys, data: st.DataObject) -> None:
     with copy_of(sample_store) as root:
@@ -98,7 +187,7 @@ def test_deleted_bundle_is_detected(sample_store: Path, keys: Keys, data: st.Dat
         assert "bundle missing" in first.message
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(20))
 @given(data=st.data())
 def test_reordered_bundles_are_detected(sample_store: Path, keys: Keys, data: st.DataObject) -> None:
     with copy_of(sample_store) as root:
@@ -110,7 +199,7 @@ def test_reordered_bundles_are_detected(sample_store: Path, keys: Keys, data: st
         assert_tampered(verify(root, keys.keyring), min(a, b))
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(25))
 @given(data=st.data())
 def test_truncated_log_is_detected(sample_store: Path, keys: Keys, data: st.DataObject) -> None:
     with copy_of(sample_store) as root:
@@ -123,7 +212,7 @@ def test_truncated_log_is_detected(sample_store: Path, keys: Keys, data: st.Data
         assert any("log/leaves" in (f.path or "") or "log has" in f.message for f in report.errors)
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(20))
 @given(data=st.data())
 def test_swapped_checkpoints_are_detected(sample_store: Path, keys: Keys, data: st.DataObject) -> None:
     with copy_of(sample_store) as root:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import pydantic
 import yaml
@@ -130,6 +130,115 @@ def parse_yaml(text: str, file: Path) -> tuple[Any, SourceMap]:
 def load_yaml(path: Path) -> tuple[Any, SourceMap]:
     """Read and parse a YAML file (JSON is YAML too)."""
     return parse_yaml(read_text(path), path)
+
+
+def parse_json(text: str, file: Path) -> tuple[Any, SourceMap]:
+    """Parse a JSON document strictly (no YAML leniency: no comments, no unquoted strings,
+    no duplicate keys); return the data and the line of every key and list item."""
+    parser = _JsonLines(text, file)
+    data = parser.value(parser.skip(0), ())
+    end = parser.skip(data[1])
+    if end != len(text):
+        parser.fail(end, "unexpected text after the JSON document")
+    return data[0], SourceMap(file=file, lines=parser.lines)
+
+
+def load_json_model(model: type[M], path: Path) -> tuple[M, SourceMap]:
+    """Load a JSON file and validate it as ``model`` (problems name file, line and field)."""
+    data, source = parse_json(read_text(path), path)
+    return validate(model, data, source), source
+
+
+class _JsonLines:
+    """A small recursive-descent JSON reader that remembers lines; objects and arrays are
+    walked here, everything else (strings, numbers, literals) is decoded by the standard
+    library's ``raw_decode``."""
+
+    def __init__(self, text: str, file: Path) -> None:
+        import json.decoder
+
+        self.text = text
+        self.file = file
+        self.lines: dict[Loc, int] = {}
+        self._scalar = json.JSONDecoder().raw_decode
+
+    def line(self, pos: int) -> int:
+        return self.text.count("\n", 0, pos) + 1
+
+    def fail(self, pos: int, message: str, path: Loc = ()) -> NoReturn:
+        raise InputError([Problem(self.file, self.line(pos), format_loc(path), f"invalid JSON: {message}")])
+
+    def skip(self, pos: int) -> int:
+        text = self.text
+        while pos < len(text) and text[pos] in " \t\r\n":
+            pos += 1
+        return pos
+
+    def value(self, pos: int, path: Loc) -> tuple[Any, int]:
+        import json
+
+        self.lines.setdefault(path, self.line(pos))
+        text = self.text
+        if pos >= len(text):
+            self.fail(pos, "unexpected end of the document", path)
+        c = text[pos]
+        if c == "{":
+            return self._object(pos + 1, path)
+        if c == "[":
+            items: list[Any] = []
+            pos = self.skip(pos + 1)
+            if text.startswith("]", pos):
+                return items, pos + 1
+            while True:
+                item, pos = self.value(self.skip(pos), (*path, len(items)))
+                items.append(item)
+                pos = self.skip(pos)
+                if text.startswith("]", pos):
+                    return items, pos + 1
+                if not text.startswith(",", pos):
+                    self.fail(pos, "expected ',' or ']'", path)
+                pos += 1
+        try:
+            scalar: tuple[Any, int] = self._scalar(text, pos)
+        except json.JSONDecodeError as e:
+            self.fail(e.pos, e.msg, path)
+        return scalar
+
+    def _key(self, pos: int, path: Loc) -> tuple[str, int]:
+        import json
+
+        try:
+            key, end = self._scalar(self.text, pos)
+        except json.JSONDecodeError as e:
+            self.fail(e.pos, e.msg, path)
+        return str(key), end
+
+    def _object(self, pos: int, path: Loc) -> tuple[dict[str, Any], int]:
+        text = self.text
+        result: dict[str, Any] = {}
+        pos = self.skip(pos)
+        if text.startswith("}", pos):
+            return result, pos + 1
+        while True:
+            if not text.startswith('"', pos):
+                self.fail(pos, "expected a quoted key", path)
+            key_pos = pos
+            key, pos = self._key(pos, path)
+            if key in result:
+                self.fail(
+                    key_pos, f"duplicate key {key!r} (first given on line {self.lines[(*path, key)]})", path
+                )
+            self.lines[(*path, key)] = self.line(key_pos)
+            pos = self.skip(pos)
+            if not text.startswith(":", pos):
+                self.fail(pos, "expected ':' after the key", path)
+            result[key], pos = self.value(self.skip(pos + 1), (*path, key))
+            pos = self.skip(pos)
+            if text.startswith("}", pos):
+                return result, pos + 1
+            if not text.startswith(",", pos):
+                self.fail(pos, "expected ',' or '}'", path)
+            pos = self.skip(pos + 1)
 
 
 def problems_from_validation(error: pydantic.ValidationError, source: SourceMap) -> list[Problem]:

@@ -164,12 +164,14 @@ class RangeCache:
 
 
 def load_keyring(path: Path) -> Keyring:
-    """Read and validate a keyring; problems name the file, line and field."""
-    from nixcomply.yamlsource import load_model
+    """Read and validate a keyring as strict JSON (it is JSON, and a YAML reader would also
+    take comments, unquoted strings and other spellings nixcomply never writes); problems
+    name the file, line and field."""
+    from nixcomply.yamlsource import load_json_model
 
     if not path.exists():
         raise InputError.single(path, "keyring not found")
-    keyring, _source = load_model(Keyring, path)
+    keyring, _source = load_json_model(Keyring, path)
     return keyring
 
 

@@ -196,12 +196,32 @@ def _input_error(path: Path, message: str, *, hint: str) -> InputError:
     return InputError([Problem(file=path, line=None, field="", message=message)], hint=hint)
 
 
+MAX_KEY_FILE: Final = 64 * 1024
+
+
 def read_private_key(path: Path) -> Signer:
-    """Read a private key file, refusing one that group or others can read."""
+    """Read a private key file, refusing one that group or others can read or that another
+    user owns. Owner and mode are checked on the open descriptor, so the file checked is
+    the file read (a rename between a ``stat`` and an ``open`` cannot slip another in)."""
     try:
-        st = path.stat()
+        # O_NONBLOCK: a FIFO planted at the path must not hang the reader.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise InputError.single(path, "key file not found") from None
+    except PermissionError:
+        raise InputError.single(path, "permission denied reading the key file") from None
+    except OSError as e:
+        raise InputError.single(path, f"cannot open the key file: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise InputError.single(path, "the key is not a regular file")
+        if st.st_uid not in {os.geteuid(), 0}:
+            raise _input_error(
+                path,
+                f"the key file is owned by uid {st.st_uid}, not by this user ({os.geteuid()}) or root",
+                hint=f"chown {os.geteuid()} {path}",
+            )
         if st.st_mode & 0o077:
             in_store = path.resolve().is_relative_to("/nix/store")
             raise _input_error(
@@ -213,11 +233,13 @@ def read_private_key(path: Path) -> Signer:
                     else f"chmod 600 {path}"
                 ),
             )
-        text = path.read_text("utf-8")
-    except FileNotFoundError:
-        raise InputError.single(path, "key file not found") from None
-    except PermissionError:
-        raise InputError.single(path, "permission denied reading the key file") from None
+        if st.st_size > MAX_KEY_FILE:
+            raise InputError.single(path, f"{st.st_size} bytes is too large for a key file")
+        data = os.read(fd, MAX_KEY_FILE + 1)
+    finally:
+        os.close(fd)
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise InputError.single(path, "the key file is not text") from None
     try:
@@ -249,13 +271,36 @@ def load_signer(name_or_path: str | Path | None, *, credential: str) -> Signer:
 
 def write_private_key(path: Path, signer: Signer, *, durable: bool = True) -> Path:
     """Write ``signer`` to ``path`` (mode 0600, never over an existing file) and its public
-    key to ``path.pub``; returns the public key path."""
-    from nixcomply.fsutil import atomic_write, ensure_dir
+    key to ``path.pub``; returns the public key path.
 
-    if path.exists():
+    The key is written to a temporary file first and then hard-linked to ``path``: the link
+    fails if anything exists there by then, so a key that appears between a check and the
+    write is never replaced, and a crash never leaves a half-written key at ``path``."""
+    import contextlib
+    import tempfile
+
+    from nixcomply.fsutil import atomic_write, ensure_dir, fsync_dir
+
+    if os.path.lexists(path):
         raise UsageError(f"{path} exists; refusing to overwrite a key")
     ensure_dir(path.parent)
-    atomic_write(path, signer.private_text().encode(), mode=0o600, durable=durable)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o600)
+            f.write(signer.private_text().encode())
+            f.flush()
+            if durable:
+                os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise UsageError(f"{path} exists; refusing to overwrite a key") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    if durable:
+        fsync_dir(path.parent)
     pub = path.with_name(path.name + ".pub")
     atomic_write(pub, (signer.public.vkey + "\n").encode(), mode=0o644, durable=durable)
     return pub

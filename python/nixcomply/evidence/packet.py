@@ -1,0 +1,100 @@
+"""The auditor's packet format: its file names, ``packet.json``, ``pin.json``, and unpacking.
+
+A packet is a zip (or the directory it unpacks to) that ``nixcomply evidence export``
+writes and ``nixcomply evidence verify`` checks (``nixcomply.evidence.verify``); this module
+is what both sides share, so neither imports the other::
+
+    README.md                       for the auditor: the one command to verify, the formats
+    packet.json                     what is inside (below); not signed: verify checks every
+                                    claim in it against the signed evidence
+    pin.json                        what to pin next time (below)
+    keyring.json                    the public keys (pinned separately by the auditor)
+    verify-report.json              the verification of the whole store at export time
+    index/controls.csv              control -> bundle index (nixcomply.evidence.index)
+    evidence/YYYY/MM/DD/<bundle>/   every entry of the period, the entries just outside it,
+                                    and every key-rotation entry of the log, unchanged
+    proofs/<seq>.json               RFC 6962 inclusion proof of each bundle's envelope in the
+                                    tree of the newest checkpoint
+    log/leaves                      every leaf hash of that tree (32 bytes each)
+    log/checkpoints/<size>          the newest checkpoint, those written during the period
+                                    and those covering a log-key rotation
+    log/cosignatures/<size>         witness cosignatures of those checkpoints, when the host
+                                    has them (c2sp.org/tlog-cosignature)
+
+``packet.json``::
+
+    {"format": "nixcomply-evidence-packet/v2", "origin": "...", "from": "2026-01-01",
+     "to": "2026-03-31", "controls": [], "created_at": "...", "tree_size": 1234,
+     "checkpoint": "log/checkpoints/000000001234",
+     "period": {"start": 17, "end": 41},
+     "entries": [{"seq": 16, "bundle_id": "...", "path": "evidence/...",
+                  "envelope_sha256": "...", "role": "before"}, ...]}
+
+``period`` is the half-open range of sequence numbers of the entries observed in
+[from, to]: every one of them is in the packet (``role`` ``period``), with the entry just
+before (``before``, observed before ``from``) and just after (``after``, observed after
+``to``) as boundary evidence unless the period starts at the log's first entry or ends at
+its newest. ``key-rotation`` entries outside the period let the verifier follow the keyring
+from the auditor's pinned copy. An empty period has ``start == end``.
+
+``pin.json`` is what an auditor keeps after verifying the packet with a pinned keyring, and
+passes next time (``--pin-checkpoint pin.json``): the newest checkpoint (the log must
+extend it) and the keyring (pinned from then on)::
+
+    {"format": "nixcomply-evidence-pin/v1", "origin": "...", "checkpoint": "<note text>",
+     "keyring": {...keyring.json...}}
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+from typing import Any, Final
+
+from nixcomply.errors import UsageError, VerificationError
+
+PACKET_FILE: Final = "packet.json"
+PACKET_FORMAT: Final = "nixcomply-evidence-packet/v2"
+PIN_FILE: Final = "pin.json"
+PIN_FORMAT: Final = "nixcomply-evidence-pin/v1"
+PACKET_KEYRING: Final = "keyring.json"
+VERIFY_REPORT: Final = "verify-report.json"
+README_FILE: Final = "README.md"
+PROOFS_DIR: Final = "proofs"
+# Entries of a packet by why they are in it.
+ROLES: Final = ("period", "before", "after", "key-rotation")
+# Files that inform the auditor and are not evidence (verify checks pin.json and
+# packet.json against the evidence; these two it leaves alone).
+INFORMATIONAL: Final = frozenset({README_FILE, VERIFY_REPORT})
+
+
+def pin_document(origin: str, checkpoint: bytes, keyring: dict[str, Any]) -> bytes:
+    """``pin.json`` in exactly the form nixcomply writes (two-space indent, final newline)."""
+    doc = {
+        "format": PIN_FORMAT,
+        "origin": origin,
+        "checkpoint": checkpoint.decode("utf-8"),
+        "keyring": keyring,
+    }
+    return (json.dumps(doc, indent=2) + "\n").encode()
+
+
+def unpack(packet: Path, into: Path) -> None:
+    """Extract a packet zip safely (no absolute paths, no ``..``, no links)."""
+    try:
+        zf = zipfile.ZipFile(packet)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise UsageError(f"{packet}: not a readable zip file ({e})") from None
+    with zf:
+        for info in zf.infolist():
+            name = info.filename
+            parts = Path(name).parts
+            if name.startswith("/") or ".." in parts or (info.external_attr >> 16) & 0o170000 == 0o120000:
+                raise VerificationError(f"{packet}: unsafe member name {name!r}")
+            target = into / name
+            if info.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(zf.read(info))
