@@ -99,7 +99,8 @@ def test_keygen_writes_private_key_and_keyring(cli: Cli, tmp_path: Path) -> None
 def test_verify_ok_json_and_tampered(cli: Cli, store: Path) -> None:
     r = cli("evidence", "verify", store, "--keyring", store / "keyring.json")
     assert r.code == 0, r.out + r.err
-    assert r.out.splitlines()[-1].startswith("OK: store")
+    assert r.out.splitlines()[-2].startswith("OK: store")
+    assert r.out.splitlines()[-1] == f"pin next time: --pin-checkpoint {store}/log/checkpoints/000000000006"
     r = cli("evidence", "verify", store, "--keyring", store / "keyring.json", "--json")
     report = json.loads(r.out)
     assert (report["ok"], report["exit_code"], report["entries"], report["checkpoints_verified"]) == (
@@ -130,10 +131,10 @@ def test_verify_warning_exit_3(cli: Cli, tmp_path: Path, keys: Keys) -> None:
     with open_store(root, keys) as s:
         s.append(attestation(0, expires=date(2026, 6, 30)), subjects=[TOPLEVEL])
     write_keyring(root, keys)
-    r = cli("evidence", "verify", root, "--at", "2026-07-01")
+    r = cli("evidence", "verify", root, "--at", "2026-07-01", "--keyring", root / "keyring.json")
     assert r.code == 3
     assert "expired on 2026-06-30" in r.out
-    assert cli("evidence", "verify", root, "--at", "2026-06-01").code == 0
+    assert cli("evidence", "verify", root, "--at", "2026-06-01", "--keyring", root / "keyring.json").code == 0
 
 
 @pytest.mark.parametrize(
@@ -242,7 +243,12 @@ def test_export_controls_filter_and_range(cli: Cli, store: Path, tmp_path: Path)
     assert r.code == 0, r.err
     with zipfile.ZipFile(packet) as zf:
         meta = json.loads(zf.read("packet.json"))
-    assert [e["seq"] for e in meta["entries"]] == [3]
+        index = zf.read("index/controls.csv").decode().splitlines()[1:]
+    # The packet holds the whole period (only so can it prove nothing was left out); the
+    # index narrows it to the bundles about the control.
+    assert [e["seq"] for e in meta["entries"]] == list(range(6))
+    assert meta["period"] == {"start": 0, "end": 6}
+    assert {line.split(",")[7] for line in index} == {"3"}
     assert cli("evidence", "verify", packet, "--keyring", store / "keyring.json").code == 0
     empty = cli(
         "evidence", "export", "--from", "2025-01-01", "--to", "2025-01-31", "-o", packet, "--state-dir", store
@@ -299,7 +305,7 @@ def test_attest_records_and_verifies(
     )
     assert r.code == 0, r.err
     assert "entry 6" in r.out
-    assert cli("evidence", "verify", store).code == 0
+    assert cli("evidence", "verify", store, "--keyring", store / "keyring.json").code == 0
     (bundle,) = [p for p in store.glob("evidence/*/*/*/*") if "-00000006-" in p.name]
     predicate = json.loads((bundle / "statement.json").read_text())["predicate"]
     assert (predicate["control"], predicate["coverage"], predicate["attested_by"]) == (
@@ -421,7 +427,7 @@ def test_rotate_and_revoke_via_cli(
         mp.setenv("CREDENTIALS_DIRECTORY", str(creds))
         r = cli("evidence", "revoke", old_name, "--reason", "laptop retired", "--state-dir", store)
     assert r.code == 0, r.err
-    r = cli("evidence", "verify", store, "--json")
+    r = cli("evidence", "verify", store, "--json", "--keyring", store / "keyring.json")
     assert json.loads(r.out)["exit_code"] == 0, r.out
     revoked = [e for e in load_keyring(store / "keyring.json").keys if e.key.name == old_name]
     assert revoked[0].status.value == "revoked"

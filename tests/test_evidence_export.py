@@ -22,8 +22,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nixcomply.errors import UsageError, VerificationError
-from nixcomply.evidence.export import export_packet, unpack
+from nixcomply.evidence.export import export_packet
 from nixcomply.evidence.merkle import verify_inclusion
+from nixcomply.evidence.packet import unpack
 from nixcomply.evidence.verify import verify, verify_path
 
 INFORMATIONAL = {"README.md", "verify-report.json", "packet.json", "keyring.json"}
@@ -49,7 +50,7 @@ def packet_files(root: Path) -> list[str]:
 
 def test_packet_contents(packet_dir: Path, keys: Keys) -> None:
     meta = json.loads((packet_dir / "packet.json").read_text())
-    assert meta["format"] == "nixcomply-evidence-packet/v1"
+    assert meta["format"] == "nixcomply-evidence-packet/v2"
     assert (meta["tree_size"], len(meta["entries"])) == (9, 9)
     proof = json.loads((packet_dir / "proofs/4.json").read_text())
     leaves = (packet_dir / "log/leaves").read_bytes()
@@ -65,7 +66,8 @@ def test_packet_contents(packet_dir: Path, keys: Keys) -> None:
     report = verify(packet_dir, keys.keyring)
     assert report.exit_code == 0, report.lines()
     assert report.kind == "packet"
-    assert len(packet_files(packet_dir)) == 9 * 2 + 7 + 9 + 9 + 2  # bundles, attachments, proofs, log, index
+    # bundles, attachments, proofs, checkpoints, leaves, index, pin.json
+    assert len(packet_files(packet_dir)) == 9 * 2 + 7 + 9 + 9 + 1 + 1 + 1
 
 
 @settings(max_examples=examples(80))

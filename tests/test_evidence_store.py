@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from datetime import date
@@ -306,11 +307,23 @@ def test_rotate_bundle_key(tmp_path: Path) -> None:
     assert (new_entry.valid_from, new_entry.status) == (3, KeyStatus.ACTIVE)
     report = verify(tmp_path, ring)
     assert report.exit_code == 0, report.lines()
-    # The old keyring does not know the new key: the entry after the rotation fails.
+    # An auditor's keyring from before the rotation still verifies: the rotation entry,
+    # signed by the old key it pins and by the new one, introduces the new key at entry 3.
     stale = verify(tmp_path, keys.keyring)
-    first = stale.first_error()
+    assert stale.exit_code == 0, stale.lines()
+    # A keyring that trusts the new key without that entry does not: the entry after the
+    # rotation, signed by a key the pinned keyring never trusted, fails.
+    shutil.rmtree(recorded.path)
+    unexplained = verify(tmp_path, ring)
+    assert unexplained.exit_code == 1
+    assert any("no signed rotation entry introduces it" in str(e) for e in unexplained.errors), (
+        unexplained.lines()
+    )
+    without = verify(tmp_path, keys.keyring)
+    first = without.first_error()
     assert first is not None
-    assert first.seq == 4
+    assert first.seq == 3  # the rotation entry's bundle is missing
+    assert any(e.seq == 4 and "no valid signature" in e.message for e in without.errors), without.lines()
     # And the old key may no longer sign.
     with open_store(tmp_path, keys) as store, pytest.raises(StoreError, match="retired"):
         store.append(check_run(6), subjects=[TOPLEVEL])
@@ -357,7 +370,9 @@ def test_rotation_keyring_update_is_finished_after_a_crash(tmp_path: Path) -> No
         store.append(predicate, attachments={"key.pub": new.public.vkey.encode()}, cosigners=[new])
         warned = verify(tmp_path, load_keyring(ring_path))
         assert warned.exit_code == 3
-        assert any("does not list" in str(w) for w in warned.warnings)
+        assert any("does not reflect the key change of entry 1" in str(w) for w in warned.warnings), (
+            warned.lines()
+        )
         assert finish_rotation(store, ring_path)
         assert not finish_rotation(store, ring_path)
     assert verify(tmp_path, load_keyring(ring_path)).exit_code == 0

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from nixcomply.errors import NixcomplyError
+from nixcomply.evidence.log import LogHead
 
 SCHEMA_VERSION: Final = 1
 
@@ -69,6 +70,9 @@ CREATE TABLE cooldowns (
   failures INTEGER NOT NULL DEFAULT 0
 );
 """
+
+
+EVIDENCE_HEAD: Final = "evidence_head"
 
 
 class StateError(NixcomplyError):
@@ -302,6 +306,19 @@ class State:
             return None
         return Observation(v["current"], v["booted"], v["profile_generation"], v["revision"], _dt(v["at"]))
 
+    def evidence_head(self) -> LogHead | None:
+        """The evidence log's size (and checkpoint) after the newest append it recorded."""
+        value = self._get(EVIDENCE_HEAD)
+        return None if value is None else LogHead.from_json(value)
+
+    def record_evidence_head(self, head: LogHead) -> None:
+        """Record how far the evidence log reached; never backwards (``evidence verify``
+        fails a log shorter than this, and the store refuses to append to one)."""
+        with _transaction(self._db):
+            current = self.evidence_head()
+            if current is None or head.size >= current.size:
+                self._set(EVIDENCE_HEAD, head.to_json())
+
     def set_value(self, key: str, value: Any) -> None:
         self._set(f"value:{key}", value)
 
@@ -362,6 +379,46 @@ class State:
     def clear_cooldowns(self) -> int:
         with _transaction(self._db):
             return self._db.execute("DELETE FROM cooldowns").rowcount
+
+
+class EvidenceHead:
+    """The evidence store's record of its size in the state database (``EvidenceStore.open(
+    head=...)``): a connection per call, so whichever thread appends may record."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+
+    def evidence_head(self) -> LogHead | None:
+        with State.open(self.state_dir) as state:
+            return state.evidence_head()
+
+    def record_evidence_head(self, head: LogHead) -> None:
+        with State.open(self.state_dir) as state:
+            state.record_evidence_head(head)
+
+
+def read_evidence_head(state_dir: Path) -> LogHead | None:
+    """The recorded evidence head of ``state_dir/state.db``, read without writing anything
+    (an auditor may verify a copy they cannot write); None without a database or record."""
+    path = state_dir / "state.db"
+    if not path.is_file():
+        return None
+    for mode in ("ro", "ro&immutable=1"):
+        try:
+            db = sqlite3.connect(f"file:{path}?mode={mode}", uri=True)
+        except sqlite3.Error:
+            continue
+        try:
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (EVIDENCE_HEAD,)).fetchone()
+        except sqlite3.Error:
+            continue
+        finally:
+            db.close()
+        try:
+            return None if row is None else LogHead.from_json(json.loads(row[0]))
+        except ValueError as e:
+            raise StateError(f"{path}: the recorded evidence head is malformed: {e}") from None
+    raise StateError(f"cannot read {path}", hint="is it a nixcomply state database?")
 
 
 @contextmanager

@@ -1,8 +1,9 @@
 """Verbs for evidence: ``nixcomply evidence keygen|verify|export|attest|rotate|revoke``.
 
-Exit codes follow ``nixcomply.errors``; ``verify`` in particular: 0 every check passed,
-1 evidence tampered with or invalid (the first bad bundle is named), 2 usage or I/O error,
-3 passed with warnings (an expired attestation, an interrupted append).
+Exit codes follow ``nixcomply.errors``; ``verify`` in particular: 0 every check passed
+against a pinned keyring, 1 evidence tampered with or invalid (the first bad bundle is
+named), 2 usage or I/O error, 3 passed with warnings (a keyring that is not pinned, an
+expired attestation, an interrupted append).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from nixcomply.errors import EXIT_OK, EXIT_WARNINGS
 
 if TYPE_CHECKING:
     from nixcomply.evidence.keys import Signer
+    from nixcomply.evidence.log import LogHead
     from nixcomply.evidence.store import EvidenceStore
 
 DEFAULT_STATE_DIR: Final = Path("/var/lib/nixcomply")
@@ -74,19 +76,33 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=(
             "Verify every signature, digest, chain link and checkpoint of an evidence store\n"
             "or an auditor's packet (directory or .zip).\n\n"
-            "exit status: 0 ok, 1 tampered or invalid, 2 usage or I/O error, 3 ok with warnings"
+            "Pin the keyring (--keyring, a copy obtained out of band, or the pin.json of an\n"
+            "earlier packet) and a checkpoint (--pin-checkpoint): without them verification\n"
+            "shows the evidence is intact, not who made it or that nothing was cut off.\n\n"
+            "exit status: 0 ok, 1 tampered or invalid, 2 usage or I/O error, 3 ok with warnings\n"
+            "(among them: the keyring is not pinned)"
         ),
     )
     p.add_argument("path", type=Path, metavar="DIR", help="store root, packet directory or packet .zip")
-    p.add_argument("--keyring", type=Path, help="the pinned keyring (default: DIR/keyring.json)")
-    p.add_argument("--pin-checkpoint", type=Path, help="an earlier checkpoint the log must still extend")
+    p.add_argument(
+        "--keyring",
+        type=Path,
+        help="your copy of the keyring, obtained out of band (default: DIR/keyring.json, not pinned: exit 3)",
+    )
+    p.add_argument(
+        "--pin-checkpoint",
+        type=Path,
+        metavar="FILE",
+        help="an earlier checkpoint the log must still extend, or the pin.json of an earlier packet "
+        "(its keyring is then pinned too)",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument(
         "--all-checkpoints",
         action="store_true",
         help="also verify the log-key signature of every older checkpoint (their digests are always checked)",
     )
-    p.add_argument("--jobs", type=int, help="threads (default: CPUs, at most 4)")
+    p.add_argument("--jobs", type=int, help="worker processes (default: one per CPU)")
     p.add_argument("--at", type=_date, help="judge expiry as of this date (default today, UTC)")
 
     p = cli.add_verb(group, "export", _export, help="write an auditor's packet for a period")
@@ -186,31 +202,25 @@ def _progress() -> Callable[[int, int], None]:
 def _verify(args: argparse.Namespace) -> int:
     import json
 
-    from nixcomply.errors import InputError
+    from nixcomply.errors import UsageError
     from nixcomply.evidence.keyring import load_keyring
+    from nixcomply.evidence.packet import read_pin
     from nixcomply.evidence.verify import verify_path
 
-    keyring = load_keyring(args.keyring) if args.keyring is not None else None
-    if keyring is None and not args.json:
-        print(
-            f"note: trusting the keyring inside {args.path}; pass --keyring to pin your own copy",
-            file=sys.stderr,
-        )
-    pin = None
-    if args.pin_checkpoint is not None:
-        try:
-            pin = args.pin_checkpoint.read_bytes()
-        except OSError as e:
-            raise InputError.single(args.pin_checkpoint, f"cannot read: {e.strerror}") from None
-    progress = _progress() if sys.stderr.isatty() and not args.json else None
     if args.jobs is not None and args.jobs < 1:
-        from nixcomply.errors import UsageError
-
         raise UsageError("--jobs must be at least 1")
+    keyring = load_keyring(args.keyring) if args.keyring is not None else None
+    source = f"--keyring {args.keyring}" if args.keyring is not None else None
+    pin = read_pin(args.pin_checkpoint) if args.pin_checkpoint is not None else None
+    if keyring is None and pin is not None and pin.keyring is not None:
+        keyring, source = pin.keyring, f"the keyring of --pin-checkpoint {pin.source}"
+    progress = _progress() if sys.stderr.isatty() and not args.json else None
     report = verify_path(
         args.path,
         keyring,
-        pin=pin,
+        source=source,
+        pin=pin.checkpoint if pin is not None else None,
+        host_head=_host_head(args.path),
         today=args.at,
         progress=progress,
         jobs=args.jobs,
@@ -224,6 +234,14 @@ def _verify(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
+def _host_head(path: Path) -> LogHead | None:
+    """What the host's state database recorded of the log, when ``path`` is a state
+    directory that has one (an auditor's copy of the evidence alone has none)."""
+    from nixcomply.state import read_evidence_head
+
+    return read_evidence_head(path) if path.is_dir() else None
+
+
 def _signers(args: argparse.Namespace) -> tuple[Signer, Signer]:
     from nixcomply.evidence.keys import BUNDLE_CREDENTIAL, LOG_CREDENTIAL, load_signer
 
@@ -235,9 +253,16 @@ def _signers(args: argparse.Namespace) -> tuple[Signer, Signer]:
 
 def _open_store(args: argparse.Namespace) -> EvidenceStore:
     from nixcomply.evidence.store import EvidenceStore
+    from nixcomply.state import EvidenceHead
 
     signer, log_signer = _signers(args)
-    return EvidenceStore.open(args.state_dir, signer, log_signer, origin=args.origin or log_signer.name)
+    return EvidenceStore.open(
+        args.state_dir,
+        signer,
+        log_signer,
+        origin=args.origin or log_signer.name,
+        head=EvidenceHead(args.state_dir),
+    )
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -249,10 +274,18 @@ def _export(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.state_dir}: no evidence store here")
     keyring = load_keyring(_keyring_path(args))
     result = export_packet(
-        args.state_dir, keyring, args.output, start=args.start, end=args.end, controls=args.controls
+        args.state_dir,
+        keyring,
+        args.output,
+        start=args.start,
+        end=args.end,
+        controls=args.controls,
+        host_head=_host_head(args.state_dir),
     )
+    first, end = result.period
     print(
-        f"wrote {result.path}: {result.bundles} bundles from {args.start} to {args.end}, "
+        f"wrote {result.path}: {end - first} bundles from {args.start} to {args.end} "
+        f"(entries {first}..{end - 1}; {result.bundles} with the boundary and key-rotation entries), "
         f"tree size {result.tree_size}, {result.checkpoints} checkpoints"
     )
     for w in result.report.warnings[:10]:

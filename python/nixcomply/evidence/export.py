@@ -1,64 +1,50 @@
-"""The auditor's packet: the bundles of a period, with everything needed to verify them offline.
+"""The auditor's packet: every entry of a period, with everything needed to verify it offline.
 
-``nixcomply evidence export --from 2026-01-01 --to 2026-03-31 -o packet.zip`` first verifies
-the whole store (an export of evidence that does not verify is refused), then writes a zip:
+``nixcomply evidence export --from 2026-01-01 --to 2026-03-31 -o packet.zip`` takes the
+store's append lock (shared: appends wait, readers do not), verifies the whole store (an
+export of evidence that does not verify is refused), and packs exactly what it verified
+while still holding the lock. The format (``packet.json``, ``pin.json``, the files) is
+described in :mod:`nixcomply.evidence.packet`; ``nixcomply evidence verify`` checks it.
 
-    README.md                       for the auditor: the one command to verify, and the formats
-    packet.json                     what is inside (format, origin, period, tree size, entries)
-    keyring.json                    the public keys (compare fingerprints out of band)
-    verify-report.json              the verification of the whole store at export time
-    index/controls.csv              control -> bundle index across hipaa, soc2, cis_v8,
-                                    nist_800_53 and nist_csf
-    evidence/YYYY/MM/DD/<bundle>/   the bundles of the period, unchanged
-    proofs/<seq>.json               RFC 6962 inclusion proof of each bundle's envelope in the
-                                    tree of the newest checkpoint
-    log/leaves                      every leaf hash of that tree (32 bytes each), so the root
-                                    and any earlier checkpoint can be recomputed
-    log/checkpoints/<size>          the newest checkpoint and those written during the period
-
-``packet.json``::
-
-    {"format": "nixcomply-evidence-packet/v1", "origin": "...", "from": "2026-01-01",
-     "to": "2026-03-31", "controls": [], "created_at": "...", "tree_size": 1234,
-     "checkpoint": "log/checkpoints/000000001234",
-     "entries": [{"seq": 17, "bundle_id": "...", "path": "evidence/...", "envelope_sha256": "..."}]}
-
-``proofs/<seq>.json``: ``{"index": 17, "tree_size": 1234, "leaf_hash": "<base64>",
-"root": "<base64>", "inclusion_path": ["<base64>", ...]}`` (RFC 9162 §2.1.3 order).
+The period is a run of sequence numbers: from the first entry observed on or after
+``--from`` to the last observed on or before ``--to``, every entry in between, plus the
+entries just outside (boundary evidence) and every key-rotation entry of the log (so the
+auditor's keyring can be followed to the one the packet carries). ``--controls`` narrows
+the index to the bundles about those controls; the packet still holds the whole period,
+since only then can it prove that nothing was left out.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
-from hashlib import sha256
+from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from nixcomply.errors import UsageError, VerificationError
-from nixcomply.evidence import dsse
 from nixcomply.evidence.index import INDEX_FILE, control_index
 from nixcomply.evidence.keyring import Keyring
-from nixcomply.evidence.log import CHECKPOINTS, LEAVES, checkpoint_name, read_leaves
+from nixcomply.evidence.log import CHECKPOINTS, COSIGNATURES, LEAVES, LogHead, checkpoint_name, read_leaves
 from nixcomply.evidence.merkle import Tree, proof_document
-from nixcomply.evidence.statement import Attestation, Statement, parse_statement
-from nixcomply.evidence.store import ENVELOPE_FILE, EVIDENCE_DIR
-from nixcomply.evidence.verify import PACKET_FILE, PACKET_FORMAT, PROOFS_DIR, Report, verify
+from nixcomply.evidence.packet import (
+    PACKET_FILE,
+    PACKET_FORMAT,
+    PACKET_KEYRING,
+    PIN_FILE,
+    PROOFS_DIR,
+    README_FILE,
+    VERIFY_REPORT,
+    pin_document,
+)
+from nixcomply.evidence.statement import KeyRole, parse_statement
+from nixcomply.evidence.store import STATEMENT_FILE, read_locked
+from nixcomply.evidence.verify import Report, verify
+from nixcomply.evidence.verify.packet import mentions
 from nixcomply.fsutil import atomic_write
-
-
-@dataclass(frozen=True)
-class Selected:
-    seq: int
-    path: str
-    bundle_id: str
-    envelope_sha256: str
-    statement: Statement
 
 
 @dataclass(frozen=True)
@@ -68,50 +54,15 @@ class Exported:
     tree_size: int
     checkpoints: int
     report: Report
-
-
-def _days(start: date, end: date) -> Iterator[date]:
-    day = start
-    while day <= end:
-        yield day
-        day += timedelta(days=1)
-
-
-def _mentions(statement: Statement, wanted: set[str]) -> bool:
-    p = statement.predicate
-    ids = {c.id for c in p.controls}
-    refs = {ref for c in p.controls for _fw, ref in c.frameworks.items()}
-    if isinstance(p, Attestation):
-        ids.add(p.control)
-    return bool(wanted & (ids | refs))
-
-
-def select(root: Path, start: date, end: date, tree_size: int, controls: Sequence[str]) -> list[Selected]:
-    """The bundles observed in [start, end] (UTC dates) that a checkpoint covers."""
-    wanted = set(controls)
-    out = []
-    for day in _days(start, end):
-        directory = root / EVIDENCE_DIR / f"{day:%Y}" / f"{day:%m}" / f"{day:%d}"
-        if not directory.is_dir():
-            continue
-        for entry in sorted(os.scandir(directory), key=lambda e: e.name):
-            if entry.name.startswith(".") or not entry.is_dir():
-                continue
-            data = Path(entry.path, ENVELOPE_FILE).read_bytes()
-            statement = parse_statement(dsse.parse(data).payload)
-            chain = statement.predicate.chain
-            assert chain is not None  # verify has passed
-            if chain.seq >= tree_size or (wanted and not _mentions(statement, wanted)):
-                continue
-            rel = f"{EVIDENCE_DIR}/{day:%Y}/{day:%m}/{day:%d}/{entry.name}"
-            out.append(Selected(chain.seq, rel, entry.name, sha256(data).hexdigest(), statement))
-    return sorted(out, key=lambda s: s.seq)
+    period: tuple[int, int]
 
 
 README: Final = """# nixcomply evidence packet
 
-Origin (log): `{origin}`. Period: {start} to {end} (dates of observation, UTC){controls}.
-{bundles} bundles; the log held {tree_size} entries when this packet was made ({created}).
+Origin (log): `{origin}`. Period: {start} to {end} (dates of observation, UTC){controls}:
+entries {first_seq} to {last_seq} of the log, every one of them, with the entries just
+outside the period and the log's key rotations ({bundles} bundles in all). The log held
+{tree_size} entries when this packet was made ({created}).
 
 ## Verify it (one command)
 
@@ -123,8 +74,14 @@ holders of these keys made the records. Exit status 0 means every check passed, 
 passed with warnings (for example an attestation that has expired), 1 that something was
 altered or is missing (the first bad bundle is named), 2 that the command could not run.
 `nixcomply` runs from its flake: `nix run github:<org>/nixcomply -- evidence verify ...`.
-With `--pin-checkpoint FILE`, verify also proves that the log still extends a checkpoint
-you kept from an earlier packet (nothing was removed or rewritten since).
+Without `--keyring` verify uses the keyring inside the packet, which proves only that the
+packet is intact, not who made it: it then says so and exits 3.
+
+Keep `pin.json` once this packet verified with your keyring, and pass it next time:
+`nixcomply evidence verify next.zip --pin-checkpoint pin.json`. It holds this packet's
+newest checkpoint (the next packet's log must extend it: nothing removed or rewritten
+since) and its keyring (trusted from then on; a key change must come with signed rotation
+entries, which every packet carries).
 
 Key fingerprints (sha256 of the Ed25519 public key):
 
@@ -149,12 +106,24 @@ Key fingerprints (sha256 of the Ed25519 public key):
 - `log/checkpoints/<size>`: C2SP checkpoints (https://c2sp.org/tlog-checkpoint): origin,
   tree size and base64 root hash, signed as a C2SP signed note by the log key.
 - `proofs/<seq>.json`: the inclusion proof of each bundle in the newest checkpoint's tree.
+- `packet.json`: what the packet holds; `period` gives the sequence numbers of the period's
+  entries (start inclusive, end exclusive), `entries` every bundle with its role (period,
+  before, after, key-rotation). It is not signed: verify checks it against the evidence.
+- `log/cosignatures/<size>`: witness cosignatures of a checkpoint, when the host has them.
 - `index/controls.csv`: for each framework reference (HIPAA, SOC 2, CIS Controls v8,
   NIST SP 800-53, NIST CSF) the controls and the bundles that show them.
 - `verify-report.json`: the result of verifying the whole store when the packet was made.
 - `keyring.json`: the public keys with their role (bundle or log) and the range of entries
   each may sign.
 """
+
+
+def _bundle_files(root: Path, rel: str) -> dict[str, bytes]:
+    out = {}
+    for path in sorted((root / rel).rglob("*")):
+        if path.is_file():
+            out[path.relative_to(root).as_posix()] = path.read_bytes()
+    return out
 
 
 def export_packet(
@@ -166,43 +135,24 @@ def export_packet(
     end: date,
     controls: Sequence[str] = (),
     jobs: int | None = None,
+    host_head: LogHead | None = None,
 ) -> Exported:
     """Verify the store, then write the packet for [start, end] to ``out`` (atomically)."""
     if end < start:
         raise UsageError(f"--to {end} is before --from {start}")
-    report = verify(root, keyring, jobs=jobs)
-    first = report.first_error()
-    if first is not None:
-        raise VerificationError(
-            f"the store does not verify, refusing to export: {first}",
-            hint=f"run `nixcomply evidence verify {root}` for the full report",
-        )
-    # The newest checkpoint, not the leaves: an append in flight is not covered yet.
-    size = report.checkpoint_size
-    selected = select(root, start, end, size, controls)
-    leaves = read_leaves(root)[:size]
-    tree = Tree(leaves)
-    root_hash = tree.root()
-    files: dict[str, bytes] = {}
-    for s in selected:
-        for path in sorted((root / s.path).rglob("*")):
-            if path.is_file():
-                files[path.relative_to(root).as_posix()] = path.read_bytes()
-        files[f"{PROOFS_DIR}/{s.seq}.json"] = proof_document(
-            s.seq, size, leaves[s.seq], root_hash, tree.inclusion_proof(s.seq)
-        )
-    sizes = {size} if size else set()
-    if selected:
-        sizes |= set(range(selected[0].seq + 1, selected[-1].seq + 2))
-    for cp in sorted(sizes):
-        rel = f"{CHECKPOINTS}/{checkpoint_name(cp)}"
-        files[rel] = (root / rel).read_bytes()
-    files[LEAVES] = b"".join(leaves)
-    files["keyring.json"] = keyring.to_bytes()
-    files["verify-report.json"] = (json.dumps(report.to_json(), indent=2) + "\n").encode()
-    files[INDEX_FILE] = control_index([(x.seq, x.path, x.bundle_id, x.statement) for x in selected])
+    with read_locked(root):
+        report = verify(root, keyring, source="the store's keyring", host_head=host_head, jobs=jobs)
+        first = report.first_error()
+        if first is not None:
+            raise VerificationError(
+                f"the store does not verify, refusing to export: {first}",
+                hint=f"run `nixcomply evidence verify {root}` for the full report",
+            )
+        packed = _pack(root, report, keyring, start=start, end=end, controls=controls)
+    files, period = packed.files, packed.period
     created = datetime.now(UTC).replace(microsecond=0)
-    packet = {
+    size = report.checkpoint_size
+    packet: dict[str, Any] = {
         "format": PACKET_FORMAT,
         "origin": report.origin,
         "from": start.isoformat(),
@@ -211,22 +161,23 @@ def export_packet(
         "created_at": created.isoformat().replace("+00:00", "Z"),
         "tree_size": size,
         "checkpoint": f"{CHECKPOINTS}/{checkpoint_name(size)}" if size else None,
-        "entries": [
-            {"seq": s.seq, "bundle_id": s.bundle_id, "path": s.path, "envelope_sha256": s.envelope_sha256}
-            for s in selected
-        ],
+        "period": {"start": period[0], "end": period[1]},
+        "entries": packed.entries,
     }
     files[PACKET_FILE] = (json.dumps(packet, indent=2) + "\n").encode()
+    entries: list[dict[str, Any]] = packet["entries"]
     fingerprints = "\n".join(
         f"- {e.role.value:6} {e.key.name}  {e.key.fingerprint}  (entries {e.valid_from}..{'' if e.valid_until is None else e.valid_until}, {e.status.value})"
         for e in keyring.keys
     )
-    files["README.md"] = README.format(
+    files[README_FILE] = README.format(
         origin=report.origin,
         start=start,
         end=end,
         controls=f", controls {', '.join(controls)}" if controls else "",
-        bundles=len(selected),
+        first_seq=period[0],
+        last_seq=period[1] - 1,
+        bundles=len(entries),
         tree_size=size,
         created=packet["created_at"],
         name=out.name,
@@ -241,24 +192,83 @@ def export_packet(
             info.external_attr = 0o644 << 16
             zf.writestr(info, files[name])
     atomic_write(out, buf.getvalue())
-    return Exported(out, len(selected), size, len(sizes), report)
+    return Exported(out, len(entries), size, packed.checkpoints, report, period)
 
 
-def unpack(packet: Path, into: Path) -> None:
-    """Extract a packet zip safely (no absolute paths, no ``..``, no links)."""
-    try:
-        zf = zipfile.ZipFile(packet)
-    except (zipfile.BadZipFile, OSError) as e:
-        raise UsageError(f"{packet}: not a readable zip file ({e})") from None
-    with zf:
-        for info in zf.infolist():
-            name = info.filename
-            parts = Path(name).parts
-            if name.startswith("/") or ".." in parts or (info.external_attr >> 16) & 0o170000 == 0o120000:
-                raise VerificationError(f"{packet}: unsafe member name {name!r}")
-            target = into / name
-            if info.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(zf.read(info))
+@dataclass(frozen=True)
+class _Packed:
+    files: dict[str, bytes]
+    entries: list[dict[str, Any]]
+    period: tuple[int, int]
+    checkpoints: int
+
+
+def _pack(
+    root: Path, report: Report, keyring: Keyring, *, start: date, end: date, controls: Sequence[str]
+) -> _Packed:
+    """Every file of the packet but packet.json and the README (read under the lock)."""
+    size = report.checkpoint_size  # not the leaves: an append in flight is not covered yet
+    index = {seq: e for seq, e in report.index.items() if seq < size}
+    inside = sorted(seq for seq, e in index.items() if start <= e.day <= end)
+    if inside:
+        first, stop = inside[0], inside[-1] + 1
+    else:
+        first = stop = min((seq for seq, e in index.items() if e.day > end), default=size)
+    roles = dict.fromkeys(range(first, stop), "period")
+    if first > 0:
+        roles[first - 1] = "before"
+    if stop < size:
+        roles[stop] = "after"
+    for seq, e in index.items():
+        if e.rotation:
+            roles.setdefault(seq, "key-rotation")
+    leaves = read_leaves(root)[:size]
+    tree = Tree(leaves)
+    root_hash = tree.root()
+    files: dict[str, bytes] = {}
+    listed: list[dict[str, Any]] = []
+    wanted = set(controls)
+    selected = []
+    for seq in sorted(roles):
+        e = index[seq]
+        files.update(_bundle_files(root, e.path))
+        files[f"{PROOFS_DIR}/{seq}.json"] = proof_document(
+            seq, size, leaves[seq], root_hash, tree.inclusion_proof(seq)
+        )
+        listed.append(
+            {
+                "seq": seq,
+                "bundle_id": e.bundle_id,
+                "path": e.path,
+                "envelope_sha256": e.envelope_sha256,
+                "role": roles[seq],
+            }
+        )
+        if roles[seq] == "period":
+            statement = parse_statement(files[f"{e.path}/{STATEMENT_FILE}"])
+            if not wanted or mentions(statement, wanted):
+                selected.append((seq, e.path, e.bundle_id, statement))
+    sizes = {size} if size else set()
+    sizes |= set(range(first + 1, stop + 1))
+    for seq, e in index.items():
+        if e.rotation and _is_log_rotation(files, e.path) and seq + 1 <= size:
+            sizes.add(seq + 1)
+    for cp in sorted(sizes):
+        for directory in (CHECKPOINTS, COSIGNATURES):
+            path = root / directory / checkpoint_name(cp)
+            if path.exists():
+                files[f"{directory}/{checkpoint_name(cp)}"] = path.read_bytes()
+    files[LEAVES] = b"".join(leaves)
+    files[PACKET_KEYRING] = keyring.to_bytes()
+    files[VERIFY_REPORT] = (json.dumps(report.to_json(), indent=2) + "\n").encode()
+    files[INDEX_FILE] = control_index(selected)
+    if size and report.origin is not None:
+        files[PIN_FILE] = pin_document(
+            report.origin, files[f"{CHECKPOINTS}/{checkpoint_name(size)}"], json.loads(keyring.to_bytes())
+        )
+    return _Packed(files, listed, (first, stop), len(sizes))
+
+
+def _is_log_rotation(files: dict[str, bytes], path: str) -> bool:
+    statement = parse_statement(files[f"{path}/{STATEMENT_FILE}"])
+    return getattr(statement.predicate, "role", None) is KeyRole.LOG

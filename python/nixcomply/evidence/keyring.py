@@ -134,6 +134,44 @@ class Keyring(BaseModel):
     def with_keys(self, keys: Sequence[KeyEntry]) -> Keyring:
         return Keyring(version=self.version, keys=list(keys))
 
+    def rotated(
+        self, role: KeyRole, old: PublicKey, new: PublicKey, seq: int, *, added_at: datetime | None = None
+    ) -> Keyring:
+        """The keyring after a rotation at entry ``seq``: ``old``'s range ends at ``seq`` (or
+        earlier, if it already did) and ``new`` is trusted from ``seq`` on."""
+        keys = []
+        for e in self.keys:
+            if e.role is role and e.key == old:
+                until = seq if e.valid_until is None else min(e.valid_until, seq)
+                status = e.status if e.status is KeyStatus.REVOKED else KeyStatus.RETIRED
+                keys.append(e.model_copy(update={"valid_until": until, "status": status}))
+            else:
+                keys.append(e)
+        if self.entry_for(new, role) is None:
+            keys.append(KeyEntry(vkey=new.vkey, role=role, valid_from=seq, added_at=added_at))
+        return self.with_keys(keys)
+
+    def revoked(self, target: KeyEntry, from_seq: int, reason: str) -> Keyring:
+        """The keyring after revoking ``target`` from entry ``from_seq`` on (never widening
+        its range)."""
+        until = from_seq - 1 if target.valid_until is None else min(target.valid_until, from_seq - 1)
+        revoked = target.model_copy(
+            update={
+                "status": KeyStatus.REVOKED,
+                "valid_until": max(until, target.valid_from - 1),
+                "reason": reason,
+            }
+        )
+        return self.with_keys([revoked if e is target else e for e in self.keys])
+
+    def trust(self) -> frozenset[tuple[str, str, bytes, int, int | None, str]]:
+        """What the keyring trusts, for comparing two keyrings: role, key, range and status
+        of every key (``added_at`` and ``reason`` are notes, not trust)."""
+        return frozenset(
+            (e.role.value, e.key.name, e.key.raw, e.valid_from, e.valid_until, e.status.value)
+            for e in self.keys
+        )
+
     def to_bytes(self) -> bytes:
         data = self.model_dump(mode="json")
         for entry in data["keys"]:

@@ -98,6 +98,10 @@ class PublicKey:
         object.__setattr__(self, "key_id", key_id(self.name, self.raw))
         object.__setattr__(self, "key_id_hex", f"{self.key_id:08x}")
 
+    def __reduce__(self) -> tuple[type[PublicKey], tuple[str, bytes]]:
+        # The cryptography key object does not pickle; name and key are all there is.
+        return (PublicKey, (self.name, self.raw))
+
     @property
     def fingerprint(self) -> str:
         """sha256 of the raw public key, hex: what people compare out of band."""

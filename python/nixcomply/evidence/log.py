@@ -50,10 +50,19 @@ LOG_DIR: Final = "log"
 LEAVES: Final = "log/leaves"
 STATE_DIR: Final = "log/state"
 CHECKPOINTS: Final = "log/checkpoints"
+# Witness cosignatures of checkpoints (c2sp.org/tlog-cosignature), one file per tree size,
+# kept beside the checkpoints because a checkpoint file never changes once the next entry
+# has committed to its bytes.
+COSIGNATURES: Final = "log/cosignatures"
 PENDING: Final = "log/pending.json"
 LOCK: Final = "log/append.lock"
 HASH_SIZE: Final = 32
 BUNDLE_PATH: Final = re.compile(r"^evidence/\d{4}/\d{2}/\d{2}/[0-9A-Za-z-]+$")
+# The temporary file nixcomply.fsutil.atomic_write leaves when it is killed (mkstemp:
+# ".<target>.<8 random characters>.tmp"); opening the store removes those in the log.
+LEFTOVER: Final = re.compile(r"^\.(.+)\.[A-Za-z0-9_]{8}\.tmp$")
+# Directories whose files only an appender writes (under the append lock).
+SWEPT: Final = (LOG_DIR, STATE_DIR, CHECKPOINTS)
 
 # Tests set this to kill the process at a named step of an append (crash testing).
 FAULT_HOOK: Callable[[str], None] | None = None
@@ -86,6 +95,28 @@ def state_sizes(root: Path) -> list[int]:
             if dot and ext == "json" and len(stem) == 12 and stem.isdigit():
                 sizes.append(int(stem))
     return sorted(sizes)
+
+
+@dataclass(frozen=True)
+class LogHead:
+    """How far a log reached, as someone outside it recorded: the host's state database
+    after each append (``nixcomply.state``), or a verifier that accepted it. A later log
+    must be at least this long and hold this checkpoint at ``size``."""
+
+    size: int
+    checkpoint_sha256: str | None  # of the checkpoint file of tree size ``size`` (None: size 0)
+
+    def to_json(self) -> dict[str, object]:
+        return {"size": self.size, "checkpoint_sha256": self.checkpoint_sha256}
+
+    @classmethod
+    def from_json(cls, obj: object) -> LogHead:
+        if not isinstance(obj, dict) or not isinstance(obj.get("size"), int) or obj["size"] < 0:
+            raise ValueError(f"not a log head: {obj!r}")
+        digest = obj.get("checkpoint_sha256")
+        if not (digest is None or (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest))):
+            raise ValueError(f"not a checkpoint digest: {digest!r}")
+        return cls(obj["size"], digest)
 
 
 @dataclass(frozen=True)

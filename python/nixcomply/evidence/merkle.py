@@ -74,6 +74,13 @@ class Frontier:
         for leaf in leaves:
             self.append(leaf)
 
+    @classmethod
+    def of(cls, leaves: Iterable[bytes]) -> Frontier:
+        """The frontier of the tree of ``leaves``."""
+        frontier = cls()
+        frontier.extend(leaves)
+        return frontier
+
     def root(self) -> bytes:
         hashes = self.hashes
         if not hashes:

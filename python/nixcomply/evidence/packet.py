@@ -49,10 +49,12 @@ from __future__ import annotations
 
 import json
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from nixcomply.errors import UsageError, VerificationError
+from nixcomply.errors import InputError, UsageError, VerificationError
+from nixcomply.evidence.keyring import Keyring
 
 PACKET_FILE: Final = "packet.json"
 PACKET_FORMAT: Final = "nixcomply-evidence-packet/v2"
@@ -78,6 +80,35 @@ def pin_document(origin: str, checkpoint: bytes, keyring: dict[str, Any]) -> byt
         "keyring": keyring,
     }
     return (json.dumps(doc, indent=2) + "\n").encode()
+
+
+@dataclass(frozen=True)
+class Pin:
+    """What an auditor pins: a checkpoint the log must extend and, from a ``pin.json``, the
+    keyring to trust from then on."""
+
+    checkpoint: bytes
+    keyring: Keyring | None
+    source: Path
+
+
+def read_pin(path: Path) -> Pin:
+    """A bare checkpoint note, or a ``pin.json`` kept from an earlier packet."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise InputError.single(path, f"cannot read: {e.strerror}") from None
+    if not data.lstrip().startswith(b"{"):
+        return Pin(data, None, path)
+    try:
+        doc = json.loads(data)
+        if not isinstance(doc, dict) or doc.get("format") != PIN_FORMAT:
+            raise ValueError(f"not a {PIN_FORMAT} document")
+        checkpoint = str(doc["checkpoint"]).encode()
+        keyring = Keyring.model_validate(doc["keyring"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise InputError.single(path, f"not a pin file: {e}") from None
+    return Pin(checkpoint, keyring, path)
 
 
 def unpack(packet: Path, into: Path) -> None:

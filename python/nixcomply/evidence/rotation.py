@@ -43,15 +43,7 @@ def _now() -> datetime:
 
 
 def _apply_rotation(keyring: Keyring, role: KeyRole, old: PublicKey, new: PublicKey, seq: int) -> Keyring:
-    keys = [
-        e.model_copy(update={"valid_until": seq, "status": KeyStatus.RETIRED})
-        if e.role is role and e.key == old
-        else e
-        for e in keyring.keys
-    ]
-    if keyring.entry_for(new, role) is None:
-        keys.append(KeyEntry(vkey=new.vkey, role=role, valid_from=seq, added_at=_now()))
-    return keyring.with_keys(keys)
+    return keyring.rotated(role, old, new, seq, added_at=_now())
 
 
 def finish_rotation(store: EvidenceStore, keyring_path: Path) -> bool:
@@ -131,15 +123,7 @@ def rotate(
 
 
 def _apply_revocation(keyring: Keyring, target: KeyEntry, from_seq: int, reason: str) -> Keyring:
-    until = from_seq - 1 if target.valid_until is None else min(target.valid_until, from_seq - 1)
-    revoked = target.model_copy(
-        update={
-            "status": KeyStatus.REVOKED,
-            "valid_until": max(until, target.valid_from - 1),
-            "reason": reason,
-        }
-    )
-    return keyring.with_keys([revoked if e is target else e for e in keyring.keys])
+    return keyring.revoked(target, from_seq, reason)
 
 
 def revoke(

@@ -41,12 +41,12 @@ from dataclasses import dataclass, field
 from hashlib import sha256
 from pathlib import Path
 from types import TracebackType
-from typing import Final
+from typing import Final, Protocol
 
 from nixcomply.evidence import dsse, log
 from nixcomply.evidence.keyring import Keyring, load_keyring
 from nixcomply.evidence.keys import Signer, check_key_name
-from nixcomply.evidence.log import LogState, MerkleLog, Pending, StoreError
+from nixcomply.evidence.log import LogHead, LogState, MerkleLog, Pending, StoreError
 from nixcomply.evidence.merkle import leaf_hash
 from nixcomply.evidence.statement import (
     GENESIS_PREV,
@@ -73,6 +73,17 @@ ATTACHMENTS_DIR: Final = "attachments"
 ATTACHMENT_NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
+class HeadRecord(Protocol):
+    """Somewhere outside the store that remembers how far its log reached (the host's state
+    database: ``nixcomply.state.EvidenceHead``). The store records the head after every
+    append and refuses to open a log that is shorter than what was recorded, and ``evidence
+    verify`` fails one: a store rolled back or cut short is noticed even without a pin."""
+
+    def evidence_head(self) -> LogHead | None: ...
+
+    def record_evidence_head(self, head: LogHead) -> None: ...
+
+
 @dataclass(frozen=True)
 class Recorded:
     """What an append returns once the entry is durable and covered by a checkpoint."""
@@ -83,6 +94,21 @@ class Recorded:
     envelope_sha256: str
     checkpoint_size: int
     redactions: Mapping[str, int] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def read_locked(root: Path) -> Iterator[None]:
+    """Hold the store's append lock shared, so that no append changes the store while it is
+    read (export packs exactly what it verified); appends wait, other readers do not."""
+    try:
+        fd = os.open(root / log.LOCK, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise StoreError(f"{root / log.LOCK}: missing; is {root} an evidence store?") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
 
 
 def bundle_relpath(predicate: Predicate, bundle_id: str) -> str:
@@ -104,6 +130,7 @@ class EvidenceStore:
         durable: bool,
         scrubber: Scrubber,
         lock_fd: int,
+        head: HeadRecord | None = None,
     ) -> None:
         self.root = root
         self.signer = signer
@@ -116,6 +143,7 @@ class EvidenceStore:
         self._thread_lock = threading.RLock()
         self._keyring_seen: tuple[int, int] | None = None
         self._keyring: Keyring | None = None
+        self.head = head
         self.log = MerkleLog(root, origin=origin, durable=durable)
 
     @classmethod
@@ -128,8 +156,10 @@ class EvidenceStore:
         origin: str,
         durable: bool = True,
         scrubber: Scrubber | None = None,
+        head: HeadRecord | None = None,
     ) -> EvidenceStore:
-        """Open (creating directories if needed) and finish any interrupted append."""
+        """Open (creating directories if needed) and finish any interrupted append. With
+        ``head``, a log shorter than the recorded head is refused (:class:`StoreError`)."""
         check_key_name(origin)
         root = root.absolute()
         for sub in (EVIDENCE_DIR, log.LOG_DIR, log.CHECKPOINTS, log.STATE_DIR):
@@ -137,10 +167,12 @@ class EvidenceStore:
         if scrubber is None:
             scrubber = Scrubber(load_or_create_salt(root / SALT))
         fd = os.open(root / log.LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        store = cls(root, signer, log_signer, origin=origin, durable=durable, scrubber=scrubber, lock_fd=fd)
+        store = cls(
+            root, signer, log_signer, origin=origin, durable=durable, scrubber=scrubber, lock_fd=fd, head=head
+        )
         try:
             with store.locked():
-                store._recover()
+                store._check_head(store._recover())
         except BaseException:
             store.close()
             raise
@@ -238,6 +270,8 @@ class EvidenceStore:
             self._write_bundle(relpath, payload, envelope, files)
             log.fault("bundle")
             self.log.commit(state, pending, [self.log_signer, *log_cosigners])
+            if self.head is not None:
+                self.head.record_evidence_head(LogHead(seq + 1, self.log.checkpoint_digest(seq + 1)))
         logger.debug("evidence entry %d recorded at %s", seq, relpath)
         return Recorded(seq, bundle_id, self.root / relpath, env_sha, seq + 1, merge_counts(all_counts))
 
@@ -306,6 +340,25 @@ class EvidenceStore:
                     hint="after a rotation, point the service at the new key",
                 )
 
+    def _check_head(self, state: LogState) -> None:
+        recorded = self.head.evidence_head() if self.head is not None else None
+        if recorded is not None and recorded.size > state.size:
+            raise StoreError(
+                f"{self.root / log.LOG_DIR}: the log has {state.size} entries, but the state database "
+                f"recorded {recorded.size}: evidence was removed or the store rolled back",
+                hint=f"do not append to it; run `nixcomply evidence verify {self.root}` and restore the evidence",
+            )
+
+    def _sweep(self) -> None:
+        """Remove the temporary files of atomic writes that a crash interrupted (with the
+        lock held, nobody else is writing them)."""
+        for rel in log.SWEPT:
+            with contextlib.suppress(FileNotFoundError):
+                for entry in os.scandir(self.root / rel):
+                    if log.LEFTOVER.match(entry.name) and entry.is_file(follow_symlinks=False):
+                        logger.warning("removing %s, left by an interrupted write", entry.path)
+                        os.unlink(entry.path)
+
     def _recover(self) -> LogState:
         """Finish or undo an interrupted append (call with the lock held).
 
@@ -313,6 +366,7 @@ class EvidenceStore:
         checkpoint may be missing; if its bundle is complete on disk (the envelope has the
         recorded digest), the entry is finished; otherwise its traces are removed.
         """
+        self._sweep()
         state = self.log.read_state()
         pending = self.log.read_pending()
         if pending is None:

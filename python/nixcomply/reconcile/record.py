@@ -43,6 +43,7 @@ from nixcomply.reconcile.model import (
     HostState,
     SystemInfo,
 )
+from nixcomply.state import EvidenceHead
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,9 @@ def open_store(config: ReconcilerConfig) -> EvidenceStore:
     the configured files; a missing key is an error before anything is changed."""
     signer = load_signer(config.evidence.signing_key, credential=BUNDLE_CREDENTIAL)
     log_signer = load_signer(config.evidence.log_key, credential=LOG_CREDENTIAL)
-    return EvidenceStore.open(config.state_dir, signer, log_signer, origin=origin_for(config))
+    return EvidenceStore.open(
+        config.state_dir, signer, log_signer, origin=origin_for(config), head=EvidenceHead(config.state_dir)
+    )
 
 
 def host_identity(root: Path, hostname: str) -> Host:

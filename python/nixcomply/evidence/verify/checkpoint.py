@@ -1,0 +1,268 @@
+"""The checkpoints: each one's root against the tree recomputed from the leaves, and each
+one's authenticity — by the log key's signature, or by the digest the next entry signed.
+
+The entry with sequence number ``s`` commits to the checkpoint of tree size ``s`` in its
+signed ``chain.checkpoint``, so an authentic entry makes that checkpoint file authentic
+byte for byte and its signature need not be checked again (a log of ``n`` entries costs
+``n + 1`` signature checks, not ``2n``). The log key's signature is checked on the newest
+checkpoint, on any whose committing entry is missing or not authentic, on those covering a
+log-key rotation (which must carry the old and the new key's signatures), and on all of
+them with ``all_checkpoints``.
+
+Beyond the log itself, two outside records say how far it reached, and both are checked:
+a *pinned* checkpoint (``--pin-checkpoint``: the log must still hold exactly the tree it
+describes) and the size the host's state database recorded after its last append
+(:class:`~nixcomply.evidence.log.LogHead`: the log must be at least that long and hold the
+checkpoint it recorded). Either catches a store rolled back or cut short; the pin also
+catches it when the whole state directory was replaced.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from hashlib import sha256
+
+from nixcomply.evidence.checkpoint import NoteError, open_checkpoint, parse_checkpoint_text, parse_note
+from nixcomply.evidence.log import CHECKPOINTS, LogHead, checkpoint_name
+from nixcomply.evidence.merkle import Frontier
+from nixcomply.evidence.statement import KeyRole
+from nixcomply.evidence.verify.bundle import Claim
+from nixcomply.evidence.verify.report import Rank, Report
+from nixcomply.evidence.verify.trust import KeyHistory
+
+Reader = Callable[[str], bytes | None]
+PIN: str = "--pin-checkpoint"
+
+
+def checkpoint_rel(size: int) -> str:
+    return f"{CHECKPOINTS}/{checkpoint_name(size)}"
+
+
+@dataclass
+class Checkpoints:
+    """What :func:`check_checkpoints` learnt: the log's origin and its newest checkpoint."""
+
+    origin: str | None = None
+    newest: bytes | None = None
+
+
+def check_checkpoints(
+    report: Report,
+    read: Reader,
+    *,
+    sizes: list[int],
+    leaves: list[bytes],
+    size: int,
+    entries: Mapping[int, tuple[Claim, str]],
+    history: KeyHistory,
+    complete: bool,
+    pending: bool,
+    all_checkpoints: bool,
+) -> Checkpoints:
+    """Check the checkpoint files of ``sizes`` (see the module docstring) against ``leaves``,
+    the log of ``size`` entries; ``complete``: every size must have its checkpoint (a
+    store), ``pending``: the newest entry may not be covered yet (an interrupted append)."""
+    out = Checkpoints()
+    roots = _roots(leaves, set(sizes))
+    report.tree_size = len(leaves)
+    report.root = Frontier.of(leaves).root()
+    if not sizes:
+        if size and not (pending and size == 1):
+            report.error("no checkpoint", path=CHECKPOINTS, rank=Rank.LOG)
+        return out
+    newest = sizes[-1]
+    report.checkpoint_size = newest
+    mismatched: list[int] = []
+    for s in reversed(sizes):
+        rel = checkpoint_rel(s)
+        data = read(rel)
+        if data is None:
+            report.error("cannot read", seq=s - 1, path=rel, rank=Rank.LOG)
+            continue
+        committer = entries.get(s)
+        committed = committer[0].checkpoint if committer is not None else None
+        if committed is not None and sha256(data).hexdigest() != committed:
+            report.error(
+                f"differs from the checkpoint entry {s} committed to (chain.checkpoint)",
+                seq=s - 1,
+                path=rel,
+                rank=Rank.LOG,
+            )
+            continue
+        if s == newest or committed is None or all_checkpoints or s in history.double_signed:
+            root = _signed(report, data, s, rel=rel, history=history, out=out)
+        else:
+            root = _committed(report, data, s, rel, out)
+        if root is None:
+            continue
+        if s == newest:
+            out.newest = data
+        report.checkpoints_verified += 1
+        if s > len(leaves):
+            report.error(
+                f"checkpoint of tree size {s}, but the log has {len(leaves)} entries",
+                seq=s - 1,
+                path=rel,
+                rank=Rank.LOG,
+            )
+        elif roots.get(s) != root:
+            mismatched.append(s)
+    report.origin = out.origin
+    if mismatched:
+        first = min(mismatched)
+        more = f" (and {len(mismatched) - 1} later checkpoints)" if len(mismatched) > 1 else ""
+        report.error(
+            f"root hash does not match the log's first {first} entries{more}",
+            seq=first - 1,
+            path=checkpoint_rel(first),
+            rank=Rank.LOG,
+        )
+    if newest < size:
+        if pending and newest == size - 1:
+            report.warn(f"entry {size - 1} is not yet covered by a checkpoint", seq=size - 1)
+        else:
+            report.error(
+                f"the newest checkpoint covers {newest} entries, the log has {size}",
+                seq=newest,
+                path=CHECKPOINTS,
+                rank=Rank.LOG,
+            )
+    if complete:
+        present = set(sizes)
+        missing = [s for s in range(1, min(newest, size) + 1) if s not in present]
+        if missing:
+            report.error(
+                f"{len(missing)} checkpoint(s) missing, first for tree size {missing[0]}",
+                seq=missing[0] - 1,
+                path=checkpoint_rel(missing[0]),
+                rank=Rank.LOG,
+            )
+    return out
+
+
+def _roots(leaves: list[bytes], sizes: set[int]) -> dict[int, bytes]:
+    roots: dict[int, bytes] = {}
+    frontier = Frontier()
+    for leaf in leaves:
+        frontier.append(leaf)
+        if frontier.size in sizes:
+            roots[frontier.size] = frontier.root()
+    return roots
+
+
+def _origin(report: Report, out: Checkpoints, origin: str, rel: str) -> None:
+    if out.origin is None:
+        out.origin = origin
+    elif origin != out.origin:
+        report.error(
+            f"origin {origin!r} differs from the newest checkpoint's {out.origin!r}", path=rel, rank=Rank.LOG
+        )
+
+
+def _signed(
+    report: Report, data: bytes, size: int, *, rel: str, history: KeyHistory, out: Checkpoints
+) -> bytes | None:
+    """A checkpoint checked by its log-key signature(s); its root, or None if it fails."""
+    try:
+        signed = open_checkpoint(data, history.keys(KeyRole.LOG, size - 1))
+    except NoteError as e:
+        report.error(f"checkpoint: {e}", seq=size - 1, path=rel, rank=Rank.LOG)
+        return None
+    cp = signed.checkpoint
+    _origin(report, out, cp.origin, rel)
+    if cp.size != size:
+        report.error(
+            f"file name says tree size {size} but the checkpoint says {cp.size}", path=rel, rank=Rank.LOG
+        )
+        return None
+    both = history.double_signed.get(size)
+    if both is not None and not all(k in signed.verified_by for k in both):
+        old, new = both
+        report.error(
+            f"the checkpoint covering the log-key rotation at entry {size - 1} must be signed by both "
+            f"{old.name}+{old.key_id_hex} and {new.name}+{new.key_id_hex}",
+            seq=size - 1,
+            path=rel,
+            rank=Rank.LOG,
+        )
+    return cp.root
+
+
+def _committed(report: Report, data: bytes, size: int, rel: str, out: Checkpoints) -> bytes | None:
+    """A checkpoint whose bytes an authentic entry committed to: the text must still be a
+    checkpoint of the right size and log."""
+    lines = data.split(b"\n", 3)
+    if len(lines) < 4 or lines[1] != str(size).encode():
+        report.error(f"not a checkpoint for tree size {size}", seq=size - 1, path=rel, rank=Rank.LOG)
+        return None
+    _origin(report, out, lines[0].decode("utf-8", "replace"), rel)
+    try:
+        return base64.b64decode(lines[2], validate=True)
+    except ValueError:
+        report.error("root hash is not base64", seq=size - 1, path=rel, rank=Rank.LOG)
+        return None
+
+
+def check_pin(
+    report: Report, pin: bytes, leaves: list[bytes], origin: str | None, history: KeyHistory
+) -> None:
+    """The log still holds exactly the tree of the pinned checkpoint."""
+    try:
+        size = parse_checkpoint_text(parse_note(pin).text).size
+        signed = open_checkpoint(pin, history.keys(KeyRole.LOG, size - 1) if size > 0 else [])
+    except NoteError as e:
+        report.error(f"pinned checkpoint: {e}", path=PIN, rank=Rank.STORE)
+        return
+    cp = signed.checkpoint
+    if origin is not None and cp.origin != origin:
+        report.error(f"pinned checkpoint is for log {cp.origin!r}, not {origin!r}", path=PIN, rank=Rank.STORE)
+        return
+    consistent = False
+    if cp.size > len(leaves):
+        report.error(
+            f"the log has {len(leaves)} entries but the pinned checkpoint has {cp.size}: it was truncated",
+            seq=len(leaves),
+            path=PIN,
+            rank=Rank.STORE,
+        )
+    elif Frontier.of(leaves[: cp.size]).root() != cp.root:
+        report.error(
+            f"the log's first {cp.size} entries differ from the pinned checkpoint: history was rewritten",
+            path=PIN,
+            rank=Rank.STORE,
+        )
+    else:
+        consistent = True
+    report.pinned = {"size": cp.size, "consistent": consistent}
+
+
+HOST_STATE = "state.db"
+
+
+def check_host_head(report: Report, head: LogHead, read: Reader, size: int) -> None:
+    """The log reaches as far as the host's state database says it did, with the same
+    checkpoint there."""
+    report.host_size = head.size
+    if head.size > size:
+        report.error(
+            f"the host's state database records {head.size} entries, the log has {size}: "
+            "entries were removed or the store was rolled back",
+            seq=size,
+            path=HOST_STATE,
+            rank=Rank.STORE,
+        )
+        return
+    if head.size == 0 or head.checkpoint_sha256 is None:
+        return
+    rel = checkpoint_rel(head.size)
+    data = read(rel)
+    if data is None or sha256(data).hexdigest() != head.checkpoint_sha256:
+        report.error(
+            f"the checkpoint of tree size {head.size} is not the one the host's state database recorded "
+            "after that append: history was rewritten",
+            seq=head.size - 1,
+            path=rel,
+            rank=Rank.STORE,
+        )
