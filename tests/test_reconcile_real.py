@@ -258,8 +258,17 @@ def test_cli_plan_status_and_reconcile(fresh: World, cli) -> None:  # type: igno
     assert "last run" in r.out
     # plan --json recorded nothing; reconcile: a switch and a check-run; apply: a check-run
     assert "evidence   last entry 2, checkpoint size 3" in r.out
+    pin = fresh.host.state_dir / "log/checkpoints/000000000003"
+    assert f"pin next time: {pin}" in r.out
     status = json.loads(cli("status", "--config", config, "--json").out)
     assert status["evidence_seq"] == 2
+    assert status["pin_checkpoint"] == str(pin)
+    # The state database keeps the head of the log the reconciler appended to (9.3).
+    from nixcomply.state import read_evidence_head
+
+    head = read_evidence_head(fresh.host.state_dir)
+    assert head is not None
+    assert head.size == 3
     assert status["last_outcome"] == "nothing"
 
 

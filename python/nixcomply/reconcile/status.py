@@ -40,6 +40,8 @@ class Status(BaseModel):
     last_good: dict[str, object] | None
     evidence_seq: int | None
     checkpoint_size: int | None
+    # The newest checkpoint file: what an auditor keeps and passes as --pin-checkpoint.
+    pin_checkpoint: str | None = None
 
     def lines(self) -> list[str]:
         h = self.host
@@ -84,6 +86,8 @@ class Status(BaseModel):
         if self.checkpoint_size is not None:
             evidence += f", checkpoint size {self.checkpoint_size}"
         out.append(f"evidence   {evidence}")
+        if self.pin_checkpoint is not None:
+            out.append(f"{'':<11}pin next time: {self.pin_checkpoint}")
         return out
 
 
@@ -101,6 +105,7 @@ def collect(config: ReconcilerConfig) -> Status:
         }
         last_good = state.last_good()
     seq, size = _evidence_tail(config)
+    pin = _pin_checkpoint(config, size)
     return Status(
         host=host,
         flake=config.flake,
@@ -117,6 +122,7 @@ def collect(config: ReconcilerConfig) -> Status:
         last_good=last_good,
         evidence_seq=seq,
         checkpoint_size=size,
+        pin_checkpoint=pin,
     )
 
 
@@ -129,3 +135,12 @@ def _evidence_tail(config: ReconcilerConfig) -> tuple[int | None, int | None]:
         return None, None
     state = MerkleLog(config.state_dir, origin=origin_for(config), durable=False).read_state()
     return (state.last.seq if state.last else None), state.size
+
+
+def _pin_checkpoint(config: ReconcilerConfig, size: int | None) -> str | None:
+    from nixcomply.evidence.log import CHECKPOINTS, checkpoint_name
+
+    if not size:
+        return None
+    path = config.state_dir / CHECKPOINTS / checkpoint_name(size)
+    return str(path) if path.is_file() else None
