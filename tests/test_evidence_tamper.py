@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 from fixtures_evidence import TOPLEVEL, Keys, check_run, fill, open_store
 from fuzzing import examples
 from hypothesis import given, settings
@@ -363,3 +364,86 @@ def test_equivalent_respellings_are_caught(store_copy: Path, keys: Keys) -> None
     assert base64.b64decode(respelled) == base64.b64decode(blob)  # same bytes, other spelling
     newest.write_text(text.replace(blob, respelled))
     assert_tampered(verify(store_copy, keys.keyring), "log/checkpoints/000000000009")
+
+
+# -- 9.6: nothing may lie where it does not belong ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "place",
+    [
+        "planted.txt",
+        "evidence.bak",
+        "log/planted",
+        "log/state/planted.json",
+        "log/state/000000000009.json.bak",
+        "log/checkpoints/.hidden",
+        "log/checkpoints/000000000009.orig",
+        "log/cosignatures/000000000042",
+        "evidence/2026/03/01/.hidden",
+        "evidence/2026/notes.txt",
+    ],
+)
+def test_unexpected_files_fail_and_are_named(store_copy: Path, keys: Keys, place: str) -> None:
+    """Every place has a fixed list of what may be there; the earlier verifier ignored an
+    extra file at the store root, in log/, log/state/ and hidden among the checkpoints."""
+    path = store_copy / place
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("not evidence\n")
+    report = verify(store_copy, keys.keyring)
+    assert report.exit_code == 1, report.lines()
+    assert [e.path for e in report.errors] == [place], report.lines()
+
+
+def test_leftover_of_an_interrupted_write_is_a_warning(store_copy: Path, keys: Keys) -> None:
+    (store_copy / ".keyring.json.k3j_x9aZ.tmp").write_text("{}")
+    report = verify(store_copy, keys.keyring)
+    assert report.exit_code == 3, report.lines()
+    assert report.warnings[0].path == ".keyring.json.k3j_x9aZ.tmp"
+    assert "interrupted write" in report.warnings[0].message
+
+
+def forged_pending(root: Path, seq: int, bundle: str) -> None:
+    import hashlib
+    import json
+
+    from nixcomply.evidence.merkle import leaf_hash
+
+    envelope = (root / bundle / "envelope.dsse.json").read_bytes()
+    record = {
+        "seq": seq,
+        "path": bundle,
+        "bundle_id": bundle.rsplit("/", 1)[1],
+        "envelope_sha256": hashlib.sha256(envelope).hexdigest(),
+        "leaf": leaf_hash(envelope).hex(),
+    }
+    (root / "log/pending.json").write_bytes((json.dumps(record) + "\n").encode())
+
+
+def test_forged_pending_record_fails(store_copy: Path, keys: Keys) -> None:
+    """A pending.json that no crash can leave (here: naming bundle 2 as the next entry)
+    only warned that the next open would undo it."""
+    forged_pending(store_copy, 9, bundles(store_copy)[2])
+    report = verify(store_copy, keys.keyring)
+    assert report.exit_code == 1, report.lines()
+    first = report.first_error()
+    assert first is not None
+    assert first.path == "log/pending.json"
+    assert "names the bundle of entry 2" in first.message
+
+
+def test_pending_record_of_a_finished_append_fails_against_the_host_record(
+    store_copy: Path, keys: Keys
+) -> None:
+    """Entry 8 complete with its checkpoint is what a crash just before removing
+    pending.json leaves, unless the host recorded the append as finished."""
+    import hashlib
+
+    from nixcomply.evidence.log import LogHead
+
+    forged_pending(store_copy, 8, bundles(store_copy)[8])
+    assert verify(store_copy, keys.keyring).exit_code == 3
+    digest = hashlib.sha256((store_copy / "log/checkpoints/000000000009").read_bytes()).hexdigest()
+    report = verify(store_copy, keys.keyring, host_head=LogHead(9, digest))
+    assert report.exit_code == 1
+    assert any(e.path == "log/pending.json" and "after a finished append" in e.message for e in report.errors)
