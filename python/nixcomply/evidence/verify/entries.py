@@ -157,7 +157,10 @@ def _check_checkpoint(
     report.origin, report.checkpoint_size = cp.origin, cp.size
     if cp.size != size:
         report.error(
-            f"the checkpoint is of tree size {cp.size}, the entries end at {size}", path=where, rank=Rank.LOG
+            f"the checkpoint is of tree size {cp.size}, the entries end at {size}",
+            seq=max(size - 1, 0),
+            path=where,
+            rank=Rank.LOG,
         )
         return None
     both = history.double_signed.get(size)
