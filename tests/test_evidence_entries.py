@@ -142,6 +142,15 @@ def test_rotation_in_an_upload_moves_the_keyring_on(tmp_path: Path) -> None:
     )
     assert result.ok, result.report.lines()
     assert result.keyring.trust() == load_keyring(ring_path).trust()
+    # A server that accepted the rotation earlier keeps its keyring; the next upload needs
+    # no rotation entry for the key it already trusts.
+    after = verify_entries(
+        upload(tmp_path, 3, 4),
+        result.keyring,
+        start=position(tmp_path, 3),
+        checkpoint=checkpoint(tmp_path, 4),
+    )
+    assert after.ok, after.report.lines()
     # Without the rotation entry the server's keyring never learns the new key.
     later = verify_entries(
         upload(tmp_path, 3, 4), keys.keyring, start=position(tmp_path, 3), checkpoint=checkpoint(tmp_path, 4)

@@ -94,6 +94,21 @@ class Frontier:
         return Frontier(self.size, self.hashes)
 
 
+def frontiers_at(leaves: Sequence[bytes], sizes: Iterable[int]) -> dict[int, Frontier]:
+    """The frontier of the tree of the first ``n`` leaves for every ``n`` in ``sizes`` (that
+    is at most ``len(leaves)``), in one pass."""
+    wanted = {n for n in sizes if 0 <= n <= len(leaves)}
+    out: dict[int, Frontier] = {}
+    frontier = Frontier()
+    if 0 in wanted:
+        out[0] = frontier.copy()
+    for i in range(max(wanted, default=0)):
+        frontier.append(leaves[i])
+        if i + 1 in wanted:
+            out[i + 1] = frontier.copy()
+    return out
+
+
 class Tree:
     """A whole tree in memory (every level), for proofs; built in O(n)."""
 

@@ -172,6 +172,7 @@ class EvidenceStore:
         )
         try:
             with store.locked():
+                store._sweep()
                 store._check_head(store._recover())
         except BaseException:
             store.close()
@@ -350,8 +351,8 @@ class EvidenceStore:
             )
 
     def _sweep(self) -> None:
-        """Remove the temporary files of atomic writes that a crash interrupted (with the
-        lock held, nobody else is writing them)."""
+        """Remove the temporary files of atomic writes that a crash interrupted (on open,
+        with the lock held: nobody else is writing them; an O(n) listing, so not per append)."""
         for rel in log.SWEPT:
             with contextlib.suppress(FileNotFoundError):
                 for entry in os.scandir(self.root / rel):
@@ -366,7 +367,6 @@ class EvidenceStore:
         checkpoint may be missing; if its bundle is complete on disk (the envelope has the
         recorded digest), the entry is finished; otherwise its traces are removed.
         """
-        self._sweep()
         state = self.log.read_state()
         pending = self.log.read_pending()
         if pending is None:

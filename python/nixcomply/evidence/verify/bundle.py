@@ -11,18 +11,20 @@ else before its signature has been judged.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from hashlib import sha256
-from typing import Final
+from typing import Final, NamedTuple
 
 import pydantic
 
 from nixcomply.evidence import dsse
 from nixcomply.evidence.keys import PublicKey
+from nixcomply.evidence.log import CHECKPOINTS
 from nixcomply.evidence.merkle import leaf_hash
 from nixcomply.evidence.statement import (
     Attestation,
@@ -54,10 +56,10 @@ class RotationClaim:
     signed_by_previous: bool
 
 
-@dataclass(frozen=True, slots=True)
-class Claim:
+class Claim(NamedTuple):
     """What a parsed envelope says about its place in the log, and who signed it. Trusted
-    only once :mod:`.trust` has found one of ``signers`` trusted for ``seq``."""
+    only once :mod:`.trust` has found one of ``signers`` trusted for ``seq``. (A named
+    tuple: one is made per entry, in a worker, and pickled to the parent.)"""
 
     seq: int
     bundle_id: str
@@ -73,6 +75,9 @@ class Claim:
     # When no candidate signed: the signed message and the signatures, so that a key only
     # a rotation entry introduces can still be tried once the rotation is judged.
     unmatched: tuple[bytes, tuple[bytes, ...]] | None = None
+    # The bytes of the checkpoint file ``chain.checkpoint`` commits to (tree size ``seq``),
+    # read beside the bundle so the parent need not open every checkpoint itself.
+    committed_file: bytes | None = None
 
 
 @dataclass(slots=True)
@@ -205,19 +210,22 @@ def check_envelope(
     return statement
 
 
-def read_file(path: str) -> bytes:
+def read_file(path: str, *, dir_fd: int | None = None) -> bytes:
     """A whole small file, with less overhead than ``open().read()``."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
     try:
-        chunks = []
-        while True:
-            chunk = os.read(fd, 1 << 16)
-            if not chunk:
-                break
+        chunk = os.read(fd, _READ)
+        if len(chunk) < _READ:  # a regular file reads short only at its end
+            return chunk
+        chunks = [chunk]
+        while chunk := os.read(fd, _READ):
             chunks.append(chunk)
     finally:
         os.close(fd)
     return b"".join(chunks)
+
+
+_READ: Final = 1 << 16
 
 
 def check_bundle(base: str, rel: str, keys: Candidates, *, keep_statement: bool = False) -> Checked:
@@ -225,21 +233,23 @@ def check_bundle(base: str, rel: str, keys: Candidates, *, keep_statement: bool 
     # Until its signature is judged, only the directory name locates a bundle.
     m = SEQ_IN_ID.search(rel)
     out = Checked(rel, int(m.group(1)) if m else None)
-    directory = base + rel + "/"
     try:
-        names = set(os.listdir(directory))
+        fd = os.open(base + rel, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as e:
         out.error(f"cannot read bundle: {e.strerror}")
         return out
-    extra = names - BUNDLE_FILES
-    if extra:
-        out.error(f"unexpected file(s) in bundle: {', '.join(sorted(extra))}")
     try:
-        env_bytes = read_file(directory + ENVELOPE_FILE)
-        stmt_bytes = read_file(directory + STATEMENT_FILE)
+        names = set(os.listdir(fd))
+        extra = names - BUNDLE_FILES
+        if extra:
+            out.error(f"unexpected file(s) in bundle: {', '.join(sorted(extra))}")
+        env_bytes = read_file(ENVELOPE_FILE, dir_fd=fd)
+        stmt_bytes = read_file(STATEMENT_FILE, dir_fd=fd)
     except OSError as e:
-        out.error(f"{os.path.basename(e.filename or '')}: {e.strerror}")
+        out.error(f"{os.path.basename(e.filename or '') or 'bundle'}: {e.strerror}")
         return out
+    finally:
+        os.close(fd)
     statement = check_envelope(
         out, env_bytes, keys, statement_bytes=stmt_bytes, keep_statement=keep_statement
     )
@@ -256,7 +266,12 @@ def check_bundle(base: str, rel: str, keys: Candidates, *, keep_statement: bool 
         expected = f"{EVIDENCE_DIR}/{t:%Y}/{t:%m}/{t:%d}/{predicate.bundle_id}"
         out.error(f"bundle {predicate.bundle_id} observed at {t:%Y-%m-%d} belongs at {expected}")
     if ATTACHMENTS_DIR in names or any(s.name.startswith(_ATTACHED) for s in statement.subject):
-        check_attachments(out, statement.subject, directory)
+        check_attachments(out, statement.subject, base + rel + "/")
+    claim = out.claim
+    if claim is not None and claim.checkpoint is not None:
+        # Missing or unreadable: the checkpoint check reads it again and says so.
+        with contextlib.suppress(OSError):
+            out.claim = claim._replace(committed_file=read_file(f"{base}{CHECKPOINTS}/{claim.seq:012d}"))
     return out
 
 

@@ -26,7 +26,6 @@ from hashlib import sha256
 
 from nixcomply.evidence.checkpoint import NoteError, open_checkpoint, parse_checkpoint_text, parse_note
 from nixcomply.evidence.log import CHECKPOINTS, LogHead, checkpoint_name
-from nixcomply.evidence.merkle import Frontier
 from nixcomply.evidence.statement import KeyRole
 from nixcomply.evidence.verify.bundle import Claim
 from nixcomply.evidence.verify.report import Rank, Report
@@ -48,26 +47,39 @@ class Checkpoints:
     newest: bytes | None = None
 
 
+def signed_sizes(
+    sizes: list[int], entries: Mapping[int, tuple[Claim, str]], history: KeyHistory, *, all_checkpoints: bool
+) -> set[int]:
+    """The checkpoints checked by the log key's signature, whose roots are recomputed from
+    the leaves: the newest, any no authentic entry committed to, those covering a log-key
+    rotation, and with ``all_checkpoints`` every one. The others are authentic by the digest
+    the next entry signed; their roots were the store's own at the time."""
+    newest = sizes[-1] if sizes else None
+    return {
+        s for s in sizes if s == newest or all_checkpoints or s in history.double_signed or s not in entries
+    }
+
+
 def check_checkpoints(
     report: Report,
     read: Reader,
     *,
     sizes: list[int],
-    leaves: list[bytes],
+    signed: set[int],
+    roots: Mapping[int, bytes],
+    leaves: int,
     size: int,
     entries: Mapping[int, tuple[Claim, str]],
     history: KeyHistory,
     complete: bool,
     pending: bool,
-    all_checkpoints: bool,
 ) -> Checkpoints:
-    """Check the checkpoint files of ``sizes`` (see the module docstring) against ``leaves``,
-    the log of ``size`` entries; ``complete``: every size must have its checkpoint (a
+    """Check the checkpoint files of ``sizes`` (see the module docstring): those in
+    ``signed`` by signature and against ``roots`` (the tree's root at each of those sizes),
+    the others by the commitment of the entry after them; ``leaves`` is the number of leaves
+    of the log of ``size`` entries; ``complete``: every size must have its checkpoint (a
     store), ``pending``: the newest entry may not be covered yet (an interrupted append)."""
     out = Checkpoints()
-    roots = _roots(leaves, set(sizes))
-    report.tree_size = len(leaves)
-    report.root = Frontier.of(leaves).root()
     if not sizes:
         if size and not (pending and size == 1):
             report.error("no checkpoint", path=CHECKPOINTS, rank=Rank.LOG)
@@ -77,11 +89,13 @@ def check_checkpoints(
     mismatched: list[int] = []
     for s in reversed(sizes):
         rel = checkpoint_rel(s)
-        data = read(rel)
+        committer = entries.get(s)
+        data = committer[0].committed_file if committer is not None else None
+        if data is None:
+            data = read(rel)
         if data is None:
             report.error("cannot read", seq=s - 1, path=rel, rank=Rank.LOG)
             continue
-        committer = entries.get(s)
         committed = committer[0].checkpoint if committer is not None else None
         if committed is not None and sha256(data).hexdigest() != committed:
             report.error(
@@ -91,7 +105,7 @@ def check_checkpoints(
                 rank=Rank.LOG,
             )
             continue
-        if s == newest or committed is None or all_checkpoints or s in history.double_signed:
+        if s in signed:
             root = _signed(report, data, s, rel=rel, history=history, out=out)
         else:
             root = _committed(report, data, s, rel, out)
@@ -100,14 +114,14 @@ def check_checkpoints(
         if s == newest:
             out.newest = data
         report.checkpoints_verified += 1
-        if s > len(leaves):
+        if s > leaves:
             report.error(
-                f"checkpoint of tree size {s}, but the log has {len(leaves)} entries",
+                f"checkpoint of tree size {s}, but the log has {leaves} entries",
                 seq=s - 1,
                 path=rel,
                 rank=Rank.LOG,
             )
-        elif roots.get(s) != root:
+        elif s in roots and roots[s] != root:
             mismatched.append(s)
     report.origin = out.origin
     if mismatched:
@@ -142,14 +156,12 @@ def check_checkpoints(
     return out
 
 
-def _roots(leaves: list[bytes], sizes: set[int]) -> dict[int, bytes]:
-    roots: dict[int, bytes] = {}
-    frontier = Frontier()
-    for leaf in leaves:
-        frontier.append(leaf)
-        if frontier.size in sizes:
-            roots[frontier.size] = frontier.root()
-    return roots
+def pin_size(pin: bytes) -> int | None:
+    """The tree size a pinned checkpoint claims (None if it is not a checkpoint at all)."""
+    try:
+        return parse_checkpoint_text(parse_note(pin).text).size
+    except NoteError:
+        return None
 
 
 def _origin(report: Report, out: Checkpoints, origin: str, rel: str) -> None:
@@ -206,9 +218,16 @@ def _committed(report: Report, data: bytes, size: int, rel: str, out: Checkpoint
 
 
 def check_pin(
-    report: Report, pin: bytes, leaves: list[bytes], origin: str | None, history: KeyHistory
+    report: Report,
+    pin: bytes,
+    *,
+    roots: Mapping[int, bytes],
+    leaves: int,
+    origin: str | None,
+    history: KeyHistory,
 ) -> None:
-    """The log still holds exactly the tree of the pinned checkpoint."""
+    """The log still holds exactly the tree of the pinned checkpoint (``roots`` has the
+    tree's root at the pin's size, when the log is that long)."""
     try:
         size = parse_checkpoint_text(parse_note(pin).text).size
         signed = open_checkpoint(pin, history.keys(KeyRole.LOG, size - 1) if size > 0 else [])
@@ -220,14 +239,14 @@ def check_pin(
         report.error(f"pinned checkpoint is for log {cp.origin!r}, not {origin!r}", path=PIN, rank=Rank.STORE)
         return
     consistent = False
-    if cp.size > len(leaves):
+    if cp.size > leaves:
         report.error(
-            f"the log has {len(leaves)} entries but the pinned checkpoint has {cp.size}: it was truncated",
-            seq=len(leaves),
+            f"the log has {leaves} entries but the pinned checkpoint has {cp.size}: it was truncated",
+            seq=leaves,
             path=PIN,
             rank=Rank.STORE,
         )
-    elif Frontier.of(leaves[: cp.size]).root() != cp.root:
+    elif roots.get(cp.size) != cp.root:
         report.error(
             f"the log's first {cp.size} entries differ from the pinned checkpoint: history was rewritten",
             path=PIN,

@@ -105,7 +105,7 @@ def verify_entries(
             check_given_attachments(out, statement.subject, dict(entry.attachments))
         checked.append(out)
     history = KeyHistory(keyring)
-    judged = judge(checked, history, report)
+    judged = judge(checked, history, report, explained_before=start.size)
     end = start.size + len(entries)
     expected = list(range(start.size, end))
     prev = start.last_envelope_sha256 if start.size else GENESIS_PREV

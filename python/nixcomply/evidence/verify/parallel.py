@@ -8,22 +8,25 @@ cores threads spent most of their time waiting for each other. The parent keeps 
 chunks in flight and takes the results in order, so memory stays bounded by the chunks in
 flight plus the compact claims, and the report does not depend on scheduling.
 
-Workers come from a ``forkserver`` (safe in a process with threads, unlike ``fork``) that
-has the verification modules imported once. Small logs are checked in the calling process:
+Workers are forked (:func:`_context`). Small logs are checked in the calling process:
 starting workers costs more than it saves below :data:`PROCESS_MIN` bundles.
 """
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Final
 
 from nixcomply.evidence.keys import PublicKey
-from nixcomply.evidence.verify.bundle import Candidates, Checked, check_bundle
+from nixcomply.evidence.statement import Statement
+from nixcomply.evidence.verify.bundle import Candidates, Checked, Claim, check_bundle
+from nixcomply.evidence.verify.report import Severity
 
 Progress = Callable[[int, int], None]
 
@@ -45,12 +48,35 @@ def default_jobs() -> int:
 def _init(base: str, vkeys: list[str], keep_statements: bool) -> None:
     global _worker  # noqa: PLW0603 - one worker process, one configuration
     _worker = (base, Candidates(PublicKey.from_vkey(v) for v in vkeys), keep_statements)
+    # Checking allocates many short-lived objects and no cycles.
+    gc.disable()
 
 
-def _check_chunk(rels: Sequence[str]) -> list[Checked]:
+# What a worker sends back per bundle: the Checked fields but the path, which the parent
+# has (plain tuples pickle several times faster than objects).
+Result = tuple[int | None, Claim | None, list[tuple[Severity, str]], Statement | None]
+
+
+def _check_chunk(rels: Sequence[str]) -> list[Result]:
     assert _worker is not None, "worker not initialised"
     base, keys, keep = _worker
-    return [check_bundle(base, rel, keys, keep_statement=keep) for rel in rels]
+    out = []
+    for rel in rels:
+        c = check_bundle(base, rel, keys, keep_statement=keep)
+        out.append((c.hint, c.claim, c.problems, c.statement))
+    return out
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    """``fork`` when this process runs no other thread (nothing can hold a lock the child
+    would inherit, and nothing needs re-importing), else a ``forkserver`` with the
+    verification modules imported once (which, like ``spawn``, needs the caller's main
+    module to be importable without side effects: ``if __name__ == "__main__"``)."""
+    if threading.active_count() == 1:
+        return multiprocessing.get_context("fork")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["nixcomply.evidence.verify.bundle"])
+    return context
 
 
 def check_all(
@@ -71,8 +97,7 @@ def check_all(
                 progress(done, total)
         return
     chunks = [rels[i : i + CHUNK] for i in range(0, total, CHUNK)]
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["nixcomply.evidence.verify.bundle"])
+    context = _context()
     done = 0
     with ProcessPoolExecutor(
         max_workers=jobs,
@@ -80,18 +105,20 @@ def check_all(
         initializer=_init,
         initargs=(base, keys.vkeys(), keep_statements),
     ) as pool:
-        queued: deque[Future[list[Checked]]] = deque()
+        queued: deque[tuple[Sequence[str], Future[list[Result]]]] = deque()
         todo = iter(chunks)
         for chunk in todo:
-            queued.append(pool.submit(_check_chunk, chunk))
+            queued.append((chunk, pool.submit(_check_chunk, chunk)))
             if len(queued) >= IN_FLIGHT * jobs:
                 break
         while queued:
-            results = queued.popleft().result()
-            for chunk in todo:
-                queued.append(pool.submit(_check_chunk, chunk))
+            chunk, future = queued.popleft()
+            results = future.result()
+            for more in todo:
+                queued.append((more, pool.submit(_check_chunk, more)))
                 break
-            yield from results
+            for rel, (hint, claim, problems, statement) in zip(chunk, results, strict=True):
+                yield Checked(rel, hint, claim, problems, statement)
             done += len(results)
             if progress is not None:
                 progress(done, total)

@@ -103,11 +103,12 @@ class KeyHistory:
         self._rebuild()
         return problems
 
-    def unexplained(self) -> list[str]:
-        """Trust the keyring extends without a rotation entry for it."""
+    def unexplained(self, *, before: int = 0) -> list[str]:
+        """Trust the keyring extends without a rotation entry for it (keys trusted from an
+        entry up to ``before``, which the caller judged earlier, are taken as explained)."""
         out = []
         for e in self.keyring.keys:
-            if e.valid_from > 0 and (e.role, e.key.raw, e.valid_from) not in self.introduced:
+            if e.valid_from > before and (e.role, e.key.raw, e.valid_from) not in self.introduced:
                 out.append(
                     f"the {e.role.value} key {e.key.name} is trusted from entry {e.valid_from}, "
                     "but no signed rotation entry introduces it there"
@@ -168,10 +169,14 @@ def _diff(present: Keyring, derived: Keyring) -> str:
     return "the keys are listed differently"
 
 
-def judge(checked: Iterable[Checked], history: KeyHistory, report: Report) -> dict[int, tuple[Claim, str]]:
+def judge(
+    checked: Iterable[Checked], history: KeyHistory, report: Report, *, explained_before: int = 0
+) -> dict[int, tuple[Claim, str]]:
     """The authentic entries by sequence number (claim, bundle path); every problem goes to
     ``report`` at the entry's judged place. Rotation entries are judged first, in log
-    order, each by the keys trusted at its own position."""
+    order, each by the keys trusted at its own position. ``explained_before``: the entries
+    before it were judged earlier (an upload continuing a log), so keys the keyring trusts
+    from there on need no rotation entry among these."""
     results = list(checked)
     rotations = sorted(
         (c for c in results if c.claim is not None and c.claim.rotation is not None),
@@ -213,7 +218,7 @@ def judge(checked: Iterable[Checked], history: KeyHistory, report: Report) -> di
             )
             continue
         entries[claim.seq] = (claim, c.rel)
-    for problem in history.unexplained():
+    for problem in history.unexplained(before=explained_before):
         report.error(problem, path="keyring", rank=Rank.STORE)
     return entries
 
