@@ -10,11 +10,11 @@ import random
 import sys
 import time
 
+from nixcomply.baseline.catalog import CHECK_NAMES
 from nixcomply.baseline.load import known_runbook_ids
-from nixcomply.checks.catalog import CHECK_NAMES
 from nixcomply.checks.finding import Finding, Severity, Status
+from nixcomply.core.paths import runbooks_dir
 from nixcomply.heal.rules import decide, load_rules
-from nixcomply.paths import runbooks_dir
 
 N = 10_000
 SEVERITIES: list[Severity] = ["critical", "high", "medium", "low"]

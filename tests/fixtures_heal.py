@@ -16,7 +16,7 @@ import pytest
 
 from nixcomply.heal.config import AlertConfig, HealConfig
 from nixcomply.heal.executor import ExecutionContext
-from nixcomply.systemd import Systemd
+from nixcomply.host.systemd import Systemd
 
 TEST_UNITS = ["t-*.service"]
 # Real programs of this machine that the tests' runbooks may run.

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from nixcomply.sandbox import Sandbox
+from nixcomply.sandbox.emulated import Sandbox
 
 HOST = "clinic-01"
 
@@ -21,7 +21,7 @@ APP_UNIT = "[Unit]\nDescription=sandbox app\n[Service]\nType=exec\nExecStart=/bi
 
 
 def manifest_json(baseline_version: int) -> str:
-    """A manifest in nixcomply.manifest's schema (the renderer will produce real ones)."""
+    """A manifest in nixcomply.model.manifest's schema (the renderer will produce real ones)."""
     return json.dumps(
         {
             "schema": 1,

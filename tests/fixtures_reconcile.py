@@ -23,12 +23,12 @@ from typing import Any
 
 import pytest
 
-from nixcomply.config import ReconcilerConfig
 from nixcomply.evidence.verify import verify_path
+from nixcomply.host.config import ReconcilerConfig
 from nixcomply.nixos.tools import Tools
 from nixcomply.reconcile.cycle import Reconciler
 from nixcomply.reconcile.model import CycleReport
-from nixcomply.sandboxhost import SandboxHost, sandbox_manifest
+from nixcomply.sandbox.machine import SandboxHost, sandbox_manifest
 
 HOST = "clinic-01"
 # built "today" from nixpkgs' point of view, so the patch-age check passes unless a test says otherwise

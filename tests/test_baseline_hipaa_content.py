@@ -15,9 +15,9 @@ from typing import Any, Final
 
 import pytest
 
+from nixcomply.baseline.catalog import CHECK_NAMES
 from nixcomply.baseline.models import Baseline
-from nixcomply.checks.catalog import CHECK_NAMES
-from nixcomply.yamlsource import load_model
+from nixcomply.core.yamlsource import load_model
 
 REPO: Final = Path(__file__).resolve().parent.parent
 BASELINE: Final = REPO / "baseline" / "hipaa-v1.yaml"

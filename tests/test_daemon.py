@@ -10,8 +10,8 @@ from pathlib import Path
 
 from fixtures_reconcile import World
 
-from nixcomply.state import State
-from nixcomply.systemd import Systemd
+from nixcomply.host.state import State
+from nixcomply.host.systemd import Systemd
 
 UNIT = "nixcomply-reconcile-test.service"
 

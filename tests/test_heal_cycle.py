@@ -8,8 +8,8 @@ import json
 
 from fixtures_reconcile import World
 
+from nixcomply.host.state import State
 from nixcomply.reconcile.cycle import Reconciler
-from nixcomply.state import State
 
 
 def remediations(world: World) -> list[dict[str, object]]:

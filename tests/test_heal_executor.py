@@ -23,8 +23,8 @@ from nixcomply.heal.actions import SyncResult
 from nixcomply.heal.executor import RunbookRun, RunOutcome, execute
 from nixcomply.heal.record import record_remediation
 from nixcomply.heal.runbook import load_runbook
-from nixcomply.systemd import Systemd
-from nixcomply.usermanager import UserManager
+from nixcomply.host.systemd import Systemd
+from nixcomply.sandbox.usermanager import UserManager
 
 SERVICE = load_runbook(REPO / "runbooks" / "RB-SERVICE-001.yaml")
 RESTORE = load_runbook(REPO / "runbooks" / "RB-RESTORE-001.yaml")

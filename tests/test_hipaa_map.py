@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import DATA, REPO
+from nixcomply.baseline.catalog import CHECK_NAMES
 from nixcomply.baseline.controlsmap import (
     MAP_COLUMNS,
     RULE_COLUMNS,
@@ -31,7 +32,6 @@ from nixcomply.baseline.controlsmap import (
     load_rule_list,
 )
 from nixcomply.baseline.models import CONTROL_ID, HIPAA_CITATION
-from nixcomply.checks.catalog import CHECK_NAMES
 from nixcomply.errors import InputError
 
 RULE_CSV = DATA / "hipaa-security-rule.csv"

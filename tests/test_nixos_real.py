@@ -15,7 +15,7 @@ from nixcomply.nixos import build, flake, generations, git, rebuild, system
 from nixcomply.nixos.flake import FlakeRef
 from nixcomply.nixos.rebuild import RebuildAction
 from nixcomply.nixos.tools import Tools
-from nixcomply.sandbox import Sandbox
+from nixcomply.sandbox.emulated import Sandbox
 
 if TYPE_CHECKING:
     from fixtures_nix import World

@@ -13,15 +13,15 @@ import textwrap
 import pytest
 from fixtures_reconcile import World
 
+from nixcomply.host.state import State
 from nixcomply.nixos import generations, system
 from nixcomply.reconcile.cycle import Reconciler
 from nixcomply.reconcile.model import PlanKind
-from nixcomply.state import State
 
 CHILD = textwrap.dedent(
     """
     import os, signal, sys
-    from nixcomply import faults
+    from nixcomply.core import faults
     from nixcomply.cli import main
 
     def die(name):

@@ -17,7 +17,7 @@ from nixcomply.baseline.evaluate import definitions
 from nixcomply.baseline.load import LoadedBaseline, load_baseline
 from nixcomply.baseline.render import control_settings, render
 from nixcomply.errors import InputError
-from nixcomply.manifest import Manifest
+from nixcomply.model.manifest import Manifest
 from nixcomply.nixos.tools import Tools
 
 HIPAA = REPO / "baseline" / "hipaa-v1.yaml"

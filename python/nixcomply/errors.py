@@ -93,7 +93,7 @@ class InputError(NixcomplyError):
 
 
 class CommandError(NixcomplyError):
-    """Raised by ``nixcomply.process`` when an external command exits non-zero, cannot be
+    """Raised by ``nixcomply.core.process`` when an external command exits non-zero, cannot be
     started, or times out. Carries the argv, the exit status and the captured stderr so the
     report says exactly what ran and what it said."""
 

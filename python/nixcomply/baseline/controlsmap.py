@@ -30,10 +30,10 @@ from typing import Annotated, Any, Final, TypeVar
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 
+from nixcomply.baseline.catalog import CHECK_NAMES
 from nixcomply.baseline.models import CONTROL_ID, HIPAA_CITATION
-from nixcomply.checks.catalog import CHECK_NAMES
+from nixcomply.core.yamlsource import SourceMap, problems_from_validation, read_text
 from nixcomply.errors import InputError, Problem
-from nixcomply.yamlsource import SourceMap, problems_from_validation, read_text
 
 RULE_COLUMNS: Final = ("citation", "title", "kind", "requirement", "parent")
 MAP_COLUMNS: Final = (
@@ -145,7 +145,7 @@ def _check_items(
                 f"{item!r} is not a control id (lowercase dotted, like ssh.password-auth-disabled)"
             )
         if names is not None and item not in names:
-            raise ValueError(f"{item!r} is not a runtime check (see nixcomply.checks.catalog)")
+            raise ValueError(f"{item!r} is not a runtime check (see nixcomply.baseline.catalog)")
         if item in seen:
             raise ValueError(f"lists {item!r} twice")
         seen.add(item)

@@ -22,11 +22,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeVar
 
-from nixcomply import process
 from nixcomply.checks.context import CheckContext, UnitStateLike
 from nixcomply.checks.finding import FRAMEWORK_KEYS, Finding, Severity, severity_rank
+from nixcomply.core import process
 from nixcomply.errors import CommandError, NixcomplyError
-from nixcomply.manifest import ManifestControl
+from nixcomply.model.manifest import ManifestControl
 
 T = TypeVar("T")
 Controls = Mapping[str, ManifestControl]
@@ -91,7 +91,7 @@ def run_command(
     input: str | None = None,
     extra_env: Mapping[str, str] | None = None,
 ) -> process.Result:
-    """``nixcomply.process.run`` with the checks' command timeout."""
+    """``nixcomply.core.process.run`` with the checks' command timeout."""
     return process.run(
         list(argv),
         check=True,

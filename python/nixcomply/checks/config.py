@@ -17,7 +17,7 @@ from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from nixcomply.checks.catalog import CHECK_NAMES
+from nixcomply.baseline.catalog import CHECK_NAMES
 
 _Strict = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 UNIT_NAME: Final = re.compile(

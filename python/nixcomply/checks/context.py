@@ -4,7 +4,7 @@ Checks read the host only through the context: host paths under ``root`` (a sand
 temporary directory and the same code runs), systemd through ``systemd_factory``, the
 running generation's promises through ``manifest`` and ``parameters``, and what the
 reconciler knows about generations through ``generation``. Commands go through
-``nixcomply.process.run``.
+``nixcomply.core.process.run``.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from pydantic import ValidationError
 
 from nixcomply.baseline.models import Parameters
 from nixcomply.checks.config import ChecksConfig
+from nixcomply.core.yamlsource import SourceMap, problems_from_validation
 from nixcomply.errors import InputError
-from nixcomply.manifest import Manifest, read_manifest
-from nixcomply.yamlsource import SourceMap, problems_from_validation
+from nixcomply.model.manifest import Manifest, read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ FALLBACK_PARAMETERS: Final = Parameters(
 
 
 class UnitStateLike(Protocol):
-    """What the checks read of a unit (``nixcomply.systemd.UnitState`` has these)."""
+    """What the checks read of a unit (``nixcomply.host.systemd.UnitState`` has these)."""
 
     @property
     def name(self) -> str: ...
@@ -62,7 +62,7 @@ class UnitStateLike(Protocol):
 
 
 class SystemdLike(Protocol):
-    """The part of ``nixcomply.systemd.Systemd`` the checks use. ``unit_state`` raises
+    """The part of ``nixcomply.host.systemd.Systemd`` the checks use. ``unit_state`` raises
     (any exception) when the unit cannot be read; the check reports that as an error."""
 
     def unit_state(self, name: str) -> UnitStateLike: ...
@@ -170,7 +170,7 @@ def parameters_of(manifest: Manifest | None, *, origin: Path | None = None) -> P
 
 
 def default_parameters() -> Parameters:
-    from nixcomply.paths import default_baseline
+    from nixcomply.core.paths import default_baseline
 
     path = default_baseline()
     if path.exists():
@@ -186,10 +186,10 @@ def default_parameters() -> Parameters:
 def default_systemd_factory(
     *, user_mode: bool = False, bus_address: str | None = None
 ) -> SystemdFactory | None:
-    """A factory of ``nixcomply.systemd.Systemd`` connections, or None when that adapter
+    """A factory of ``nixcomply.host.systemd.Systemd`` connections, or None when that adapter
     (or pystemd) is not installed: the checks that need systemd then report errors."""
     try:
-        module: Any = importlib.import_module("nixcomply.systemd")
+        module: Any = importlib.import_module("nixcomply.host.systemd")
         importlib.import_module("pystemd")
     except ImportError:
         return None

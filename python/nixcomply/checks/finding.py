@@ -41,7 +41,7 @@ class Finding(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
-    check: str = Field(description="check name (nixcomply.checks.catalog)")
+    check: str = Field(description="check name (nixcomply.baseline.catalog)")
     control_ids: list[str] = Field(description="manifest controls judged; empty for a check run on its own")
     severity: Severity = Field(description="most severe of the controls', or the check's own")
     status: Status

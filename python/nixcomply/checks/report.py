@@ -16,7 +16,7 @@ from typing import Final, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from nixcomply.checks.finding import STATUSES, Finding
-from nixcomply.manifest import Manifest
+from nixcomply.model.manifest import Manifest
 
 REPORT_SCHEMA: Final = 1
 FRAMEWORK_SHORT: Final = (

@@ -54,7 +54,7 @@ def parse_result(text: str) -> RestoreTestResult:
 
 def write_result(path: Path, result: RestoreTestResult) -> None:
     """Record a restore test's outcome atomically (the runbook executor calls this)."""
-    from nixcomply.fsutil import atomic_write_text, ensure_dir
+    from nixcomply.core.fsutil import atomic_write_text, ensure_dir
 
     ensure_dir(path.parent)
     atomic_write_text(path, result.model_dump_json() + "\n")

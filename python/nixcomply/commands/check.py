@@ -47,8 +47,8 @@ def _load_config(path: Path) -> tuple[ChecksConfig, dict[str, Any]]:
     """The checks configuration from ``path`` (a full reconciler configuration, validated as
     one, or a checks configuration alone), and the reconciler settings this verb uses."""
     from nixcomply.checks.config import ChecksConfig
-    from nixcomply.config import ReconcilerConfig
-    from nixcomply.yamlsource import load_yaml, validate
+    from nixcomply.core.yamlsource import load_yaml, validate
+    from nixcomply.host.config import ReconcilerConfig
 
     data, source = load_yaml(path)
     if isinstance(data, dict) and "flake" in data:
@@ -66,7 +66,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from nixcomply.checks.report import CheckReport, render_table
 
     if args.list:
-        from nixcomply.checks.catalog import CHECKS
+        from nixcomply.baseline.catalog import CHECKS
 
         for name, (what, expect) in sorted(CHECKS.items()):
             print(f"{name:<16} {what}\n{'':<16} expect: {expect}")

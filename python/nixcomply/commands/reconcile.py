@@ -19,7 +19,7 @@ from nixcomply.cli import add_verb
 from nixcomply.errors import EXIT_FAILURE, EXIT_OK
 
 if TYPE_CHECKING:
-    from nixcomply.config import ReconcilerConfig
+    from nixcomply.host.config import ReconcilerConfig
     from nixcomply.reconcile.model import CycleReport
 
 
@@ -52,7 +52,7 @@ def _config_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def load(args: argparse.Namespace) -> ReconcilerConfig:
-    from nixcomply.config import DEFAULT_CONFIG, load_config
+    from nixcomply.host.config import DEFAULT_CONFIG, load_config
 
     return load_config(args.config or DEFAULT_CONFIG)
 
@@ -181,8 +181,8 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
-    from nixcomply.config import DEFAULT_CONFIG
-    from nixcomply.daemon import run
+    from nixcomply.host.config import DEFAULT_CONFIG
+    from nixcomply.host.daemon import run
 
     return run(args.config or DEFAULT_CONFIG)
 
@@ -199,8 +199,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_reset(args: argparse.Namespace) -> int:
-    from nixcomply.lock import StateLock
-    from nixcomply.state import State
+    from nixcomply.core.lock import StateLock
+    from nixcomply.host.state import State
 
     config = load(args)
     with StateLock(config.state_dir, purpose="reset"), State.open(config.state_dir) as state:

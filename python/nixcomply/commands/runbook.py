@@ -23,10 +23,10 @@ from nixcomply.cli import add_group, add_verb
 from nixcomply.errors import EXIT_FAILURE, EXIT_OK, InputError, Problem, UsageError
 
 if TYPE_CHECKING:
-    from nixcomply.config import ReconcilerConfig
     from nixcomply.heal.config import HealConfig
     from nixcomply.heal.executor import RunbookRun
     from nixcomply.heal.runbook import Runbook
+    from nixcomply.host.config import ReconcilerConfig
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -74,7 +74,7 @@ def _dir_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def _runbooks_dir(given: Path | None) -> Path:
-    from nixcomply.paths import runbooks_dir
+    from nixcomply.core.paths import runbooks_dir
 
     return given if given is not None else runbooks_dir()
 
@@ -173,8 +173,8 @@ def parse_params(items: list[str]) -> dict[str, str]:
 
 def load_heal_config(path: Path | None) -> tuple[ReconcilerConfig | None, HealConfig]:
     """The reconciler configuration (when there is one) and its ``heal`` block."""
-    from nixcomply.config import DEFAULT_CONFIG, load_config
     from nixcomply.heal.config import HealConfig
+    from nixcomply.host.config import DEFAULT_CONFIG, load_config
 
     if path is None:
         if not DEFAULT_CONFIG.exists():
@@ -258,7 +258,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _systemd(config: ReconcilerConfig | None) -> Any:
-    from nixcomply.systemd import Systemd
+    from nixcomply.host.systemd import Systemd
 
     if config is None:
         return Systemd

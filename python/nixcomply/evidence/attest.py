@@ -49,14 +49,14 @@ class ControlRef:
 
 def default_controls_map() -> Path | None:
     """``controls-map.csv`` of nixcomply's data directory (checkout or package), if any."""
-    from nixcomply.paths import baseline_dir
+    from nixcomply.core.paths import baseline_dir
 
     candidate = baseline_dir() / "controls-map.csv"
     return candidate if candidate.is_file() else None
 
 
 def default_baseline() -> Path | None:
-    from nixcomply import paths
+    from nixcomply.core import paths
 
     candidate = paths.default_baseline()
     return candidate if candidate.is_file() else None
@@ -80,7 +80,7 @@ def find_control(control: str, controls_map: Path, baseline: Path | None = None)
     found = bool(citations)
     if baseline is not None:
         from nixcomply.baseline.models import Baseline
-        from nixcomply.yamlsource import load_model
+        from nixcomply.core.yamlsource import load_model
 
         model, _source = load_model(Baseline, baseline)
         try:

@@ -165,7 +165,7 @@ class RangeCache:
 
 def load_keyring(path: Path) -> Keyring:
     """Read and validate a keyring; problems name the file, line and field."""
-    from nixcomply.yamlsource import load_model
+    from nixcomply.core.yamlsource import load_model
 
     if not path.exists():
         raise InputError.single(path, "keyring not found")
@@ -174,7 +174,7 @@ def load_keyring(path: Path) -> Keyring:
 
 
 def save_keyring(path: Path, keyring: Keyring, *, durable: bool = True) -> None:
-    from nixcomply.fsutil import atomic_write, ensure_dir
+    from nixcomply.core.fsutil import atomic_write, ensure_dir
 
     ensure_dir(path.parent)
     atomic_write(path, keyring.to_bytes(), mode=0o644, durable=durable)

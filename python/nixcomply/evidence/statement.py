@@ -51,7 +51,7 @@ from pydantic import (
 )
 
 from nixcomply import __version__
-from nixcomply.scrub import Scrubber, merge_counts
+from nixcomply.evidence.scrub import Scrubber, merge_counts
 
 STATEMENT_TYPE: Final = "https://in-toto.io/Statement/v1"
 PREDICATE_BASE: Final = "https://nixcomply.dev/evidence/"

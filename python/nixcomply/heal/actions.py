@@ -29,12 +29,12 @@ from typing import Any, Final
 
 from pydantic import JsonValue
 
-from nixcomply import process
+from nixcomply.core import process
+from nixcomply.core.fsutil import atomic_write_text, ensure_dir
 from nixcomply.errors import CommandError, NixcomplyError
-from nixcomply.fsutil import atomic_write_text, ensure_dir
 from nixcomply.heal.config import HealConfig
 from nixcomply.heal.runbook import Action
-from nixcomply.systemd import Systemd, UnitState
+from nixcomply.host.systemd import Systemd, UnitState
 
 logger = logging.getLogger(__name__)
 

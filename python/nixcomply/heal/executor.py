@@ -55,7 +55,7 @@ from nixcomply.heal.actions import (
 )
 from nixcomply.heal.config import HealConfig
 from nixcomply.heal.runbook import Action, OnFailure, Precondition, Runbook
-from nixcomply.systemd import Systemd
+from nixcomply.host.systemd import Systemd
 
 logger = logging.getLogger(__name__)
 

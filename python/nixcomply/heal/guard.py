@@ -9,7 +9,7 @@ runbook, the step and the parameter or argument; nothing has run at that point.
 
 The rules, by kind of value:
 
-* unit: systemd's unit-name grammar (:func:`nixcomply.systemd.validate_unit_name`) and one
+* unit: systemd's unit-name grammar (:func:`nixcomply.host.systemd.validate_unit_name`) and one
   of the ``allowed_units`` globs;
 * path: absolute, no ``..`` component, resolved with ``os.path.realpath`` (so a symlink
   that leads out is caught) and inside one of the ``allowed_roots``; the directory
@@ -41,6 +41,7 @@ from typing import Any, Final
 
 from pydantic import JsonValue
 
+from nixcomply.core.yamlsource import format_loc
 from nixcomply.errors import UsageError
 from nixcomply.heal.config import BINARY_NAME, HealConfig
 from nixcomply.heal.runbook import (
@@ -54,8 +55,7 @@ from nixcomply.heal.runbook import (
     Runbook,
     Step,
 )
-from nixcomply.systemd import InvalidUnitNameError, validate_unit_name
-from nixcomply.yamlsource import format_loc
+from nixcomply.host.systemd import InvalidUnitNameError, validate_unit_name
 
 METACHARACTERS: Final = frozenset(";|&$`<>(){}*?[]~!'\"\\")
 MAX_PATH: Final = 4096

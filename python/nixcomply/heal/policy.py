@@ -17,9 +17,9 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Final
 
-from nixcomply.config import MaintenanceWindow
 from nixcomply.heal.window import in_window, next_opening
-from nixcomply.state import State
+from nixcomply.host.config import MaintenanceWindow
+from nixcomply.host.state import State
 
 FLAP_HEALS: Final = 3
 FLAP_WINDOW: Final = timedelta(minutes=120)

@@ -21,9 +21,9 @@ from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from nixcomply.core.yamlsource import SourceMap, load_yaml, validate
 from nixcomply.errors import InputError, Problem
 from nixcomply.heal.runbook import PARAM_REF
-from nixcomply.yamlsource import SourceMap, load_yaml, validate
 
 _Strict = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 _MISSING: Final = object()

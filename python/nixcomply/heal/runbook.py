@@ -29,8 +29,8 @@ from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from nixcomply.core.yamlsource import SourceMap, load_model
 from nixcomply.errors import InputError
-from nixcomply.yamlsource import SourceMap, load_model
 
 RUNBOOK_ID: Final = re.compile(r"^RB-[A-Z]+-\d{3}$")
 PARAM_NAME: Final = re.compile(r"^[a-z][a-z0-9_]*$")

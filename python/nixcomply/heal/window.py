@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from nixcomply.config import WEEKDAYS, MaintenanceWindow
+from nixcomply.host.config import WEEKDAYS, MaintenanceWindow
 
 _DAY = timedelta(days=1)
 

@@ -17,7 +17,7 @@ from typing import Final
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from nixcomply.manifest import read_manifest
+from nixcomply.model.manifest import read_manifest
 from nixcomply.nixos.root import Root
 from nixcomply.nixos.tools import DEFAULT_TOOLS, Tools
 
@@ -31,7 +31,7 @@ __all__ = [
     "need_reboot",
     "nixos_version",
     "parse_nixos_version",
-    "read_manifest",  # nixcomply.manifest.read_manifest, re-exported: the manifest inside a system
+    "read_manifest",  # nixcomply.model.manifest.read_manifest, re-exported: the manifest inside a system
 ]
 
 # What NixOS compares to decide that a reboot is needed (the autoUpgrade module's check):

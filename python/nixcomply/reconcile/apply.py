@@ -18,17 +18,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from nixcomply import faults
-from nixcomply.config import ReconcilerConfig
+from nixcomply.core import faults
 from nixcomply.errors import CommandError
 from nixcomply.heal.window import in_window, next_opening
+from nixcomply.host.config import ReconcilerConfig
+from nixcomply.host.state import State
 from nixcomply.nixos import generations
 from nixcomply.nixos.rebuild import RebuildAction, nixos_rebuild, switch_to_configuration
 from nixcomply.nixos.root import Root
 from nixcomply.nixos.tools import Tools
 from nixcomply.reconcile import gate as health
 from nixcomply.reconcile.model import ApplyOutcome, ApplyResult, GateResult, HostState, Plan, PlanKind
-from nixcomply.state import State
 
 logger = logging.getLogger(__name__)
 

@@ -20,24 +20,24 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nixcomply import faults
 from nixcomply.checks import context as checks_context
 from nixcomply.checks.context import CheckContext
 from nixcomply.checks.finding import Finding
-from nixcomply.config import ReconcilerConfig
+from nixcomply.core import faults
+from nixcomply.core.lock import StateLock
 from nixcomply.errors import InputError
 from nixcomply.evidence.statement import Host
 from nixcomply.evidence.store import EvidenceStore
 from nixcomply.heal.actions import SyncGeneration, SyncResult
-from nixcomply.lock import StateLock
-from nixcomply.manifest import Manifest, read_manifest
+from nixcomply.host.config import ReconcilerConfig
+from nixcomply.host.state import Attempt, State
+from nixcomply.model.manifest import Manifest, read_manifest
 from nixcomply.nixos.rebuild import RebuildAction, switch_to_configuration
 from nixcomply.nixos.root import Root
 from nixcomply.nixos.tools import Tools
 from nixcomply.reconcile import apply as applying
 from nixcomply.reconcile import record, runtime
 from nixcomply.reconcile.gate import SystemdFactory, SystemdLike
-from nixcomply.reconcile.heal import Healer
 from nixcomply.reconcile.model import (
     ApplyOutcome,
     ApplyResult,
@@ -49,10 +49,10 @@ from nixcomply.reconcile.model import (
 )
 from nixcomply.reconcile.observe import external_change, observation_of, observe
 from nixcomply.reconcile.plan import Target, decide, desired_state
-from nixcomply.state import Attempt, State
+from nixcomply.reconcile.remediate import Healer
 
 if TYPE_CHECKING:
-    from nixcomply.systemd import Systemd
+    from nixcomply.host.systemd import Systemd
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def systemd_for(config: ReconcilerConfig) -> SystemdFactory | None:
         return None
 
     def connect() -> AbstractContextManager[SystemdLike]:
-        from nixcomply.systemd import Systemd
+        from nixcomply.host.systemd import Systemd
 
         return Systemd(user_mode=config.systemd.user_mode, bus_address=config.systemd.bus_address)
 
@@ -311,7 +311,7 @@ class Reconciler:
         )
 
     def _executor_systemd(self) -> Callable[[], Systemd]:
-        from nixcomply.systemd import Systemd
+        from nixcomply.host.systemd import Systemd
 
         def connect() -> Systemd:
             return Systemd(
@@ -413,7 +413,7 @@ class Reconciler:
         return seq
 
     def _write_metrics(self, report: CycleReport, state: State, store: EvidenceStore | None) -> None:
-        from nixcomply import metrics
+        from nixcomply.host import metrics
 
         tail = store.tail() if store is not None else None
         manifest = _running_manifest(report.host)

@@ -20,10 +20,10 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Protocol
 
-from nixcomply import faults, process
 from nixcomply.checks import context as checks_context
-from nixcomply.config import HealthGate
+from nixcomply.core import faults, process
 from nixcomply.errors import CommandError, NixcomplyError
+from nixcomply.host.config import HealthGate
 from nixcomply.nixos.rebuild import ActivationResult
 from nixcomply.reconcile.model import GateCheck, GateResult
 
@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 
 class SystemdLike(checks_context.SystemdLike, Protocol):
-    """The part of :class:`nixcomply.systemd.Systemd` the gate uses: what the checks read of a
+    """The part of :class:`nixcomply.host.systemd.Systemd` the gate uses: what the checks read of a
     unit, and the failed units."""
 
     def failed_units(self) -> frozenset[str]: ...

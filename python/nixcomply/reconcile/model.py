@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
-    from nixcomply.metrics import FindingSample
+    from nixcomply.host.metrics import FindingSample
 
 _Model = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
@@ -203,6 +203,6 @@ class CycleReport(BaseModel):
 
     @property
     def finding_samples(self) -> list[FindingSample]:
-        from nixcomply.metrics import FindingSample
+        from nixcomply.host.metrics import FindingSample
 
         return [FindingSample(f.severity, f.family, f.drifted) for f in self.findings]

@@ -17,13 +17,13 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from nixcomply.config import ReconcilerConfig
 from nixcomply.errors import CommandError
+from nixcomply.host.config import ReconcilerConfig
+from nixcomply.host.state import State
 from nixcomply.nixos import build, git
 from nixcomply.nixos.flake import FlakeMetadata, FlakeRef, flake_metadata
 from nixcomply.nixos.tools import Tools
 from nixcomply.reconcile.model import Desired, HostState, Plan, PlanKind
-from nixcomply.state import State
 
 logger = logging.getLogger(__name__)
 

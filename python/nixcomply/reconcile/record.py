@@ -15,7 +15,6 @@ from datetime import datetime
 from pathlib import Path
 
 from nixcomply.checks.finding import Finding
-from nixcomply.config import ReconcilerConfig
 from nixcomply.errors import CommandError
 from nixcomply.evidence.keys import BUNDLE_CREDENTIAL, LOG_CREDENTIAL, load_signer
 from nixcomply.evidence.statement import (
@@ -34,6 +33,7 @@ from nixcomply.evidence.statement import (
     control_status_of,
 )
 from nixcomply.evidence.store import EvidenceStore, Recorded
+from nixcomply.host.config import ReconcilerConfig
 from nixcomply.nixos.tools import Tools
 from nixcomply.reconcile.model import (
     ApplyOutcome,

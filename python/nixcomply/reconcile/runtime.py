@@ -18,10 +18,10 @@ from nixcomply.checks import firewall
 from nixcomply.checks.context import CheckContext, GenerationStatus, SystemdFactory
 from nixcomply.checks.finding import Finding
 from nixcomply.checks.registry import run_checks
-from nixcomply.config import ReconcilerConfig
 from nixcomply.errors import NixcomplyError
+from nixcomply.host.config import ReconcilerConfig
+from nixcomply.host.state import State
 from nixcomply.reconcile.model import Desired, FindingSummary, HostState
-from nixcomply.state import State
 
 logger = logging.getLogger(__name__)
 

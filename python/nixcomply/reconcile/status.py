@@ -7,12 +7,12 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict
 
-from nixcomply.config import ReconcilerConfig
+from nixcomply.host.config import ReconcilerConfig
+from nixcomply.host.state import State
 from nixcomply.nixos.root import Root
 from nixcomply.reconcile.cycle import tools_for
 from nixcomply.reconcile.model import HostState
 from nixcomply.reconcile.observe import observe
-from nixcomply.state import State
 
 
 class BlockedRevision(BaseModel):

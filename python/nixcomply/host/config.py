@@ -16,8 +16,8 @@ from typing import Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from nixcomply.checks.config import ChecksConfig
+from nixcomply.core.yamlsource import load_model
 from nixcomply.heal.config import HealConfig
-from nixcomply.yamlsource import load_model
 
 DEFAULT_CONFIG: Final = Path("/etc/nixcomply/reconciler.json")
 DEFAULT_STATE_DIR: Final = Path("/var/lib/nixcomply")

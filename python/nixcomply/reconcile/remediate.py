@@ -19,7 +19,7 @@ from typing import Any
 from nixcomply.checks.context import CheckContext
 from nixcomply.checks.finding import Finding
 from nixcomply.checks.registry import run_checks
-from nixcomply.config import ReconcilerConfig
+from nixcomply.core.paths import runbooks_dir
 from nixcomply.errors import InputError, NixcomplyError
 from nixcomply.evidence.statement import Host
 from nixcomply.evidence.store import EvidenceStore
@@ -29,9 +29,9 @@ from nixcomply.heal.executor import ExecutionContext, RunbookRun, RunOutcome, ex
 from nixcomply.heal.record import record_remediation
 from nixcomply.heal.rules import Decision, Rule, decide, load_rules
 from nixcomply.heal.runbook import Runbook, load_runbook
-from nixcomply.paths import runbooks_dir
+from nixcomply.host.config import ReconcilerConfig
+from nixcomply.host.state import State
 from nixcomply.reconcile import record
-from nixcomply.state import State
 
 logger = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from nixcomply.core.yamlsource import SourceMap, problems_from_validation
 from nixcomply.errors import InputError
-from nixcomply.yamlsource import SourceMap, problems_from_validation
 
 MANIFEST_SCHEMA: Final = 1
 MANIFEST_PATH: Final = Path("etc/nixcomply/manifest.json")  # inside a system toplevel

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Final
 
 from nixcomply import __version__
-from nixcomply.fsutil import atomic_write_text
+from nixcomply.core.fsutil import atomic_write_text
 
 OUTCOMES: Final = ("success", "reverted", "failed", "deferred", "dry-run", "nothing", "error")
 PLAN_KINDS: Final = ("in-sync", "drift", "refused", "blocked")

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Final
 
-_CHECKOUT: Final = Path(__file__).resolve().parent.parent.parent
+_CHECKOUT: Final = Path(__file__).resolve().parents[3]  # python/nixcomply/core/paths.py
 
 
 def data_dir() -> Path:

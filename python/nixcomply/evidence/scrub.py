@@ -330,7 +330,7 @@ def load_or_create_salt(path: Path) -> bytes:
     """
     import tempfile
 
-    from nixcomply.fsutil import ensure_dir, fsync_dir
+    from nixcomply.core.fsutil import ensure_dir, fsync_dir
 
     try:
         data = path.read_bytes()

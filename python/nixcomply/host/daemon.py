@@ -21,9 +21,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
-from nixcomply import notify
-from nixcomply.config import load_config
 from nixcomply.errors import EXIT_OK, LockHeldError, NixcomplyError
+from nixcomply.host import notify
+from nixcomply.host.config import load_config
 
 logger = logging.getLogger(__name__)
 

@@ -56,7 +56,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
 
-from nixcomply import process
+from nixcomply.core import process
 from nixcomply.errors import UsageError
 from nixcomply.nixos.build import build_toplevel
 from nixcomply.nixos.flake import FlakeRef
@@ -98,7 +98,7 @@ _GIT_ENV: Final = {
     "GIT_COMMITTER_EMAIL": "sandbox@nixcomply.invalid",
 }
 
-_FLAKE_NIX: Final = r"""# The nixcomply sandbox host's flake (written by nixcomply.sandbox; see README.md).
+_FLAKE_NIX: Final = r"""# The nixcomply sandbox host's flake (written by nixcomply.sandbox.emulated; see README.md).
 # The toplevel is a plain derivation built with /bin/sh, shaped like a NixOS system toplevel
 # where nixcomply looks; there is no nixpkgs and nothing here is bootable.
 {
@@ -292,7 +292,7 @@ exit $status
 """
 
 _NIXOS_REBUILD_SH: Final = r"""#!/bin/sh
-# nixcomply sandbox: EMULATED nixos-rebuild (written by nixcomply.sandbox), first on the
+# nixcomply sandbox: EMULATED nixos-rebuild (written by nixcomply.sandbox.emulated), first on the
 # sandbox's PATH. Implements only what nixcomply runs, with the real commands:
 #   test|dry-activate --store-path P  ->  P/bin/switch-to-configuration ACTION
 #   switch|boot --store-path P        ->  nix-env -p $ROOT/nix/var/nix/profiles/system --set P, then the same
@@ -387,7 +387,7 @@ esac
 
 _README: Final = """# nixcomply sandbox host
 
-An emulated NixOS host made by `nixcomply.sandbox` for the demo and the tests. Each commit of
+An emulated NixOS host made by `nixcomply.sandbox.emulated` for the demo and the tests. Each commit of
 this repository is one revision of the host's configuration; `generation.json` and
 `manifest.json` say what that revision's system contains. Built with the real Nix; the
 system's `switch-to-configuration` and the sandbox's `nixos-rebuild` are emulations that only

@@ -31,12 +31,12 @@ from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, Self
 
-from nixcomply import process
-from nixcomply.fsutil import atomic_write_text, ensure_dir
-from nixcomply.systemd import SystemdUnavailableError, validate_unit_name
+from nixcomply.core import process
+from nixcomply.core.fsutil import atomic_write_text, ensure_dir
+from nixcomply.host.systemd import SystemdUnavailableError, validate_unit_name
 
 if TYPE_CHECKING:
-    from nixcomply.systemd import Systemd
+    from nixcomply.host.systemd import Systemd
 
 logger = logging.getLogger(__name__)
 
@@ -359,8 +359,8 @@ class UserManager:
         self.systemctl("daemon-reload")
 
     def systemd(self) -> Systemd:
-        """A :class:`~nixcomply.systemd.Systemd` connected to this manager (not yet opened)."""
-        from nixcomply.systemd import Systemd
+        """A :class:`~nixcomply.host.systemd.Systemd` connected to this manager (not yet opened)."""
+        from nixcomply.host.systemd import Systemd
 
         return Systemd(bus_address=self.bus_address)
 

@@ -2,7 +2,7 @@
 
 1. render the hipaa-v1 baseline into a NixOS module and evaluate its manifest with the real
    nix (one exception: the sandbox has no disks to encrypt);
-2. create a sandbox host (see :mod:`nixcomply.sandbox` for what is emulated) and install a
+2. create a sandbox host (see :mod:`nixcomply.sandbox.emulated` for what is emulated) and install a
    first generation;
 3. reconcile to a second revision: built, tested, health-gated, switched, signed;
 4. reconcile to a third revision whose service fails: the health gate fails and the host is
@@ -26,7 +26,7 @@ from nixcomply.errors import UsageError
 from nixcomply.evidence.verify import verify_path
 from nixcomply.reconcile.cycle import Reconciler
 from nixcomply.reconcile.model import CycleReport
-from nixcomply.sandboxhost import SandboxHost, sandbox_manifest
+from nixcomply.sandbox.machine import SandboxHost, sandbox_manifest
 
 logger = logging.getLogger(__name__)
 

@@ -1,10 +1,10 @@
 """A small typed adapter over the systemd manager's D-Bus API (through pystemd).
 
 This is the only module that imports pystemd, and only inside :meth:`Systemd.open`, so
-``import nixcomply.systemd`` works without it (unit-name validation is needed by the
+``import nixcomply.host.systemd`` works without it (unit-name validation is needed by the
 runbook validator on any machine). It talks to the real manager: the system manager on a
 host, or a user manager (tests and the sandbox demo start one with
-:class:`nixcomply.usermanager.UserManager` and connect with ``bus_address=``).
+:class:`nixcomply.sandbox.usermanager.UserManager` and connect with ``bus_address=``).
 
 Why pystemd's low-level ``dbuslib`` and not its ``Manager``/``Unit`` objects: those
 introspect every object (one extra call and an XML parse per unit) and give untyped
@@ -289,7 +289,7 @@ class Systemd:
         except dbusexc.DBusBaseError as e:
             raise SystemdUnavailableError(
                 f"cannot connect to {self.where}: {_dbus_message(e)}",
-                hint="is systemd running here? (tests start a user manager; see nixcomply.usermanager)",
+                hint="is systemd running here? (tests start a user manager; see nixcomply.sandbox.usermanager)",
             ) from None
         self._bus = bus
 

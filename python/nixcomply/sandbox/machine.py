@@ -1,5 +1,5 @@
 """A complete sandbox host for the demo and the integration tests: the emulated NixOS host of
-:mod:`nixcomply.sandbox`, a private systemd user manager that runs its units (when this
+:mod:`nixcomply.sandbox.emulated`, a private systemd user manager that runs its units (when this
 process may start one: root, ``unshare``), evidence keys with a keyring, and a reconciler
 configuration that points the ordinary reconciler at all of it.
 
@@ -23,17 +23,17 @@ from typing import Any, Final, Self
 
 import yaml
 
-from nixcomply.checks.catalog import CHECK_NAMES
-from nixcomply.config import ReconcilerConfig, load_config
+from nixcomply.baseline.catalog import CHECK_NAMES
+from nixcomply.core.fsutil import atomic_write_text
 from nixcomply.errors import NixcomplyError
 from nixcomply.evidence.keyring import KeyEntry, Keyring, save_keyring
 from nixcomply.evidence.keys import generate, write_private_key
 from nixcomply.evidence.statement import KeyRole
-from nixcomply.fsutil import atomic_write_text
 from nixcomply.heal.config import DEFAULT_BINARIES
+from nixcomply.host.config import ReconcilerConfig, load_config
 from nixcomply.nixos.tools import Tools
-from nixcomply.sandbox import Sandbox
-from nixcomply.usermanager import UserManager
+from nixcomply.sandbox.emulated import Sandbox
+from nixcomply.sandbox.usermanager import UserManager
 
 logger = logging.getLogger(__name__)
 
@@ -206,8 +206,8 @@ def sandbox_manifest(
     from nixcomply.baseline.evaluate import manifest_json
     from nixcomply.baseline.load import load_baseline
     from nixcomply.baseline.render import render
-    from nixcomply.paths import default_baseline
-    from nixcomply.yamlsource import load_yaml
+    from nixcomply.core.paths import default_baseline
+    from nixcomply.core.yamlsource import load_yaml
 
     data, _ = load_yaml(default_baseline())
     data["parameters"]["critical_services"] = list(critical_services)
