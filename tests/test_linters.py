@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+
+import pytest
 
 from conftest import REPO
 
@@ -30,4 +33,27 @@ def test_ruff_format() -> None:
 
 def test_mypy_strict() -> None:
     r = run("mypy", "--config-file", CONFIG, "--no-incremental", "python/nixcomply", "bench")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+# Shell scripts nixcomply ships or runs: the sandbox's emulated programs (written into every
+# sandbox host) and the CI entry point. Fragments without a shebang say their shell in a
+# `# shellcheck shell=sh` directive.
+SHELL_SCRIPTS = [
+    ".ci/run",
+    *sorted(str(p.relative_to(REPO)) for p in (REPO / "python/nixcomply/sandbox/data").glob("*.sh")),
+]
+
+
+def test_shellcheck() -> None:
+    if shutil.which("shellcheck") is None:
+        pytest.fail("shellcheck is required (apt-get install shellcheck; `make test` installs it)")
+    assert "python/nixcomply/sandbox/data/switch-to-configuration.sh" in SHELL_SCRIPTS
+    r = subprocess.run(
+        ["shellcheck", "--norc", "--severity=style", *SHELL_SCRIPTS],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert r.returncode == 0, r.stdout + r.stderr

@@ -53,6 +53,7 @@ import shutil
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from importlib import resources
 from pathlib import Path
 from typing import Final
 
@@ -98,301 +99,22 @@ _GIT_ENV: Final = {
     "GIT_COMMITTER_EMAIL": "sandbox@nixcomply.invalid",
 }
 
-_FLAKE_NIX: Final = r"""# The nixcomply sandbox host's flake (written by nixcomply.sandbox.emulated; see README.md).
-# The toplevel is a plain derivation built with /bin/sh, shaped like a NixOS system toplevel
-# where nixcomply looks; there is no nixpkgs and nothing here is bootable.
-{
-  description = "nixcomply sandbox host";
+# What a new sandbox is made of: the flake and the emulated programs, kept as data files
+# (data/) so that the .nix parse test and shellcheck read them like any other source.
+_DATA: Final = resources.files("nixcomply.sandbox") / "data"
+FLAKE_FILES: Final = (
+    "flake.nix",
+    "builder.sh",
+    "nixos-version.sh",
+    "switch-to-configuration.sh",
+    "README.md",
+)
+NIXOS_REBUILD: Final = "nixos-rebuild.sh"
 
-  outputs = { self }:
-    let
-      sandbox = builtins.fromJSON (builtins.readFile ./sandbox.json);
-      gen = builtins.fromJSON (builtins.readFile ./generation.json);
-      # what a real client flake passes as system.configurationRevision
-      revision = self.rev or self.dirtyRev or null;
 
-      mk = name: script: builtins.derivation {
-        inherit name;
-        inherit (sandbox) system;
-        PATH = sandbox.path;
-        builder = "/bin/sh";
-        args = [ "-e" "-c" script ];
-      };
-
-      kernel = mk "linux-${gen.kernel}" "mkdir $out; echo 'sandbox kernel ${gen.kernel}' > $out/bzImage";
-      initrd = mk "initrd-linux-${gen.kernel}" "mkdir $out; echo 'sandbox initrd ${gen.kernel}' > $out/initrd";
-      kernelModules = mk "linux-${gen.kernel}-modules" "mkdir -p $out/lib/modules/${gen.kernel}";
-
-      # one store directory per unit, holding a file of the unit's own name (as NixOS does,
-      # so systemd never sees a link whose target has another name)
-      unitNames = builtins.attrNames gen.units;
-      unit = unitName: builtins.derivation {
-        name = "unit-" + builtins.replaceStrings [ "@" ":" ] [ "-" "-" ] unitName;
-        inherit (sandbox) system;
-        inherit unitName;
-        PATH = sandbox.path;
-        text = gen.units.${unitName};
-        builder = "/bin/sh";
-        args = [ "-e" "-c" "mkdir $out; printf '%s' \"$text\" > \"$out/$unitName\"" ];
-      };
-
-      versionJson = builtins.toJSON (
-        { nixosVersion = gen.nixosVersion; }
-        // (if gen.nixpkgsRevision == null then { } else { nixpkgsRevision = gen.nixpkgsRevision; })
-        // (if revision == null then { } else { configurationRevision = revision; })
-      );
-
-      toplevel = builtins.derivation {
-        name = "nixos-system-${sandbox.host}-${gen.nixosVersion}";
-        inherit (sandbox) system;
-        PATH = sandbox.path;
-        builder = "/bin/sh";
-        args = [ "-e" ./builder.sh ];
-        inherit kernel initrd kernelModules versionJson unitNames;
-        unitDirs = map unit unitNames;
-        label = gen.label;
-        nixosVersion = gen.nixosVersion;
-        nixpkgsRevision = if gen.nixpkgsRevision == null then "" else gen.nixpkgsRevision;
-        configurationRevision = if revision == null then "" else revision;
-        manifest = if builtins.pathExists ./manifest.json then ./manifest.json else "";
-        nixosVersionScript = ./nixos-version.sh;
-        switchScript = ./switch-to-configuration.sh;
-      };
-    in
-    {
-      nixosConfigurations.${sandbox.host}.config.system.build.toplevel = toplevel;
-    };
-}
-"""
-
-_BUILDER_SH: Final = r"""# Builds one system toplevel of the nixcomply sandbox host (nix runs `/bin/sh -e builder.sh`;
-# PATH comes from sandbox.json). Mirrors a NixOS toplevel where nixcomply looks.
-mkdir -p "$out/bin" "$out/sw/bin" "$out/etc/nixcomply" "$out/etc/systemd/user"
-printf '%s\n' "$nixosVersion" > "$out/nixos-version"
-printf '%s' "$system" > "$out/system"
-ln -s "$kernel/bzImage" "$out/kernel"
-ln -s "$initrd/initrd" "$out/initrd"
-ln -s "$kernelModules" "$out/kernel-modules"
-if [ -n "$manifest" ]; then ln -s "$manifest" "$out/etc/nixcomply/manifest.json"; fi
-set -- $unitDirs
-for name in $unitNames; do
-  ln -s "$1/$name" "$out/etc/systemd/user/$name"
-  shift
-done
-printf 'nixcomply sandbox system "%s": an emulated NixOS toplevel, not a bootable system\n' "$label" \
-  > "$out/nixcomply-sandbox"
-{
-  echo '#!/bin/sh'
-  printf "version='%s'\nnixpkgs_revision='%s'\nconfiguration_revision='%s'\njson='%s'\n" \
-    "$nixosVersion" "$nixpkgsRevision" "$configurationRevision" "$versionJson"
-  cat "$nixosVersionScript"
-} > "$out/sw/bin/nixos-version"
-{
-  echo '#!/bin/sh'
-  printf "system='%s'\n" "$out"
-  cat "$switchScript"
-} > "$out/bin/switch-to-configuration"
-chmod 0555 "$out/sw/bin/nixos-version" "$out/bin/switch-to-configuration"
-"""
-
-_NIXOS_VERSION_SH: Final = r"""# nixcomply sandbox: emulated nixos-version; the values above were fixed when the system was built.
-case "${1:-}" in
-  --json) printf '%s\n' "$json" ;;
-  --hash|--revision)
-    if [ -z "$nixpkgs_revision" ]; then echo "$0: Nixpkgs commit hash is unknown" >&2; exit 1; fi
-    printf '%s\n' "$nixpkgs_revision" ;;
-  --configuration-revision)
-    if [ -z "$configuration_revision" ]; then echo "$0: configuration revision is unknown" >&2; exit 1; fi
-    printf '%s\n' "$configuration_revision" ;;
-  "") printf '%s (nixcomply sandbox)\n' "$version" ;;
-  *) echo "usage: $0 [--json | --hash | --revision | --configuration-revision]" >&2; exit 1 ;;
-esac
-"""
-
-_SWITCH_SH: Final = r"""# nixcomply sandbox: EMULATED switch-to-configuration, not NixOS's. It moves
-# $NIXCOMPLY_SANDBOX_ROOT/run/current-system and, when the sandbox is attached to a private
-# systemd user manager (NIXCOMPLY_SANDBOX_SYSTEMD=user), reloads it, stops removed units,
-# restarts new or changed ones and exits 4 when a unit failed, like the real one.
-set -eu
-action="${1:-}"
-case "$action" in
-  switch|boot|test|dry-activate) ;;
-  *) echo "Usage: $0 [switch|boot|test|dry-activate]" >&2; exit 1 ;;
-esac
-root="${NIXCOMPLY_SANDBOX_ROOT:-}"
-if [ -z "$root" ] || [ "$root" = / ] || [ ! -f "$root/nixcomply-sandbox-root" ]; then
-  echo "$0: refusing to run: this is the nixcomply sandbox's emulated switch-to-configuration" \
-    "and NIXCOMPLY_SANDBOX_ROOT does not name a sandbox root" >&2
-  exit 1
-fi
-current="$root/run/current-system"
-old=""
-if [ -L "$current" ]; then old=$(readlink "$current"); fi
-units=etc/systemd/user
-
-list_units() {
-  if [ -z "$1" ] || [ ! -d "$1/$units" ]; then return 0; fi
-  for f in "$1/$units"/*; do
-    if [ -L "$f" ] || [ -e "$f" ]; then printf '%s\n' "${f##*/}"; fi
-  done
-}
-
-changed=""
-for u in $(list_units "$system"); do
-  before=""
-  if [ -n "$old" ]; then before=$(readlink "$old/$units/$u" 2>/dev/null || true); fi
-  if [ "$before" != "$(readlink "$system/$units/$u")" ]; then changed="$changed $u"; fi
-done
-removed=""
-for u in $(list_units "$old"); do
-  if [ ! -L "$system/$units/$u" ] && [ ! -e "$system/$units/$u" ]; then removed="$removed $u"; fi
-done
-
-case "$action" in
-  dry-activate)
-    echo "would activate the configuration $system"
-    if [ -n "$removed" ]; then echo "would stop the following units:$removed"; fi
-    if [ -n "$changed" ]; then echo "would restart the following units:$changed"; fi
-    exit 0 ;;
-  boot)
-    echo "sandbox: no boot loader; the system profile names the next boot ($system)"
-    exit 0 ;;
-esac
-
-systemd=""
-if [ "${NIXCOMPLY_SANDBOX_SYSTEMD:-}" = user ]; then systemd=1; fi
-
-if [ -n "$systemd" ] && [ -n "$removed" ]; then
-  echo "stopping the following units:$removed" >&2
-  systemctl --user stop $removed || true
-fi
-echo "activating the configuration $system" >&2
-mkdir -p "$root/run"
-ln -s "$system" "$root/run/.current-system.$$"
-mv -T "$root/run/.current-system.$$" "$current"
-
-status=0
-if [ -n "$systemd" ]; then
-  systemctl --user daemon-reload
-  for u in $changed; do
-    case "$u" in
-      *.service)
-        echo "restarting $u" >&2
-        systemctl --user restart "$u" || true ;;
-    esac
-  done
-  failed=$(systemctl --user list-units --state=failed --plain --no-legend | while read -r unit rest; do printf ' %s' "$unit"; done)
-  if [ -n "$failed" ]; then
-    echo "warning: the following units failed:$failed" >&2
-    status=4
-  fi
-fi
-if [ "$action" = switch ]; then echo "sandbox: no boot loader to update" >&2; fi
-exit $status
-"""
-
-_NIXOS_REBUILD_SH: Final = r"""#!/bin/sh
-# nixcomply sandbox: EMULATED nixos-rebuild (written by nixcomply.sandbox.emulated), first on the
-# sandbox's PATH. Implements only what nixcomply runs, with the real commands:
-#   test|dry-activate --store-path P  ->  P/bin/switch-to-configuration ACTION
-#   switch|boot --store-path P        ->  nix-env -p $ROOT/nix/var/nix/profiles/system --set P, then the same
-#   list-generations [--json]         ->  nix-env --list-generations, in nixos-rebuild-ng's shape
-set -eu
-me="nixos-rebuild (nixcomply sandbox)"
-die() { echo "$me: $*" >&2; exit 1; }
-root="${NIXCOMPLY_SANDBOX_ROOT:-}"
-if [ -z "$root" ] || [ "$root" = / ] || [ ! -f "$root/nixcomply-sandbox-root" ]; then
-  die "refusing to run: NIXCOMPLY_SANDBOX_ROOT does not name a sandbox root"
-fi
-profile="$root/nix/var/nix/profiles/system"
-action=""; store_path=""; json=""
-while [ $# -gt 0 ]; do
-  case "$1" in
-    switch|boot|test|dry-activate|list-generations)
-      if [ -n "$action" ]; then die "more than one action"; fi
-      action=$1 ;;
-    --store-path)
-      if [ $# -lt 2 ]; then die "--store-path needs a path"; fi
-      store_path=$2; shift ;;
-    --store-path=*) store_path=${1#--store-path=} ;;
-    --no-reexec) ;;  # there is nothing to re-execute into here
-    --json) json=1 ;;
-    *) die "unsupported argument '$1' (emulated: test|switch|boot|dry-activate --store-path PATH, list-generations [--json])" ;;
-  esac
-  shift
-done
-
-json_string() {
-  printf '"%s"' "$(printf '%s' "$1" | sed -e 's/\\/\\\\/g' -e 's/"/\\"/g')"
-}
-
-case "$action" in
-  test|switch|boot|dry-activate)
-    if [ -z "$store_path" ]; then die "only --store-path is emulated: the sandbox does not evaluate configurations"; fi
-    if [ ! -e "$store_path/nixos-version" ] || [ ! -x "$store_path/bin/switch-to-configuration" ]; then
-      die "$store_path is not a NixOS system closure (no nixos-version or bin/switch-to-configuration)"
-    fi
-    case "$action" in
-      switch|boot)
-        mkdir -p "${profile%/*}"
-        nix-env -p "$profile" --set "$store_path" ;;
-    esac
-    status=0
-    "$store_path/bin/switch-to-configuration" "$action" || status=$?
-    if [ "$status" -ne 0 ]; then
-      echo "$me: switch-to-configuration $action exited with status $status" >&2
-      exit "$status"
-    fi
-    echo "Done. The new configuration is" >&2
-    echo "$store_path" ;;
-  list-generations)
-    if [ ! -e "$profile" ]; then die "no profile 'system' found"; fi
-    if [ -n "$json" ]; then echo "["; else
-      printf '%-11s %-20s %-24s %-10s %-41s %s\n' Generation Build-date "NixOS version" Kernel \
-        "Configuration Revision" Current
-    fi
-    nix-env -p "$profile" --list-generations | sort -k1,1nr | {
-      first=1
-      while read -r number day time flag; do
-        link="$profile-$number-link"
-        version=$(cat "$link/nixos-version" 2>/dev/null || echo Unknown)
-        kernel=$(ls "$link/kernel-modules/lib/modules" 2>/dev/null | head -n 1 || true)
-        if [ -z "$kernel" ]; then kernel=Unknown; fi
-        revision=$("$link/sw/bin/nixos-version" --configuration-revision 2>/dev/null || echo Unknown)
-        current=false
-        if [ "${flag:-}" = "(current)" ]; then current=true; fi
-        specs=""
-        for s in "$link"/specialisation/*; do
-          if [ -d "$s" ]; then specs="$specs${specs:+, }$(json_string "${s##*/}")"; fi
-        done
-        if [ -n "$json" ]; then
-          if [ -z "$first" ]; then echo "  },"; fi
-          first=""
-          printf '  {\n    "generation": %s,\n    "date": %s,\n    "nixosVersion": %s,\n' \
-            "$number" "$(json_string "$day $time")" "$(json_string "$version")"
-          printf '    "kernelVersion": %s,\n    "configurationRevision": %s,\n' \
-            "$(json_string "$kernel")" "$(json_string "$revision")"
-          printf '    "specialisations": [%s],\n    "current": %s\n' "$specs" "$current"
-        else
-          printf '%-11s %-20s %-24s %-10s %-41s %s\n' "$number" "$day $time" "$version" "$kernel" \
-            "$revision" "$([ "$current" = true ] && echo '*' || true)"
-        fi
-      done
-      if [ -n "$json" ] && [ -z "$first" ]; then echo "  }"; fi
-    }
-    if [ -n "$json" ]; then echo "]"; fi ;;
-  "") die "no action given" ;;
-esac
-"""
-
-_README: Final = """# nixcomply sandbox host
-
-An emulated NixOS host made by `nixcomply.sandbox.emulated` for the demo and the tests. Each commit of
-this repository is one revision of the host's configuration; `generation.json` and
-`manifest.json` say what that revision's system contains. Built with the real Nix; the
-system's `switch-to-configuration` and the sandbox's `nixos-rebuild` are emulations that only
-act on the sandbox's own root directory.
-"""
+def data_file(name: str) -> str:
+    """The text of one of the sandbox's data files (``data/NAME``)."""
+    return (_DATA / name).read_text(encoding="utf-8")
 
 
 def nix_system() -> str:
@@ -455,17 +177,13 @@ class Sandbox:
         )
         sandbox.bin_dir.mkdir()
         script = sandbox.bin_dir / "nixos-rebuild"
-        script.write_text(_NIXOS_REBUILD_SH)
+        script.write_text(data_file(NIXOS_REBUILD))
         script.chmod(0o755)
         sandbox._make_root()
         flake = sandbox.flake_dir
         flake.mkdir()
         files = {
-            "flake.nix": _FLAKE_NIX,
-            "builder.sh": _BUILDER_SH,
-            "nixos-version.sh": _NIXOS_VERSION_SH,
-            "switch-to-configuration.sh": _SWITCH_SH,
-            "README.md": _README,
+            **{name: data_file(name) for name in FLAKE_FILES},
             "sandbox.json": json.dumps(
                 {"host": host, "system": sandbox.system, "path": _builder_path()}, indent=2
             )
