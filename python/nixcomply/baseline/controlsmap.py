@@ -28,12 +28,13 @@ from pathlib import Path
 from typing import Annotated, Any, Final, TypeVar
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
+from pydantic import BaseModel, Field, StringConstraints, ValidationInfo, field_validator
 
 from nixcomply.baseline.catalog import CHECK_NAMES
 from nixcomply.baseline.models import CONTROL_ID, HIPAA_CITATION
 from nixcomply.core.yamlsource import SourceMap, problems_from_validation, read_text
 from nixcomply.errors import InputError, Problem
+from nixcomply.model.base import StrictModel
 
 RULE_COLUMNS: Final = ("citation", "title", "kind", "requirement", "parent")
 MAP_COLUMNS: Final = (
@@ -51,7 +52,6 @@ LIST_SEPARATOR: Final = ";"
 # The sections of the Security Rule that hold standards and implementation specifications.
 SECTIONS: Final = ("164.308", "164.310", "164.312", "164.314", "164.316")
 
-_Strict = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 NonEmptyStr = Annotated[str, StringConstraints(min_length=1)]
 R = TypeVar("R", bound=BaseModel)
 
@@ -74,10 +74,8 @@ class Coverage(StrEnum):
     ATTESTATION = "attestation"
 
 
-class _Citation(BaseModel):
+class _Citation(StrictModel):
     """The columns the rule list and the map share."""
-
-    model_config = _Strict
 
     line: int = Field(ge=1, description="line of the row in its file (1 is the header)")
     citation: str = Field(description="45 CFR citation in the rule's own form, e.g. 164.312(a)(2)(iv)")

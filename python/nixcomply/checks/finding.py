@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from typing import Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from nixcomply.model.base import StrictModel
 
 Severity = Literal["critical", "high", "medium", "low"]
 Status = Literal["pass", "drift", "error", "excepted", "skipped"]
@@ -26,7 +28,7 @@ def severity_rank(severity: Severity) -> int:
     return SEVERITIES.index(severity)
 
 
-class Finding(BaseModel):
+class Finding(StrictModel):
     """One judgement of one check about one subject.
 
     ``status``:
@@ -38,8 +40,6 @@ class Finding(BaseModel):
     * ``skipped``: the check does not apply here, ``message`` says why (for example "not
       configured on this host", or disabled in the checks configuration).
     """
-
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     check: str = Field(description="check name (nixcomply.baseline.catalog)")
     control_ids: list[str] = Field(description="manifest controls judged; empty for a check run on its own")

@@ -41,7 +41,6 @@ from typing import Annotated, Any, ClassVar, Final, Literal, TypeVar
 
 from pydantic import (
     AwareDatetime,
-    BaseModel,
     ConfigDict,
     Field,
     JsonValue,
@@ -52,6 +51,7 @@ from pydantic import (
 
 from nixcomply import __version__
 from nixcomply.evidence.scrub import Scrubber, merge_counts
+from nixcomply.model.base import StrictModel
 
 STATEMENT_TYPE: Final = "https://in-toto.io/Statement/v1"
 PREDICATE_BASE: Final = "https://nixcomply.dev/evidence/"
@@ -72,7 +72,6 @@ CHECK_RUN: Final = "https://nixcomply.dev/evidence/check-run/v1"
 ATTESTATION: Final = "https://nixcomply.dev/evidence/attestation/v1"
 KEY_ROTATION: Final = "https://nixcomply.dev/evidence/key-rotation/v1"
 
-_MODEL = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 _SHA256_HEX: Final = re.compile(r"[0-9a-f]{64}")
 
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
@@ -129,8 +128,7 @@ class KeyRole(StrEnum):
     LOG = "log"
 
 
-class _Model(BaseModel):
-    model_config = _MODEL
+class _Model(StrictModel):
     # Fields that identify rather than describe: validated, never scrubbed.
     VERBATIM: ClassVar[frozenset[str]] = frozenset()
 
@@ -369,7 +367,7 @@ PREDICATE_CLASSES: Final[Mapping[str, type[Predicate]]] = {
 
 
 class _Statement(_Model):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, defer_build=True)
+    model_config = ConfigDict(populate_by_name=True)
 
     type_: Literal["https://in-toto.io/Statement/v1"] = Field(default=STATEMENT_TYPE, alias="_type")
     subject: list[Subject] = Field(min_length=1)

@@ -39,7 +39,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import Field, JsonValue
 
 from nixcomply.errors import NixcomplyError
 from nixcomply.heal import guard
@@ -56,10 +56,10 @@ from nixcomply.heal.actions import (
 from nixcomply.heal.config import HealConfig
 from nixcomply.heal.runbook import Action, OnFailure, Precondition, Runbook
 from nixcomply.host.systemd import Systemd
+from nixcomply.model.base import StrictModel
 
 logger = logging.getLogger(__name__)
 
-_Model = ConfigDict(extra="forbid", frozen=True)
 Verify = Callable[[], object]
 PASSING: Final = frozenset({"pass"})
 
@@ -80,10 +80,8 @@ class StepOutcome(StrEnum):
     PLANNED = "planned"
 
 
-class StepResult(BaseModel):
+class StepResult(StrictModel):
     """One step as it ran (or, in a dry run, would run)."""
-
-    model_config = _Model
 
     section: str = Field(description="preconditions, steps, rollback, or alert (sent by the executor)")
     index: int
@@ -109,19 +107,15 @@ class StepResult(BaseModel):
         return self.outcome == StepOutcome.SUCCESS
 
 
-class Verification(BaseModel):
-    model_config = _Model
-
+class Verification(StrictModel):
     ran: bool
     ok: bool
     detail: str
     observed: JsonValue = None
 
 
-class RunbookRun(BaseModel):
+class RunbookRun(StrictModel):
     """Everything a runbook run did, for reports (``--json``) and evidence."""
-
-    model_config = _Model
 
     runbook: str
     version: int

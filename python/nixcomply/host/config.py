@@ -13,34 +13,30 @@ from datetime import time
 from pathlib import Path
 from typing import Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from nixcomply.checks.config import ChecksConfig
 from nixcomply.core.yamlsource import load_model
 from nixcomply.heal.config import HealConfig
+from nixcomply.model.base import StrictModel
 
 DEFAULT_CONFIG: Final = Path("/etc/nixcomply/reconciler.json")
 DEFAULT_STATE_DIR: Final = Path("/var/lib/nixcomply")
 
-_Strict = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WEEKDAYS: Final[tuple[Weekday, ...]] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _UNIT: Final = re.compile(r"^[A-Za-z0-9:_.\\@-]+\.(service|socket|target|timer|mount|path|swap|slice|scope)$")
 
 
-class LivenessCommand(BaseModel):
+class LivenessCommand(StrictModel):
     """A command that must exit 0 for the new generation to count as healthy."""
-
-    model_config = _Strict
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     argv: list[str] = Field(min_length=1)
     timeout: float = Field(default=10, gt=0, le=600)
 
 
-class HealthGate(BaseModel):
-    model_config = _Strict
-
+class HealthGate(StrictModel):
     critical_units: list[str] = Field(
         default_factory=lambda: ["sshd.service"], description="units that must be active after activation"
     )
@@ -57,10 +53,8 @@ class HealthGate(BaseModel):
         return units
 
 
-class MaintenanceWindow(BaseModel):
+class MaintenanceWindow(StrictModel):
     """When disruptive actions may run; ``end`` before ``start`` crosses midnight."""
-
-    model_config = _Strict
 
     start: time
     end: time
@@ -75,25 +69,19 @@ class MaintenanceWindow(BaseModel):
         return self
 
 
-class EvidenceConfig(BaseModel):
-    model_config = _Strict
-
+class EvidenceConfig(StrictModel):
     signing_key: Path | None = Field(default=None, description="Ed25519 key for bundles (or a credential)")
     log_key: Path | None = Field(default=None, description="Ed25519 key for log checkpoints")
     origin: str | None = Field(default=None, description="checkpoint origin line (default: nixcomply/<host>)")
 
 
-class MetricsConfig(BaseModel):
-    model_config = _Strict
-
+class MetricsConfig(StrictModel):
     enable: bool = False
     path: Path = Path("/var/lib/prometheus-node-exporter-text-files/nixcomply.prom")
 
 
-class Executables(BaseModel):
+class Executables(StrictModel):
     """Programs the reconciler runs; names are looked up on PATH."""
-
-    model_config = _Strict
 
     nix: str = "nix"
     nixos_rebuild: str = "nixos-rebuild"
@@ -103,17 +91,13 @@ class Executables(BaseModel):
     )
 
 
-class SystemdConfig(BaseModel):
-    model_config = _Strict
-
+class SystemdConfig(StrictModel):
     enable: bool = Field(default=True, description="check units through systemd (off only where none runs)")
     user_mode: bool = Field(default=False, description="talk to a user manager (sandbox) instead of PID 1")
     bus_address: str | None = None
 
 
-class ReconcilerConfig(BaseModel):
-    model_config = _Strict
-
+class ReconcilerConfig(StrictModel):
     flake: str = Field(min_length=1, description="flake reference of the fleet, e.g. git+https://…?ref=main")
     host: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$", description="nixosConfigurations attribute")
     approved_revision: str | None = Field(

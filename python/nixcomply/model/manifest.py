@@ -13,36 +13,29 @@ from datetime import date
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError
 
 from nixcomply.core.yamlsource import SourceMap, problems_from_validation
 from nixcomply.errors import InputError
+from nixcomply.model.base import StrictModel
 
 MANIFEST_SCHEMA: Final = 1
 MANIFEST_PATH: Final = Path("etc/nixcomply/manifest.json")  # inside a system toplevel
 
-_Strict = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
-
-class ManifestBaseline(BaseModel):
-    model_config = _Strict
-
+class ManifestBaseline(StrictModel):
     id: str
     version: int
     title: str
     digest: str = Field(description="sha256 of the baseline YAML the module was rendered from")
 
 
-class ManifestVerify(BaseModel):
-    model_config = _Strict
-
+class ManifestVerify(StrictModel):
     check: str
     expect: dict[str, Any] = Field(default_factory=dict)
 
 
-class ManifestControl(BaseModel):
-    model_config = _Strict
-
+class ManifestControl(StrictModel):
     title: str
     severity: Literal["critical", "high", "medium", "low"]
     frameworks: dict[str, list[str]]
@@ -52,8 +45,8 @@ class ManifestControl(BaseModel):
     status: Literal["enforced", "excepted"]
 
 
-class ManifestException(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, defer_build=True)
+class ManifestException(StrictModel):
+    model_config = ConfigDict(populate_by_name=True)
 
     justification: str
     approved_by: str = Field(alias="approvedBy")
@@ -61,9 +54,7 @@ class ManifestException(BaseModel):
     ticket: str
 
 
-class Manifest(BaseModel):
-    model_config = _Strict
-
+class Manifest(StrictModel):
     schema_version: Literal[1] = Field(alias="schema")
     generator: str
     baseline: ManifestBaseline

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
+from nixcomply.model.base import ForeignModel
 from nixcomply.model.manifest import read_manifest
 from nixcomply.nixos.root import Root
 from nixcomply.nixos.tools import DEFAULT_TOOLS, Tools
@@ -65,9 +66,8 @@ class NixosVersion:
     configuration_revision: str | None  # absent when the flake did not set it (dirty tree)
 
 
-class _NixosVersionJson(BaseModel):
+class _NixosVersionJson(ForeignModel):
     # Written by nixpkgs' nixos-version; unknown keys ignored so a newer NixOS can add some.
-    model_config = ConfigDict(extra="ignore", frozen=True, defer_build=True)
 
     nixos_version: str = Field(alias="nixosVersion")
     nixpkgs_revision: str | None = Field(default=None, alias="nixpkgsRevision")
