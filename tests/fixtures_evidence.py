@@ -17,7 +17,6 @@ from nixcomply.evidence.statement import (
     Attestation,
     CheckRun,
     ControlResult,
-    ControlStatus,
     FrameworkRefs,
     Generation,
     GenerationChange,
@@ -25,11 +24,12 @@ from nixcomply.evidence.statement import (
     HealthCheckResult,
     Host,
     KeyRole,
-    Outcome,
     Remediation,
     Subject,
 )
 from nixcomply.evidence.store import EvidenceStore, Recorded
+from nixcomply.model.outcome import Outcome
+from nixcomply.model.status import ControlStatus
 
 ORIGIN = "clinic-01.example/evidence-log"
 HOST = Host(machine_id="3d1219c7c4c5404aaa1f6d2a48adfda4", hostname="clinic-01")

@@ -18,8 +18,9 @@ from fixtures_heal import HealWorld
 from nixcomply.core import process
 from nixcomply.heal.actions import ActionEnv, bounded, send_alert
 from nixcomply.heal.config import AlertConfig
-from nixcomply.heal.executor import ExecutionContext, RunbookRun, RunOutcome, StepResult, execute
+from nixcomply.heal.executor import ExecutionContext, RunbookRun, StepResult, execute
 from nixcomply.heal.runbook import Runbook
+from nixcomply.model.outcome import RunOutcome
 
 
 def one_step(action: str, params: dict[str, Any], *, timeout: float = 30, rollback: bool = False) -> Runbook:

@@ -20,10 +20,11 @@ from nixcomply.evidence.statement import Host
 from nixcomply.evidence.store import EvidenceStore
 from nixcomply.evidence.verify import verify_path
 from nixcomply.heal.actions import SyncResult
-from nixcomply.heal.executor import RunbookRun, RunOutcome, execute
+from nixcomply.heal.executor import RunbookRun, execute
 from nixcomply.heal.record import record_remediation
 from nixcomply.heal.runbook import load_runbook
 from nixcomply.host.systemd import Systemd
+from nixcomply.model.outcome import RunOutcome
 from nixcomply.sandbox.usermanager import UserManager
 
 SERVICE = load_runbook(REPO / "runbooks" / "RB-SERVICE-001.yaml")

@@ -14,9 +14,9 @@ import pytest
 from fixtures_reconcile import World
 
 from nixcomply.host.state import State
+from nixcomply.model.outcome import PlanKind
 from nixcomply.nixos import generations, system
 from nixcomply.reconcile.cycle import Reconciler
-from nixcomply.reconcile.model import PlanKind
 
 CHILD = textwrap.dedent(
     """

@@ -11,10 +11,11 @@ from pathlib import Path
 from fixtures_reconcile import World
 
 from nixcomply.host.state import State
+from nixcomply.model.outcome import ApplyOutcome, PlanKind
 from nixcomply.nixos import generations, system
 from nixcomply.nixos.rebuild import RebuildAction, nixos_rebuild
 from nixcomply.reconcile.cycle import Reconciler
-from nixcomply.reconcile.model import ApplyOutcome, ExternalKind, PlanKind
+from nixcomply.reconcile.model import ExternalKind
 
 
 def running(world: World) -> tuple[Path | None, Path | None]:

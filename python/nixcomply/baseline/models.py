@@ -17,14 +17,7 @@ from pydantic import AfterValidator, Field, StringConstraints, field_validator
 
 from nixcomply.baseline.nixattr import parse_attr_path
 from nixcomply.model.base import StrictModel
-
-
-class Severity(StrEnum):
-    CRITICAL = "critical"
-    HIGH = "high"
-    MEDIUM = "medium"
-    LOW = "low"
-
+from nixcomply.model.severity import Severity
 
 # Citations in each framework's own form.
 HIPAA_CITATION: Final = re.compile(

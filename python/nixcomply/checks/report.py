@@ -15,9 +15,10 @@ from typing import Final, Literal
 
 from pydantic import ConfigDict, Field
 
-from nixcomply.checks.finding import STATUSES, Finding
+from nixcomply.checks.finding import Finding
 from nixcomply.model.base import StrictModel
 from nixcomply.model.manifest import Manifest
+from nixcomply.model.status import FindingStatus
 
 REPORT_SCHEMA: Final = 1
 FRAMEWORK_SHORT: Final = (
@@ -71,8 +72,8 @@ class CheckReport(StrictModel):
             root=root,
             baseline=baseline,
             checks=list(checks),
-            summary={status: counts.get(status, 0) for status in STATUSES},
-            failed=any(f.failed for f in findings),
+            summary={status.value: counts.get(status, 0) for status in FindingStatus},
+            failed=any(f.needs_attention for f in findings),
             findings=list(findings),
         )
 

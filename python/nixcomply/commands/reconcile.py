@@ -105,8 +105,8 @@ def _print_json(data: Any) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from nixcomply.model.outcome import PlanKind
     from nixcomply.reconcile.cycle import Reconciler
-    from nixcomply.reconcile.model import PlanKind
 
     report = Reconciler(load(args), use_systemd=False).plan(build=not args.no_build)
     if args.json:
@@ -131,7 +131,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def summarise(report: CycleReport) -> list[str]:
-    from nixcomply.reconcile.model import ApplyOutcome
+    from nixcomply.model.outcome import ApplyOutcome
 
     lines = []
     if report.external is not None:
@@ -149,7 +149,7 @@ def summarise(report: CycleReport) -> list[str]:
             counts[f.status] = counts.get(f.status, 0) + 1
         lines.append("checks:  " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
         for f in report.findings:
-            if f.status in {"drift", "error"}:
+            if f.status.needs_attention:
                 decided = f" -> {f.decision}" if f.decision else ""
                 lines.append(f"  {f.status:<5} {f.check}: {f.message}{decided}")
     if r.outcome == ApplyOutcome.SUCCESS and report.host.need_reboot:
@@ -160,11 +160,10 @@ def summarise(report: CycleReport) -> list[str]:
 
 
 def exit_code(report: CycleReport) -> int:
-    from nixcomply.reconcile.model import ApplyOutcome, PlanKind
 
-    if report.result.outcome in {ApplyOutcome.REVERTED, ApplyOutcome.FAILED}:
+    if report.result.outcome.failed:
         return EXIT_FAILURE
-    if report.plan is not None and report.plan.kind in {PlanKind.REFUSED, PlanKind.BLOCKED}:
+    if report.plan is not None and report.plan.kind.needs_attention:
         return EXIT_FAILURE
     return EXIT_OK
 

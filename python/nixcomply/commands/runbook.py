@@ -209,7 +209,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     import contextlib
 
     from nixcomply.heal import guard
-    from nixcomply.heal.executor import ExecutionContext, RunOutcome, execute
+    from nixcomply.heal.executor import ExecutionContext, execute
+    from nixcomply.model.outcome import RunOutcome
 
     runbook = _load_runbook(args.runbook, _runbooks_dir(args.dir))
     params = parse_params(args.param)

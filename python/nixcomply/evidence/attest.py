@@ -23,16 +23,10 @@ from pathlib import Path
 import pydantic
 
 from nixcomply.errors import UsageError
-from nixcomply.evidence.statement import (
-    Attestation,
-    ControlResult,
-    ControlStatus,
-    Coverage,
-    FrameworkRefs,
-    Host,
-    Outcome,
-)
+from nixcomply.evidence.statement import Attestation, ControlResult, Coverage, FrameworkRefs, Host
 from nixcomply.evidence.store import EvidenceStore, Recorded
+from nixcomply.model.outcome import Outcome
+from nixcomply.model.status import ControlStatus
 
 logger = logging.getLogger(__name__)
 

@@ -52,6 +52,8 @@ from pydantic import (
 from nixcomply import __version__
 from nixcomply.evidence.scrub import Scrubber, merge_counts
 from nixcomply.model.base import StrictModel
+from nixcomply.model.outcome import Outcome
+from nixcomply.model.status import ControlStatus
 
 STATEMENT_TYPE: Final = "https://in-toto.io/Statement/v1"
 PREDICATE_BASE: Final = "https://nixcomply.dev/evidence/"
@@ -86,38 +88,6 @@ BundleId = Annotated[str, StringConstraints(pattern=r"^\d{8}T\d{6}Z-\d{8,}-[0-9a
 Person = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 Url = Annotated[str, StringConstraints(pattern=r"^https?://\S+$", max_length=2000)]
 Seconds = Annotated[float, Field(ge=0)]
-
-
-class Outcome(StrEnum):
-    SUCCESS = "success"
-    FAILED = "failed"
-    REVERTED = "reverted"
-    DEFERRED = "deferred"
-    ALERT = "alert"
-    REJECTED = "rejected"
-    EXPIRED = "expired"
-
-
-class ControlStatus(StrEnum):
-    PASS = "pass"  # noqa: S105 - a check status, not a password
-    FAIL = "fail"
-    EXCEPTED = "excepted"
-    ATTESTED = "attested"
-    UNKNOWN = "unknown"
-    ERROR = "error"
-    SKIPPED = "skipped"
-
-
-def control_status_of(finding_status: str) -> ControlStatus:
-    """A runtime check's finding status (pass, drift, error, excepted, skipped) as the
-    control status evidence records; anything else is ``unknown``."""
-    return {
-        "pass": ControlStatus.PASS,
-        "drift": ControlStatus.FAIL,
-        "error": ControlStatus.ERROR,
-        "excepted": ControlStatus.EXCEPTED,
-        "skipped": ControlStatus.SKIPPED,
-    }.get(finding_status, ControlStatus.UNKNOWN)
 
 
 Coverage = Literal["automated", "partial", "attestation"]

@@ -57,21 +57,12 @@ from nixcomply.heal.config import HealConfig
 from nixcomply.heal.runbook import Action, OnFailure, Precondition, Runbook
 from nixcomply.host.systemd import Systemd
 from nixcomply.model.base import StrictModel
+from nixcomply.model.outcome import RunOutcome
 
 logger = logging.getLogger(__name__)
 
 Verify = Callable[[], object]
 PASSING: Final = frozenset({"pass"})
-
-
-class RunOutcome(StrEnum):
-    SUCCESS = "success"
-    FAILED = "failed"
-    REVERTED = "reverted"
-    DEFERRED = "deferred"  # decided by the caller: outside the maintenance window
-    ALERT = "alert"  # a person must look
-    REJECTED = "rejected"  # refused by the guard, or a precondition said it does not apply
-    PLANNED = "planned"  # a dry run: nothing was executed (never recorded as evidence)
 
 
 class StepOutcome(StrEnum):

@@ -19,17 +19,16 @@ from nixcomply.evidence.statement import (
     FRAMEWORKS,
     Action,
     ControlResult,
-    ControlStatus,
     FrameworkRefs,
     Generation,
     Host,
-    Outcome,
     Remediation,
     Subject,
-    control_status_of,
 )
 from nixcomply.evidence.store import EvidenceStore, Recorded
-from nixcomply.heal.executor import RunbookRun, RunOutcome, StepResult
+from nixcomply.heal.executor import RunbookRun, StepResult
+from nixcomply.model.outcome import Outcome
+from nixcomply.model.status import ControlStatus, control_status_of
 
 EVENT: Final = "remediation.runbook"
 _IDENTIFIER: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._()/:@+-]{0,199}$")
@@ -54,7 +53,8 @@ def record_remediation(
     their framework references, expected and observed values; without one, ``controls``
     (the runbook's own) are listed. A dry run is never recorded.
     """
-    if run.dry_run or run.outcome == RunOutcome.PLANNED:
+    outcome = run.outcome.evidence
+    if run.dry_run or outcome is None:
         raise ValueError("a dry run changes nothing and is never recorded as evidence")
     data = _as_mapping(finding)
     predicate = Remediation(
@@ -62,7 +62,7 @@ def record_remediation(
         observed_at=run.finished_at,
         host=host,
         actor=actor,
-        outcome=Outcome(run.outcome.value),
+        outcome=outcome,
         policy_digest=policy_digest,
         controls=_controls(run, data, controls),
         actions=_actions(run),

@@ -25,6 +25,7 @@ from nixcomply.core.yamlsource import SourceMap, load_yaml, validate
 from nixcomply.errors import InputError, Problem
 from nixcomply.heal.runbook import PARAM_REF
 from nixcomply.model.base import StrictModel
+from nixcomply.model.severity import Severity
 
 _MISSING: Final = object()
 FIELD_PATH: Final = re.compile(r"^[a-z_][a-z0-9_]*(\.[A-Za-z0-9_.-]+)*$")
@@ -87,7 +88,7 @@ class Rule(StrictModel):
     id: str = Field(pattern=r"^L1-[A-Z]+-\d{3}$")
     description: str = Field(min_length=1)
     when: list[Condition] = Field(min_length=1, description="all must hold")
-    severity: list[str] | None = Field(default=None, description="only findings of these severities")
+    severity: list[Severity] | None = Field(default=None, description="only findings of these severities")
     action: RuleAction
     cooldown_seconds: float = Field(default=900, ge=0)
     priority: int = Field(default=100, description="lower runs first")

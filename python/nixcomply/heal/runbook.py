@@ -32,6 +32,7 @@ from pydantic import Field, model_validator
 from nixcomply.core.yamlsource import SourceMap, load_model
 from nixcomply.errors import InputError
 from nixcomply.model.base import StrictModel
+from nixcomply.model.severity import Severity
 
 RUNBOOK_ID: Final = re.compile(r"^RB-[A-Z]+-\d{3}$")
 PARAM_NAME: Final = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -67,13 +68,6 @@ class OnFailure(StrEnum):
     ABORT = "abort"  # stop; outcome failed (nothing was changed yet)
     ALERT = "alert"  # stop; outcome alert (a human must look)
     SKIP = "skip"  # the runbook does not apply; outcome rejected
-
-
-class Severity(StrEnum):
-    CRITICAL = "critical"
-    HIGH = "high"
-    MEDIUM = "medium"
-    LOW = "low"
 
 
 # Bounds of int and duration parameters that do not give their own.

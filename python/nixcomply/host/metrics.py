@@ -15,11 +15,15 @@ from typing import Final
 
 from nixcomply import __version__
 from nixcomply.core.fsutil import atomic_write_text
+from nixcomply.model.outcome import ApplyOutcome, PlanKind, RunOutcome
+from nixcomply.model.severity import Severity
 
-OUTCOMES: Final = ("success", "reverted", "failed", "deferred", "dry-run", "nothing", "error")
-PLAN_KINDS: Final = ("in-sync", "drift", "refused", "blocked")
-SEVERITIES: Final = ("critical", "high", "medium", "low")
-HEAL_OUTCOMES: Final = ("success", "failed", "reverted", "deferred", "alert", "rejected")
+# Label values, derived from the enums so a new member is a new series, never a missing one.
+# "error": the cycle raised before its apply step ended.
+OUTCOMES: Final[tuple[str, ...]] = (*(o.value for o in ApplyOutcome), "error")
+PLAN_KINDS: Final[tuple[str, ...]] = tuple(k.value for k in PlanKind)
+SEVERITIES: Final[tuple[str, ...]] = tuple(s.value for s in Severity)
+HEAL_OUTCOMES: Final[tuple[str, ...]] = tuple(o.value for o in RunOutcome if o.ran)
 
 
 @dataclass(frozen=True)

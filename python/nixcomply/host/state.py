@@ -20,8 +20,11 @@ from pathlib import Path
 from typing import Any, Final
 
 from nixcomply.errors import NixcomplyError
+from nixcomply.model.outcome import ApplyOutcome
 
 SCHEMA_VERSION: Final = 1
+# An attempt that ended in one of these is blocked (the revision is not retried).
+_FAILED_OUTCOMES: Final = frozenset(o.value for o in ApplyOutcome if o.failed)
 
 _SCHEMA: Final = """
 CREATE TABLE runs (
@@ -110,7 +113,7 @@ class Attempt:
     @property
     def blocked(self) -> bool:
         """A reverted or failed revision is not retried until it changes or is reset."""
-        return self.outcome in {"reverted", "failed"}
+        return self.outcome in _FAILED_OUTCOMES
 
     @property
     def interrupted(self) -> bool:

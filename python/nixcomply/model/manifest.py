@@ -18,6 +18,7 @@ from pydantic import ConfigDict, Field, ValidationError
 from nixcomply.core.yamlsource import SourceMap, problems_from_validation
 from nixcomply.errors import InputError
 from nixcomply.model.base import StrictModel
+from nixcomply.model.severity import Severity
 
 MANIFEST_SCHEMA: Final = 1
 MANIFEST_PATH: Final = Path("etc/nixcomply/manifest.json")  # inside a system toplevel
@@ -37,7 +38,7 @@ class ManifestVerify(StrictModel):
 
 class ManifestControl(StrictModel):
     title: str
-    severity: Literal["critical", "high", "medium", "low"]
+    severity: Severity
     frameworks: dict[str, list[str]]
     verify: ManifestVerify
     remediation: str

@@ -23,12 +23,13 @@ from nixcomply.errors import CommandError
 from nixcomply.heal.window import in_window, next_opening
 from nixcomply.host.config import ReconcilerConfig
 from nixcomply.host.state import State
+from nixcomply.model.outcome import ApplyOutcome, PlanKind
 from nixcomply.nixos import generations
 from nixcomply.nixos.rebuild import RebuildAction, nixos_rebuild, switch_to_configuration
 from nixcomply.nixos.root import Root
 from nixcomply.nixos.tools import Tools
 from nixcomply.reconcile import gate as health
-from nixcomply.reconcile.model import ApplyOutcome, ApplyResult, GateResult, HostState, Plan, PlanKind
+from nixcomply.reconcile.model import ApplyResult, GateResult, HostState, Plan
 
 logger = logging.getLogger(__name__)
 

@@ -32,21 +32,14 @@ from nixcomply.heal.actions import SyncGeneration, SyncResult
 from nixcomply.host.config import ReconcilerConfig
 from nixcomply.host.state import Attempt, State
 from nixcomply.model.manifest import Manifest, read_manifest
+from nixcomply.model.outcome import ApplyOutcome, PlanKind
 from nixcomply.nixos.rebuild import RebuildAction, switch_to_configuration
 from nixcomply.nixos.root import Root
 from nixcomply.nixos.tools import Tools
 from nixcomply.reconcile import apply as applying
 from nixcomply.reconcile import record, runtime
 from nixcomply.reconcile.gate import SystemdFactory, SystemdLike
-from nixcomply.reconcile.model import (
-    ApplyOutcome,
-    ApplyResult,
-    CycleReport,
-    FindingSummary,
-    HostState,
-    Plan,
-    PlanKind,
-)
+from nixcomply.reconcile.model import ApplyResult, CycleReport, FindingSummary, HostState, Plan
 from nixcomply.reconcile.observe import external_change, observation_of, observe
 from nixcomply.reconcile.plan import Target, decide, desired_state
 from nixcomply.reconcile.remediate import Healer
@@ -193,19 +186,10 @@ class Reconciler:
         result = applying.apply(plan, host, state, self.context(), dry_run=dry_run, now=datetime.now(UTC))
         after = (
             observe(self.root, tools=self.tools, hostname=self.config.host)
-            if result.outcome
-            in {
-                ApplyOutcome.SUCCESS,
-                ApplyOutcome.REVERTED,
-                ApplyOutcome.FAILED,
-            }
+            if result.outcome.changed_host
             else host
         )
-        if store is not None and result.outcome in {
-            ApplyOutcome.SUCCESS,
-            ApplyOutcome.REVERTED,
-            ApplyOutcome.FAILED,
-        }:
+        if store is not None and result.outcome.changed_host:
             recorded = record.record_apply(
                 store,
                 host_id=identity,
@@ -350,7 +334,7 @@ class Reconciler:
                 store_path=result.target_path or "",
                 revision=rev,
             )
-        elif result.outcome in {ApplyOutcome.REVERTED, ApplyOutcome.FAILED}:
+        elif result.outcome.failed:
             state.end_attempt(rev, result.outcome.value, result.detail)
 
     def _settle(

@@ -13,6 +13,9 @@ from typing import TYPE_CHECKING
 from pydantic import Field
 
 from nixcomply.model.base import StrictModel
+from nixcomply.model.outcome import ApplyOutcome, PlanKind
+from nixcomply.model.severity import Severity
+from nixcomply.model.status import FindingStatus
 
 if TYPE_CHECKING:
     from nixcomply.host.metrics import FindingSample
@@ -96,13 +99,6 @@ class ExternalChange(StrictModel):
     description: str
 
 
-class PlanKind(StrEnum):
-    IN_SYNC = "in-sync"
-    DRIFT = "drift"
-    REFUSED = "refused"
-    BLOCKED = "blocked"
-
-
 class Plan(StrictModel):
     """The decision: stay, move (and from where to where), or refuse (and why)."""
 
@@ -129,15 +125,6 @@ class GateResult(StrictModel):
     duration_s: float
 
 
-class ApplyOutcome(StrEnum):
-    SUCCESS = "success"
-    REVERTED = "reverted"
-    FAILED = "failed"
-    DEFERRED = "deferred"
-    DRY_RUN = "dry-run"
-    NOTHING = "nothing"  # in sync, refused or blocked: no activation
-
-
 class ApplyResult(StrictModel):
     outcome: ApplyOutcome
     detail: str
@@ -153,8 +140,8 @@ class FindingSummary(StrictModel):
 
     check: str
     control_ids: list[str]
-    severity: str
-    status: str
+    severity: Severity
+    status: FindingStatus
     drifted: bool
     message: str
     decision: str | None = Field(default=None, description="runbook run, alert, suppressed, deferred ...")

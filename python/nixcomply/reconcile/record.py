@@ -27,32 +27,17 @@ from nixcomply.evidence.statement import (
     GenerationRef,
     HealthCheckResult,
     Host,
-    Outcome,
     Remediation,
     Subject,
-    control_status_of,
 )
 from nixcomply.evidence.store import EvidenceStore, Recorded
 from nixcomply.host.config import ReconcilerConfig
+from nixcomply.model.outcome import ApplyOutcome, Outcome
+from nixcomply.model.status import control_status_of
 from nixcomply.nixos.tools import Tools
-from nixcomply.reconcile.model import (
-    ApplyOutcome,
-    ApplyResult,
-    Desired,
-    ExternalChange,
-    HostState,
-    SystemInfo,
-)
+from nixcomply.reconcile.model import ApplyResult, Desired, ExternalChange, HostState, SystemInfo
 
 logger = logging.getLogger(__name__)
-
-
-OUTCOMES = {
-    ApplyOutcome.SUCCESS: Outcome.SUCCESS,
-    ApplyOutcome.REVERTED: Outcome.REVERTED,
-    ApplyOutcome.FAILED: Outcome.FAILED,
-    ApplyOutcome.DEFERRED: Outcome.DEFERRED,
-}
 
 
 def origin_for(config: ReconcilerConfig) -> str:
@@ -128,7 +113,7 @@ def record_apply(
     note: str = "",
 ) -> Recorded | None:
     """One generation-change statement for a switch, a revert, a failure or a deferral."""
-    outcome = OUTCOMES.get(result.outcome)
+    outcome = result.outcome.evidence
     if outcome is None:
         return None
     subject_path = result.target_path or (after.current.store_path if after.current else None)
@@ -206,7 +191,7 @@ def record_check_run(
     raw command outputs attached (the store scrubs PHI from them before signing)."""
     decided = decisions or {}
     controls = [c for i, f in enumerate(findings) for c in _control_results(f, decided.get(i))]
-    drifted = any(f.status in {"drift", "error"} for f in findings)
+    drifted = any(f.needs_attention for f in findings)
     current = host.current
     predicate = CheckRun(
         event="check-run",

@@ -25,12 +25,13 @@ from nixcomply.evidence.statement import Host
 from nixcomply.evidence.store import EvidenceStore
 from nixcomply.heal import policy
 from nixcomply.heal.actions import ActionEnv, SyncGeneration, send_alert
-from nixcomply.heal.executor import ExecutionContext, RunbookRun, RunOutcome, execute
+from nixcomply.heal.executor import ExecutionContext, RunbookRun, execute
 from nixcomply.heal.record import record_remediation
 from nixcomply.heal.rules import Decision, Rule, decide, load_rules
 from nixcomply.heal.runbook import Runbook, load_runbook
 from nixcomply.host.config import ReconcilerConfig
 from nixcomply.host.state import State
+from nixcomply.model.outcome import RunOutcome
 from nixcomply.reconcile import record
 
 logger = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ class Healer:
             logger.error("the rules or runbooks do not load; nothing is healed: %s", e)
             return out
         for index, finding in enumerate(findings):
-            if finding.status not in {"drift", "error"}:
+            if not finding.needs_attention:
                 continue
             decision = decide(rules, finding.model_dump(mode="json"))
             if decision is None:
