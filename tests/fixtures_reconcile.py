@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 
 from nixcomply.evidence.verify import verify_path
-from nixcomply.host.config import ReconcilerConfig
 from nixcomply.nixos.tools import Tools
+from nixcomply.reconcile.config import ReconcilerConfig
 from nixcomply.reconcile.cycle import Reconciler
 from nixcomply.reconcile.model import CycleReport
 from nixcomply.sandbox.machine import SandboxHost, sandbox_manifest

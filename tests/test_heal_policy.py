@@ -6,7 +6,7 @@ from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 
 from nixcomply.heal.policy import Gate, may_run, record_outcome
-from nixcomply.host.config import MaintenanceWindow
+from nixcomply.heal.window import MaintenanceWindow
 from nixcomply.host.state import State
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)

@@ -48,7 +48,7 @@ def _load_config(path: Path) -> tuple[ChecksConfig, dict[str, Any]]:
     one, or a checks configuration alone), and the reconciler settings this verb uses."""
     from nixcomply.checks.config import ChecksConfig
     from nixcomply.core.yamlsource import load_yaml, validate
-    from nixcomply.host.config import ReconcilerConfig
+    from nixcomply.reconcile.config import ReconcilerConfig
 
     data, source = load_yaml(path)
     if isinstance(data, dict) and "flake" in data:

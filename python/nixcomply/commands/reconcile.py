@@ -19,7 +19,7 @@ from nixcomply.cli import add_verb
 from nixcomply.errors import EXIT_FAILURE, EXIT_OK
 
 if TYPE_CHECKING:
-    from nixcomply.host.config import ReconcilerConfig
+    from nixcomply.reconcile.config import ReconcilerConfig
     from nixcomply.reconcile.model import CycleReport
 
 
@@ -52,7 +52,7 @@ def _config_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def load(args: argparse.Namespace) -> ReconcilerConfig:
-    from nixcomply.host.config import DEFAULT_CONFIG, load_config
+    from nixcomply.reconcile.config import DEFAULT_CONFIG, load_config
 
     return load_config(args.config or DEFAULT_CONFIG)
 
@@ -180,8 +180,8 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
-    from nixcomply.host.config import DEFAULT_CONFIG
-    from nixcomply.host.daemon import run
+    from nixcomply.reconcile.config import DEFAULT_CONFIG
+    from nixcomply.reconcile.daemon import run
 
     return run(args.config or DEFAULT_CONFIG)
 

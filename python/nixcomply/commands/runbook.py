@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from nixcomply.heal.config import HealConfig
     from nixcomply.heal.executor import RunbookRun
     from nixcomply.heal.runbook import Runbook
-    from nixcomply.host.config import ReconcilerConfig
+    from nixcomply.reconcile.config import ReconcilerConfig
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -174,7 +174,7 @@ def parse_params(items: list[str]) -> dict[str, str]:
 def load_heal_config(path: Path | None) -> tuple[ReconcilerConfig | None, HealConfig]:
     """The reconciler configuration (when there is one) and its ``heal`` block."""
     from nixcomply.heal.config import HealConfig
-    from nixcomply.host.config import DEFAULT_CONFIG, load_config
+    from nixcomply.reconcile.config import DEFAULT_CONFIG, load_config
 
     if path is None:
         if not DEFAULT_CONFIG.exists():

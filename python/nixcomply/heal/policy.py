@@ -17,8 +17,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Final
 
-from nixcomply.heal.window import in_window, next_opening
-from nixcomply.host.config import MaintenanceWindow
+from nixcomply.heal.window import MaintenanceWindow, in_window, next_opening
 from nixcomply.host.state import State
 
 FLAP_HEALS: Final = 3

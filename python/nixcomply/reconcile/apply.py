@@ -21,7 +21,6 @@ from pathlib import Path
 from nixcomply.core import faults
 from nixcomply.errors import CommandError
 from nixcomply.heal.window import in_window, next_opening
-from nixcomply.host.config import ReconcilerConfig
 from nixcomply.host.state import State
 from nixcomply.model.outcome import ApplyOutcome, PlanKind
 from nixcomply.nixos import generations
@@ -29,6 +28,7 @@ from nixcomply.nixos.rebuild import RebuildAction, nixos_rebuild, switch_to_conf
 from nixcomply.nixos.root import Root
 from nixcomply.nixos.tools import Tools
 from nixcomply.reconcile import gate as health
+from nixcomply.reconcile.config import ReconcilerConfig
 from nixcomply.reconcile.model import ApplyResult, GateResult, HostState, Plan
 
 logger = logging.getLogger(__name__)

@@ -29,7 +29,6 @@ from nixcomply.errors import InputError
 from nixcomply.evidence.statement import Host
 from nixcomply.evidence.store import EvidenceStore
 from nixcomply.heal.actions import SyncGeneration, SyncResult
-from nixcomply.host.config import ReconcilerConfig
 from nixcomply.host.state import Attempt, State
 from nixcomply.model.manifest import Manifest, read_manifest
 from nixcomply.model.outcome import ApplyOutcome, PlanKind
@@ -38,6 +37,7 @@ from nixcomply.nixos.root import Root
 from nixcomply.nixos.tools import Tools
 from nixcomply.reconcile import apply as applying
 from nixcomply.reconcile import record, runtime
+from nixcomply.reconcile.config import ReconcilerConfig
 from nixcomply.reconcile.gate import SystemdFactory, SystemdLike
 from nixcomply.reconcile.model import ApplyResult, CycleReport, FindingSummary, HostState, Plan
 from nixcomply.reconcile.observe import external_change, observation_of, observe

@@ -23,8 +23,8 @@ from typing import Protocol
 from nixcomply.checks import context as checks_context
 from nixcomply.core import faults, process
 from nixcomply.errors import CommandError, NixcomplyError
-from nixcomply.host.config import HealthGate
 from nixcomply.nixos.rebuild import ActivationResult
+from nixcomply.reconcile.config import HealthGate
 from nixcomply.reconcile.model import GateCheck, GateResult
 
 logger = logging.getLogger(__name__)

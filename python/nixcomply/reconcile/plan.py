@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nixcomply.errors import CommandError
-from nixcomply.host.config import ReconcilerConfig
 from nixcomply.host.state import State
 from nixcomply.model.outcome import PlanKind
 from nixcomply.nixos import build, git
 from nixcomply.nixos.flake import FlakeMetadata, FlakeRef, flake_metadata
 from nixcomply.nixos.tools import Tools
+from nixcomply.reconcile.config import ReconcilerConfig
 from nixcomply.reconcile.model import Desired, HostState, Plan
 
 logger = logging.getLogger(__name__)

@@ -31,10 +31,10 @@ from nixcomply.evidence.statement import (
     Subject,
 )
 from nixcomply.evidence.store import EvidenceStore, Recorded
-from nixcomply.host.config import ReconcilerConfig
 from nixcomply.model.outcome import ApplyOutcome, Outcome
 from nixcomply.model.status import control_status_of
 from nixcomply.nixos.tools import Tools
+from nixcomply.reconcile.config import ReconcilerConfig
 from nixcomply.reconcile.model import ApplyResult, Desired, ExternalChange, HostState, SystemInfo
 
 logger = logging.getLogger(__name__)

@@ -29,10 +29,10 @@ from nixcomply.heal.executor import ExecutionContext, RunbookRun, execute
 from nixcomply.heal.record import record_remediation
 from nixcomply.heal.rules import Decision, Rule, decide, load_rules
 from nixcomply.heal.runbook import Runbook, load_runbook
-from nixcomply.host.config import ReconcilerConfig
 from nixcomply.host.state import State
 from nixcomply.model.outcome import RunOutcome
 from nixcomply.reconcile import record
+from nixcomply.reconcile.config import ReconcilerConfig
 
 logger = logging.getLogger(__name__)
 

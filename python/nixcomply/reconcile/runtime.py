@@ -19,8 +19,8 @@ from nixcomply.checks.context import CheckContext, GenerationStatus, SystemdFact
 from nixcomply.checks.finding import Finding
 from nixcomply.checks.registry import run_checks
 from nixcomply.errors import NixcomplyError
-from nixcomply.host.config import ReconcilerConfig
 from nixcomply.host.state import State
+from nixcomply.reconcile.config import ReconcilerConfig
 from nixcomply.reconcile.model import Desired, FindingSummary, HostState
 
 logger = logging.getLogger(__name__)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from nixcomply.host.config import ReconcilerConfig
 from nixcomply.host.state import State
 from nixcomply.model.base import StrictModel
 from nixcomply.nixos.root import Root
+from nixcomply.reconcile.config import ReconcilerConfig
 from nixcomply.reconcile.cycle import tools_for
 from nixcomply.reconcile.model import HostState
 from nixcomply.reconcile.observe import observe

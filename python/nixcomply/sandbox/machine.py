@@ -30,8 +30,8 @@ from nixcomply.evidence.keyring import KeyEntry, Keyring, save_keyring
 from nixcomply.evidence.keys import generate, write_private_key
 from nixcomply.evidence.statement import KeyRole
 from nixcomply.heal.config import DEFAULT_BINARIES
-from nixcomply.host.config import ReconcilerConfig, load_config
 from nixcomply.nixos.tools import Tools
+from nixcomply.reconcile.config import ReconcilerConfig, load_config
 from nixcomply.sandbox.emulated import Sandbox
 from nixcomply.sandbox.usermanager import UserManager
 

@@ -23,7 +23,7 @@ from types import FrameType
 
 from nixcomply.errors import EXIT_OK, LockHeldError, NixcomplyError
 from nixcomply.host import notify
-from nixcomply.host.config import load_config
+from nixcomply.reconcile.config import load_config
 
 logger = logging.getLogger(__name__)
 

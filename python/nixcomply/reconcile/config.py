@@ -9,22 +9,20 @@ setting silently ignored.
 from __future__ import annotations
 
 import re
-from datetime import time
 from pathlib import Path
 from typing import Final, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from nixcomply.checks.config import ChecksConfig
 from nixcomply.core.yamlsource import load_model
 from nixcomply.heal.config import HealConfig
+from nixcomply.heal.window import MaintenanceWindow
 from nixcomply.model.base import StrictModel
 
 DEFAULT_CONFIG: Final = Path("/etc/nixcomply/reconciler.json")
 DEFAULT_STATE_DIR: Final = Path("/var/lib/nixcomply")
 
-Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
-WEEKDAYS: Final[tuple[Weekday, ...]] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _UNIT: Final = re.compile(r"^[A-Za-z0-9:_.\\@-]+\.(service|socket|target|timer|mount|path|swap|slice|scope)$")
 
 
@@ -51,22 +49,6 @@ class HealthGate(StrictModel):
             if not _UNIT.match(unit):
                 raise ValueError(f"{unit!r} is not a systemd unit name (like sshd.service)")
         return units
-
-
-class MaintenanceWindow(StrictModel):
-    """When disruptive actions may run; ``end`` before ``start`` crosses midnight."""
-
-    start: time
-    end: time
-    days: list[Weekday] = Field(
-        default_factory=lambda: list(WEEKDAYS), min_length=1, description="days on which a window starts"
-    )
-
-    @model_validator(mode="after")
-    def _nonempty(self) -> MaintenanceWindow:
-        if self.start == self.end:
-            raise ValueError("start and end are equal: the window would be empty")
-        return self
 
 
 class EvidenceConfig(StrictModel):
