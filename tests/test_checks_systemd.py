@@ -11,12 +11,13 @@ from fixtures_checks import context, control, manifest
 from fixtures_systemd import Units
 
 from nixcomply.checks import av_edr, registry, service_health
-from nixcomply.checks.context import CheckContext, default_systemd_factory
+from nixcomply.checks.context import CheckContext
+from nixcomply.host.systemd import connector_if_installed
 from nixcomply.sandbox.usermanager import UserManager
 
 
 def ctx_for(user_manager: UserManager, m: Any = None, root: Path = Path("/"), **extra: Any) -> CheckContext:
-    factory = default_systemd_factory(bus_address=user_manager.bus_address)
+    factory = connector_if_installed(bus_address=user_manager.bus_address)
     assert factory is not None, "nixcomply.host.systemd and pystemd are installed"
     base = context(root, manifest=m, **extra)
     return CheckContext(

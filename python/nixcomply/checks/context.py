@@ -9,14 +9,12 @@ reconciler knows about generations through ``generation``. Commands go through
 
 from __future__ import annotations
 
-import importlib
 import logging
-from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path, PurePosixPath
-from typing import Any, Final, Protocol
+from typing import Final, Protocol
 
 from pydantic import ValidationError
 
@@ -24,6 +22,7 @@ from nixcomply.baseline.models import Parameters
 from nixcomply.checks.config import ChecksConfig
 from nixcomply.core.yamlsource import SourceMap, problems_from_validation
 from nixcomply.errors import InputError
+from nixcomply.host.systemd import SystemdFactory
 from nixcomply.model.manifest import Manifest, read_manifest
 
 logger = logging.getLogger(__name__)
@@ -68,11 +67,6 @@ class SystemdLike(Protocol):
     def unit_state(self, name: str) -> UnitStateLike: ...
 
 
-# Returns a fresh connection per call: a connection is not thread-safe and checks run in
-# parallel, so every check that needs systemd opens its own.
-SystemdFactory = Callable[[], AbstractContextManager[SystemdLike]]
-
-
 @dataclass(frozen=True)
 class GenerationStatus:
     """What the reconciler knows about generations (it fills this; checks only read it).
@@ -111,7 +105,7 @@ class CheckContext:
     parameters: Parameters
     now: datetime
     config: ChecksConfig = field(default_factory=ChecksConfig)
-    systemd_factory: SystemdFactory | None = None
+    systemd_factory: SystemdFactory[SystemdLike] | None = None
     generation: GenerationStatus | None = None
     attestations: tuple[Attestation, ...] = ()
     # NRestarts of each unit at the previous look (the reconciler keeps them); a unit that
@@ -135,7 +129,7 @@ class CheckContext:
         root: Path,
         *,
         config: ChecksConfig | None = None,
-        systemd_factory: SystemdFactory | None = None,
+        systemd_factory: SystemdFactory[SystemdLike] | None = None,
         generation: GenerationStatus | None = None,
         attestations: tuple[Attestation, ...] = (),
         previous_restarts: Mapping[str, int] | None = None,
@@ -181,21 +175,3 @@ def default_parameters() -> Parameters:
         except InputError as e:
             logger.warning("cannot read the shipped baseline's parameters (%s); using built-in values", e)
     return FALLBACK_PARAMETERS
-
-
-def default_systemd_factory(
-    *, user_mode: bool = False, bus_address: str | None = None
-) -> SystemdFactory | None:
-    """A factory of ``nixcomply.host.systemd.Systemd`` connections, or None when that adapter
-    (or pystemd) is not installed: the checks that need systemd then report errors."""
-    try:
-        module: Any = importlib.import_module("nixcomply.host.systemd")
-        importlib.import_module("pystemd")
-    except ImportError:
-        return None
-    systemd_class: Callable[..., AbstractContextManager[SystemdLike]] = module.Systemd
-
-    def factory() -> AbstractContextManager[SystemdLike]:
-        return systemd_class(user_mode=user_mode, bus_address=bus_address)
-
-    return factory

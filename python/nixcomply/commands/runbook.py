@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from nixcomply.heal.config import HealConfig
     from nixcomply.heal.executor import RunbookRun
     from nixcomply.heal.runbook import Runbook
+    from nixcomply.host.systemd import Systemd, SystemdFactory
     from nixcomply.reconcile.config import ReconcilerConfig
 
 
@@ -258,14 +259,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK if run.outcome in {RunOutcome.SUCCESS, RunOutcome.PLANNED} else EXIT_FAILURE
 
 
-def _systemd(config: ReconcilerConfig | None) -> Any:
-    from nixcomply.host.systemd import Systemd
+def _systemd(config: ReconcilerConfig | None) -> SystemdFactory[Systemd] | None:
+    from nixcomply.host.systemd import connector
 
-    if config is None:
-        return Systemd
-    from nixcomply.reconcile.cycle import systemd_for
-
-    return systemd_for(config)
+    return connector() if config is None else config.systemd.connector()
 
 
 def _sync(config: ReconcilerConfig) -> Any:

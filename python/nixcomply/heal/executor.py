@@ -48,14 +48,13 @@ from nixcomply.heal.actions import (
     ActionEnv,
     ActionResult,
     SyncGeneration,
-    SystemdFactory,
     bounded,
     describe,
     send_alert,
 )
 from nixcomply.heal.config import HealConfig
 from nixcomply.heal.runbook import Action, OnFailure, Precondition, Runbook
-from nixcomply.host.systemd import Systemd
+from nixcomply.host.systemd import Systemd, SystemdFactory
 from nixcomply.model.base import StrictModel
 from nixcomply.model.outcome import RunOutcome
 
@@ -162,7 +161,7 @@ class ExecutionContext:
     root paths are relative to; ``sleep``/``clock``/``now`` are injectable for tests."""
 
     config: HealConfig = field(default_factory=HealConfig)
-    systemd: SystemdFactory | None = None
+    systemd: SystemdFactory[Systemd] | None = None
     sync_generation: SyncGeneration | None = None
     root: Path = Path("/")
     user_mode: bool = False
@@ -267,7 +266,7 @@ def _result(b: guard.BoundStep, outcome: StepOutcome, **fields: Any) -> StepResu
 class _Session:
     """The run's systemd connection, opened when a step first needs it."""
 
-    def __init__(self, factory: SystemdFactory | None) -> None:
+    def __init__(self, factory: SystemdFactory[Systemd] | None) -> None:
         self._factory = factory
         self._stack = ExitStack()
         self._sd: Systemd | None = None

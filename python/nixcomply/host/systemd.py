@@ -26,10 +26,11 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, Self, TypeAlias, TypeVar
 
 from nixcomply.errors import EXIT_USAGE, NixcomplyError, UsageError
 
@@ -225,6 +226,35 @@ class Job:
 
 
 UnitPredicate = Callable[[UnitState], bool]
+_C = TypeVar("_C")
+# How code that needs systemd gets it: a factory that returns a new, unopened connection
+# per call (one connection is not thread-safe; the checks run in parallel). The parameter
+# is what the caller uses of it: SystemdFactory[Systemd] for runbook actions, a protocol
+# (checks.context.SystemdLike, reconcile.gate.SystemdLike) where tests pass fakes.
+SystemdFactory: TypeAlias = Callable[[], AbstractContextManager[_C]]
+
+
+def connector(*, user_mode: bool = False, bus_address: str | None = None) -> Callable[[], Systemd]:
+    """The factory of :class:`Systemd` connections to the manager named (the system
+    manager, this process's user manager, or an explicit bus). Connecting needs pystemd;
+    without it each connection fails with :class:`SystemdUnavailableError`."""
+
+    def connect() -> Systemd:
+        return Systemd(user_mode=user_mode, bus_address=bus_address)
+
+    return connect
+
+
+def connector_if_installed(
+    *, user_mode: bool = False, bus_address: str | None = None
+) -> SystemdFactory[Systemd] | None:
+    """:func:`connector`, or None when pystemd is not installed (the runtime checks that
+    need systemd then report errors instead of each failing to connect)."""
+    import importlib.util
+
+    if importlib.util.find_spec("pystemd") is None:
+        return None
+    return connector(user_mode=user_mode, bus_address=bus_address)
 
 
 class Systemd:

@@ -22,6 +22,7 @@ from nixcomply.core import faults
 from nixcomply.errors import CommandError
 from nixcomply.heal.window import in_window, next_opening
 from nixcomply.host.state import State
+from nixcomply.host.systemd import SystemdFactory
 from nixcomply.model.outcome import ApplyOutcome, PlanKind
 from nixcomply.nixos import generations
 from nixcomply.nixos.rebuild import RebuildAction, nixos_rebuild, switch_to_configuration
@@ -39,7 +40,7 @@ class Context:
     config: ReconcilerConfig
     root: Root
     tools: Tools
-    systemd: health.SystemdFactory | None
+    systemd: SystemdFactory[health.SystemdLike] | None
 
 
 class _Timer:

@@ -18,6 +18,7 @@ from nixcomply.checks.config import ChecksConfig
 from nixcomply.core.yamlsource import load_model
 from nixcomply.heal.config import HealConfig
 from nixcomply.heal.window import MaintenanceWindow
+from nixcomply.host.systemd import Systemd, SystemdFactory, connector, connector_if_installed
 from nixcomply.model.base import StrictModel
 
 DEFAULT_CONFIG: Final = Path("/etc/nixcomply/reconciler.json")
@@ -77,6 +78,14 @@ class SystemdConfig(StrictModel):
     enable: bool = Field(default=True, description="check units through systemd (off only where none runs)")
     user_mode: bool = Field(default=False, description="talk to a user manager (sandbox) instead of PID 1")
     bus_address: str | None = None
+
+    def connector(self, *, if_installed: bool = False) -> SystemdFactory[Systemd] | None:
+        """Connections to the configured manager; None when systemd is off here (or, with
+        ``if_installed``, when pystemd is not installed)."""
+        if not self.enable:
+            return None
+        build = connector_if_installed if if_installed else connector
+        return build(user_mode=self.user_mode, bus_address=self.bus_address)
 
 
 class ReconcilerConfig(StrictModel):

@@ -13,14 +13,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nixcomply.checks import context as checks_context
 from nixcomply.checks.context import CheckContext
 from nixcomply.checks.finding import Finding
 from nixcomply.core import faults
@@ -38,14 +35,14 @@ from nixcomply.nixos.tools import Tools
 from nixcomply.reconcile import apply as applying
 from nixcomply.reconcile import record, runtime
 from nixcomply.reconcile.config import ReconcilerConfig
-from nixcomply.reconcile.gate import SystemdFactory, SystemdLike
+from nixcomply.reconcile.gate import SystemdLike
 from nixcomply.reconcile.model import ApplyResult, CycleReport, FindingSummary, HostState, Plan
 from nixcomply.reconcile.observe import external_change, observation_of, observe
 from nixcomply.reconcile.plan import Target, decide, desired_state
 from nixcomply.reconcile.remediate import Healer
 
 if TYPE_CHECKING:
-    from nixcomply.host.systemd import Systemd
+    from nixcomply.host.systemd import SystemdFactory
 
 logger = logging.getLogger(__name__)
 
@@ -58,18 +55,6 @@ def tools_for(config: ReconcilerConfig) -> Tools:
         systemd_run=config.executables.systemd_run,
         extra_env=dict(config.environment),
     )
-
-
-def systemd_for(config: ReconcilerConfig) -> SystemdFactory | None:
-    if not config.systemd.enable:
-        return None
-
-    def connect() -> AbstractContextManager[SystemdLike]:
-        from nixcomply.host.systemd import Systemd
-
-        return Systemd(user_mode=config.systemd.user_mode, bus_address=config.systemd.bus_address)
-
-    return connect
 
 
 @dataclass(frozen=True)
@@ -92,13 +77,15 @@ class Reconciler:
         config: ReconcilerConfig,
         *,
         tools: Tools | None = None,
-        systemd: SystemdFactory | None = None,
+        systemd: SystemdFactory[SystemdLike] | None = None,
         use_systemd: bool = True,
     ) -> None:
         self.config = config
         self.root = Root(config.root)
         self.tools = tools or tools_for(config)
-        self.systemd = systemd if systemd is not None else (systemd_for(config) if use_systemd else None)
+        self.systemd = (
+            systemd if systemd is not None else (config.systemd.connector() if use_systemd else None)
+        )
 
     def context(self) -> applying.Context:
         return applying.Context(config=self.config, root=self.root, tools=self.tools, systemd=self.systemd)
@@ -245,13 +232,7 @@ class Reconciler:
     ) -> RuntimeResult:
         """The drift checks on the running host, the heals they call for, and one check-run
         statement with every control's status and what was decided about it."""
-        systemd = (
-            checks_context.default_systemd_factory(
-                user_mode=self.config.systemd.user_mode, bus_address=self.config.systemd.bus_address
-            )
-            if self.config.systemd.enable
-            else None
-        )
+        systemd = self.config.systemd.connector(if_installed=True)
 
         def check_context() -> CheckContext:
             return runtime.context(
@@ -269,7 +250,7 @@ class Reconciler:
             policy_digest=policy,
             dry_run=dry_run,
             check_context=check_context,
-            systemd=self._executor_systemd() if self.config.systemd.enable else None,
+            systemd=self.config.systemd.connector(),
             sync_generation=self._sync_generation(host, in_sync=in_sync),
             now=lambda: datetime.now(UTC),
         )
@@ -293,16 +274,6 @@ class Reconciler:
             summaries=[runtime.summary(f, healed.decisions.get(i)) for i, f in enumerate(findings)],
             seqs=seqs,
         )
-
-    def _executor_systemd(self) -> Callable[[], Systemd]:
-        from nixcomply.host.systemd import Systemd
-
-        def connect() -> Systemd:
-            return Systemd(
-                user_mode=self.config.systemd.user_mode, bus_address=self.config.systemd.bus_address
-            )
-
-        return connect
 
     def _sync_generation(self, host: HostState, *, in_sync: bool) -> SyncGeneration:
         """RB-DRIFT-001's step: re-activate the approved generation, which runs (this cycle's

@@ -26,7 +26,7 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, Self
@@ -360,9 +360,13 @@ class UserManager:
 
     def systemd(self) -> Systemd:
         """A :class:`~nixcomply.host.systemd.Systemd` connected to this manager (not yet opened)."""
-        from nixcomply.host.systemd import Systemd
+        return self.connector()()
 
-        return Systemd(bus_address=self.bus_address)
+    def connector(self) -> Callable[[], Systemd]:
+        """Connections to this manager, for whatever takes a systemd factory."""
+        from nixcomply.host.systemd import connector
+
+        return connector(bus_address=self.bus_address)
 
     def _log_tail(self, lines: int = 15) -> str:
         try:
