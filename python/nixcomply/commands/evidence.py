@@ -288,6 +288,7 @@ def _attest(args: argparse.Namespace) -> int:
 
 
 def _rotate(args: argparse.Namespace) -> int:
+    from nixcomply.core.actor import invoking_user
     from nixcomply.evidence.keys import read_private_key
     from nixcomply.evidence.rotation import rotate
     from nixcomply.evidence.statement import Host, KeyRole
@@ -301,7 +302,7 @@ def _rotate(args: argparse.Namespace) -> int:
             role=role,
             new=new,
             host=Host.local(),
-            actor=_actor(),
+            actor=invoking_user(),
             reason=args.reason,
         )
     print(f"rotated the {role.value} key to {new.public.name} at entry {recorded.seq}")
@@ -312,6 +313,7 @@ def _rotate(args: argparse.Namespace) -> int:
 
 
 def _revoke(args: argparse.Namespace) -> int:
+    from nixcomply.core.actor import invoking_user
     from nixcomply.evidence.rotation import revoke
     from nixcomply.evidence.statement import Host
 
@@ -321,18 +323,9 @@ def _revoke(args: argparse.Namespace) -> int:
             _keyring_path(args),
             args.key,
             host=Host.local(),
-            actor=_actor(),
+            actor=invoking_user(),
             reason=args.reason,
             from_seq=args.from_seq,
         )
     print(f"revoked {args.key} at entry {recorded.seq}")
     return EXIT_OK
-
-
-def _actor() -> str:
-    import getpass
-
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "external"

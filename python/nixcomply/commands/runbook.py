@@ -185,19 +185,6 @@ def load_heal_config(path: Path | None) -> tuple[ReconcilerConfig | None, HealCo
     return config, config.heal
 
 
-def _actor() -> str:
-    """The person who ran the command: the sudo caller rather than root."""
-    import getpass
-
-    sudo_user = os.environ.get("SUDO_USER")
-    if sudo_user:
-        return sudo_user
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "external"
-
-
 def _keys_configured(config: ReconcilerConfig) -> bool:
     from nixcomply.evidence.keys import CREDENTIALS_ENV
 
@@ -239,6 +226,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         run = execute(runbook, params, ctx, dry_run=args.dry_run)
         recorded = None
         if store is not None and config is not None:
+            from nixcomply.core.actor import invoking_user
             from nixcomply.heal.record import record_remediation
             from nixcomply.reconcile.record import host_identity
 
@@ -247,7 +235,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 run,
                 host=host_identity(config.root, config.host),
                 controls=runbook.controls,
-                actor=_actor(),
+                actor=invoking_user(),
             )
     if args.json:
         print(run.model_dump_json(indent=2))
