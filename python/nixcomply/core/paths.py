@@ -11,6 +11,10 @@ import sys
 from pathlib import Path
 from typing import Final
 
+# The host's state directory: the state database, the evidence store and its log. The
+# NixOS module's `nixcomply.reconciler.stateDir` defaults to the same path.
+DEFAULT_STATE_DIR: Final = Path("/var/lib/nixcomply")
+
 _CHECKOUT: Final = Path(__file__).resolve().parents[3]  # python/nixcomply/core/paths.py
 
 

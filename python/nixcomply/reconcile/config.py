@@ -15,6 +15,7 @@ from typing import Final, Literal
 from pydantic import Field, field_validator
 
 from nixcomply.checks.config import ChecksConfig
+from nixcomply.core.paths import DEFAULT_STATE_DIR
 from nixcomply.core.yamlsource import load_model
 from nixcomply.heal.config import HealConfig
 from nixcomply.heal.window import MaintenanceWindow
@@ -22,7 +23,6 @@ from nixcomply.host.systemd import Systemd, SystemdFactory, connector, connector
 from nixcomply.model.base import StrictModel
 
 DEFAULT_CONFIG: Final = Path("/etc/nixcomply/reconciler.json")
-DEFAULT_STATE_DIR: Final = Path("/var/lib/nixcomply")
 
 _UNIT: Final = re.compile(r"^[A-Za-z0-9:_.\\@-]+\.(service|socket|target|timer|mount|path|swap|slice|scope)$")
 
