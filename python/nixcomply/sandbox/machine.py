@@ -26,9 +26,7 @@ import yaml
 from nixcomply.baseline.catalog import CHECK_NAMES
 from nixcomply.core.fsutil import atomic_write_text
 from nixcomply.errors import NixcomplyError
-from nixcomply.evidence.keyring import KeyEntry, Keyring, save_keyring
-from nixcomply.evidence.keys import generate, write_private_key
-from nixcomply.evidence.statement import KeyRole
+from nixcomply.evidence.provision import provision_host_keys
 from nixcomply.heal.config import DEFAULT_BINARIES
 from nixcomply.nixos.tools import Tools
 from nixcomply.reconcile.config import ReconcilerConfig, load_config
@@ -99,21 +97,13 @@ class SandboxHost:
     def _write_keys(self) -> dict[str, Path]:
         key_dir = self.dir / "keys"
         key_dir.mkdir(mode=0o700, exist_ok=True)
-        host = self.sandbox.host
-        bundle = generate(f"{host}-evidence")
-        log = generate(f"nixcomply/{host}")
-        paths = {"signing_key": key_dir / "evidence-signing.key", "log_key": key_dir / "evidence-log.key"}
-        write_private_key(paths["signing_key"], bundle)  # also writes <name>.pub beside it
-        write_private_key(paths["log_key"], log)
-        self.state_dir.mkdir(mode=0o700, exist_ok=True)
-        keyring = Keyring(
-            keys=[
-                KeyEntry(vkey=bundle.public.vkey, role=KeyRole.BUNDLE),
-                KeyEntry(vkey=log.public.vkey, role=KeyRole.LOG),
-            ]
+        keys = provision_host_keys(
+            self.sandbox.host,
+            signing_key=key_dir / "evidence-signing.key",
+            log_key=key_dir / "evidence-log.key",
+            keyring=self.state_dir / "keyring.json",
         )
-        save_keyring(self.state_dir / "keyring.json", keyring)
-        return paths
+        return {"signing_key": keys.signing_key, "log_key": keys.log_key}
 
     def write_config(
         self,
