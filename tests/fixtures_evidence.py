@@ -13,13 +13,13 @@ import pytest
 from nixcomply.evidence.keyring import KeyEntry, Keyring, save_keyring
 from nixcomply.evidence.keys import Signer, generate, write_private_key
 from nixcomply.evidence.statement import (
-    Action,
+    ActionRecord,
     Attestation,
     CheckRun,
     ControlResult,
     FrameworkRefs,
-    Generation,
     GenerationChange,
+    GenerationRecord,
     GenerationRef,
     HealthCheckResult,
     Host,
@@ -73,7 +73,7 @@ def generation_change(i: int = 0, *, when: datetime | None = None) -> Generation
         host=HOST,
         outcome=Outcome.SUCCESS,
         policy_digest="sha256:" + "ab" * 32,
-        generation=Generation(
+        generation=GenerationRecord(
             number=40 + i,
             store_path=STORE_PATH,
             previous=GenerationRef(number=39 + i, store_path=PREV_PATH),
@@ -92,8 +92,8 @@ def generation_change(i: int = 0, *, when: datetime | None = None) -> Generation
             )
         ],
         actions=[
-            Action(name="nixos-rebuild.test", outcome=Outcome.SUCCESS, exit_code=0, duration_s=4.2),
-            Action(name="nixos-rebuild.switch", outcome=Outcome.SUCCESS, exit_code=0, duration_s=3.1),
+            ActionRecord(name="nixos-rebuild.test", outcome=Outcome.SUCCESS, exit_code=0, duration_s=4.2),
+            ActionRecord(name="nixos-rebuild.switch", outcome=Outcome.SUCCESS, exit_code=0, duration_s=3.1),
         ],
         health_gate=[
             HealthCheckResult(name="sshd", ok=True, detail="listening on 0.0.0.0:22", duration_s=0.1)
@@ -137,7 +137,7 @@ def remediation(i: int = 0) -> Remediation:
             ControlResult(id="ssh.password-auth-disabled", status=ControlStatus.PASS, frameworks=SSH_REFS)
         ],
         actions=[
-            Action(
+            ActionRecord(
                 name="systemctl.restart", outcome=Outcome.SUCCESS, command=["systemctl", "restart", "sshd"]
             )
         ],

@@ -40,7 +40,7 @@ from nixcomply.checks import (
     sysctl,
     time_sync,
 )
-from nixcomply.checks.context import Attestation, GenerationStatus
+from nixcomply.checks.context import AttestationSummary, GenerationStatus
 from nixcomply.checks.finding import Finding
 from nixcomply.errors import CommandError, CommandNotFoundError
 
@@ -834,7 +834,7 @@ def test_exceptions() -> None:
             "crypto.root": {**exc, "expires": "2027-06-01"},
         },
     )
-    attest = Attestation(
+    attest = AttestationSummary(
         "workforce-training", "annual HIPAA training", date(2026, 11, 22), ("people.training",)
     )
     findings = exceptions.run(

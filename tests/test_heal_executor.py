@@ -21,7 +21,7 @@ from nixcomply.evidence.store import EvidenceStore
 from nixcomply.evidence.verify import verify_path
 from nixcomply.heal.actions import SyncResult
 from nixcomply.heal.executor import RunbookRun, execute
-from nixcomply.heal.record import record_remediation
+from nixcomply.heal.remediation import record_remediation
 from nixcomply.heal.runbook import load_runbook
 from nixcomply.host.systemd import Systemd
 from nixcomply.model.outcome import RunOutcome

@@ -15,7 +15,7 @@ from nixcomply.evidence.statement import Host
 from nixcomply.evidence.store import EvidenceStore
 from nixcomply.evidence.verify import verify_path
 from nixcomply.heal.executor import RunbookRun, execute
-from nixcomply.heal.record import record_remediation
+from nixcomply.heal.remediation import record_remediation
 from nixcomply.heal.runbook import load_runbook
 from nixcomply.model.outcome import RunOutcome
 

@@ -20,7 +20,6 @@ from nixcomply.baseline.controlsmap import (
     MAP_COLUMNS,
     RULE_COLUMNS,
     SECTIONS,
-    Coverage,
     Kind,
     MapRow,
     RequirementLevel,
@@ -33,6 +32,7 @@ from nixcomply.baseline.controlsmap import (
 )
 from nixcomply.baseline.models import CONTROL_ID, HIPAA_CITATION
 from nixcomply.errors import InputError
+from nixcomply.model.status import Coverage
 
 RULE_CSV = DATA / "hipaa-security-rule.csv"
 MAP_CSV = REPO / "baseline" / "controls-map.csv"

@@ -35,6 +35,7 @@ from nixcomply.baseline.models import CONTROL_ID, HIPAA_CITATION
 from nixcomply.core.yamlsource import SourceMap, problems_from_validation, read_text
 from nixcomply.errors import InputError, Problem
 from nixcomply.model.base import StrictModel
+from nixcomply.model.status import Coverage
 
 RULE_COLUMNS: Final = ("citation", "title", "kind", "requirement", "parent")
 MAP_COLUMNS: Final = (
@@ -52,7 +53,7 @@ LIST_SEPARATOR: Final = ";"
 # The sections of the Security Rule that hold standards and implementation specifications.
 SECTIONS: Final = ("164.308", "164.310", "164.312", "164.314", "164.316")
 
-NonEmptyStr = Annotated[str, StringConstraints(min_length=1)]
+NonEmptyCell = Annotated[str, StringConstraints(min_length=1)]
 R = TypeVar("R", bound=BaseModel)
 
 
@@ -68,18 +69,12 @@ class RequirementLevel(StrEnum):
     ADDRESSABLE = "addressable"
 
 
-class Coverage(StrEnum):
-    AUTOMATED = "automated"
-    PARTIAL = "partial"
-    ATTESTATION = "attestation"
-
-
 class _Citation(StrictModel):
     """The columns the rule list and the map share."""
 
     line: int = Field(ge=1, description="line of the row in its file (1 is the header)")
     citation: str = Field(description="45 CFR citation in the rule's own form, e.g. 164.312(a)(2)(iv)")
-    title: NonEmptyStr
+    title: NonEmptyCell
     kind: Kind
     requirement: RequirementLevel
 
@@ -155,7 +150,7 @@ class MapRow(_Citation):
     coverage: Coverage
     controls: tuple[str, ...] = Field(description="baseline control ids that support the row")
     checks: tuple[str, ...] = Field(description="runtime checks whose statements are the row's evidence")
-    evidence: NonEmptyStr = Field(description="what an auditor receives for the row")
+    evidence: NonEmptyCell = Field(description="what an auditor receives for the row")
 
     @field_validator("controls", "checks", mode="before")
     @classmethod

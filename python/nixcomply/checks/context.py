@@ -88,7 +88,7 @@ class GenerationStatus:
 
 
 @dataclass(frozen=True)
-class Attestation:
+class AttestationSummary:
     """A signed statement by a person standing in for an automated control (its expiry is
     checked by the ``exceptions`` check)."""
 
@@ -107,7 +107,7 @@ class CheckContext:
     config: ChecksConfig = field(default_factory=ChecksConfig)
     systemd_factory: SystemdFactory[SystemdLike] | None = None
     generation: GenerationStatus | None = None
-    attestations: tuple[Attestation, ...] = ()
+    attestations: tuple[AttestationSummary, ...] = ()
     # NRestarts of each unit at the previous look (the reconciler keeps them); a unit that
     # restarted more than services.max_restarts times since then is drift.
     previous_restarts: Mapping[str, int] = field(default_factory=dict)
@@ -131,7 +131,7 @@ class CheckContext:
         config: ChecksConfig | None = None,
         systemd_factory: SystemdFactory[SystemdLike] | None = None,
         generation: GenerationStatus | None = None,
-        attestations: tuple[Attestation, ...] = (),
+        attestations: tuple[AttestationSummary, ...] = (),
         previous_restarts: Mapping[str, int] | None = None,
         now: datetime | None = None,
     ) -> CheckContext:

@@ -227,7 +227,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         recorded = None
         if store is not None and config is not None:
             from nixcomply.core.actor import invoking_user
-            from nixcomply.heal.record import record_remediation
+            from nixcomply.heal.remediation import record_remediation
             from nixcomply.reconcile.record import host_identity
 
             recorded = record_remediation(

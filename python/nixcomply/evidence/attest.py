@@ -23,10 +23,10 @@ from pathlib import Path
 import pydantic
 
 from nixcomply.errors import UsageError
-from nixcomply.evidence.statement import Attestation, ControlResult, Coverage, FrameworkRefs, Host
+from nixcomply.evidence.statement import Attestation, ControlResult, FrameworkRefs, Host
 from nixcomply.evidence.store import EvidenceStore, Recorded
 from nixcomply.model.outcome import Outcome
-from nixcomply.model.status import ControlStatus
+from nixcomply.model.status import ControlStatus, Coverage
 
 logger = logging.getLogger(__name__)
 
@@ -58,16 +58,14 @@ def default_baseline() -> Path | None:
 
 def find_control(control: str, controls_map: Path, baseline: Path | None = None) -> ControlRef:
     """Resolve CONTROL (a citation or a baseline control id); UsageError if unknown."""
-    from nixcomply.baseline.controlsmap import Coverage as MapCoverage
     from nixcomply.baseline.controlsmap import citations_by_control, load_controls_map
 
     rows = load_controls_map(controls_map)
     for row in rows:
         if row.citation == control:
-            if row.coverage is MapCoverage.AUTOMATED:
+            if row.coverage is Coverage.AUTOMATED:
                 logger.warning("%s is covered by automated checks; the attestation adds to them", control)
-            coverage: Coverage = row.coverage.value
-            return ControlRef(control, row.title, coverage, FrameworkRefs(hipaa=[control]))
+            return ControlRef(control, row.title, row.coverage, FrameworkRefs(hipaa=[control]))
     citations = list(citations_by_control(rows).get(control, ()))
     refs = FrameworkRefs(hipaa=citations)
     title = ""

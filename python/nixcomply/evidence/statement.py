@@ -53,7 +53,7 @@ from nixcomply import __version__
 from nixcomply.evidence.scrub import Scrubber, merge_counts
 from nixcomply.model.base import StrictModel
 from nixcomply.model.outcome import Outcome
-from nixcomply.model.status import ControlStatus
+from nixcomply.model.status import ControlStatus, Coverage
 
 STATEMENT_TYPE: Final = "https://in-toto.io/Statement/v1"
 PREDICATE_BASE: Final = "https://nixcomply.dev/evidence/"
@@ -88,9 +88,6 @@ BundleId = Annotated[str, StringConstraints(pattern=r"^\d{8}T\d{6}Z-\d{8,}-[0-9a
 Person = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 Url = Annotated[str, StringConstraints(pattern=r"^https?://\S+$", max_length=2000)]
 Seconds = Annotated[float, Field(ge=0)]
-
-
-Coverage = Literal["automated", "partial", "attestation"]
 
 
 class KeyRole(StrEnum):
@@ -177,7 +174,7 @@ class GenerationRef(_Model):
     store_path: StorePath
 
 
-class Generation(_Model):
+class GenerationRecord(_Model):
     VERBATIM = frozenset({"number", "store_path", "previous", "flake_nar_hash"})
 
     number: int = Field(ge=0)
@@ -188,7 +185,7 @@ class Generation(_Model):
     flake_nar_hash: Annotated[str, StringConstraints(pattern=r"^sha256-[A-Za-z0-9+/]{43}=$")] | None = None
 
 
-class Action(_Model):
+class ActionRecord(_Model):
     """One thing nixcomply (or a person) did: a rebuild step, a runbook step, a restart."""
 
     VERBATIM = frozenset({"name", "outcome"})
@@ -253,7 +250,7 @@ class Predicate(_Model):
     reconciler_version: Identifier = __version__
     policy_digest: Annotated[str, StringConstraints(pattern=r"^sha256:[0-9a-f]{64}$")] | None = None
     controls: list[ControlResult] = Field(default_factory=list)
-    actions: list[Action] = Field(default_factory=list)
+    actions: list[ActionRecord] = Field(default_factory=list)
     chain: Chain | None = None
 
     @field_validator("observed_at")
@@ -272,7 +269,7 @@ class GenerationChange(Predicate):
     NAME = "generation-change"
     VERBATIM = Predicate.VERBATIM | {"generation", "flake_ref", "durations"}
 
-    generation: Generation
+    generation: GenerationRecord
     flake_ref: Annotated[str, StringConstraints(min_length=1, max_length=2000)] | None = None
     health_gate: list[HealthCheckResult] = Field(default_factory=list)
     durations: dict[Identifier, Seconds] = Field(default_factory=dict)
@@ -286,7 +283,7 @@ class Remediation(Predicate):
 
     runbook: Annotated[str, StringConstraints(pattern=r"^RB-[A-Z]+-\d{3}$")] | None = None
     finding: str = ""
-    generation: Generation | None = None
+    generation: GenerationRecord | None = None
 
 
 class CheckRun(Predicate):
@@ -295,7 +292,7 @@ class CheckRun(Predicate):
     NAME = "check-run"
     VERBATIM = Predicate.VERBATIM | {"generation"}
 
-    generation: Generation | None = None
+    generation: GenerationRecord | None = None
 
 
 class Attestation(Predicate):

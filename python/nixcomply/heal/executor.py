@@ -60,7 +60,7 @@ from nixcomply.model.outcome import RunOutcome
 
 logger = logging.getLogger(__name__)
 
-Verify = Callable[[], object]
+Verifier = Callable[[], object]
 PASSING: Final = frozenset({"pass"})
 
 
@@ -176,7 +176,7 @@ def execute(
     ctx: ExecutionContext,
     *,
     dry_run: bool = False,
-    verify: Verify | None = None,
+    verify: Verifier | None = None,
 ) -> RunbookRun:
     """Run ``runbook`` with ``params``; never raises for a refused or failed run (the
     outcome says it). ``verify`` re-checks the drift after the steps: it returns a bool, or
@@ -234,7 +234,7 @@ def execute(
     )
 
 
-def _planned(plan: guard.Plan, ctx: ExecutionContext) -> dict[str, list[StepResult]]:
+def _planned(plan: guard.BoundRunbook, ctx: ExecutionContext) -> dict[str, list[StepResult]]:
     out: dict[str, list[StepResult]] = {}
     for section, bound in (
         ("preconditions", plan.preconditions),
@@ -286,7 +286,7 @@ class _Session:
 
 
 class _Runner:
-    def __init__(self, plan: guard.Plan, ctx: ExecutionContext, session: _Session) -> None:
+    def __init__(self, plan: guard.BoundRunbook, ctx: ExecutionContext, session: _Session) -> None:
         self.plan = plan
         self.ctx = ctx
         self.session = session
@@ -300,7 +300,7 @@ class _Runner:
     def runbook(self) -> Runbook:
         return self.plan.runbook
 
-    def run(self, verify: Verify | None) -> tuple[RunOutcome, str]:
+    def run(self, verify: Verifier | None) -> tuple[RunOutcome, str]:
         for b in self.plan.preconditions:
             result = self._run(b)
             if result.ok:
@@ -456,7 +456,7 @@ class _Runner:
             command=list(out.command) if out else [],
         ).model_copy(update={"section": "alert"})
 
-    def _verify(self, verify: Verify | None) -> Verification:
+    def _verify(self, verify: Verifier | None) -> Verification:
         if verify is None:
             return Verification(ran=False, ok=True, detail="all steps succeeded (no verification was given)")
         try:

@@ -1,7 +1,7 @@
 """Everything a runbook run will touch is validated before its first step runs.
 
 :func:`check` takes a runbook, the parameters it was given and the host's
-:class:`~nixcomply.heal.config.HealConfig`, and returns a :class:`Plan`: every step of every
+:class:`~nixcomply.heal.config.HealConfig`, and returns a :class:`BoundRunbook`: every step of every
 section (preconditions, steps, rollback) with its arguments substituted, typed and checked.
 Rollback steps are checked too, so a run can never discover half-way that its way back is
 refused. Anything wrong raises :class:`GuardError` listing every problem, each naming the
@@ -122,7 +122,7 @@ class BoundStep:
 
 
 @dataclass(frozen=True)
-class Plan:
+class BoundRunbook:
     """A runbook ready to run: typed parameters and every step bound."""
 
     runbook: Runbook
@@ -141,9 +141,9 @@ class _Bad(Exception):
 
 def check(
     runbook: Runbook, given: Mapping[str, object], config: HealConfig, *, root: Path = Path("/")
-) -> Plan:
+) -> BoundRunbook:
     """Validate ``given`` and every step of ``runbook`` against ``config``; raise
-    :class:`GuardError` naming every problem, or return the :class:`Plan`.
+    :class:`GuardError` naming every problem, or return the :class:`BoundRunbook`.
 
     ``root`` is the host root paths are taken relative to (``/`` on a host; a sandbox
     uses a directory): ``/var/cache`` means ``root/var/cache``.
@@ -192,7 +192,7 @@ def check(
                 sections[section].append(BoundStep(section, index, step, args, shown))
     if refusals:
         raise GuardError(refusals)
-    return Plan(
+    return BoundRunbook(
         runbook=runbook,
         params=params,
         preconditions=tuple(sections[Section.PRECONDITION]),

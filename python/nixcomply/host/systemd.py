@@ -230,7 +230,7 @@ _C = TypeVar("_C")
 # How code that needs systemd gets it: a factory that returns a new, unopened connection
 # per call (one connection is not thread-safe; the checks run in parallel). The parameter
 # is what the caller uses of it: SystemdFactory[Systemd] for runbook actions, a protocol
-# (checks.context.SystemdLike, reconcile.gate.SystemdLike) where tests pass fakes.
+# (checks.context.SystemdLike, reconcile.gate.GateSystemd) where tests pass fakes.
 SystemdFactory: TypeAlias = Callable[[], AbstractContextManager[_C]]
 
 

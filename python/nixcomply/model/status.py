@@ -64,3 +64,12 @@ def control_status_of(finding_status: str) -> ControlStatus:
         return FindingStatus(finding_status).control_status
     except ValueError:
         return ControlStatus.UNKNOWN
+
+
+# How a HIPAA standard or implementation specification is covered (controls-map.csv, and
+# attestations in evidence): a baseline control with a runtime check, partly, or only by a
+# person's signed attestation.
+class Coverage(StrEnum):
+    AUTOMATED = "automated"
+    PARTIAL = "partial"
+    ATTESTATION = "attestation"

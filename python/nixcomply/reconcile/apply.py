@@ -40,7 +40,7 @@ class Context:
     config: ReconcilerConfig
     root: Root
     tools: Tools
-    systemd: SystemdFactory[health.SystemdLike] | None
+    systemd: SystemdFactory[health.GateSystemd] | None
 
 
 class _Timer:

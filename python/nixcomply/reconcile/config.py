@@ -63,7 +63,7 @@ class MetricsConfig(StrictModel):
     path: Path = Path("/var/lib/prometheus-node-exporter-text-files/nixcomply.prom")
 
 
-class Executables(StrictModel):
+class ReconcilerExecutables(StrictModel):
     """Programs the reconciler runs; names are looked up on PATH."""
 
     nix: str = "nix"
@@ -107,7 +107,7 @@ class ReconcilerConfig(StrictModel):
     maintenance_window: MaintenanceWindow | None = None
     evidence: EvidenceConfig = Field(default_factory=EvidenceConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
-    executables: Executables = Field(default_factory=Executables)
+    executables: ReconcilerExecutables = Field(default_factory=ReconcilerExecutables)
     systemd: SystemdConfig = Field(default_factory=SystemdConfig)
     checks: ChecksConfig = Field(
         default_factory=ChecksConfig, description="site specifics of the runtime checks"

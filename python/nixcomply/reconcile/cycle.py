@@ -35,11 +35,11 @@ from nixcomply.nixos.tools import Tools
 from nixcomply.reconcile import apply as applying
 from nixcomply.reconcile import record, runtime
 from nixcomply.reconcile.config import ReconcilerConfig
-from nixcomply.reconcile.gate import SystemdLike
+from nixcomply.reconcile.gate import GateSystemd
 from nixcomply.reconcile.model import ApplyResult, CycleReport, FindingSummary, HostState, Plan
 from nixcomply.reconcile.observe import external_change, observation_of, observe
-from nixcomply.reconcile.plan import Target, decide, desired_state
-from nixcomply.reconcile.remediate import Healer
+from nixcomply.reconcile.plan import LockedTarget, decide, desired_state
+from nixcomply.reconcile.respond import Healer
 
 if TYPE_CHECKING:
     from nixcomply.host.systemd import SystemdFactory
@@ -67,7 +67,7 @@ class RuntimeResult:
 @dataclass(frozen=True)
 class PlanReport:
     host: HostState
-    target: Target
+    target: LockedTarget
     plan: Plan
 
 
@@ -77,7 +77,7 @@ class Reconciler:
         config: ReconcilerConfig,
         *,
         tools: Tools | None = None,
-        systemd: SystemdFactory[SystemdLike] | None = None,
+        systemd: SystemdFactory[GateSystemd] | None = None,
         use_systemd: bool = True,
     ) -> None:
         self.config = config
@@ -221,7 +221,7 @@ class Reconciler:
     def _runtime_checks(
         self,
         host: HostState,
-        target: Target,
+        target: LockedTarget,
         state: State,
         store: EvidenceStore | None,
         identity: Host,
@@ -313,7 +313,7 @@ class Reconciler:
         attempt: Attempt,
         *,
         host: HostState,
-        target: Target,
+        target: LockedTarget,
         state: State,
         store: EvidenceStore | None,
         identity: Host,

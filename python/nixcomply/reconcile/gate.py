@@ -30,14 +30,14 @@ from nixcomply.reconcile.model import GateCheck, GateResult
 logger = logging.getLogger(__name__)
 
 
-class SystemdLike(checks_context.SystemdLike, Protocol):
+class GateSystemd(checks_context.SystemdLike, Protocol):
     """The part of :class:`nixcomply.host.systemd.Systemd` the gate uses: what the checks read of a
     unit, and the failed units."""
 
     def failed_units(self) -> frozenset[str]: ...
 
 
-def failed_units(factory: SystemdFactory[SystemdLike] | None) -> frozenset[str] | None:
+def failed_units(factory: SystemdFactory[GateSystemd] | None) -> frozenset[str] | None:
     """The units failed right now, or None when systemd cannot be asked."""
     if factory is None:
         return None
@@ -54,7 +54,7 @@ def run_gate(
     *,
     activation: ActivationResult,
     failed_before: frozenset[str] | None,
-    systemd: SystemdFactory[SystemdLike] | None,
+    systemd: SystemdFactory[GateSystemd] | None,
     env: dict[str, str] | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> GateResult:
@@ -108,7 +108,7 @@ def _activation_check(
 def _unit_checks(
     gate: HealthGate,
     failed_before: frozenset[str] | None,
-    systemd: SystemdFactory[SystemdLike] | None,
+    systemd: SystemdFactory[GateSystemd] | None,
     deadline: float,
     sleep: Callable[[float], None],
 ) -> tuple[list[GateCheck], frozenset[str] | None]:

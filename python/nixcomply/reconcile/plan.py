@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Target:
+class LockedTarget:
     """The desired state together with the metadata it came from (for building it)."""
 
     desired: Desired
@@ -38,7 +38,7 @@ class Target:
     ref: FlakeRef
 
 
-def desired_state(config: ReconcilerConfig, *, tools: Tools, refresh: bool = True) -> Target:
+def desired_state(config: ReconcilerConfig, *, tools: Tools, refresh: bool = True) -> LockedTarget:
     ref = FlakeRef.parse(config.flake)
     md = flake_metadata(ref, refresh=refresh, tools=tools)
     desired = Desired(
@@ -51,7 +51,7 @@ def desired_state(config: ReconcilerConfig, *, tools: Tools, refresh: bool = Tru
         dirty=md.dirty,
         approved_revision=config.approved_revision,
     )
-    return Target(desired=desired, metadata=md, ref=ref)
+    return LockedTarget(desired=desired, metadata=md, ref=ref)
 
 
 def _short(rev: str | None) -> str:
@@ -60,7 +60,7 @@ def _short(rev: str | None) -> str:
 
 def decide(
     host: HostState,
-    target: Target,
+    target: LockedTarget,
     state: State,
     config: ReconcilerConfig,
     *,

@@ -26,7 +26,7 @@ from nixcomply.evidence.store import EvidenceStore
 from nixcomply.heal import policy
 from nixcomply.heal.actions import ActionEnv, SyncGeneration, send_alert
 from nixcomply.heal.executor import ExecutionContext, RunbookRun, execute
-from nixcomply.heal.record import record_remediation
+from nixcomply.heal.remediation import record_remediation
 from nixcomply.heal.rules import Decision, Rule, decide, load_rules
 from nixcomply.heal.runbook import Runbook, load_runbook
 from nixcomply.host.state import State

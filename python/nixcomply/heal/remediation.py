@@ -17,10 +17,10 @@ from pydantic import BaseModel
 
 from nixcomply.evidence.statement import (
     FRAMEWORKS,
-    Action,
+    ActionRecord,
     ControlResult,
     FrameworkRefs,
-    Generation,
+    GenerationRecord,
     Host,
     Remediation,
     Subject,
@@ -44,7 +44,7 @@ def record_remediation(
     controls: Sequence[str] = (),
     actor: str = "nixcomply",
     policy_digest: str | None = None,
-    generation: Generation | None = None,
+    generation: GenerationRecord | None = None,
     subjects: Sequence[Subject] = (),
 ) -> Recorded:
     """Append one remediation statement for ``run``.
@@ -120,9 +120,9 @@ def _controls(run: RunbookRun, finding: Mapping[str, Any], fallback: Sequence[st
     ]
 
 
-def _action(step: StepResult) -> Action:
+def _action(step: StepResult) -> ActionRecord:
     what = step.error or step.detail
-    return Action(
+    return ActionRecord(
         name=f"{step.section}.{step.index}.{step.action.value}",
         outcome=Outcome.SUCCESS if step.ok else Outcome.FAILED,
         detail=f"{step.description}: {what}" if what else step.description,
@@ -133,14 +133,18 @@ def _action(step: StepResult) -> Action:
     )
 
 
-def _actions(run: RunbookRun) -> list[Action]:
+def _actions(run: RunbookRun) -> list[ActionRecord]:
     actions = [_action(s) for s in run.all_steps()]
     if run.refusals:
-        actions.insert(0, Action(name="guard", outcome=Outcome.REJECTED, detail="; ".join(run.refusals)))
+        actions.insert(
+            0, ActionRecord(name="guard", outcome=Outcome.REJECTED, detail="; ".join(run.refusals))
+        )
     v = run.verification
     if v is not None and v.ran:
         actions.append(
-            Action(name="verification", outcome=Outcome.SUCCESS if v.ok else Outcome.FAILED, detail=v.detail)
+            ActionRecord(
+                name="verification", outcome=Outcome.SUCCESS if v.ok else Outcome.FAILED, detail=v.detail
+            )
         )
     return actions
 
