@@ -37,9 +37,11 @@ Outputs = dict[str, str]
 MAX_OUTPUT_CHARS: Final = 64_000
 
 
-class CheckError(Exception):
-    """An observation could not be made or made no sense (a tool said something
-    unexpected, a file is missing that must exist). Becomes an ``error`` finding."""
+class CheckError(NixcomplyError):
+    """Raised by a check when an observation could not be made or made no sense (a tool said
+    something unexpected, a file is missing that must exist). The runner turns it into an
+    ``error`` finding with ``outputs`` kept as evidence; should one escape to the command
+    line, it is reported like any deliberate error (exit code 1), never as a bug."""
 
     def __init__(self, message: str, *, outputs: Mapping[str, str] | None = None) -> None:
         super().__init__(message)

@@ -44,7 +44,7 @@ from typing import Any, Final, Literal, TypedDict
 
 import pydantic
 
-from nixcomply.errors import UsageError
+from nixcomply.errors import EXIT_FAILURE, EXIT_OK, EXIT_WARNINGS, UsageError
 from nixcomply.evidence import dsse
 from nixcomply.evidence.checkpoint import NoteError, open_checkpoint, parse_checkpoint_text, parse_note
 from nixcomply.evidence.index import INDEX_FILE, control_index
@@ -150,7 +150,7 @@ class Report:
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.errors else 3 if self.warnings else 0
+        return EXIT_FAILURE if self.errors else EXIT_WARNINGS if self.warnings else EXIT_OK
 
     def first_error(self) -> VerifyProblem | None:
         if not self.errors:
