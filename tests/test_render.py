@@ -225,7 +225,7 @@ def test_check_detects_stale_output(cli, tmp_path: Path) -> None:  # type: ignor
 def test_render_to_stdout(cli) -> None:  # type: ignore[no-untyped-def]
     r = cli("render", MINIMAL)
     assert r.code == 0
-    assert '(lib.mkIf (active "ssh.password-auth-disabled") {' in r.out
+    assert '(lib.mkIf (applies "ssh.password-auth-disabled") {' in r.out
 
 
 def test_check_without_output_is_usage_error(cli) -> None:  # type: ignore[no-untyped-def]

@@ -49,7 +49,7 @@ class ManifestControl(BaseModel):
     verify: ManifestVerify
     remediation: str
     settings: dict[str, Any] = Field(description="option path (target release spelling) -> value")
-    status: Literal["enforced", "excepted"]
+    status: Literal["enforced", "excepted", "not-applicable"]
 
 
 class ManifestException(BaseModel):

@@ -21,8 +21,10 @@ from types import ModuleType
 from typing import Final
 
 from nixcomply.checks import (
+    accounts,
     audit_rules,
     audit_status,
+    auditd_config,
     av_edr,
     backup,
     config_value,
@@ -34,7 +36,9 @@ from nixcomply.checks import (
     firewall,
     generation,
     journald_config,
+    kernel_cmdline,
     kernel_modules,
+    mounts,
     nix_config,
     patch_age,
     restore_test,
@@ -76,8 +80,10 @@ def _from_module(module: ModuleType) -> Check:
 
 
 _MODULES: Final = (
+    accounts,
     audit_rules,
     audit_status,
+    auditd_config,
     av_edr,
     backup,
     config_value,
@@ -89,8 +95,10 @@ _MODULES: Final = (
     firewall,
     generation,
     journald_config,
+    kernel_cmdline,
     kernel_modules,
     logging_check,
+    mounts,
     nix_config,
     patch_age,
     restore_test,
