@@ -35,7 +35,11 @@ CLAIMS: Final = (
 )
 # Claims the baseline cannot back in the verified part unless a control expects the key.
 OVERCLAIMS: Final = (
-    (re.compile(r"\b(data volumes?|disks are|all volumes|every volume)\b"), "encryption", "data_on_luks"),
+    (
+        re.compile(r"\b(data volumes?|disks are|all volumes|every volume)\b"),
+        "encryption",
+        "data_on_luks",
+    ),
     (re.compile(r"\b(records are|activity is) (examined|reviewed)\b"), "", ""),
 )
 
@@ -101,7 +105,12 @@ def test_the_four_overclaimed_rows_are_partial(rows: list[MapRow]) -> None:
     (only the root volume is verified), audit controls (nothing automates examining the
     records) and person authentication (sshd, sudo and accounts only) need a person's part."""
     by_citation = {r.citation: r for r in rows}
-    for citation in ("164.312(a)(2)(iii)", "164.312(a)(2)(iv)", "164.312(b)", "164.312(d)"):
+    for citation in (
+        "164.312(a)(2)(iii)",
+        "164.312(a)(2)(iv)",
+        "164.312(b)",
+        "164.312(d)",
+    ):
         assert by_citation[citation].coverage is Coverage.PARTIAL, citation
 
 
@@ -111,8 +120,10 @@ def test_the_four_overclaimed_rows_are_partial(rows: list[MapRow]) -> None:
         # the texts as they stood before issue 10
         (
             "164.312(a)(2)(iii)",
-            "signed check-run statements of sshd_effective (clientaliveinterval, clientalivecountmax, "
-            "idle) each cycle",
+            (
+                "signed check-run statements of sshd_effective (clientaliveinterval, clientalivecountmax, "
+                "idle) each cycle"
+            ),
             "verifies 'idle'",
         ),
         (
@@ -120,14 +131,26 @@ def test_the_four_overclaimed_rows_are_partial(rows: list[MapRow]) -> None:
             "signed check-run statements of encryption (root and data volumes on LUKS) each cycle",
             "verifies 'root'",
         ),
-        ("164.312(a)(2)(iv)", "signed check-run statements that data volumes are on LUKS", "'data volumes'"),
+        (
+            "164.312(a)(2)(iv)",
+            "signed check-run statements that data volumes are on LUKS",
+            "'data volumes'",
+        ),
         (
             "164.312(b)",
             "signed check-run statements of audit_status each cycle; records are examined daily",
             "'records are examined'",
         ),
-        ("164.312(d)", "signed check-run statements of sshd_effective and sudo_config", "is partial, but"),
-        ("164.312(b)", "signed check-run statements of firewall and nix_config", "names check nix_config"),
+        (
+            "164.312(d)",
+            "signed check-run statements of sshd_effective and sudo_config",
+            "is partial, but",
+        ),
+        (
+            "164.312(b)",
+            "signed check-run statements of firewall and nix_config",
+            "names check nix_config",
+        ),
     ],
 )
 def test_an_overclaiming_sentence_is_caught(

@@ -86,7 +86,9 @@ def judge(accounts: Accounts, expect: Mapping[str, Any], ctx: CheckContext) -> V
         if accounts.empty:
             wrong.append(f"empty password: {', '.join(sorted(accounts.empty))}")
     for name in locked:
-        state = "locked" if name in accounts.locked else ("absent" if name not in accounts.names else "unlocked")
+        state = (
+            "locked" if name in accounts.locked else ("absent" if name not in accounts.names else "unlocked")
+        )
         observed.setdefault("accounts", {})[name] = state
         if state != "locked":
             wrong.append(f"{name} is {state}, expected a locked password (! or *)")

@@ -171,12 +171,16 @@ def judge(
             "drift", f"audit rules missing for key(s) {', '.join(missing)} ({where})", observed, expected
         )
     if missing_rules:
-        shown = "; ".join(missing_rules[:3]) + (f" (+{len(missing_rules) - 3} more)" if len(missing_rules) > 3 else "")
+        shown = "; ".join(missing_rules[:3]) + (
+            f" (+{len(missing_rules) - 3} more)" if len(missing_rules) > 3 else ""
+        )
         return Verdict(
             "drift", f"{len(missing_rules)} audit rule(s) not loaded ({where}): {shown}", observed, expected
         )
     count = f", all {len(expected_rules)} rule(s) loaded" if expected_rules else ""
-    return Verdict("pass", f"audit rules loaded for key(s) {', '.join(sorted(want))}{count}", observed, expected)
+    return Verdict(
+        "pass", f"audit rules loaded for key(s) {', '.join(sorted(want))}{count}", observed, expected
+    )
 
 
 def _rules_of(control: ManifestControl) -> list[str]:
@@ -206,6 +210,8 @@ def run(ctx: CheckContext, controls: Controls) -> list[Finding]:
             message, extra = error_text(e)
             verdict = Verdict("error", message, outputs=extra)
         findings.append(
-            make_finding(SPEC, list(target.controls), verdict, outputs=outputs, duration=time.monotonic() - start)
+            make_finding(
+                SPEC, list(target.controls), verdict, outputs=outputs, duration=time.monotonic() - start
+            )
         )
     return findings

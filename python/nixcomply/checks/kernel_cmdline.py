@@ -4,7 +4,7 @@ Some settings only take effect at boot (``audit=1``, ``audit_backlog_limit=8192`
 configuration can say so long before the host is rebooted into it, so the running kernel's
 command line is the evidence. ``expect`` maps a parameter to the value it must have (the last
 occurrence wins, as the kernel reads it); ``true`` means the parameter must be present
-without a value.
+without a value. Words after ``--`` belong to init and are ignored.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ def parse_cmdline(text: str) -> dict[str, str | None]:
         raise ValueError(f"/proc/cmdline: {e}") from None
     params: dict[str, str | None] = {}
     for word in words:
+        if word == "--":  # what follows is passed to init, not read by the kernel
+            break
         key, sep, value = word.partition("=")
         if not key:
             raise ValueError(f"/proc/cmdline: {word[:80]!r} is not a parameter")
@@ -54,7 +56,7 @@ def judge(params: dict[str, str | None], expect: Mapping[str, Any], ctx: CheckCo
     wrong = []
     for key in sorted(expect):
         want = expect[key]
-        if not (want is True or isinstance(want, (str, int)) and not isinstance(want, bool)):
+        if not (want is True or (isinstance(want, (str, int)) and not isinstance(want, bool))):
             raise ValueError(f"expect.{key} must be a value or true, not {want!r}")
         present = key in params
         have = params.get(key)

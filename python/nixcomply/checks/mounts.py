@@ -54,7 +54,9 @@ def observe(ctx: CheckContext) -> tuple[dict[str, tuple[str, frozenset[str]]], d
     return parse_mountinfo(text), {"mountinfo": text}
 
 
-def judge(mounts: dict[str, tuple[str, frozenset[str]]], expect: Mapping[str, Any], ctx: CheckContext) -> Verdict:
+def judge(
+    mounts: dict[str, tuple[str, frozenset[str]]], expect: Mapping[str, Any], ctx: CheckContext
+) -> Verdict:
     if not expect:
         raise ValueError("the control's expect names no mount point")
     observed: dict[str, Any] = {}
@@ -62,7 +64,11 @@ def judge(mounts: dict[str, tuple[str, frozenset[str]]], expect: Mapping[str, An
     wrong = []
     for mount in sorted(expect):
         want = expect[mount]
-        if not mount.startswith("/") or not isinstance(want, list) or not all(isinstance(o, str) for o in want):
+        if (
+            not mount.startswith("/")
+            or not isinstance(want, list)
+            or not all(isinstance(o, str) for o in want)
+        ):
             raise ValueError(f"expect.{mount} must be an absolute mount point with a list of options")
         expected[mount] = sorted(want)
         if mount not in mounts:
