@@ -35,17 +35,20 @@ let
   };
   applies = id: active id && !(notApplicable.${id} or false);
 
-  # The root filesystem is opened from LUKS in the initrd: its device is one of the LUKS
-  # mappings, or (LVM on LUKS, by-label, by-uuid) at least one LUKS device exists. The runtime
-  # check `encryption` confirms the real block-device stack with lsblk.
+  # Evaluation cannot see the block-device tree, so this refuses only what is certainly not
+  # encrypted: no LUKS device at all, or a root file system mounted straight from a raw disk
+  # or partition (/dev/sdXN, /dev/nvmeXnYpZ, ...) or from a LUKS container's own backing
+  # device. Everything else can sit on LUKS: /dev/mapper/<luks> (plain LUKS),
+  # /dev/mapper/<vg>-<lv> (LVM on LUKS), by-uuid or by-label paths of a file system inside
+  # LUKS. The runtime check `encryption` reads the real tree (lsblk) and is the authority.
   rootOnLuks =
     let
-      luksNames = builtins.attrNames config.boot.initrd.luks.devices;
+      luks = builtins.attrValues config.boot.initrd.luks.devices;
       rootDevice = (config.fileSystems."/" or { }).device or null;
-      mapped = map (name: "/dev/mapper/${name}") luksNames;
+      rawDisk = d: builtins.match "/dev/(sd[a-z]+|vd[a-z]+|xvd[a-z]+|hd[a-z]+|nvme[0-9]+n[0-9]+|mmcblk[0-9]+)(p?[0-9]+)?" d != null;
+      backing = map (d: d.device or null) luks;
     in
-    luksNames != [ ]
-    && (rootDevice == null || builtins.elem rootDevice mapped || !(lib.hasPrefix "/dev/mapper/" rootDevice));
+    luks != [ ] && (rootDevice == null || !(rawDisk rootDevice || builtins.elem rootDevice backing));
 
   # Static part of /etc/nixcomply/manifest.json: what each control sets and how it is verified.
   controls = {
