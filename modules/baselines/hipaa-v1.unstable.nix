@@ -238,7 +238,7 @@ let
       frameworks = {
         cis_v8 = [ "4.1" ];
         hipaa = [ "164.312(a)(1)" "164.312(d)" ];
-        nist_800_53 = [ "AC-7" "SC-5" ];
+        nist_800_53 = [ "SC-5" ];
         nist_csf = [ "PR.PS-01" ];
         soc2 = [ "CC6.6" ];
       };
@@ -1138,11 +1138,11 @@ let
     };
     "kernel.kptr-restrict" = {
       frameworks = {
-        cis_v8 = [ "4.1" "10.5" ];
+        cis_v8 = [ "10.5" ];
         hipaa = [ "164.308(a)(1)(ii)(B)" "164.312(a)(1)" ];
         nist_800_53 = [ "CM-6" "SI-16" ];
         nist_csf = [ "PR.PS-01" ];
-        soc2 = [ "CC6.8" ];
+        soc2 = [ "CC6.1" ];
       };
       remediation = "RB-DRIFT-001";
       severity = "medium";
@@ -1153,11 +1153,11 @@ let
     };
     "kernel.dmesg-restrict" = {
       frameworks = {
-        cis_v8 = [ "4.1" "10.5" ];
+        cis_v8 = [ "10.5" ];
         hipaa = [ "164.308(a)(1)(ii)(B)" "164.312(a)(1)" ];
         nist_800_53 = [ "CM-6" "SI-11" ];
         nist_csf = [ "PR.PS-01" ];
-        soc2 = [ "CC6.8" ];
+        soc2 = [ "CC6.1" ];
       };
       remediation = "RB-DRIFT-001";
       severity = "medium";
@@ -1198,7 +1198,7 @@ let
     };
     "kernel.ptrace-restricted" = {
       frameworks = {
-        cis_v8 = [ "4.1" ];
+        cis_v8 = [ "10.5" ];
         hipaa = [ "164.312(a)(1)" ];
         nist_800_53 = [ "AC-6" "SC-39" ];
         nist_csf = [ "PR.PS-01" ];
@@ -1213,7 +1213,7 @@ let
     };
     "kernel.protected-links" = {
       frameworks = {
-        cis_v8 = [ "4.1" ];
+        cis_v8 = [ "10.5" ];
         hipaa = [ "164.312(a)(1)" "164.312(c)(1)" ];
         nist_800_53 = [ "AC-6" "SI-16" ];
         nist_csf = [ "PR.PS-01" ];
@@ -1333,7 +1333,7 @@ let
     };
     "nix.allowed-users" = {
       frameworks = {
-        cis_v8 = [ "4.1" ];
+        cis_v8 = [ "2.5" ];
         hipaa = [ "164.308(a)(1)(ii)(B)" "164.312(a)(1)" ];
         nist_800_53 = [ "AC-6" "CM-11" ];
         nist_csf = [ "PR.PS-05" ];
@@ -1348,7 +1348,7 @@ let
     };
     "nix.require-sigs" = {
       frameworks = {
-        cis_v8 = [ "4.1" ];
+        cis_v8 = [ "2.5" ];
         hipaa = [ "164.308(a)(5)(ii)(B)" "164.312(c)(1)" ];
         nist_800_53 = [ "SI-7" "CM-14" ];
         nist_csf = [ "PR.PS-05" "ID.RA-09" ];
@@ -1434,7 +1434,7 @@ let
         hipaa = [ "164.308(a)(7)(ii)(E)" "164.312(b)" ];
         nist_800_53 = [ "SI-4" "CA-7" ];
         nist_csf = [ "DE.CM-09" ];
-        soc2 = [ "A1.1" "CC7.2" ];
+        soc2 = [ "CC7.2" ];
       };
       remediation = "RB-SERVICE-001";
       severity = "high";
@@ -1504,7 +1504,7 @@ let
       id = "hipaa-v1";
       version = 1;
       title = "HIPAA Security Rule baseline for NixOS hosts that store or process ePHI";
-      digest = "sha256:e4d08022c2d154726bb2f7de94cbe2c42170c27c590c2621e15270ae9bf14a68";
+      digest = "sha256:29eb1b1a7db356178654b8570b0e048f060c9dfa354c6cd9104b3157605e601c";
     };
     nixos_release = "unstable";
     inherit parameters;
@@ -1637,7 +1637,7 @@ in
     })
 
     # ssh.login-grace-time: Unauthenticated SSH connections are closed after 30 seconds [low]
-    # HIPAA 164.312(a)(1), 164.312(d) · SOC 2 CC6.6 · CIS v8 4.1 · NIST 800-53 AC-7, SC-5 · NIST CSF PR.PS-01
+    # HIPAA 164.312(a)(1), 164.312(d) · SOC 2 CC6.6 · CIS v8 4.1 · NIST 800-53 SC-5 · NIST CSF PR.PS-01
     # Half-open logins hold server slots; a short grace time keeps a flood of slow connections
     # from locking administrators out. 30 seconds, as dev-sec's ssh-baseline expects, is ample for
     # a key login.
@@ -2192,7 +2192,7 @@ in
     })
 
     # kernel.kptr-restrict: Kernel pointer addresses are hidden from all users [medium]
-    # HIPAA 164.308(a)(1)(ii)(B), 164.312(a)(1) · SOC 2 CC6.8 · CIS v8 4.1, 10.5 · NIST 800-53 CM-6, SI-16 · NIST CSF PR.PS-01
+    # HIPAA 164.308(a)(1)(ii)(B), 164.312(a)(1) · SOC 2 CC6.1 · CIS v8 10.5 · NIST 800-53 CM-6, SI-16 · NIST CSF PR.PS-01
     # Kernel addresses in /proc help an attacker turn a local bug into root; hiding them even from
     # privileged processes (value 2) removes that help.
     # Verified by the `sysctl` check; remediation RB-DRIFT-001.
@@ -2201,7 +2201,7 @@ in
     })
 
     # kernel.dmesg-restrict: Only privileged users can read the kernel log [medium]
-    # HIPAA 164.308(a)(1)(ii)(B), 164.312(a)(1) · SOC 2 CC6.8 · CIS v8 4.1, 10.5 · NIST 800-53 CM-6, SI-11 · NIST CSF PR.PS-01
+    # HIPAA 164.308(a)(1)(ii)(B), 164.312(a)(1) · SOC 2 CC6.1 · CIS v8 10.5 · NIST 800-53 CM-6, SI-11 · NIST CSF PR.PS-01
     # The kernel ring buffer leaks addresses and hardware details useful for exploits, and can
     # contain fragments of sensitive data; unprivileged users do not need it.
     # Verified by the `sysctl` check; remediation RB-DRIFT-001.
@@ -2228,7 +2228,7 @@ in
     })
 
     # kernel.ptrace-restricted: Processes can only trace their own descendants [medium]
-    # HIPAA 164.312(a)(1) · SOC 2 CC6.1 · CIS v8 4.1 · NIST 800-53 AC-6, SC-39 · NIST CSF PR.PS-01
+    # HIPAA 164.312(a)(1) · SOC 2 CC6.1 · CIS v8 10.5 · NIST 800-53 AC-6, SC-39 · NIST CSF PR.PS-01
     # Without Yama's restriction any process can attach to every other process of the same user
     # and read its memory, which holds ePHI and credentials; with ptrace_scope 1 only a parent may
     # trace its children (debuggers started by the user still work).
@@ -2238,7 +2238,7 @@ in
     })
 
     # kernel.protected-links: Links, FIFOs and regular files in sticky directories are protected [medium]
-    # HIPAA 164.312(a)(1), 164.312(c)(1) · SOC 2 CC6.1 · CIS v8 4.1 · NIST 800-53 AC-6, SI-16 · NIST CSF PR.PS-01
+    # HIPAA 164.312(a)(1), 164.312(c)(1) · SOC 2 CC6.1 · CIS v8 10.5 · NIST 800-53 AC-6, SI-16 · NIST CSF PR.PS-01
     # Symlink, hard-link, FIFO and file races in world-writable directories such as /tmp let a
     # local user make a privileged program overwrite or disclose files; the protected_* values
     # dev-sec's linux-baseline expects close them.
@@ -2302,7 +2302,7 @@ in
     })
 
     # nix.allowed-users: Only wheel members can use the Nix daemon [high]
-    # HIPAA 164.308(a)(1)(ii)(B), 164.312(a)(1) · SOC 2 CC6.3, CC8.1 · CIS v8 4.1 · NIST 800-53 AC-6, CM-11 · NIST CSF PR.PS-05
+    # HIPAA 164.308(a)(1)(ii)(B), 164.312(a)(1) · SOC 2 CC6.3, CC8.1 · CIS v8 2.5 · NIST 800-53 AC-6, CM-11 · NIST CSF PR.PS-05
     # Any user allowed to talk to the Nix daemon can build and run arbitrary software on the host.
     # Restricting the daemon to administrators (root is always allowed as a trusted user) keeps
     # software installation under change control.
@@ -2312,7 +2312,7 @@ in
     })
 
     # nix.require-sigs: Nix installs only signed binaries from caches [critical]
-    # HIPAA 164.308(a)(5)(ii)(B), 164.312(c)(1) · SOC 2 CC6.8, CC8.1 · CIS v8 4.1 · NIST 800-53 SI-7, CM-14 · NIST CSF PR.PS-05, ID.RA-09
+    # HIPAA 164.308(a)(5)(ii)(B), 164.312(c)(1) · SOC 2 CC6.8, CC8.1 · CIS v8 2.5 · NIST 800-53 SI-7, CM-14 · NIST CSF PR.PS-05, ID.RA-09
     # Every binary on a NixOS host comes from the Nix store; requiring signatures from trusted
     # keys stops a compromised or spoofed cache from planting malicious software.
     # Verified by the `nix_config` check; remediation RB-DRIFT-001.
@@ -2355,7 +2355,7 @@ in
     # (runtime policy: no NixOS option; the reconciler verifies it on the running host)
 
     # services.critical-running: The critical services are active and not failing [high]
-    # HIPAA 164.308(a)(7)(ii)(E), 164.312(b) · SOC 2 A1.1, CC7.2 · CIS v8 4.1 · NIST 800-53 SI-4, CA-7 · NIST CSF DE.CM-09
+    # HIPAA 164.308(a)(7)(ii)(E), 164.312(b) · SOC 2 CC7.2 · CIS v8 4.1 · NIST 800-53 SI-4, CA-7 · NIST CSF DE.CM-09
     # Remote administration, time, audit, logging and the firewall only protect the host while
     # their services run. The units in parameters.critical_services must be active, not failed and
     # not restarting in a loop.

@@ -140,6 +140,9 @@ class Control(BaseModel):
     severity: Severity
     rationale: NonEmptyStr
     frameworks: Frameworks
+    framework_notes: str | None = Field(
+        default=None, description="where a framework reference fits only indirectly, why it is cited"
+    )
     nixos: dict[NixAttrPath, NixValue] = Field(
         default_factory=dict, description="NixOS option path (canonical spelling) -> value"
     )
