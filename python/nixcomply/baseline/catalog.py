@@ -22,8 +22,18 @@ CHECKS: Final[dict[str, tuple[str, str]]] = {
         "module blacklist and loaded modules",
         "{blacklisted: [module], not_loaded: [module]}",
     ),
-    "audit_rules": ("loaded audit rules (auditctl -l)", "{keys: [rule key]}"),
+    "audit_rules": (
+        "loaded audit rules (auditctl -l): every rule the control sets, and its keys",
+        "{keys: [rule key]}",
+    ),
     "audit_status": ("audit subsystem status (auditctl -s)", "{enabled: n, failure: n}"),
+    "auditd_config": ("audit daemon settings (/etc/audit/auditd.conf)", "{key: value}"),
+    "kernel_cmdline": ("the running kernel's command line (/proc/cmdline)", "{parameter: value or true}"),
+    "accounts": (
+        "account password fields (/etc/shadow; no hash kept)",
+        "{no_empty_passwords: true, locked: [user]}",
+    ),
+    "mounts": ("options of mount points (/proc/self/mountinfo)", "{/mount/point: [option, ...]}"),
     "journald_config": ("effective journald.conf [Journal] settings", "{Key: value}"),
     "firewall": (
         "firewall state and ruleset hash (nft list ruleset)",

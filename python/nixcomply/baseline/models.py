@@ -13,7 +13,13 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, Final
 
-from pydantic import AfterValidator, Field, StringConstraints, field_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from nixcomply.baseline.nixattr import parse_attr_path
 from nixcomply.model.base import StrictModel
@@ -117,10 +123,17 @@ class Control(StrictModel):
     severity: Severity
     rationale: NonEmptyStr
     frameworks: Frameworks
+    framework_notes: str | None = Field(
+        default=None, description="where a framework reference fits only indirectly, why it is cited"
+    )
     nixos: dict[NixAttrPath, NixValue] = Field(
         default_factory=dict, description="NixOS option path (canonical spelling) -> value"
     )
     requires: list[Requirement] = Field(default_factory=list)
+    unless: str | None = Field(
+        default=None,
+        description="boolean parameter that makes the control not applicable when true (e.g. router)",
+    )
     verify: Verify
     remediation: str = Field(description="runbook id, e.g. RB-DRIFT-001")
 
@@ -157,6 +170,9 @@ class Parameters(StrictModel):
         default=24, gt=0, description="how long a host may run other than the approved revision"
     )
     av_signature_max_age_days: int = Field(default=7, gt=0)
+    router: bool = Field(
+        default=False, description="the host forwards packets between networks (controls with unless: router)"
+    )
 
 
 class Baseline(StrictModel):
@@ -167,6 +183,17 @@ class Baseline(StrictModel):
     description: str = ""
     parameters: Parameters
     controls: list[Control] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unless_names_a_flag(self) -> Baseline:
+        flags = {name for name, f in Parameters.model_fields.items() if f.annotation is bool}
+        for c in self.controls:
+            if c.unless is not None and c.unless not in flags:
+                raise ValueError(
+                    f"control {c.id}: unless names {c.unless!r}, expected a boolean parameter "
+                    f"({', '.join(sorted(flags))})"
+                )
+        return self
 
     def control(self, control_id: str) -> Control:
         for c in self.controls:

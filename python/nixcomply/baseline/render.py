@@ -152,6 +152,7 @@ def render(loaded: LoadedBaseline, *, release: str | None = None) -> str:
         schema=MANIFEST_SCHEMA,
         controls=controls,
         assertion_expressions={expression for c in controls for expression, _ in c.assertions},
+        not_applicable=[(c.id, c.unless) for c in baseline.controls if c.unless is not None],
         parameters=nix_value(baseline.parameters.model_dump(), indent=2),
     )
 

@@ -180,9 +180,15 @@ def make_finding(
 
 
 def excepted_findings(ctx: CheckContext, spec: CheckSpec, controls: Controls) -> list[Finding]:
+    """``excepted`` findings for excepted controls, ``skipped`` ones for controls the site's
+    parameters make not applicable (``unless: router``)."""
     findings = []
     for cid in sorted(controls):
         control = controls[cid]
+        if control.status == "not-applicable":
+            message = f"{cid} does not apply to this host (site parameters); not checked"
+            findings.append(make_finding(spec, [(cid, control)], Verdict("skipped", message)))
+            continue
         if control.status != "excepted":
             continue
         exception = ctx.manifest.exceptions.get(cid) if ctx.manifest else None

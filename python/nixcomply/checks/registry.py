@@ -22,8 +22,10 @@ from typing import Final
 
 from nixcomply.baseline.catalog import CHECK_NAMES
 from nixcomply.checks import (
+    accounts,
     audit_rules,
     audit_status,
+    auditd_config,
     av_edr,
     backup,
     config_value,
@@ -35,8 +37,10 @@ from nixcomply.checks import (
     firewall,
     generation,
     journald_config,
+    kernel_cmdline,
     kernel_modules,
     log_continuity,
+    mounts,
     nix_config,
     patch_age,
     restore_test,
@@ -76,8 +80,10 @@ def _from_module(module: ModuleType) -> Check:
 
 
 _MODULES: Final = (
+    accounts,
     audit_rules,
     audit_status,
+    auditd_config,
     av_edr,
     backup,
     config_value,
@@ -89,8 +95,10 @@ _MODULES: Final = (
     firewall,
     generation,
     journald_config,
+    kernel_cmdline,
     kernel_modules,
     log_continuity,
+    mounts,
     nix_config,
     patch_age,
     restore_test,

@@ -43,7 +43,7 @@ class ManifestControl(StrictModel):
     verify: ManifestVerify
     remediation: str
     settings: dict[str, Any] = Field(description="option path (target release spelling) -> value")
-    status: Literal["enforced", "excepted"]
+    status: Literal["enforced", "excepted", "not-applicable"]
 
 
 class ManifestException(StrictModel):
