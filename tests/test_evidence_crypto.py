@@ -412,19 +412,19 @@ def test_write_private_key_never_replaces_a_key_that_appears(
 ) -> None:
     """9.8: the existence check came before the rename, so a key created in between (here by
     a concurrent keygen, simulated when the parent directory is made) was replaced."""
-    import nixcomply.fsutil
+    import nixcomply.core.fsutil
 
     path = tmp_path / "keys" / "bundle.key"
     first = generate("a/first")
-    real_ensure_dir = nixcomply.fsutil.ensure_dir
+    real_ensure_dir = nixcomply.core.fsutil.ensure_dir
 
     def racing_ensure_dir(directory: Path, **kwargs: Any) -> Path:
-        monkeypatch.setattr(nixcomply.fsutil, "ensure_dir", real_ensure_dir)
+        monkeypatch.setattr(nixcomply.core.fsutil, "ensure_dir", real_ensure_dir)
         real_ensure_dir(directory, **kwargs)
         write_private_key(path, first)  # the other keygen wins the race
         return directory
 
-    monkeypatch.setattr(nixcomply.fsutil, "ensure_dir", racing_ensure_dir)
+    monkeypatch.setattr(nixcomply.core.fsutil, "ensure_dir", racing_ensure_dir)
     with pytest.raises(UsageError, match="refusing to overwrite"):
         write_private_key(path, generate("a/second"))
     monkeypatch.undo()

@@ -22,7 +22,7 @@ from fuzzing import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nixcomply.evidence.verify import Finding, Report, verify
+from nixcomply.evidence.verify import Report, VerifyProblem, verify
 
 
 def stored_files(root: Path) -> list[str]:
@@ -48,7 +48,7 @@ def copy_of(store: Path) -> Iterator[Path]:
         yield dest
 
 
-def names_place(finding: Finding, place: str) -> bool:
+def names_place(finding: VerifyProblem, place: str) -> bool:
     return place in (finding.path or "") or place in finding.message
 
 

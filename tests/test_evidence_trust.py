@@ -31,7 +31,7 @@ from nixcomply.evidence.rotation import rotate
 from nixcomply.evidence.statement import KeyRole
 from nixcomply.evidence.store import EvidenceStore, StoreError
 from nixcomply.evidence.verify import verify
-from nixcomply.state import EvidenceHead, read_evidence_head
+from nixcomply.host.state import EvidenceHead, read_evidence_head
 
 Cli = Callable[..., CliResult]
 
@@ -272,7 +272,7 @@ def test_rewritten_history_at_the_recorded_size_fails(tmp_path: Path, keys: Keys
 
 
 def test_recorded_head_never_goes_backwards(tmp_path: Path) -> None:
-    from nixcomply.state import State
+    from nixcomply.host.state import State
 
     with State.open(tmp_path) as state:
         state.record_evidence_head(LogHead(5, "a" * 64))

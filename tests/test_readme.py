@@ -65,3 +65,14 @@ def test_make_demo_runs_the_demo_verb_the_tests_exercise() -> None:
     recipe = makefile.split("\ndemo:", 1)[1].split("\n\n", 1)[0]
     assert "nixcomply demo --dir .demo" in recipe
     assert (REPO / "tests" / "test_demo.py").exists()
+
+
+def test_the_package_tree_lists_every_folder() -> None:
+    tree = next(b for b in blocks("text") if b.startswith("cli.py errors.py"))
+    listed = {m.group(1) for line in tree.splitlines() if (m := re.match(r"([a-z_]+)/\s", line))}
+    package = REPO / "python" / "nixcomply"
+    present = {p.parent.name for p in package.glob("*/__init__.py")}
+    assert present <= listed, f"README's package tree misses {sorted(present - listed)}"
+    assert listed - present <= {"server", "uplink"}, (
+        f"README lists folders that do not exist: {listed - present}"
+    )

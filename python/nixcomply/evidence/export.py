@@ -25,6 +25,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Final
 
+from nixcomply.core.fsutil import atomic_write
 from nixcomply.errors import UsageError, VerificationError
 from nixcomply.evidence.index import INDEX_FILE, control_index
 from nixcomply.evidence.keyring import Keyring
@@ -44,7 +45,6 @@ from nixcomply.evidence.statement import KeyRole, parse_statement
 from nixcomply.evidence.store import STATEMENT_FILE, read_locked
 from nixcomply.evidence.verify import Report, verify
 from nixcomply.evidence.verify.packet import mentions
-from nixcomply.fsutil import atomic_write
 
 
 @dataclass(frozen=True)

@@ -283,7 +283,7 @@ def write_private_key(path: Path, signer: Signer, *, durable: bool = True) -> Pa
     import contextlib
     import tempfile
 
-    from nixcomply.fsutil import atomic_write, ensure_dir, fsync_dir
+    from nixcomply.core.fsutil import atomic_write, ensure_dir, fsync_dir
 
     if os.path.lexists(path):
         raise UsageError(f"{path} exists; refusing to overwrite a key")

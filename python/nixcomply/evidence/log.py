@@ -40,11 +40,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from nixcomply.core.fsutil import atomic_write, fsync_dir
 from nixcomply.errors import NixcomplyError
 from nixcomply.evidence.checkpoint import Checkpoint
 from nixcomply.evidence.keys import Signer
 from nixcomply.evidence.merkle import Frontier
-from nixcomply.fsutil import atomic_write, fsync_dir
 
 LOG_DIR: Final = "log"
 LEAVES: Final = "log/leaves"
@@ -58,7 +58,7 @@ PENDING: Final = "log/pending.json"
 LOCK: Final = "log/append.lock"
 HASH_SIZE: Final = 32
 BUNDLE_PATH: Final = re.compile(r"^evidence/\d{4}/\d{2}/\d{2}/[0-9A-Za-z-]+$")
-# The temporary file nixcomply.fsutil.atomic_write leaves when it is killed (mkstemp:
+# The temporary file nixcomply.core.fsutil.atomic_write leaves when it is killed (mkstemp:
 # ".<target>.<8 random characters>.tmp"); opening the store removes those in the log.
 LEFTOVER: Final = re.compile(r"^\.(.+)\.[A-Za-z0-9_]{8}\.tmp$")
 # Directories whose files only an appender writes (under the append lock).
@@ -100,7 +100,7 @@ def state_sizes(root: Path) -> list[int]:
 @dataclass(frozen=True)
 class LogHead:
     """How far a log reached, as someone outside it recorded: the host's state database
-    after each append (``nixcomply.state``), or a verifier that accepted it. A later log
+    after each append (``nixcomply.host.state``), or a verifier that accepted it. A later log
     must be at least this long and hold this checkpoint at ``size``."""
 
     size: int

@@ -43,11 +43,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, Protocol
 
+from nixcomply.core.fsutil import ensure_dir, fsync_dir
 from nixcomply.evidence import dsse, log
 from nixcomply.evidence.keyring import Keyring, load_keyring
 from nixcomply.evidence.keys import Signer, check_key_name
 from nixcomply.evidence.log import LogHead, LogState, MerkleLog, Pending, StoreError
 from nixcomply.evidence.merkle import leaf_hash
+from nixcomply.evidence.scrub import Scrubber, load_or_create_salt, merge_counts
 from nixcomply.evidence.statement import (
     GENESIS_PREV,
     Chain,
@@ -58,8 +60,6 @@ from nixcomply.evidence.statement import (
     scrub_free_text,
     statement_bytes,
 )
-from nixcomply.fsutil import ensure_dir, fsync_dir
-from nixcomply.scrub import Scrubber, load_or_create_salt, merge_counts
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ ATTACHMENT_NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 class HeadRecord(Protocol):
     """Somewhere outside the store that remembers how far its log reached (the host's state
-    database: ``nixcomply.state.EvidenceHead``). The store records the head after every
+    database: ``nixcomply.host.state.EvidenceHead``). The store records the head after every
     append and refuses to open a log that is shorter than what was recorded, and ``evidence
     verify`` fails one: a store rolled back or cut short is noticed even without a pin."""
 

@@ -63,21 +63,21 @@ from nixcomply.evidence.packet import PIN_FILE, unpack
 from nixcomply.evidence.verify.directory import Trust, verify_directory
 from nixcomply.evidence.verify.entries import EntriesResult, Entry, LogPosition, verify_entries
 from nixcomply.evidence.verify.parallel import Progress, default_jobs
-from nixcomply.evidence.verify.report import Finding, FindingJson, PinJson, Rank, Report, ReportJson
+from nixcomply.evidence.verify.report import PinJson, ProblemJson, Rank, Report, ReportJson, VerifyProblem
 
 __all__ = [
     "EntriesResult",
     "Entry",
-    "Finding",
-    "FindingJson",
     "LogHead",
     "LogPosition",
     "PinJson",
+    "ProblemJson",
     "Progress",
     "Rank",
     "Report",
     "ReportJson",
     "Trust",
+    "VerifyProblem",
     "default_jobs",
     "verify",
     "verify_entries",
@@ -102,7 +102,7 @@ def verify(
 
     ``keyring`` is the pinned keyring (``pinned=False`` if it is not the auditor's own);
     None uses the one inside ``path``, unpinned. ``pin`` is a checkpoint note the log must
-    extend, ``host_head`` what the host's state database recorded (``nixcomply.state``)."""
+    extend, ``host_head`` what the host's state database recorded (``nixcomply.host.state``)."""
     trust = (
         None
         if keyring is None
@@ -156,7 +156,7 @@ def verify_path(
                 findings[:] = [
                     f
                     if tmp not in f.message
-                    else Finding(f.severity, f.message.replace(tmp, str(path)), f.seq, f.path, f.rank)
+                    else VerifyProblem(f.severity, f.message.replace(tmp, str(path)), f.seq, f.path, f.rank)
                     for f in findings
                 ]
             return report

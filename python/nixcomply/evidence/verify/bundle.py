@@ -35,7 +35,7 @@ from nixcomply.evidence.statement import (
     parse_statement,
 )
 from nixcomply.evidence.store import ATTACHMENTS_DIR, ENVELOPE_FILE, EVIDENCE_DIR, STATEMENT_FILE
-from nixcomply.evidence.verify.report import Severity
+from nixcomply.evidence.verify.report import ProblemLevel
 
 SEQ_IN_ID: Final = re.compile(r"/\d{8}T\d{6}Z-(\d{8,})-[0-9a-f]{8}$")
 BUNDLE_FILES: Final = frozenset({STATEMENT_FILE, ENVELOPE_FILE, ATTACHMENTS_DIR})
@@ -88,7 +88,7 @@ class Checked:
     rel: str
     hint: int | None
     claim: Claim | None = None
-    problems: list[tuple[Severity, str]] = field(default_factory=list)
+    problems: list[tuple[ProblemLevel, str]] = field(default_factory=list)
     statement: Statement | None = None
 
     def error(self, message: str) -> None:

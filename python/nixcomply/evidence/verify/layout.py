@@ -3,7 +3,7 @@
 Every place has a fixed list of what may be there; anything else fails verification with
 its name (a file planted beside the evidence is not evidence, and a reader who trusts the
 listing must not be surprised). The one exception is the temporary file of an interrupted
-atomic write (``.<name>.<random>.tmp``, ``nixcomply.fsutil.atomic_write``) or bundle
+atomic write (``.<name>.<random>.tmp``, ``nixcomply.core.fsutil.atomic_write``) or bundle
 (``.<bundle>.tmp``), which a crash leaves behind: a warning, since it needs a person.
 
 A store's root is also the host's state directory, so it holds the host's own files next to
@@ -51,7 +51,7 @@ from nixcomply.evidence.verify.report import Rank, Report
 # host keeps there must be added here, or every verification of that host fails.
 HOST_ENTRIES: Final = frozenset(
     {
-        "state.db",  # nixcomply.state (SQLite), with its WAL files while it is open
+        "state.db",  # nixcomply.host.state (SQLite), with its WAL files while it is open
         "state.db-wal",
         "state.db-shm",
         "state.db-journal",

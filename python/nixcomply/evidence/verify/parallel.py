@@ -26,7 +26,7 @@ from typing import Final
 from nixcomply.evidence.keys import PublicKey
 from nixcomply.evidence.statement import Statement
 from nixcomply.evidence.verify.bundle import Candidates, Checked, Claim, check_bundle
-from nixcomply.evidence.verify.report import Severity
+from nixcomply.evidence.verify.report import ProblemLevel
 
 Progress = Callable[[int, int], None]
 
@@ -54,7 +54,7 @@ def _init(base: str, vkeys: list[str], keep_statements: bool) -> None:
 
 # What a worker sends back per bundle: the Checked fields but the path, which the parent
 # has (plain tuples pickle several times faster than objects).
-Result = tuple[int | None, Claim | None, list[tuple[Severity, str]], Statement | None]
+Result = tuple[int | None, Claim | None, list[tuple[ProblemLevel, str]], Statement | None]
 
 
 def _check_chunk(rels: Sequence[str]) -> list[Result]:

@@ -10,7 +10,7 @@ from typing import Final, Literal, TypedDict
 
 from nixcomply.errors import EXIT_FAILURE, EXIT_OK, EXIT_WARNINGS
 
-Severity = Literal["error", "warning"]
+ProblemLevel = Literal["error", "warning"]
 Kind = Literal["store", "packet", "entries"]
 MAX_REPORTED: Final = 50
 
@@ -26,8 +26,8 @@ class Rank(IntEnum):
 
 
 @dataclass(frozen=True)
-class Finding:
-    severity: Severity
+class VerifyProblem:
+    severity: ProblemLevel
     message: str
     seq: int | None = None
     path: str | None = None
@@ -43,12 +43,12 @@ class Finding:
         return f"{prefix}{self.message}"
 
 
-def order(f: Finding) -> tuple[bool, int, int]:
+def order(f: VerifyProblem) -> tuple[bool, int, int]:
     """Findings by entry (the earliest first), ties by :class:`Rank`; those about no entry last."""
     return (f.seq is None, f.seq or 0, f.rank)
 
 
-class FindingJson(TypedDict):
+class ProblemJson(TypedDict):
     seq: int | None
     path: str | None
     message: str
@@ -96,9 +96,9 @@ class ReportJson(TypedDict):
     host_size: int | None
     pin_next: str | None
     period: PeriodJson | None
-    first_error: FindingJson | None
-    errors: list[FindingJson]
-    warnings: list[FindingJson]
+    first_error: ProblemJson | None
+    errors: list[ProblemJson]
+    warnings: list[ProblemJson]
     duration_s: float
 
 
@@ -131,23 +131,23 @@ class Report:
     host_size: int | None = None
     pin_next: str | None = None
     period: PeriodJson | None = None
-    errors: list[Finding] = field(default_factory=list)
-    warnings: list[Finding] = field(default_factory=list)
+    errors: list[VerifyProblem] = field(default_factory=list)
+    warnings: list[VerifyProblem] = field(default_factory=list)
     duration_s: float = 0.0
     index: dict[int, Indexed] = field(default_factory=dict, repr=False)
 
     def error(
         self, message: str, *, seq: int | None = None, path: str | None = None, rank: Rank = Rank.BUNDLE
     ) -> None:
-        self.errors.append(Finding("error", message, seq, path, rank))
+        self.errors.append(VerifyProblem("error", message, seq, path, rank))
 
     def warn(
         self, message: str, *, seq: int | None = None, path: str | None = None, rank: Rank = Rank.BUNDLE
     ) -> None:
-        self.warnings.append(Finding("warning", message, seq, path, rank))
+        self.warnings.append(VerifyProblem("warning", message, seq, path, rank))
 
-    def add(self, finding: Finding) -> None:
-        (self.errors if finding.severity == "error" else self.warnings).append(finding)
+    def add(self, problem: VerifyProblem) -> None:
+        (self.errors if problem.severity == "error" else self.warnings).append(problem)
 
     @property
     def ok(self) -> bool:
@@ -157,11 +157,11 @@ class Report:
     def exit_code(self) -> int:
         return EXIT_FAILURE if self.errors else EXIT_WARNINGS if self.warnings else EXIT_OK
 
-    def first_error(self) -> Finding | None:
+    def first_error(self) -> VerifyProblem | None:
         return min(self.errors, key=order) if self.errors else None
 
     def to_json(self) -> ReportJson:
-        def conv(f: Finding) -> FindingJson:
+        def conv(f: VerifyProblem) -> ProblemJson:
             return {"seq": f.seq, "path": f.path, "message": f.message}
 
         first = self.first_error()
