@@ -20,10 +20,19 @@ PROFILE_ENV: Final = "HYPOTHESIS_PROFILE"
 FUZZ_FACTOR: Final = int(os.environ.get("NIXCOMPLY_FUZZ_FACTOR", "20"))
 
 # Fixtures shared across examples are read-only here (each example copies what it changes).
-_COMMON: Final = {"deadline": None, "suppress_health_check": [HealthCheck.function_scoped_fixture]}
+_SHARED_FIXTURES: Final = [HealthCheck.function_scoped_fixture]
 
-settings.register_profile("ci", derandomize=True, database=None, print_blob=True, **_COMMON)
-settings.register_profile("fuzz", derandomize=False, print_blob=True, **_COMMON)
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    database=None,
+    print_blob=True,
+    deadline=None,
+    suppress_health_check=_SHARED_FIXTURES,
+)
+settings.register_profile(
+    "fuzz", derandomize=False, print_blob=True, deadline=None, suppress_health_check=_SHARED_FIXTURES
+)
 PROFILE: Final = os.environ.get(PROFILE_ENV, "ci")
 settings.load_profile(PROFILE)
 

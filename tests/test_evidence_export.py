@@ -14,6 +14,7 @@ import tempfile
 import zipfile
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fixtures_evidence import TOPLEVEL, Keys, fill, open_store, write_keyring
@@ -294,12 +295,13 @@ def test_export_holds_the_append_lock_while_it_reads(
     import fcntl
 
     from nixcomply.evidence import export
+    from nixcomply.evidence.verify import Report
+    from nixcomply.evidence.verify import verify as real_verify
 
-    real_verify = export.verify
     seen: list[bool] = []
 
-    def verify_then_try_to_append(*args: object, **kwargs: object) -> object:
-        report = real_verify(*args, **kwargs)  # type: ignore[arg-type]
+    def verify_then_try_to_append(*args: Any, **kwargs: Any) -> Report:
+        report = real_verify(*args, **kwargs)
         fd = os.open(days_store / "log/append.lock", os.O_RDWR)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -311,7 +313,7 @@ def test_export_holds_the_append_lock_while_it_reads(
             os.close(fd)
         return report
 
-    monkeypatch.setattr(export, "verify", verify_then_try_to_append)
+    monkeypatch.setattr("nixcomply.evidence.export.verify", verify_then_try_to_append)
     export.export_packet(
         days_store, keys.keyring, tmp_path / "p.zip", start=date(2026, 3, 1), end=date(2026, 3, 1)
     )

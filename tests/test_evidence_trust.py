@@ -26,10 +26,10 @@ from conftest import CliResult
 from nixcomply.evidence.checkpoint import parse_note
 from nixcomply.evidence.keyring import KeyEntry, Keyring, load_keyring, save_keyring
 from nixcomply.evidence.keys import generate
-from nixcomply.evidence.log import LogHead
+from nixcomply.evidence.log import LogHead, StoreError
 from nixcomply.evidence.rotation import rotate
 from nixcomply.evidence.statement import KeyRole
-from nixcomply.evidence.store import EvidenceStore, StoreError
+from nixcomply.evidence.store import EvidenceStore
 from nixcomply.evidence.verify import verify
 from nixcomply.host.state import EvidenceHead, read_evidence_head
 
@@ -342,7 +342,8 @@ def test_keyring_change_without_a_rotation_entry_fails(tmp_path: Path) -> None:
 def test_unreflected_old_rotation_is_an_error_not_a_warning(tmp_path: Path) -> None:
     """A signed rotation the keyring does not show is the crash window of `rotate` only
     while it is the newest entry; later it means the keyring was edited back."""
-    from nixcomply.evidence.statement import KeyRotation, Outcome
+    from nixcomply.evidence.statement import KeyRotation
+    from nixcomply.model.outcome import Outcome
 
     keys = make_keys()
     ring_path = write_keyring(tmp_path, keys)

@@ -17,8 +17,10 @@ from conftest import REPO
 def test_ci_profile_is_the_default_and_derandomized() -> None:
     if os.environ.get("HYPOTHESIS_PROFILE", "ci") == "ci":
         assert PROFILE == "ci"
-        assert settings.default.derandomize
-        assert settings.default.database is None
+        current = settings.default
+        assert current is not None
+        assert current.derandomize
+        assert current.database is None
 
 
 def test_make_fuzz_runs_the_property_tests_with_the_fuzz_profile() -> None:
