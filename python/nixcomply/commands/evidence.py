@@ -65,7 +65,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument(
         "--keyring", type=Path, help="also add the public key to this keyring (created if missing)"
     )
-    p.add_argument("--valid-from", type=int, default=0, help="first entry the key may sign (default 0)")
 
     p = cli.add_verb(
         group,
@@ -99,7 +98,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument(
         "--all-checkpoints",
         action="store_true",
-        help="also verify the log-key signature of every older checkpoint (their digests are always checked)",
+        help="also verify the log-key signature and recompute the root of every older checkpoint "
+        "(by default each is checked against the digest the next entry signed)",
     )
     p.add_argument("--jobs", type=int, help="worker processes (default: one per CPU)")
     p.add_argument("--at", type=_date, help="judge expiry as of this date (default today, UTC)")
@@ -167,7 +167,9 @@ def _keygen(args: argparse.Namespace) -> int:
         enrollable(args.keyring, role)  # refused before the key is written
     pub = write_private_key(args.out, signer)
     if args.keyring is not None:
-        enroll_key(args.keyring, signer, role, valid_from=args.valid_from)
+        # A first key signs from entry 0: a key trusted from a later entry must be introduced
+        # by a signed rotation entry (`evidence rotate`), or verification fails.
+        enroll_key(args.keyring, signer, role)
     print(signer.public.vkey)
     print(f"wrote {args.out} (private, 0600) and {pub}", file=sys.stderr)
     print(f"fingerprint (sha256 of the public key): {signer.public.fingerprint}", file=sys.stderr)
