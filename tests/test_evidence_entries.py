@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 from fixtures_evidence import HOST, ORIGIN, Keys, fill, make_keys, open_store, write_keyring
+from fuzzing import examples
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nixcomply.evidence.keyring import load_keyring
 from nixcomply.evidence.keys import generate
@@ -156,3 +159,24 @@ def test_rotation_in_an_upload_moves_the_keyring_on(tmp_path: Path) -> None:
         upload(tmp_path, 3, 4), keys.keyring, start=position(tmp_path, 3), checkpoint=checkpoint(tmp_path, 4)
     )
     assert not later.ok
+
+
+@settings(max_examples=examples(60))
+@given(data=st.data())
+def test_any_flipped_byte_in_an_upload_is_named_first(
+    host_log: Path, keys: Keys, data: st.DataObject
+) -> None:
+    entries = upload(host_log, 3, 12)
+    i = data.draw(st.integers(0, len(entries) - 1), label="entry")
+    envelope = bytearray(entries[i].envelope)
+    envelope[data.draw(st.integers(0, len(envelope) - 1), label="offset")] ^= data.draw(
+        st.integers(1, 255), label="xor"
+    )
+    entries[i] = Entry(bytes(envelope), entries[i].attachments)
+    result = verify_entries(
+        entries, keys.keyring, start=position(host_log, 3), checkpoint=checkpoint(host_log, 12)
+    )
+    assert not result.ok
+    first = result.report.first_error()
+    assert first is not None
+    assert (first.seq, first.path) == (3 + i, f"entries[{i}]"), result.report.lines()

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 
 from nixcomply.evidence.log import LEAVES
 from nixcomply.evidence.statement import GENESIS_PREV
+from nixcomply.evidence.store import ENVELOPE_FILE
 from nixcomply.evidence.verify.bundle import Claim
 from nixcomply.evidence.verify.report import Report
 
@@ -53,6 +54,13 @@ def check_chain(
         before = entries.get(seq - 1)
         if before is not None:
             if claim.prev != before[0].envelope_sha256:
-                report.error(f"chain.prev is not the sha256 of entry {seq - 1}'s envelope", seq=seq, path=rel)
+                # Both are authentic, and this one signed the digest of the one before: it is
+                # the earlier envelope that changed (in its unsigned parts: the keyid hints,
+                # its JSON spelling).
+                report.error(
+                    f"{ENVELOPE_FILE} is not the one entry {seq} links to (its signed chain.prev)",
+                    seq=seq - 1,
+                    path=before[1],
+                )
         elif seq == first and prev_of_first is not None and claim.prev != prev_of_first:
             report.error(f"chain.prev is not the sha256 of entry {seq - 1}'s envelope", seq=seq, path=rel)
