@@ -87,16 +87,19 @@ def check_all(
     keep_statements: bool,
     jobs: int,
     progress: Progress | None = None,
+    process_min: int = PROCESS_MIN,
+    chunk_size: int = CHUNK,
 ) -> Iterator[Checked]:
-    """Every bundle of ``rels`` checked, in the order given."""
+    """Every bundle of ``rels`` checked, in the order given (on ``jobs`` worker processes
+    from ``process_min`` bundles on, ``chunk_size`` bundles per task)."""
     total = len(rels)
-    if jobs <= 1 or total < PROCESS_MIN:
+    if jobs <= 1 or total < process_min:
         for done, rel in enumerate(rels, 1):
             yield check_bundle(base, rel, keys, keep_statement=keep_statements)
             if progress is not None and (done % 500 == 0 or done == total):
                 progress(done, total)
         return
-    chunks = [rels[i : i + CHUNK] for i in range(0, total, CHUNK)]
+    chunks = [rels[i : i + chunk_size] for i in range(0, total, chunk_size)]
     context = _context()
     done = 0
     with ProcessPoolExecutor(
