@@ -141,7 +141,9 @@ def export_packet(
     if end < start:
         raise UsageError(f"--to {end} is before --from {start}")
     with read_locked(root):
-        report = verify(root, keyring, source="the store's keyring", host_head=host_head, jobs=jobs)
+        report = verify(
+            root, keyring, source="the store's keyring", host_head=host_head, jobs=jobs, index=True
+        )
         first = report.first_error()
         if first is not None:
             raise VerificationError(

@@ -97,12 +97,14 @@ def verify(
     progress: Progress | None = None,
     jobs: int | None = None,
     all_checkpoints: bool = False,
+    index: bool = False,
 ) -> Report:
     """Verify a store or an unpacked packet directory (see the module docstring).
 
     ``keyring`` is the pinned keyring (``pinned=False`` if it is not the auditor's own);
     None uses the one inside ``path``, unpinned. ``pin`` is a checkpoint note the log must
-    extend, ``host_head`` what the host's state database recorded (``nixcomply.host.state``)."""
+    extend, ``host_head`` what the host's state database recorded (``nixcomply.host.state``);
+    ``index`` fills ``Report.index`` (every authentic entry's place, for export)."""
     trust = (
         None
         if keyring is None
@@ -117,6 +119,7 @@ def verify(
         progress=progress,
         jobs=default_jobs() if jobs is None else jobs,
         all_checkpoints=all_checkpoints,
+        index=index,
     )
 
 

@@ -80,6 +80,7 @@ def _verify_directory(
     progress: Progress | None = None,
     jobs: int,
     all_checkpoints: bool = False,
+    index: bool = False,
 ) -> Report:
     started = time.perf_counter()
     is_packet = (root / PACKET_FILE).exists()
@@ -232,10 +233,11 @@ def _verify_directory(
     if not trust.pinned:
         report.warn(unpinned_warning(root), path=keyring_rel, rank=Rank.STORE)
     _check_attestations(report, entries, today)
-    report.index = {
-        seq: Indexed(seq, rel, c.bundle_id, c.envelope_sha256, c.day, c.rotation is not None)
-        for seq, (c, rel) in entries.items()
-    }
+    if index:
+        report.index = {
+            seq: Indexed(seq, rel, c.bundle_id, c.envelope_sha256, c.day, c.rotation is not None)
+            for seq, (c, rel) in entries.items()
+        }
     if report.checkpoint_size and (packet is None or trust.pinned):
         report.pin_next = str(
             root / (PIN_FILE if is_packet else checkpoints.checkpoint_rel(report.checkpoint_size))

@@ -125,7 +125,23 @@ def verify_entries(
         for seq in expected:
             frontier.append(judged[seq][0].leaf)
     report.tree_size, report.root = frontier.size, frontier.root()
+    linked = complete and not report.errors
     signed = _check_checkpoint(report, checkpoint, end, frontier if complete else None, history)
+    if (
+        linked
+        and entries
+        and signed is not None
+        and signed.checkpoint.size == end
+        and frontier.root() != signed.checkpoint.root
+    ):
+        # Every envelope before the last is confirmed by its successor's signed chain.prev and
+        # the start by the caller: a root that differs means the last one changed (in its
+        # unsigned parts, since its signature holds).
+        report.error(
+            f"envelope.dsse.json is not the one the checkpoint of tree size {end} covers",
+            seq=end - 1,
+            path=judged[end - 1][1],
+        )
     if signed is not None and proof is not None:
         if start.size == 0:
             report.error(

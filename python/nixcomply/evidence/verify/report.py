@@ -134,6 +134,7 @@ class Report:
     errors: list[VerifyProblem] = field(default_factory=list)
     warnings: list[VerifyProblem] = field(default_factory=list)
     duration_s: float = 0.0
+    # Filled with verify(index=True): every authentic entry by sequence number (export packs from it).
     index: dict[int, Indexed] = field(default_factory=dict, repr=False)
 
     def error(
