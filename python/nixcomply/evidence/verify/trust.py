@@ -146,27 +146,31 @@ def compare_keyrings(
 
 
 def _diff(present: Keyring, derived: Keyring) -> str:
-    def view(k: Keyring) -> dict[tuple[str, bytes], tuple[str, int, int | None, str]]:
+    """Every difference, by role and key name (not by key bytes: the message must not depend
+    on which random key sorts first)."""
+
+    def view(k: Keyring) -> dict[tuple[str, str, bytes], tuple[int, int | None, str]]:
         return {
-            (e.role.value, e.key.raw): (e.key.name, e.valid_from, e.valid_until, e.status.value)
+            (e.role.value, e.key.name, e.key.raw): (e.valid_from, e.valid_until, e.status.value)
             for e in k.keys
         }
 
+    def span(lo: int, hi: int | None) -> str:
+        return f"entries {lo}..{'' if hi is None else hi}"
+
     a, b = view(present), view(derived)
+    out = []
     for ident in sorted(set(a) | set(b)):
+        role, name, _raw = ident
         if ident not in b:
-            name, lo, hi, _ = a[ident]
-            return f"it trusts {ident[0]} key {name} (entries {lo}..{'' if hi is None else hi}), which they do not"
-        if ident not in a:
-            return f"it lacks {ident[0]} key {b[ident][0]}"
-        if a[ident] != b[ident]:
-            name, lo, hi, st = a[ident]
-            _, lo2, hi2, st2 = b[ident]
-            return (
-                f"{ident[0]} key {name}: entries {lo}..{'' if hi is None else hi} ({st}), "
-                f"expected {lo2}..{'' if hi2 is None else hi2} ({st2})"
-            )
-    return "the keys are listed differently"
+            out.append(f"it trusts {role} key {name} ({span(*a[ident][:2])}), which they do not")
+        elif ident not in a:
+            out.append(f"it lacks {role} key {name} ({span(*b[ident][:2])})")
+        elif a[ident] != b[ident]:
+            lo, hi, st = a[ident]
+            lo2, hi2, st2 = b[ident]
+            out.append(f"{role} key {name}: {span(lo, hi)} ({st}), expected {span(lo2, hi2)} ({st2})")
+    return "; ".join(out) or "the keys are listed differently"
 
 
 def judge(
