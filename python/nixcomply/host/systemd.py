@@ -30,7 +30,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Final, Self, TypeAlias, TypeVar
+from typing import Any, Final, Self, TypeAlias, TypeVar, assert_never
 
 from nixcomply.errors import EXIT_USAGE, NixcomplyError, UsageError
 
@@ -208,12 +208,17 @@ class JobAction(enum.StrEnum):
 
     @property
     def method(self) -> bytes:
-        return {
-            JobAction.START: b"StartUnit",
-            JobAction.STOP: b"StopUnit",
-            JobAction.RESTART: b"RestartUnit",
-            JobAction.RELOAD_OR_RESTART: b"ReloadOrRestartUnit",
-        }[self]
+        match self:
+            case JobAction.START:
+                return b"StartUnit"
+            case JobAction.STOP:
+                return b"StopUnit"
+            case JobAction.RESTART:
+                return b"RestartUnit"
+            case JobAction.RELOAD_OR_RESTART:
+                return b"ReloadOrRestartUnit"
+            case _:
+                assert_never(self)
 
 
 @dataclass(frozen=True)
