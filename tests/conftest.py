@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +13,7 @@ import pytest
 from nixcomply.cli import main
 
 pytest_plugins = [
+    "boundary",
     "fixtures_systemd",
     "fixtures_nix",
     "fixtures_reconcile",
@@ -57,8 +58,12 @@ class CliResult:
     err: str
 
 
+Cli = Callable[..., CliResult]
+"""The ``cli`` fixture: ``cli("evidence", "verify", path)`` (strings or paths)."""
+
+
 @pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]) -> object:
+def cli(capsys: pytest.CaptureFixture[str]) -> Cli:
     """Run ``nixcomply ARGS`` in-process; returns exit code, stdout and stderr."""
 
     def run(*args: str | os.PathLike[str]) -> CliResult:

@@ -28,6 +28,7 @@ from nixcomply.nixos.tools import Tools
 from nixcomply.reconcile.config import ReconcilerConfig
 from nixcomply.reconcile.cycle import Reconciler
 from nixcomply.reconcile.model import CycleReport
+from nixcomply.sandbox.emulated import Sandbox
 from nixcomply.sandbox.machine import SandboxHost, sandbox_manifest
 
 HOST = "clinic-01"
@@ -48,7 +49,7 @@ class ReconcileWorld:
     flag: Path
 
     @property
-    def sandbox(self):  # type: ignore[no-untyped-def]
+    def sandbox(self) -> Sandbox:
         return self.host.sandbox
 
     def configure(self, target: str, **settings: Any) -> ReconcilerConfig:

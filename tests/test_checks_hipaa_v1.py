@@ -11,13 +11,13 @@ removed again) and read them back with the real auditctl.
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from unittest import mock
 
 import pytest
-from fixtures_checks import CHECKDATA, context, control, data, manifest, require, result
+from boundary import result
+from fixtures_checks import CHECKDATA, context, control, data, manifest, require
 
 from conftest import REPO
 from nixcomply.baseline.evaluate import manifest_json
@@ -37,12 +37,6 @@ from nixcomply.nixos.tools import Tools
 
 HIPAA = REPO / "baseline" / "hipaa-v1.yaml"
 MODULE = REPO / "modules" / "baselines" / "hipaa-v1.nix"
-
-
-@pytest.fixture
-def run() -> Iterator[mock.MagicMock]:
-    with mock.patch("nixcomply.core.process.run", autospec=True) as patched:
-        yield patched
 
 
 @pytest.fixture(scope="module")

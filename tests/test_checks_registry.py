@@ -18,6 +18,7 @@ from nixcomply.checks import registry
 from nixcomply.checks.base import CheckSpec, Controls, Verdict, make_finding
 from nixcomply.checks.context import CheckContext
 from nixcomply.checks.finding import Finding
+from nixcomply.checks.registry import RunFunction
 from nixcomply.checks.report import CheckReport, render_table
 from nixcomply.errors import UsageError
 
@@ -43,12 +44,12 @@ def release() -> Iterator[threading.Event]:
     event.set()
 
 
-def fake(monkeypatch: pytest.MonkeyPatch, name: str, run: Any) -> None:
+def fake(monkeypatch: pytest.MonkeyPatch, name: str, run: RunFunction) -> None:
     spec = registry.REGISTRY[name].spec
-    monkeypatch.setitem(registry.REGISTRY, name, registry.Check(spec, run))  # type: ignore[arg-type]
+    monkeypatch.setitem(registry.REGISTRY, name, registry.Check(spec, run))
 
 
-def passing(spec_name: str, delay: float = 0.0) -> Any:
+def passing(spec_name: str, delay: float = 0.0) -> RunFunction:
     def run(ctx: CheckContext, controls: Controls) -> list[Finding]:
         time.sleep(delay)
         spec = registry.REGISTRY[spec_name].spec
@@ -125,7 +126,7 @@ def test_checks_run_concurrently_up_to_max_workers(monkeypatch: pytest.MonkeyPat
     active = [0]
     peak = [0]
 
-    def tracked(name: str) -> Any:
+    def tracked(name: str) -> RunFunction:
         def run(ctx: CheckContext, controls: Controls) -> list[Finding]:
             with lock:
                 active[0] += 1

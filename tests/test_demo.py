@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from conftest import Cli
 from nixcomply.evidence.verify import verify_path
 
 
-def test_demo_switches_then_reverts_and_verifies(cli, tmp_path: Path, nix_env: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+def test_demo_switches_then_reverts_and_verifies(cli: Cli, tmp_path: Path, nix_env: dict[str, str]) -> None:
     out = tmp_path / "demo"
     r = cli("demo", "--dir", out, "--json")
     assert r.code == 0, r.err
@@ -52,7 +53,7 @@ def check_metrics(path: Path) -> None:
     assert "nixcomply_suppressed_flaps" in families
 
 
-def test_demo_refuses_a_directory_in_use(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_demo_refuses_a_directory_in_use(cli: Cli, tmp_path: Path) -> None:
     (tmp_path / "something").write_text("keep me")
     r = cli("demo", "--dir", tmp_path)
     assert r.code == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, time, timedelta
 
 from hypothesis import given, settings
@@ -12,10 +13,12 @@ from nixcomply.heal.window import WEEKDAYS, MaintenanceWindow, in_window, next_o
 WEEK = 7 * 24 * 60
 
 
-def window(start: tuple[int, int], end: tuple[int, int], days: list[str] | None = None) -> MaintenanceWindow:
+def window(
+    start: tuple[int, int], end: tuple[int, int], days: Sequence[str] | None = None
+) -> MaintenanceWindow:
     data: dict[str, object] = {"start": time(*start), "end": time(*end)}
     if days is not None:
-        data["days"] = days
+        data["days"] = list(days)
     return MaintenanceWindow.model_validate(data)
 
 

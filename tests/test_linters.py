@@ -33,7 +33,7 @@ def test_ruff_format() -> None:
 
 
 def test_mypy_strict() -> None:
-    r = run("mypy", "--config-file", CONFIG, "--no-incremental", "python/nixcomply", "bench")
+    r = run("mypy", "--config-file", CONFIG, "--no-incremental", "python/nixcomply", "bench", "tests")
     assert r.returncode == 0, r.stdout + r.stderr
 
 

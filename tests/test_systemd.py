@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -108,7 +109,7 @@ def test_non_string_rejected() -> None:
         lambda sd: sd.submit("x y.service", JobAction.START),
     ],
 )
-def test_invalid_names_rejected_before_dbus(call) -> None:  # type: ignore[no-untyped-def]
+def test_invalid_names_rejected_before_dbus(call: Callable[[Systemd], object]) -> None:
     # Never opened: any D-Bus call would raise RuntimeError, so InvalidUnitNameError proves
     # the name was judged first.
     sd = Systemd()
