@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from nixcomply.cli import main
 
@@ -20,6 +21,12 @@ pytest_plugins = [
     "fixtures_heal",
     "fixtures_evidence",
 ]
+
+# Property tests are derandomized by default ("ci"), so `make test` passes or fails the same
+# way on every run; HYPOTHESIS_PROFILE=dev draws fresh examples each run, for hunting.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.register_profile("dev", derandomize=False, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "tests" / "data"

@@ -14,12 +14,14 @@ import pytest
 from fixtures_checks import FakeSystemd, FakeUnit, context, control, manifest
 
 from nixcomply.baseline.catalog import CHECK_NAMES, CHECKS
+from nixcomply.baseline.load import load_baseline
 from nixcomply.checks import registry
-from nixcomply.checks.base import CheckSpec, Controls, Verdict, make_finding
+from nixcomply.checks.base import CheckSpec, Controls, Verdict, expect_problem, make_finding
 from nixcomply.checks.context import CheckContext
 from nixcomply.checks.finding import Finding
 from nixcomply.checks.registry import RunFunction
 from nixcomply.checks.report import CheckReport, render_table
+from nixcomply.core.paths import default_baseline
 from nixcomply.errors import UsageError
 
 
@@ -273,9 +275,6 @@ def test_table(tmp_path: Path) -> None:
 
 def test_every_shipped_control_speaks_its_checks_language() -> None:
     """Each hipaa-v1 control's expect uses keys its check knows (the contract with the baseline)."""
-    from nixcomply.baseline.load import load_baseline
-    from nixcomply.checks.base import expect_problem
-    from nixcomply.core.paths import default_baseline
 
     baseline = load_baseline(default_baseline()).baseline
     problems = []

@@ -1,12 +1,17 @@
 from __future__ import annotations
 
+import argparse
+import re
 import subprocess
 import sys
 
 import pytest
 
-from conftest import Cli
-from nixcomply import __version__
+from conftest import REPO, Cli
+from nixcomply import __version__, errors
+from nixcomply import cli as cli_module
+from nixcomply.checks.base import CheckError
+from nixcomply.errors import EXIT_INTERRUPTED, NixcomplyError
 
 
 def test_version(cli: Cli) -> None:
@@ -36,10 +41,6 @@ def test_module_entry_point() -> None:
 
 
 def test_exit_codes_are_one_table_the_readme_states() -> None:
-    import re
-
-    from conftest import REPO
-    from nixcomply import errors
 
     table = {name: value for name, value in vars(errors).items() if name.startswith("EXIT_")}
     assert len(set(table.values())) == len(table), table
@@ -52,11 +53,6 @@ def test_exit_codes_are_one_table_the_readme_states() -> None:
 
 
 def test_interrupt_exits_130_and_check_errors_are_deliberate(monkeypatch: pytest.MonkeyPatch) -> None:
-    import argparse
-
-    from nixcomply import cli as cli_module
-    from nixcomply.checks.base import CheckError
-    from nixcomply.errors import EXIT_INTERRUPTED, NixcomplyError
 
     def interrupted(_args: argparse.Namespace) -> int:
         raise KeyboardInterrupt

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from conftest import Cli
 from nixcomply.evidence.verify import verify_path
 
@@ -33,7 +35,6 @@ def test_demo_switches_then_reverts_and_verifies(cli: Cli, tmp_path: Path, nix_e
 
 def check_metrics(path: Path) -> None:
     """The textfile parses with Prometheus' own parser and carries the last run's figures."""
-    from prometheus_client.parser import text_string_to_metric_families
 
     families = {f.name: f for f in text_string_to_metric_families(path.read_text())}
     value = {f: {tuple(sorted(s.labels.items())): s.value for s in families[f].samples} for f in families}

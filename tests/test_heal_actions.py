@@ -16,6 +16,7 @@ import pytest
 from fixtures_heal import HealWorld
 
 from nixcomply.core import process
+from nixcomply.heal import actions
 from nixcomply.heal.actions import ActionEnv, bounded, send_alert
 from nixcomply.heal.config import AlertConfig
 from nixcomply.heal.executor import ExecutionContext, RunbookRun, StepResult, execute
@@ -217,7 +218,6 @@ def test_clean_directory_refuses_a_directory_swapped_for_a_symlink_after_the_che
     cache = heal.allowed / "cache"
     cache.mkdir()
     (heal.outside / "precious").write_text("never removed")
-    from nixcomply.heal import actions
 
     original = actions.clean_directory
 

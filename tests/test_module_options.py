@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from optionsdoc import all_options, readme_with_table
+from pydantic import ValidationError
 
 from conftest import REPO
 from nixcomply.baseline.nixattr import nix_value
@@ -119,7 +120,6 @@ def test_module_options_render_to_a_config_the_reconciler_accepts(
 
 
 def test_a_misspelt_setting_is_refused_naming_the_field(nix_env: dict[str, str]) -> None:
-    from pydantic import ValidationError
 
     cfg = defaults()
     cfg.update({"flake": "git+https://git.example/f", "settings": {"heath_gate": {"timeout": 5}}})

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -225,7 +226,6 @@ def test_dry_run_builds_but_activates_nothing(fresh: ReconcileWorld) -> None:
 
 
 def test_outside_the_maintenance_window_is_deferred(fresh: ReconcileWorld) -> None:
-    from datetime import datetime, timedelta
 
     fresh.install("good")
     soon = datetime.now().astimezone() + timedelta(hours=2)

@@ -16,6 +16,7 @@ from nixcomply.baseline import releases
 from nixcomply.baseline.evaluate import definitions
 from nixcomply.baseline.load import LoadedBaseline, load_baseline
 from nixcomply.baseline.render import control_settings, render
+from nixcomply.checks.context import parameters_of
 from nixcomply.errors import InputError
 from nixcomply.model.manifest import Manifest
 from nixcomply.nixos.tools import Tools
@@ -258,7 +259,6 @@ def test_json_schema_is_fresh(cli: Cli) -> None:
 
 
 def test_site_parameters_override_the_baselines(tmp_path: Path, nix_env: dict[str, str]) -> None:
-    from nixcomply.checks.context import parameters_of
 
     loaded = load_baseline(HIPAA)
     module = rendered_file(tmp_path, loaded, "26.05")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import importlib.util
 import logging
 import re
 import time
@@ -255,7 +256,6 @@ def connector_if_installed(
 ) -> SystemdFactory[Systemd] | None:
     """:func:`connector`, or None when pystemd is not installed (the runtime checks that
     need systemd then report errors instead of each failing to connect)."""
-    import importlib.util
 
     if importlib.util.find_spec("pystemd") is None:
         return None
@@ -307,8 +307,9 @@ class Systemd:
         if self._bus is not None:
             return
         try:
-            from pystemd import dbusexc
-            from pystemd.dbuslib import DBus, DBusAddress
+            # pystemd is optional (extra `systemd`): imported only when a connection opens
+            from pystemd import dbusexc  # noqa: PLC0415
+            from pystemd.dbuslib import DBus, DBusAddress  # noqa: PLC0415
         except ImportError as e:
             raise SystemdUnavailableError(
                 f"pystemd is not available ({e})",
@@ -563,7 +564,7 @@ class Systemd:
         *,
         unit: str | None = None,
     ) -> Any:
-        from pystemd.dbuslib import apply_signature
+        from pystemd.dbuslib import apply_signature  # noqa: PLC0415 - optional, see open()
 
         bus = self._connected()
         call_args = apply_signature(signature, list(args)) if signature else []
