@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 import pytest
 from hypothesis import settings
@@ -42,6 +45,12 @@ NIX_CONFIG = "\n".join(
 )
 
 
+# Modules whose tests change this machine's shared state (the kernel's audit rules, /run/sshd,
+# loopback ports picked and then bound); tests marked `host` elsewhere count too.
+HOST_STATE_MODULES: Final = frozenset({"test_checks_integration.py", "test_vm_twins.py"})
+HOST_STATE_LOCK: Final = Path(tempfile.gettempdir()) / "nixcomply-tests-host-state.lock"
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark tests by the real components they need, from the fixtures they use (or their
     module), so the Nix build sandbox (no nix store, no systemd, not root, none of the host's
@@ -56,6 +65,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.lint)
         if item.path.name == "test_checks_integration.py":
             item.add_marker(pytest.mark.host)
+
+
+@pytest.fixture(autouse=True)
+def _one_at_a_time_on_host_state(request: pytest.FixtureRequest) -> Iterator[None]:
+    """`make test` runs modules in parallel (pytest-xdist, ``--dist loadfile``); the tests that
+    change the machine's shared state take one lock for their duration, so they never overlap
+    with each other, in this run or in another on the same machine."""
+    item = request.node
+    if item.path.name not in HOST_STATE_MODULES and item.get_closest_marker("host") is None:
+        yield
+        return
+    with HOST_STATE_LOCK.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @dataclass(frozen=True)
