@@ -153,7 +153,9 @@ def test_user_manager_refuses_too_deep_a_directory(tmp_path: Path) -> None:
 @pytest.mark.systemd
 def test_start_stop_restart_change_main_pid(user_systemd: Systemd, units: Units) -> None:
     sd = user_systemd
-    name = units.service(SLEEP)
+    # Type=exec: started means exec'd (with Type=simple a loaded machine can show the forked
+    # child, still called "(sleep)", as the running main process)
+    name = units.service(SLEEP, Type="exec")
     before = sd.unit_state(name)
     assert (before.load_state, before.active_state, before.sub_state) == ("loaded", "inactive", "dead")
     assert before.main_pid is None
