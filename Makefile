@@ -28,16 +28,18 @@ $(VENV)/.installed: python/pyproject.toml
 deps: system-deps $(VENV)/.installed
 
 # The test command (README, CI): unit tests, real-Nix and real-systemd integration tests,
-# linters (ruff, mypy --strict), render freshness and .nix parsing all run inside pytest.
+# linters (ruff, mypy --strict), render freshness and .nix parsing all run inside pytest, one
+# worker per core (pytest-xdist; a module's tests stay together, and the tests that change the
+# machine's shared state take a lock: tests/conftest.py).
 test: deps
-	$(PYTEST) tests
+	$(PYTEST) -n auto --dist loadfile tests
 
 # The property tests with fresh random examples, many more of them (tests/fuzzing.py):
 # CI runs them derandomized; run this before changing the evidence code, and paste a
 # failure's @reproduce_failure line into the test. FUZZ_FACTOR scales the examples.
 FUZZ_FACTOR ?= 20
 fuzz: deps
-	HYPOTHESIS_PROFILE=fuzz NIXCOMPLY_FUZZ_FACTOR=$(FUZZ_FACTOR) $(PYTEST) tests -m property
+	HYPOTHESIS_PROFILE=fuzz NIXCOMPLY_FUZZ_FACTOR=$(FUZZ_FACTOR) $(PYTEST) -n auto --dist loadfile tests -m property
 
 lint: deps
 	$(PYTEST) tests/test_linters.py

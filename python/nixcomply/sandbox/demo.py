@@ -145,7 +145,7 @@ def _step(name: str, revision: str, report: CycleReport) -> dict[str, Any]:
 
 
 def _say_report(say: Callable[[str], None], report: CycleReport) -> None:
-    from nixcomply.commands.reconcile import summarise
+    from nixcomply.commands.reconcile import summarise  # noqa: PLC0415 - until it moves beside CycleReport
 
     for line in summarise(report):
         say(f"   {line}")
