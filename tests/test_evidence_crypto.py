@@ -6,15 +6,19 @@ from __future__ import annotations
 import base64
 import os
 import stat
+import subprocess
 from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fuzzing import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nixcomply.core.fsutil import ensure_dir
 from nixcomply.errors import InputError, UsageError
 from nixcomply.evidence import dsse
 from nixcomply.evidence.checkpoint import (
@@ -412,19 +416,18 @@ def test_write_private_key_never_replaces_a_key_that_appears(
 ) -> None:
     """9.8: the existence check came before the rename, so a key created in between (here by
     a concurrent keygen, simulated when the parent directory is made) was replaced."""
-    import nixcomply.core.fsutil
 
     path = tmp_path / "keys" / "bundle.key"
     first = generate("a/first")
-    real_ensure_dir = nixcomply.core.fsutil.ensure_dir
+    real_ensure_dir = ensure_dir
 
     def racing_ensure_dir(directory: Path, **kwargs: Any) -> Path:
-        monkeypatch.setattr(nixcomply.core.fsutil, "ensure_dir", real_ensure_dir)
+        monkeypatch.setattr("nixcomply.evidence.keys.ensure_dir", real_ensure_dir)
         real_ensure_dir(directory, **kwargs)
         write_private_key(path, first)  # the other keygen wins the race
         return directory
 
-    monkeypatch.setattr(nixcomply.core.fsutil, "ensure_dir", racing_ensure_dir)
+    monkeypatch.setattr("nixcomply.evidence.keys.ensure_dir", racing_ensure_dir)
     with pytest.raises(UsageError, match="refusing to overwrite"):
         write_private_key(path, generate("a/second"))
     monkeypatch.undo()
@@ -470,8 +473,6 @@ def test_bad_key_files_name_the_file(tmp_path: Path, content: str, error: str) -
 
 
 def test_pem_key_accepted(tmp_path: Path) -> None:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     key = Ed25519PrivateKey.generate()
     path = tmp_path / "evidence-bundle.pem"
@@ -584,7 +585,6 @@ def test_random_bytes_never_verify() -> None:
 
 @pytest.mark.nix
 def test_key_in_the_nix_store_is_refused(tmp_path: Path, nix_env: dict[str, str]) -> None:
-    import subprocess
 
     key = tmp_path / "evidence-test-key"
     write_private_key(key, generate("test/never-use"))

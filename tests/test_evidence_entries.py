@@ -5,6 +5,7 @@ no directory."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from pathlib import Path
 
@@ -37,7 +38,6 @@ def upload(root: Path, first: int, end: int) -> list[Entry]:
 
 def position(root: Path, size: int) -> LogPosition:
     """What a server keeps after accepting the first ``size`` entries."""
-    import hashlib
 
     if size == 0:
         return LogPosition()

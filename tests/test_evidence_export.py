@@ -7,26 +7,32 @@ trust anchor the auditor pins separately. Everything else is checked byte for by
 
 from __future__ import annotations
 
+import base64
+import fcntl
 import json
 import os
 import shutil
 import tempfile
 import zipfile
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures_evidence import TOPLEVEL, Keys, fill, open_store, write_keyring
+from fixtures_evidence import TOPLEVEL, Keys, fill, generation_change, open_store, write_keyring
 from fuzzing import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nixcomply.errors import UsageError, VerificationError
+from nixcomply.evidence import export
 from nixcomply.evidence.export import export_packet
+from nixcomply.evidence.index import control_index
 from nixcomply.evidence.merkle import verify_inclusion
 from nixcomply.evidence.packet import unpack
-from nixcomply.evidence.verify import verify, verify_path
+from nixcomply.evidence.statement import parse_statement
+from nixcomply.evidence.verify import Report, verify, verify_path
+from nixcomply.evidence.verify import verify as real_verify
 
 INFORMATIONAL = {"README.md", "verify-report.json", "packet.json", "keyring.json"}
 
@@ -55,7 +61,6 @@ def test_packet_contents(packet_dir: Path, keys: Keys) -> None:
     assert (meta["tree_size"], len(meta["entries"])) == (9, 9)
     proof = json.loads((packet_dir / "proofs/4.json").read_text())
     leaves = (packet_dir / "log/leaves").read_bytes()
-    import base64
 
     assert verify_inclusion(
         leaves[4 * 32 : 5 * 32],
@@ -154,8 +159,6 @@ def day_packet(days_store: Path, keys: Keys, tmp_path: Path) -> Path:
 
 def drop(root: Path, seq: int) -> None:
     """Remove an entry and every trace of it a packet has: bundle, proof, listing, index rows."""
-    from nixcomply.evidence.index import control_index
-    from nixcomply.evidence.statement import parse_statement
 
     meta = json.loads((root / "packet.json").read_text())
     (victim,) = [e for e in meta["entries"] if e["seq"] == seq]
@@ -238,8 +241,6 @@ def test_boundary_observed_inside_the_period_is_detected(day_packet: Path, keys:
             e["role"] = "before"
     meta["period"]["start"] = 16
     write_meta(day_packet, meta)
-    from nixcomply.evidence.index import control_index
-    from nixcomply.evidence.statement import parse_statement
 
     rows = [
         (
@@ -268,9 +269,6 @@ def test_edited_pin_json_is_detected(day_packet: Path, keys: Keys) -> None:
 
 
 def test_clock_that_went_back_is_pointed_out(tmp_path: Path, keys: Keys) -> None:
-    from datetime import UTC, datetime
-
-    from fixtures_evidence import generation_change
 
     root = tmp_path / "store"
     days = [1, 2, 1, 3]
@@ -292,11 +290,6 @@ def test_export_holds_the_append_lock_while_it_reads(
 ) -> None:
     """Export verified the store and then read it again without the lock: an append in
     between made it pack something other than what it checked."""
-    import fcntl
-
-    from nixcomply.evidence import export
-    from nixcomply.evidence.verify import Report
-    from nixcomply.evidence.verify import verify as real_verify
 
     seen: list[bool] = []
 

@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 from datetime import date
 from pathlib import Path
 
@@ -188,7 +189,6 @@ def test_two_processes_append_concurrently(tmp_path: Path, keys: Keys) -> None:
 
 
 def test_threads_of_one_process_append_safely(tmp_path: Path, keys: Keys) -> None:
-    import threading
 
     with open_store(tmp_path, keys, durable=False) as store:
         threads = [

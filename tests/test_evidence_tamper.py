@@ -9,6 +9,9 @@ a secret, not evidence; neither is covered here.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -22,6 +25,11 @@ from fuzzing import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nixcomply.evidence.checkpoint import Checkpoint, parse_checkpoint_text, parse_note
+from nixcomply.evidence.keys import generate
+from nixcomply.evidence.log import LastEntry, LogHead, LogState, read_leaves, state_name
+from nixcomply.evidence.merkle import Frontier, leaf_hash
+from nixcomply.evidence.statement import parse_statement
 from nixcomply.evidence.verify import Report, VerifyProblem, verify
 
 
@@ -88,8 +96,6 @@ def test_any_flipped_byte_is_detected(sample_store: Path, keys: Keys, data: st.D
 def flip_into(envelope: bytes, field: bytes, accept: Callable[[bytes], bool]) -> tuple[int, int]:
     """A single flipped byte of ``envelope`` (offset, xor) that changes the signed payload
     only inside the JSON value after ``field`` and leaves a payload ``accept`` takes."""
-    import base64
-    import json
 
     obj = json.loads(envelope)
     payload = base64.b64decode(obj["payload"])
@@ -116,7 +122,6 @@ def test_changed_chain_checkpoint_is_blamed_on_its_bundle(store_copy: Path, keys
     """The seen CI failure: a flipped byte in bundle 3's envelope changed the (now unsigned)
     ``chain.checkpoint``, and the verifier judged checkpoint 3 by it, reporting entry 2
     first. Nothing read from an envelope that does not verify may judge anything else."""
-    from nixcomply.evidence.statement import parse_statement
 
     bundle = bundles(store_copy)[3]
     path = store_copy / bundle / "envelope.dsse.json"
@@ -142,7 +147,6 @@ def test_changed_chain_checkpoint_is_blamed_on_its_bundle(store_copy: Path, keys
 def test_changed_chain_seq_is_blamed_on_its_bundle(store_copy: Path, keys: Keys) -> None:
     """An envelope whose signature fails cannot claim another entry's place: bundle 5
     rewritten to say ``seq`` 1 is reported as entry 5, not as a second entry 1."""
-    from nixcomply.evidence.statement import parse_statement
 
     bundle = bundles(store_copy)[5]
     path = store_copy / bundle / "envelope.dsse.json"
@@ -167,8 +171,6 @@ def test_changed_chain_seq_is_blamed_on_its_bundle(store_copy: Path, keys: Keys)
 
 
 def base64_payload(envelope: bytes) -> bytes:
-    import base64
-    import json
 
     return base64.b64decode(json.loads(envelope)["payload"])
 
@@ -263,16 +265,12 @@ def test_coordinated_truncation_needs_a_pin(tmp_path: Path, keys: Keys) -> None:
     state_dir = root / "log/state"
     for p in state_dir.iterdir():
         p.unlink()
-    from nixcomply.evidence.log import LastEntry, LogState, read_leaves, state_name
-    from nixcomply.evidence.merkle import Frontier
-    from nixcomply.evidence.statement import parse_statement
 
     frontier = Frontier()
     frontier.extend(read_leaves(root))
     last = bundles(root)[-1]
     statement = parse_statement((root / last / "statement.json").read_bytes())
     env = (root / last / "envelope.dsse.json").read_bytes()
-    import hashlib
 
     state = LogState(
         frontier, LastEntry(4, statement.predicate.bundle_id or "", last, hashlib.sha256(env).hexdigest())
@@ -307,7 +305,6 @@ def test_rewritten_history_fails_the_pin(tmp_path: Path, keys: Keys) -> None:
 
 
 def test_pin_from_another_log_or_key_is_rejected(store_copy: Path, keys: Keys, tmp_path: Path) -> None:
-    from nixcomply.evidence.keys import generate
 
     other = Keys(keys.bundle, generate("other.example/log"), keys.keyring)
     with open_store(tmp_path / "other", other, durable=False) as store:
@@ -323,8 +320,6 @@ def test_pin_from_another_log_or_key_is_rejected(store_copy: Path, keys: Keys, t
 def test_resigned_old_checkpoint_is_caught_by_its_commitment(store_copy: Path, keys: Keys) -> None:
     """A historical checkpoint whose signatures still verify but whose bytes changed (here:
     an extra cosignature) no longer matches what the next entry committed to."""
-    from nixcomply.evidence.checkpoint import Checkpoint, parse_checkpoint_text, parse_note
-    from nixcomply.evidence.keys import generate
 
     path = store_copy / "log/checkpoints/000000000004"
     cp = parse_checkpoint_text(parse_note(path.read_bytes()).text)
@@ -347,7 +342,6 @@ def test_all_checkpoints_verifies_every_signature(sample_store: Path, keys: Keys
 def test_equivalent_respellings_are_caught(store_copy: Path, keys: Keys) -> None:
     """Edits that parse to the same values are still edits: the append state must be in the
     store's own form, and a checkpoint signature in canonical base64."""
-    import base64
 
     (state,) = (store_copy / "log/state").iterdir()
     state.write_bytes(state.read_bytes().replace(b'"size": 9', b'"size":  9'))
@@ -404,10 +398,6 @@ def test_leftover_of_an_interrupted_write_is_a_warning(store_copy: Path, keys: K
 
 
 def forged_pending(root: Path, seq: int, bundle: str) -> None:
-    import hashlib
-    import json
-
-    from nixcomply.evidence.merkle import leaf_hash
 
     envelope = (root / bundle / "envelope.dsse.json").read_bytes()
     record = {
@@ -437,9 +427,6 @@ def test_pending_record_of_a_finished_append_fails_against_the_host_record(
 ) -> None:
     """Entry 8 complete with its checkpoint is what a crash just before removing
     pending.json leaves, unless the host recorded the append as finished."""
-    import hashlib
-
-    from nixcomply.evidence.log import LogHead
 
     forged_pending(store_copy, 8, bundles(store_copy)[8])
     assert verify(store_copy, keys.keyring).exit_code == 3

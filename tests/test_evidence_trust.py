@@ -4,8 +4,11 @@ auditor must not accept."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,12 +29,14 @@ from conftest import CliResult
 from nixcomply.evidence.checkpoint import parse_note
 from nixcomply.evidence.keyring import KeyEntry, Keyring, load_keyring, save_keyring
 from nixcomply.evidence.keys import generate
-from nixcomply.evidence.log import LogHead, StoreError
+from nixcomply.evidence.log import LastEntry, LogHead, LogState, StoreError, read_leaves, state_name
+from nixcomply.evidence.merkle import Frontier
 from nixcomply.evidence.rotation import rotate
-from nixcomply.evidence.statement import KeyRole
+from nixcomply.evidence.statement import KeyRole, KeyRotation, parse_statement
 from nixcomply.evidence.store import EvidenceStore
 from nixcomply.evidence.verify import verify
-from nixcomply.host.state import EvidenceHead, read_evidence_head
+from nixcomply.host.state import EvidenceHead, State, read_evidence_head
+from nixcomply.model.outcome import Outcome
 
 Cli = Callable[..., CliResult]
 
@@ -140,7 +145,6 @@ def test_pin_json_of_an_earlier_packet_pins_keyring_and_checkpoint(
     r = cli("evidence", "verify", first, "--keyring", clinic)
     assert r.code == 0, r.out
     assert f"pin next time: --pin-checkpoint pin.json (extract it from {first})" in r.out
-    import zipfile
 
     with zipfile.ZipFile(first) as zf:
         (tmp_path / "pin.json").write_bytes(zf.read("pin.json"))
@@ -181,7 +185,6 @@ def test_state_database_records_the_head(tmp_path: Path, keys: Keys) -> None:
     head = read_evidence_head(root)
     assert head is not None
     assert head.size == 3
-    import hashlib
 
     assert (
         head.checkpoint_sha256
@@ -225,15 +228,11 @@ def test_deleted_evidence_and_log_fail(cli: Cli, tmp_path: Path, keys: Keys) -> 
 
 def test_cut_off_tail_fails_without_a_pin(tmp_path: Path, keys: Keys) -> None:
     """The newest entries and everything that names them removed: a consistent, shorter log."""
-    from nixcomply.evidence.log import LastEntry, LogState, read_leaves, state_name
-    from nixcomply.evidence.merkle import Frontier
-    from nixcomply.evidence.statement import parse_statement
 
     root = host_store(tmp_path / "state", keys, 6)
     bundles = sorted(p.relative_to(root).as_posix() for p in root.glob("evidence/*/*/*/*"))
     for b in bundles[-2:]:
         shutil.rmtree(root / b)
-    import os
 
     os.truncate(root / "log/leaves", 4 * 32)
     for n in (5, 6):
@@ -242,7 +241,6 @@ def test_cut_off_tail_fails_without_a_pin(tmp_path: Path, keys: Keys) -> None:
         p.unlink()
     last = bundles[3]
     statement = parse_statement((root / last / "statement.json").read_bytes())
-    import hashlib
 
     env = (root / last / "envelope.dsse.json").read_bytes()
     state = LogState(
@@ -272,7 +270,6 @@ def test_rewritten_history_at_the_recorded_size_fails(tmp_path: Path, keys: Keys
 
 
 def test_recorded_head_never_goes_backwards(tmp_path: Path) -> None:
-    from nixcomply.host.state import State
 
     with State.open(tmp_path) as state:
         state.record_evidence_head(LogHead(5, "a" * 64))
@@ -342,8 +339,6 @@ def test_keyring_change_without_a_rotation_entry_fails(tmp_path: Path) -> None:
 def test_unreflected_old_rotation_is_an_error_not_a_warning(tmp_path: Path) -> None:
     """A signed rotation the keyring does not show is the crash window of `rotate` only
     while it is the newest entry; later it means the keyring was edited back."""
-    from nixcomply.evidence.statement import KeyRotation
-    from nixcomply.model.outcome import Outcome
 
     keys = make_keys()
     ring_path = write_keyring(tmp_path, keys)

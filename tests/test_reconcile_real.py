@@ -13,7 +13,7 @@ from typing import Any
 from fixtures_reconcile import ReconcileWorld
 
 from conftest import Cli
-from nixcomply.host.state import State
+from nixcomply.host.state import State, read_evidence_head
 from nixcomply.model.outcome import ApplyOutcome, PlanKind
 from nixcomply.nixos import generations, system
 from nixcomply.nixos.rebuild import RebuildAction, nixos_rebuild
@@ -269,7 +269,6 @@ def test_cli_plan_status_and_reconcile(fresh: ReconcileWorld, cli: Cli) -> None:
     assert status["evidence_seq"] == 2
     assert status["pin_checkpoint"] == str(pin)
     # The state database keeps the head of the log the reconciler appended to (9.3).
-    from nixcomply.host.state import read_evidence_head
 
     head = read_evidence_head(fresh.host.state_dir)
     assert head is not None

@@ -9,6 +9,7 @@ values that point at the offending line.
 from __future__ import annotations
 
 import difflib
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,7 +157,6 @@ class _JsonLines:
     library's ``raw_decode``."""
 
     def __init__(self, text: str, file: Path) -> None:
-        import json.decoder
 
         self.text = text
         self.file = file
@@ -176,7 +176,6 @@ class _JsonLines:
         return pos
 
     def value(self, pos: int, path: Loc) -> tuple[Any, int]:
-        import json
 
         self.lines.setdefault(path, self.line(pos))
         text = self.text
@@ -206,7 +205,6 @@ class _JsonLines:
         return scalar
 
     def _key(self, pos: int, path: Loc) -> tuple[str, int]:
-        import json
 
         try:
             key, end = self._scalar(self.text, pos)

@@ -22,6 +22,11 @@ from pathlib import Path
 
 import pydantic
 
+from nixcomply.baseline.controlsmap import citations_by_control, load_controls_map
+from nixcomply.baseline.models import Baseline
+from nixcomply.core import paths
+from nixcomply.core.paths import baseline_dir
+from nixcomply.core.yamlsource import load_model
 from nixcomply.errors import UsageError
 from nixcomply.evidence.statement import Attestation, ControlResult, FrameworkRefs, Host
 from nixcomply.evidence.store import EvidenceStore, Recorded
@@ -43,14 +48,12 @@ class ControlRef:
 
 def default_controls_map() -> Path | None:
     """``controls-map.csv`` of nixcomply's data directory (checkout or package), if any."""
-    from nixcomply.core.paths import baseline_dir
 
     candidate = baseline_dir() / "controls-map.csv"
     return candidate if candidate.is_file() else None
 
 
 def default_baseline() -> Path | None:
-    from nixcomply.core import paths
 
     candidate = paths.default_baseline()
     return candidate if candidate.is_file() else None
@@ -58,7 +61,6 @@ def default_baseline() -> Path | None:
 
 def find_control(control: str, controls_map: Path, baseline: Path | None = None) -> ControlRef:
     """Resolve CONTROL (a citation or a baseline control id); UsageError if unknown."""
-    from nixcomply.baseline.controlsmap import citations_by_control, load_controls_map
 
     rows = load_controls_map(controls_map)
     for row in rows:
@@ -71,9 +73,6 @@ def find_control(control: str, controls_map: Path, baseline: Path | None = None)
     title = ""
     found = bool(citations)
     if baseline is not None:
-        from nixcomply.baseline.models import Baseline
-        from nixcomply.core.yamlsource import load_model
-
         model, _source = load_model(Baseline, baseline)
         try:
             c = model.control(control)

@@ -44,6 +44,8 @@ from typing import Final, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from nixcomply.core.fsutil import atomic_write, ensure_dir
+from nixcomply.core.yamlsource import load_json_model
 from nixcomply.errors import InputError
 from nixcomply.evidence.keys import PublicKey
 from nixcomply.evidence.statement import KeyRole
@@ -202,7 +204,6 @@ def load_keyring(path: Path) -> Keyring:
     """Read and validate a keyring as strict JSON (it is JSON, and a YAML reader would also
     take comments, unquoted strings and other spellings nixcomply never writes); problems
     name the file, line and field."""
-    from nixcomply.core.yamlsource import load_json_model
 
     if not path.exists():
         raise InputError.single(path, "keyring not found")
@@ -211,7 +212,6 @@ def load_keyring(path: Path) -> Keyring:
 
 
 def save_keyring(path: Path, keyring: Keyring, *, durable: bool = True) -> None:
-    from nixcomply.core.fsutil import atomic_write, ensure_dir
 
     ensure_dir(path.parent)
     atomic_write(path, keyring.to_bytes(), mode=0o644, durable=durable)

@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import os
 import re
 import stat
+import tempfile
 from dataclasses import dataclass, field
 from hashlib import sha256
 from pathlib import Path
@@ -37,6 +39,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from nixcomply.core.fsutil import atomic_write, ensure_dir, fsync_dir
 from nixcomply.errors import InputError, Problem, UsageError
 
 ED25519: Final = 0x01
@@ -280,10 +283,6 @@ def write_private_key(path: Path, signer: Signer, *, durable: bool = True) -> Pa
     The key is written to a temporary file first and then hard-linked to ``path``: the link
     fails if anything exists there by then, so a key that appears between a check and the
     write is never replaced, and a crash never leaves a half-written key at ``path``."""
-    import contextlib
-    import tempfile
-
-    from nixcomply.core.fsutil import atomic_write, ensure_dir, fsync_dir
 
     if os.path.lexists(path):
         raise UsageError(f"{path} exists; refusing to overwrite a key")

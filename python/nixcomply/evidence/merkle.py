@@ -16,6 +16,8 @@ tree in O(log n) each (the export packet needs one per bundle).
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Iterable, Sequence
 from hashlib import sha256
 from typing import Final
@@ -248,8 +250,6 @@ def proof_document(index: int, size: int, leaf: bytes, root: bytes, path: Sequen
          "inclusion_path": ["<base64>", ...]}
 
     written in exactly this form (two-space indent, final newline)."""
-    import base64
-    import json
 
     doc = {
         "index": index,

@@ -53,6 +53,7 @@ import ipaddress
 import os
 import re
 import secrets
+import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -60,6 +61,7 @@ from hashlib import sha256
 from pathlib import Path
 from typing import Final
 
+from nixcomply.core.fsutil import ensure_dir, fsync_dir
 from nixcomply.errors import InputError
 
 
@@ -328,9 +330,6 @@ def load_or_create_salt(path: Path) -> bytes:
     the name exists: two processes creating it at once agree on one salt, and nobody ever
     sees a half-written file.
     """
-    import tempfile
-
-    from nixcomply.core.fsutil import ensure_dir, fsync_dir
 
     try:
         data = path.read_bytes()

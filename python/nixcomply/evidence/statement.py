@@ -33,6 +33,7 @@ compact JSON, one line, in the models' field order; ``jq . statement.json`` show
 from __future__ import annotations
 
 import re
+import socket
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
 from enum import StrEnum
@@ -153,7 +154,6 @@ class Host(_Model):
     def local(cls, *, etc: Path = Path("/etc")) -> Host:
         """This machine: ``/etc/machine-id`` and the host name. Without a machine-id (some
         containers) the id is all zeros, which evidence readers can recognise."""
-        import socket
 
         try:
             machine_id = (etc / "machine-id").read_text().strip()
