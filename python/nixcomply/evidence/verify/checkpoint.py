@@ -45,6 +45,7 @@ class Checkpoints:
 
     origin: str | None = None
     newest: bytes | None = None
+    newest_root: bytes | None = None  # the authentic newest checkpoint's root hash
 
 
 def signed_sizes(
@@ -112,7 +113,7 @@ def check_checkpoints(
         if root is None:
             continue
         if s == newest:
-            out.newest = data
+            out.newest, out.newest_root = data, root
         report.checkpoints_verified += 1
         if s > leaves:
             report.error(

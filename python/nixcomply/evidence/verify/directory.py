@@ -221,7 +221,14 @@ def _verify_directory(
                     rank=Rank.STORE,
                 )
         check_packet(
-            report, packet, entries, statements, read, newest=cps.newest, keyring=read(PACKET_KEYRING)
+            report,
+            packet,
+            entries,
+            statements,
+            read,
+            newest=cps.newest,
+            newest_root=cps.newest_root,
+            keyring=read(PACKET_KEYRING),
         )
 
     if present is not None:
