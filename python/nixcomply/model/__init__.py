@@ -1,0 +1,1 @@
+"""Wire types shared by the host, its uplink and the fleet server (no host runtime here)."""
