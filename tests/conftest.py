@@ -18,6 +18,8 @@ pytest_plugins = [
     "fixtures_reconcile",
     "fixtures_heal",
     "fixtures_evidence",
+    "fixtures_postgres",
+    "fixtures_server",
 ]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,6 +48,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.systemd)
         if item.path.name == "test_linters.py":
             item.add_marker(pytest.mark.lint)
+        if "pg_cluster" in names:
+            item.add_marker(pytest.mark.postgres)
         if item.path.name == "test_checks_integration.py":
             item.add_marker(pytest.mark.host)
 

@@ -1,0 +1,131 @@
+"""The server's configuration: one JSON (or YAML) file, ``/etc/nixcomply-server/server.json``,
+validated with ``extra="forbid"``, plus the environment for secrets.
+
+Secrets never sit in the file (the NixOS module writes it into the Nix store): the
+database URL comes from ``$NIXCOMPLY_SERVER_DATABASE_URL`` when it carries a password (a
+URL in the file is refused if it has one), and the witness key from systemd's
+``$CREDENTIALS_DIRECTORY/nixcomply-witness-key`` or ``witness.key_file``. Neither is ever
+logged: :meth:`ServerConfig.describe` shows the database only without its credentials.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Final
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from nixcomply.errors import InputError, UsageError
+from nixcomply.evidence.cosignature import Witness, read_witness_key
+
+DEFAULT_CONFIG: Final = Path("/etc/nixcomply-server/server.json")
+DATABASE_URL_ENV: Final = "NIXCOMPLY_SERVER_DATABASE_URL"
+WITNESS_CREDENTIAL: Final = "nixcomply-witness-key"
+CREDENTIALS_ENV: Final = "CREDENTIALS_DIRECTORY"
+
+_Strict = ConfigDict(extra="forbid", frozen=True)
+
+
+class Listen(BaseModel):
+    model_config = _Strict
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8443, ge=0, le=65535, description="0: any free port (printed at start)")
+
+
+class Database(BaseModel):
+    model_config = _Strict
+
+    url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL without a password, e.g. postgresql+psycopg:///nixcomply?host=/run/postgresql",
+    )
+    pool_size: int = Field(default=10, ge=1, le=200)
+    max_overflow: int = Field(default=10, ge=0, le=200)
+    pool_timeout: float = Field(default=10, gt=0, le=300)
+
+    @field_validator("url")
+    @classmethod
+    def _no_password(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            url = make_url(v)
+        except (ValueError, ArgumentError):
+            raise ValueError("not a database URL") from None
+        if url.password:
+            raise ValueError(f"put a URL with a password in ${DATABASE_URL_ENV}, not in the file")
+        return v
+
+
+class WitnessSettings(BaseModel):
+    model_config = _Strict
+
+    name: str = Field(
+        min_length=1, max_length=200, pattern=r"^[^\s+]+$", description="the witness key's name"
+    )
+    key_file: Path | None = Field(default=None, description=f"used when ${CREDENTIALS_ENV} is not set")
+
+
+class ServerConfig(BaseModel):
+    model_config = _Strict
+
+    listen: Listen = Field(default_factory=Listen)
+    database: Database = Field(default_factory=Database)
+    witness: WitnessSettings
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
+    clock_skew_seconds: int = Field(default=300, ge=1, le=3600)
+    invite_ttl_hours: float = Field(default=24, gt=0, le=24 * 30)
+    migrate_on_start: bool = False
+
+    def database_url(self) -> URL:
+        env = os.environ.get(DATABASE_URL_ENV)
+        text = env or self.database.url
+        if not text:
+            raise UsageError(
+                "no database URL",
+                hint=f"set database.url in the configuration or ${DATABASE_URL_ENV}",
+            )
+        try:
+            return make_url(text)
+        except (ValueError, ArgumentError):
+            where = f"${DATABASE_URL_ENV}" if env else "database.url"
+            raise UsageError(f"{where} is not a database URL") from None
+
+    def describe_database(self) -> str:
+        """The database URL for logs and messages: no user name, no password."""
+        url = self.database_url()
+        return url.set(username=None, password=None).render_as_string(hide_password=True)
+
+    def witness_key(self) -> Witness:
+        directory = os.environ.get(CREDENTIALS_ENV)
+        path = Path(directory) / WITNESS_CREDENTIAL if directory else self.witness.key_file
+        if path is None:
+            raise UsageError(
+                "no witness key",
+                hint=f"set witness.key_file or LoadCredential={WITNESS_CREDENTIAL}:... "
+                "(create one with `nixcomply-server witness keygen`)",
+            )
+        try:
+            witness = read_witness_key(path)
+        except FileNotFoundError:
+            raise InputError.single(path, "witness key not found") from None
+        except (OSError, ValueError) as e:
+            raise InputError.single(path, f"witness key: {e}") from None
+        if witness.name != self.witness.name:
+            raise InputError.single(
+                path, f"the key is named {witness.name!r}, the configuration says {self.witness.name!r}"
+            )
+        return witness
+
+
+def load_config(path: Path) -> ServerConfig:
+    from nixcomply.yamlsource import load_model
+
+    if not path.exists():
+        raise InputError.single(path, "server configuration not found")
+    config, _source = load_model(ServerConfig, path)
+    return config
