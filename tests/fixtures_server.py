@@ -57,6 +57,10 @@ class Served:
     thread: threading.Thread
     clock_offset: list[float] = field(default_factory=lambda: [0.0])
 
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
@@ -82,12 +86,14 @@ class Served:
         return token
 
 
-def serve(config: ServerConfig, engine: Engine, witness: Witness) -> Served:
+def serve(config: ServerConfig, engine: Engine, witness: Witness, *, port: int = 0) -> Served:
+    """Serve on 127.0.0.1 (``port`` 0: any free one; a port given again brings a stopped
+    server back at the same address)."""
     offset = [0.0]
     app = create_app(config, engine, witness, clock=lambda: datetime.now(UTC) + timedelta(seconds=offset[0]))
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock.bind(("127.0.0.1", port))
     sock.listen(128)
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off"))

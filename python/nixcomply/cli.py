@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 Handler = Callable[[argparse.Namespace], int]
 
 # The verb groups, in the order `nixcomply --help` lists them.
-COMMAND_MODULES: Final = ("reconcile", "check", "runbook", "baseline", "evidence", "demo")
+COMMAND_MODULES: Final = ("reconcile", "check", "runbook", "baseline", "evidence", "uplink", "demo")
 
 
 def common_options() -> argparse.ArgumentParser:
