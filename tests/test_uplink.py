@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -114,7 +113,7 @@ def test_server_down_for_cycles_then_up_everything_arrives_once_in_order(
     port = fleet.port
     fleet.stop()
     clock = [datetime.now(UTC)]
-    for cycle in range(4):  # four reconcile cycles while the server is down
+    for _cycle in range(4):  # four reconcile cycles while the server is down
         with open_store(root, keys) as store:
             fill(store, 2)
         report = run.upload(root, force=True, now=lambda: clock[0])
@@ -173,7 +172,7 @@ def test_lag_counts_entries_and_the_age_of_the_oldest(fleet: Served, host_store:
 
 
 @pytest.fixture
-def reconciler_config(host_store: tuple[Path, Keys], tmp_path: Path) -> Iterator[Path]:
+def reconciler_config(host_store: tuple[Path, Keys], tmp_path: Path) -> Path:
     root, _ = host_store
     path = tmp_path / "reconciler.json"
     origin = {"origin": "clinic-01.example/evidence-log"}
@@ -184,7 +183,7 @@ def reconciler_config(host_store: tuple[Path, Keys], tmp_path: Path) -> Iterator
         "evidence": origin,
     }
     path.write_text(json.dumps(config))
-    yield path
+    return path
 
 
 def test_enroll_and_upload_verbs(fleet: Served, reconciler_config: Path, cli: object) -> None:

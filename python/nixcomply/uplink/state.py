@@ -93,7 +93,7 @@ def backoff(
 ) -> float:
     """Seconds to wait after the ``failures``-th consecutive failure (>= 1)."""
     ceiling = min(cap, base * 2.0 ** min(failures - 1, 62))
-    factor: float = (rng or random.Random()).uniform(0.5, 1.0)
+    factor: float = (rng or random.Random()).uniform(0.5, 1.0)  # noqa: S311 - jitter, not a secret
     return factor * ceiling
 
 
