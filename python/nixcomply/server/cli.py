@@ -237,8 +237,8 @@ def cmd_witness_key(args: argparse.Namespace) -> int:
 
 
 def cmd_witness_keygen(args: argparse.Namespace) -> int:
-    from nixcomply.evidence.cosignature import generate_witness
     from nixcomply.fsutil import atomic_write, ensure_dir
+    from nixcomply.server.verifying import generate_witness
 
     out = Path(args.out)
     if out.exists():

@@ -14,12 +14,12 @@ import os
 from pathlib import Path
 from typing import Final
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from nixcomply.errors import InputError, UsageError
-from nixcomply.evidence.cosignature import Witness, read_witness_key
+from nixcomply.server.verifying import Witness, read_witness_key
 
 DEFAULT_CONFIG: Final = Path("/etc/nixcomply-server/server.json")
 DATABASE_URL_ENV: Final = "NIXCOMPLY_SERVER_DATABASE_URL"
@@ -46,19 +46,6 @@ class Database(BaseModel):
     pool_size: int = Field(default=10, ge=1, le=200)
     max_overflow: int = Field(default=10, ge=0, le=200)
     pool_timeout: float = Field(default=10, gt=0, le=300)
-
-    @field_validator("url")
-    @classmethod
-    def _no_password(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        try:
-            url = make_url(v)
-        except (ValueError, ArgumentError):
-            raise ValueError("not a database URL") from None
-        if url.password:
-            raise ValueError(f"put a URL with a password in ${DATABASE_URL_ENV}, not in the file")
-        return v
 
 
 class WitnessSettings(BaseModel):
@@ -127,5 +114,15 @@ def load_config(path: Path) -> ServerConfig:
 
     if not path.exists():
         raise InputError.single(path, "server configuration not found")
-    config, _source = load_model(ServerConfig, path)
+    config, source = load_model(ServerConfig, path)
+    # Checked here, not in a pydantic validator, whose error would echo the URL.
+    if config.database.url is not None:
+        loc = ("database", "url")
+        try:
+            url = make_url(config.database.url)
+        except (ValueError, ArgumentError):
+            raise InputError([source.problem(loc, "not a database URL")]) from None
+        if url.password:
+            message = f"a URL with a password belongs in ${DATABASE_URL_ENV}, not in the file"
+            raise InputError([source.problem(loc, message)])
     return config

@@ -20,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
+from nixcomply import faults
 from nixcomply.model.fleet import ErrorCode, UploadRequest, UploadResponse, b64decode
 from nixcomply.server.db import queries
 from nixcomply.server.db.queries import HostRow
@@ -236,6 +237,7 @@ def _ingest(
         keyring=keys.to_json(),
         now=now,
     )
+    faults.point("ingest.stored")  # crash tests: everything written, nothing committed
     new = queries.HostRow(
         **{
             **row.__dict__,

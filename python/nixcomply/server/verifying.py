@@ -22,7 +22,7 @@ from nixcomply.evidence.checkpoint import (
     parse_checkpoint_text,
     parse_note,
 )
-from nixcomply.evidence.cosignature import Witness
+from nixcomply.evidence.cosignature import Witness, generate_witness, read_witness_key
 from nixcomply.evidence.keyring import KeyEntry, Keyring, KeyStatus, RangeCache
 from nixcomply.evidence.keys import PublicKey
 from nixcomply.evidence.merkle import Frontier, leaf_hash, verify_consistency
@@ -50,7 +50,9 @@ __all__ = [
     "checkpoint_size",
     "consistent",
     "frontier_bytes",
+    "generate_witness",
     "load_frontier",
+    "read_witness_key",
     "root_of_leaves",
 ]
 
