@@ -99,6 +99,9 @@ def test_statements_are_queryable(fleet: Served, tmp_path: Path) -> None:
         assert len(attested) == 3  # seq 3 and 7 of a, 3 of b
         passing = queries.find_statements(conn, north, control="ssh.password-auth-disabled", status="pass")
         assert {s.seq for s in passing} == {0, 1, 2, 4, 5, 6}
+        assert {s.seq for s in queries.find_statements(conn, north, control="audit.auditd-enabled")} == {1, 5}
+        assert len(queries.find_statements(conn, queries.Scope.msp(), status="attested")) == 3
+        assert queries.find_statements(conn, north, status="fail") == []
         later = queries.find_statements(conn, north, since=everything[0].observed_at + timedelta(hours=4))
         assert {s.seq for s in later} == {4, 5, 6, 7}
         assert {s.outcome for s in everything} == {"success"}

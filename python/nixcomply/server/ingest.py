@@ -30,7 +30,6 @@ from nixcomply.server.verifying import (
     EntryError,
     HostKeys,
     NoteError,
-    VerifiedEntry,
     Witness,
     consistent,
     frontier_bytes,
@@ -149,13 +148,19 @@ def _ingest(
 
     # New entries: verified one by one, chained to what was accepted.
     prev = row.last_envelope_sha256 or GENESIS
-    verified: list[VerifiedEntry] = []
-    for item in req.entries:
-        attachments = {name: b64decode(data) for name, data in item.attachments.items()}
-        try:
-            entry = keys.verify_entry(item.seq, b64decode(item.envelope), attachments)
-        except EntryError as e:
-            raise _bad(ErrorCode.BAD_ENTRY, f"entry {e.seq}: {e}", seq=e.seq) from None
+    items = [
+        (
+            item.seq,
+            b64decode(item.envelope),
+            {name: b64decode(data) for name, data in item.attachments.items()},
+        )
+        for item in req.entries
+    ]
+    try:
+        verified = keys.verify_entries(items)
+    except EntryError as e:
+        raise _bad(ErrorCode.BAD_ENTRY, f"entry {e.seq}: {e}", seq=e.seq) from None
+    for entry in verified:
         if entry.prev != prev:
             raise Refusal(
                 ErrorCode.FORK,
@@ -178,7 +183,6 @@ def _ingest(
                 {"seq": entry.seq},
             )
         prev = entry.envelope_sha256
-        verified.append(entry)
 
     frontier = load_frontier(accepted, row.frontier)
     frontier.extend(e.leaf for e in verified)
@@ -219,11 +223,6 @@ def _ingest(
             for name, data in sorted(e.attachments.items())
         ],
         statement_rows=[{"host_id": h, "site_id": s, **e.statement_row()} for e in verified],
-        control_rows=[
-            {"host_id": h, "site_id": s, "seq": e.seq, "idx": i, "control_id": c, "status": st}
-            for e in verified
-            for i, (c, st) in enumerate(e.controls())
-        ],
     )
     queries.advance(
         conn,

@@ -7,7 +7,10 @@ the evidence package, so a change to the verifier is a change here.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from hashlib import sha256
 from typing import Any, Final
@@ -76,6 +79,7 @@ class VerifiedEntry:
     statement: Statement
     payload: bytes
     attachments: Mapping[str, bytes]
+    rotation: tuple[KeyRotation, dsse.Envelope] | None = None
 
     def statement_row(self) -> dict[str, Any]:
         p = self.statement.predicate
@@ -86,7 +90,8 @@ class VerifiedEntry:
             "outcome": p.outcome.value,
             "observed_at": p.observed_at,
             "bundle_id": p.bundle_id,
-            "body": json.loads(self.payload),
+            "control_ids": [c for c, _ in self.controls()],
+            "control_states": [f"{c}={st}" for c, st in self.controls()],
         }
 
     def controls(self) -> list[tuple[str, str]]:
@@ -95,6 +100,21 @@ class VerifiedEntry:
         if isinstance(p, Attestation):
             found.append((p.control, "attested"))
         return found
+
+
+Item = tuple[int, bytes, Mapping[str, bytes]]
+_PARALLEL_MIN: Final = 64
+_CHUNK: Final = 32
+_POOL: list[ThreadPoolExecutor] = []
+_POOL_LOCK: Final = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    with _POOL_LOCK:
+        if not _POOL:
+            workers = max(1, min(len(os.sched_getaffinity(0)), 4))
+            _POOL.append(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify"))
+        return _POOL[0]
 
 
 class HostKeys:
@@ -130,8 +150,43 @@ class HostKeys:
         size = parse_checkpoint_text(parse_note(note).text).size
         return open_checkpoint(note, self._log(size - 1) if size > 0 else []).checkpoint
 
+    def verify_entries(self, items: Sequence[Item]) -> list[VerifiedEntry]:
+        """Check a batch of envelopes, in order (:class:`EntryError` names the first bad
+        one). A large batch is checked on a few threads: ``cryptography`` releases the GIL
+        while it verifies a signature. A key rotation changes the keys valid after it, so
+        the entries following one are checked again, in order, with the new keys."""
+        if len(items) < _PARALLEL_MIN:
+            results = [self._check(*item) for item in items]
+        else:
+            chunks = [items[i : i + _CHUNK] for i in range(0, len(items), _CHUNK)]
+            results = [r for part in _pool().map(self._check_all, chunks) for r in part]
+        out: list[VerifiedEntry] = []
+        for index, result in enumerate(results):
+            if isinstance(result, EntryError):
+                raise result
+            out.append(result)
+            if result.rotation is not None:
+                self._rotate(result.seq, *result.rotation)
+                return out + self.verify_entries(items[index + 1 :])
+        return out
+
     def verify_entry(self, seq: int, envelope: bytes, attachments: Mapping[str, bytes]) -> VerifiedEntry:
         """Check one envelope as ``nixcomply evidence verify`` checks a bundle."""
+        [entry] = self.verify_entries([(seq, envelope, attachments)])
+        return entry
+
+    def _check_all(self, items: Sequence[Item]) -> list[VerifiedEntry | EntryError]:
+        return [self._check(*item) for item in items]
+
+    def _check(
+        self, seq: int, envelope: bytes, attachments: Mapping[str, bytes]
+    ) -> VerifiedEntry | EntryError:
+        try:
+            return self._check_one(seq, envelope, attachments)
+        except EntryError as e:
+            return e
+
+    def _check_one(self, seq: int, envelope: bytes, attachments: Mapping[str, bytes]) -> VerifiedEntry:
         try:
             env = dsse.parse(envelope)
         except dsse.EnvelopeError as e:
@@ -169,8 +224,6 @@ class HostKeys:
             if sha256(data).hexdigest() != digest:
                 raise EntryError(seq, f"attachment {name}: sha256 differs from the statement's")
         predicate = statement.predicate
-        if isinstance(predicate, KeyRotation):
-            self._rotate(seq, predicate, env)
         return VerifiedEntry(
             seq=seq,
             envelope=envelope,
@@ -181,6 +234,7 @@ class HostKeys:
             statement=statement,
             payload=env.payload,
             attachments=dict(attachments),
+            rotation=(predicate, env) if isinstance(predicate, KeyRotation) else None,
         )
 
     def _rotate(self, seq: int, predicate: KeyRotation, env: dsse.Envelope) -> None:

@@ -33,7 +33,7 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 NAMING: Final = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -130,26 +130,17 @@ statements: Final = Table(
     Column("outcome", Text, nullable=False),
     _ts("observed_at"),
     Column("bundle_id", Text, nullable=False),
-    Column("body", JSONB, nullable=False),
+    # The controls a statement reports, as arrays with GIN indexes (one row per entry keeps
+    # ingestion to one COPY row): their ids, and "id=status" pairs.
+    Column("control_ids", ARRAY(Text), nullable=False),
+    Column("control_states", ARRAY(Text), nullable=False),
     PrimaryKeyConstraint("host_id", "seq"),
+    Index(None, "control_ids", postgresql_using="gin"),
+    Index(None, "control_states", postgresql_using="gin"),
     Index(None, "site_id", "observed_at"),
     Index(None, "host_id", "observed_at"),
     Index(None, "predicate_type", "observed_at"),
     Index(None, "outcome", "observed_at"),
-)
-
-statement_controls: Final = Table(
-    "statement_controls",
-    metadata,
-    Column("host_id", BigInteger, nullable=False),
-    Column("seq", BigInteger, nullable=False),
-    Column("idx", Integer, nullable=False),
-    Column("site_id", BigInteger, nullable=False),
-    Column("control_id", Text, nullable=False),
-    Column("status", Text, nullable=False),
-    PrimaryKeyConstraint("host_id", "seq", "idx"),
-    Index(None, "control_id", "status"),
-    Index(None, "site_id", "control_id"),
 )
 
 checkpoints: Final = Table(

@@ -1,5 +1,5 @@
 """The initial schema: sites, invites, hosts, the log (entries, attachments, checkpoints),
-the queryable statements and their controls, incidents and the audit log.
+the queryable statements, incidents and the audit log.
 
 Revision ID: 0001
 Revises:
@@ -45,28 +45,6 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_sites")),
         sa.UniqueConstraint("name", name=op.f("uq_sites_name")),
-    )
-    op.create_table(
-        "statement_controls",
-        sa.Column("host_id", sa.BigInteger(), nullable=False),
-        sa.Column("seq", sa.BigInteger(), nullable=False),
-        sa.Column("idx", sa.Integer(), nullable=False),
-        sa.Column("site_id", sa.BigInteger(), nullable=False),
-        sa.Column("control_id", sa.Text(), nullable=False),
-        sa.Column("status", sa.Text(), nullable=False),
-        sa.PrimaryKeyConstraint("host_id", "seq", "idx", name=op.f("pk_statement_controls")),
-    )
-    op.create_index(
-        op.f("ix_statement_controls_control_id_status"),
-        "statement_controls",
-        ["control_id", "status"],
-        unique=False,
-    )
-    op.create_index(
-        op.f("ix_statement_controls_site_id_control_id"),
-        "statement_controls",
-        ["site_id", "control_id"],
-        unique=False,
     )
     op.create_table(
         "hosts",
@@ -118,9 +96,20 @@ def upgrade() -> None:
         sa.Column("outcome", sa.Text(), nullable=False),
         sa.Column("observed_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("bundle_id", sa.Text(), nullable=False),
-        sa.Column("body", postgresql.JSONB(), nullable=False),
+        sa.Column("control_ids", postgresql.ARRAY(sa.Text()), nullable=False),
+        sa.Column("control_states", postgresql.ARRAY(sa.Text()), nullable=False),
         sa.ForeignKeyConstraint(["site_id"], ["sites.id"], name=op.f("fk_statements_site_id_sites")),
         sa.PrimaryKeyConstraint("host_id", "seq", name=op.f("pk_statements")),
+    )
+    op.create_index(
+        op.f("ix_statements_control_ids"), "statements", ["control_ids"], unique=False, postgresql_using="gin"
+    )
+    op.create_index(
+        op.f("ix_statements_control_states"),
+        "statements",
+        ["control_states"],
+        unique=False,
+        postgresql_using="gin",
     )
     op.create_index(
         op.f("ix_statements_host_id_observed_at"), "statements", ["host_id", "observed_at"], unique=False
@@ -190,7 +179,6 @@ def downgrade() -> None:
     op.drop_table("audit_log")
     op.drop_table("incidents")
     op.drop_table("checkpoints")
-    op.drop_table("statement_controls")
     op.drop_table("statements")
     op.drop_table("attachments")
     op.drop_table("entries")
