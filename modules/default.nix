@@ -4,5 +4,6 @@
     ./options.nix
     ./baseline.nix
     ./reconciler.nix
+    ./server.nix
   ];
 }

@@ -39,7 +39,7 @@ NIX_CONFIG = "\n".join(
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark tests by the real components they need, from the fixtures they use (or their
     module), so the Nix build sandbox (no nix store, no systemd, not root, none of the host's
-    tools) can deselect them: `-m "not nix and not systemd and not host and not lint"`."""
+    tools) can deselect them: `-m "not nix and not systemd and not host and not lint and not postgres"`."""
     for item in items:
         names = getattr(item, "fixturenames", ())
         if "nix_env" in names:

@@ -124,3 +124,56 @@ def test_a_misspelt_setting_is_refused_naming_the_field(nix_env: dict[str, str])
     data = rendered_config(cfg, nix_env)
     with pytest.raises(ValidationError, match="heath_gate"):
         ReconcilerConfig.model_validate(data)
+
+
+def server_defaults() -> dict[str, Any]:
+    prefix = "services.nixcomply-server."
+    flat = {
+        o["name"][len(prefix) :]: o["defaultValue"]
+        for o in all_options()
+        if o["name"].startswith(prefix) and o["hasDefault"] and o["name"] != prefix + "package"
+    }
+    return nest(flat)
+
+
+def rendered_server_config(cfg: dict[str, Any], nix_env: dict[str, str]) -> dict[str, Any]:
+    expr = (
+        RECURSIVE_UPDATE
+        + f"import {REPO}/modules/server-config.nix {{ lib = {{ inherit recursiveUpdate; }}; }} ({nix_value(cfg)})"
+    )
+    r = subprocess.run(
+        ["nix-instantiate", "--eval", "--strict", "--json", "-E", expr],
+        capture_output=True,
+        text=True,
+        env=nix_env,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    data: dict[str, Any] = json.loads(r.stdout)
+    return data
+
+
+def test_server_options_render_to_a_config_the_server_accepts(nix_env: dict[str, str]) -> None:
+    from nixcomply.server.config import ServerConfig
+
+    cfg = server_defaults()
+    cfg["witness"] = {"name": "evidence.msp.example/witness", "keyFile": "/var/lib/keys/witness.key"}
+    config = ServerConfig.model_validate(rendered_server_config(cfg, nix_env))
+    assert config.database.url == "postgresql+psycopg:///nixcomply-server?host=/run/postgresql"
+    assert (config.listen.host, config.listen.port) == ("127.0.0.1", 8443)
+    assert config.migrate_on_start is True
+    assert config.witness.key_file is None, "the key arrives as a credential, never in the file"
+    external = {**cfg, "database": {**cfg["database"], "createLocally": False, "urlFile": "/run/keys/db"}}
+    external["settings"] = {"clock_skew_seconds": 120}
+    config = ServerConfig.model_validate(rendered_server_config(external, nix_env))
+    assert config.database.url is None
+    assert config.clock_skew_seconds == 120
+
+
+def test_upload_options_render_into_the_reconciler_config(nix_env: dict[str, str]) -> None:
+    cfg = defaults()
+    cfg.update({"flake": "git+https://git.example/f"})
+    assert ReconcilerConfig.model_validate(rendered_config(cfg, nix_env)).upload.server is None
+    cfg["upload"].update({"enable": True, "server": "https://evidence.msp.example"})
+    config = ReconcilerConfig.model_validate(rendered_config(cfg, nix_env))
+    assert config.upload.server == "https://evidence.msp.example"

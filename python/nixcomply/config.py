@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from nixcomply.checks.config import ChecksConfig
 from nixcomply.heal.config import HealConfig
+from nixcomply.uplink.settings import UploadSettings
 from nixcomply.yamlsource import load_model
 
 DEFAULT_CONFIG: Final = Path("/etc/nixcomply/reconciler.json")
@@ -143,6 +144,9 @@ class ReconcilerConfig(BaseModel):
     environment: dict[str, str] = Field(
         default_factory=dict,
         description="extra environment for nix, nixos-rebuild, git and liveness commands",
+    )
+    upload: UploadSettings = Field(
+        default_factory=UploadSettings, description="uploads to the MSP's evidence server (nixcomply.uplink)"
     )
     build_timeout: float = Field(default=3600, gt=0)
     activation_timeout: float = Field(default=900, gt=0)

@@ -24,8 +24,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="enroll this host with the MSP's evidence server (token from `nixcomply-server host invite`)",
     )
     _config_arg(enroll)
-    enroll.add_argument("--server", required=True, help="the server's URL, e.g. https://evidence.msp.example")
-    enroll.add_argument("--token", required=True, help="the single-use enrollment token")
+    enroll.add_argument("--server", help="the server's URL (default: upload.server of the configuration)")
+    token = enroll.add_mutually_exclusive_group()
+    token.add_argument("--token", help="the single-use enrollment token")
+    token.add_argument("--token-file", type=Path, help="a file holding it (under systemd: the credential)")
+    enroll.add_argument("--if-needed", action="store_true", help="do nothing (exit 0) when already enrolled")
     enroll.add_argument(
         "--hostname", help="the host name the token was made for (default: the config's host)"
     )
@@ -50,19 +53,50 @@ def _load(args: argparse.Namespace) -> object:
     return load_config(args.config or DEFAULT_CONFIG)
 
 
+def _token(args: argparse.Namespace) -> str:
+    import os
+
+    from nixcomply.errors import UsageError
+    from nixcomply.uplink.settings import TOKEN_CREDENTIAL
+
+    if args.token:
+        return str(args.token)
+    path: Path | None = args.token_file
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    if path is None and directory:
+        path = Path(directory) / TOKEN_CREDENTIAL
+    if path is None:
+        raise UsageError("no enrollment token", hint="pass --token or --token-file")
+    try:
+        return path.read_text().strip()
+    except OSError as e:
+        raise UsageError(f"{path}: {e.strerror}") from None
+
+
 def cmd_enroll(args: argparse.Namespace) -> int:
     from nixcomply.config import ReconcilerConfig
+    from nixcomply.errors import UsageError
     from nixcomply.evidence.statement import Host
     from nixcomply.reconcile.record import origin_for
     from nixcomply.uplink.run import enroll
+    from nixcomply.uplink.state import UplinkState
 
     config = _load(args)
     assert isinstance(config, ReconcilerConfig)
+    if args.if_needed:
+        with UplinkState.open(config.state_dir) as state:
+            current = state.enrollment()
+        if current is not None:
+            print(f"already enrolled as {current.site}/{current.hostname} with {current.server}")
+            return EXIT_OK
+    server = args.server or config.upload.server
+    if server is None:
+        raise UsageError("no server", hint="pass --server or set nixcomply.reconciler.upload.server")
     machine_id = Host.local(etc=config.root / "etc").machine_id
     enrollment = enroll(
         config.state_dir,
-        server=args.server,
-        token=args.token,
+        server=server,
+        token=_token(args),
         hostname=args.hostname or config.host,
         machine_id=machine_id,
         origin=origin_for(config),
@@ -78,7 +112,9 @@ def cmd_upload(args: argparse.Namespace) -> int:
 
     config = _load(args)
     assert isinstance(config, ReconcilerConfig)
-    report = upload(config.state_dir, force=args.force)
+    report = upload(
+        config.state_dir, force=args.force, server=config.upload.server, timeout=config.upload.timeout_seconds
+    )
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     elif report.outcome == "failed":

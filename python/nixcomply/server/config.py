@@ -24,6 +24,7 @@ from nixcomply.server.verifying import Witness, read_witness_key
 DEFAULT_CONFIG: Final = Path("/etc/nixcomply-server/server.json")
 DATABASE_URL_ENV: Final = "NIXCOMPLY_SERVER_DATABASE_URL"
 WITNESS_CREDENTIAL: Final = "nixcomply-witness-key"
+DATABASE_CREDENTIAL: Final = "nixcomply-server-database-url"
 CREDENTIALS_ENV: Final = "CREDENTIALS_DIRECTORY"
 
 _Strict = ConfigDict(extra="forbid", frozen=True)
@@ -69,17 +70,23 @@ class ServerConfig(BaseModel):
     migrate_on_start: bool = False
 
     def database_url(self) -> URL:
-        env = os.environ.get(DATABASE_URL_ENV)
-        text = env or self.database.url
+        """From ``$NIXCOMPLY_SERVER_DATABASE_URL``, else the systemd credential
+        ``nixcomply-server-database-url``, else ``database.url``."""
+        where, text = f"${DATABASE_URL_ENV}", os.environ.get(DATABASE_URL_ENV)
+        directory = os.environ.get(CREDENTIALS_ENV)
+        if not text and directory and (Path(directory) / DATABASE_CREDENTIAL).exists():
+            where = f"the credential {DATABASE_CREDENTIAL}"
+            text = (Path(directory) / DATABASE_CREDENTIAL).read_text().strip()
+        if not text:
+            where, text = "database.url", self.database.url
         if not text:
             raise UsageError(
                 "no database URL",
-                hint=f"set database.url in the configuration or ${DATABASE_URL_ENV}",
+                hint=f"set database.url in the configuration, or ${DATABASE_URL_ENV}, or the credential {DATABASE_CREDENTIAL}",
             )
         try:
             return make_url(text)
         except (ValueError, ArgumentError):
-            where = f"${DATABASE_URL_ENV}" if env else "database.url"
             raise UsageError(f"{where} is not a database URL") from None
 
     def describe_database(self) -> str:

@@ -151,10 +151,13 @@ def upload(
     state_dir: Path,
     *,
     force: bool = False,
+    server: str | None = None,
+    timeout: float = 30,
     client_factory: Callable[..., Client] = Client,
     now: Callable[[], datetime] = _now,
 ) -> PassReport:
-    """One upload pass (see the module docstring)."""
+    """One upload pass (see the module docstring). ``server``: the configured server; an
+    enrollment with another one is not used (the configuration changed: enroll again)."""
     os.makedirs(state_dir / "uplink", mode=0o700, exist_ok=True)
     fd = os.open(state_dir / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
@@ -163,7 +166,14 @@ def upload(
         except BlockingIOError:
             return PassReport("busy")
         with UplinkState.open(state_dir) as state:
-            return _pass(state, state_dir, force=force, client_factory=client_factory, now=now)
+            return _pass(
+                state,
+                state_dir,
+                force=force,
+                server=server,
+                client_factory=lambda *a: client_factory(*a, timeout=timeout),
+                now=now,
+            )
     finally:
         os.close(fd)
 
@@ -173,12 +183,16 @@ def _pass(
     root: Path,
     *,
     force: bool,
+    server: str | None,
     client_factory: Callable[..., Client],
     now: Callable[[], datetime],
 ) -> PassReport:
     enrollment = state.enrollment()
     if enrollment is None:
         return PassReport("not-enrolled")
+    if server is not None and server.rstrip("/") != enrollment.server.rstrip("/"):
+        message = f"enrolled with {enrollment.server}, but the configuration names {server}: enroll again"
+        return PassReport("failed", state.progress().accepted_size, error=message, code="wrong-server")
     progress = state.progress()
     started = now()
     if not force and progress.next_attempt_at is not None and started < progress.next_attempt_at:
