@@ -51,6 +51,15 @@ in
       ];
     };
 
+    # A static user, so operators reach the local database as it (peer authentication):
+    # `sudo -u nixcomply-server nixcomply-server host invite ...`.
+    users.users.${name} = {
+      isSystemUser = true;
+      group = name;
+      description = "nixcomply evidence server";
+    };
+    users.groups.${name} = { };
+
     networking.firewall.allowedTCPPorts = lib.mkIf cfg.openFirewall [ cfg.listen.port ];
 
     systemd.services.nixcomply-server = {
@@ -63,7 +72,6 @@ in
       serviceConfig = {
         ExecStart = "${lib.getExe cfg.package} serve --config /etc/nixcomply-server/server.json";
         # The database role is the unit's user name: peer authentication over the socket.
-        DynamicUser = true;
         User = name;
         Group = name;
         LoadCredential = [
