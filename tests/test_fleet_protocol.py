@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from nixcomply.evidence.checkpoint import Checkpoint, NoteError
+from nixcomply.evidence.checkpoint import Checkpoint, NoteError, parse_note
 from nixcomply.evidence.cosignature import (
     WitnessPublicKey,
     generate_witness,
@@ -240,3 +240,26 @@ def test_upload_request_refuses_unknown_fields_and_bad_base64() -> None:
         UploadRequest.model_validate(
             {"old_size": 0, "checkpoint": "x", "entries": [{"seq": 0, "envelope": "!!"}]}
         )
+
+
+def test_check_newest_requires_a_valid_cosignature_on_the_newest_checkpoint(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from nixcomply.evidence.cosignature import check_newest
+
+    assert isinstance(tmp_path, Path)
+    witness, other = generate_witness("w.example/a"), generate_witness("w.example/b")
+    log = generate("o.example/log")
+    (tmp_path / "log" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "log" / "cosignatures").mkdir()
+    note = Checkpoint("o.example/log", 3, hashlib.sha256(b"x").digest()).sign([log])
+    (tmp_path / "log" / "checkpoints" / "000000000003").write_bytes(note)
+    assert "not cosigned" in (check_newest(tmp_path, witness.public, 3) or "")
+    text = parse_note(note).text
+    (tmp_path / "log" / "cosignatures" / "000000000003").write_text(other.cosign(text))
+    assert "not cosigned by witness w.example/a" in (check_newest(tmp_path, witness.public, 3) or "")
+    (tmp_path / "log" / "cosignatures" / "000000000003").write_text(witness.cosign(text))
+    assert check_newest(tmp_path, witness.public, 3) is None
+    forged = Checkpoint("o.example/log", 3, hashlib.sha256(b"y").digest()).sign([log])
+    (tmp_path / "log" / "checkpoints" / "000000000003").write_bytes(forged)
+    assert "does not verify" in (check_newest(tmp_path, witness.public, 3) or "")

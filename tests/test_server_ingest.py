@@ -135,10 +135,9 @@ def test_an_envelope_signed_by_an_unknown_key_is_refused(fleet: Served, tmp_path
     stranger.keys = make_keys()
     stranger.record(2)
     request = next(batches(stranger.root, 0)).request
-    # the host's own checkpoint would not match either: send the stranger's entries under
-    # a checkpoint the host signed over them
+    # the stranger's entries and checkpoint, sent by the host: its keys verify neither
     e = refused(lambda: host.client.upload(request))
-    assert e.code is ErrorCode.BAD_CHECKPOINT
+    assert e.code is ErrorCode.BAD_ENTRY
     host.record(2)
     own = next(batches(host.root, 0)).request
     mixed = own.model_copy(update={"entries": [request.entries[0], own.entries[1]]})
@@ -182,3 +181,68 @@ def test_a_bad_consistency_proof_is_refused(fleet: Served, tmp_path: Path) -> No
     assert host.client.upload(second).accepted_size == 5
     with fleet.engine.connect() as conn:
         assert conn.execute(select(incidents.c.id)).all() == []
+
+
+@pytest.mark.parametrize("role", ["bundle", "log"])
+def test_a_signed_key_rotation_moves_the_servers_keyring(fleet: Served, tmp_path: Path, role: str) -> None:
+    from fixtures_evidence import HOST, fill, open_store, write_keyring
+
+    from nixcomply.evidence.keys import generate
+    from nixcomply.evidence.rotation import rotate
+    from nixcomply.evidence.statement import KeyRole
+
+    host = enrolled(fleet, tmp_path)
+    host.record(3)
+    keyring = write_keyring(host.root, host.keys)
+    new = generate(f"clinic-01.example/evidence-{role}-2")
+    with open_store(host.root, host.keys) as store:
+        rotate(store, keyring, role=KeyRole(role), new=new, host=HOST, actor="alice")
+        fill(store, 3)  # signed with the new key
+    responses = host.push()
+    assert responses[-1].accepted_size == 7
+    with fleet.engine.connect() as conn:
+        stored = conn.execute(select(hosts.c.keyring)).scalar_one()
+    assert any(k["vkey"] == new.public.vkey and k["valid_from"] == 3 for k in stored["keys"])
+    old = next(k for k in stored["keys"] if k["role"] == role and k["vkey"] != new.public.vkey)
+    assert (old["valid_until"], old["status"]) == (3, "retired")
+
+
+def test_a_rotation_signed_by_the_new_key_only_is_refused(fleet: Served, tmp_path: Path) -> None:
+    from fixtures_evidence import HOST, open_store, write_keyring
+
+    from nixcomply.evidence.keys import generate
+    from nixcomply.evidence.rotation import rotate
+    from nixcomply.evidence.statement import KeyRole
+
+    host = enrolled(fleet, tmp_path)
+    host.record(2)
+    keyring = write_keyring(host.root, host.keys)
+    new = generate("clinic-01.example/evidence-bundle-2")
+    with open_store(host.root, host.keys) as store:
+        rotate(store, keyring, role=KeyRole.BUNDLE, new=new, host=HOST, actor="alice")
+    request = next(batches(host.root, 0)).request
+    rotation = request.entries[2]
+    envelope = dsse.parse(base64.b64decode(rotation.envelope))
+    only_new = dsse.sign(envelope.payload, [new]).to_bytes()  # drop the old key's signature
+    forged = rotation.model_copy(update={"envelope": b64encode(only_new)})
+    e = refused(
+        lambda: host.client.upload(request.model_copy(update={"entries": [*request.entries[:2], forged]}))
+    )
+    assert e.code is ErrorCode.BAD_ENTRY
+    assert e.error.detail == {"seq": 2}
+    assert snapshot(fleet)["entries"] == []
+
+
+def test_a_checkpoint_not_signed_by_the_hosts_log_key_is_refused(fleet: Served, tmp_path: Path) -> None:
+    from nixcomply.evidence.checkpoint import Checkpoint, parse_checkpoint_text, parse_note
+    from nixcomply.evidence.keys import generate
+
+    host = enrolled(fleet, tmp_path)
+    host.record(2)
+    request = next(batches(host.root, 0)).request
+    cp = parse_checkpoint_text(parse_note(request.checkpoint.encode()).text)
+    other = Checkpoint(cp.origin, cp.size, cp.root).sign([generate(cp.origin)]).decode()
+    e = refused(lambda: host.client.upload(request.model_copy(update={"checkpoint": other})))
+    assert e.code is ErrorCode.BAD_CHECKPOINT
+    assert "not signed by a trusted log key" in e.error.message
+    assert snapshot(fleet)["entries"] == []

@@ -38,6 +38,8 @@ from nixcomply.evidence.checkpoint import EM_DASH, NoteError, parse_checkpoint_t
 from nixcomply.evidence.keys import PRIVATE_PREFIX, b64decode_strict, check_key_name
 
 COSIGNATURE_V1: Final = 0x04
+COSIGNATURES: Final = "log/cosignatures"
+WITNESS_KEY_FILE: Final = "witness.vkey"
 HEADER: Final = "cosignature/v1"
 MAX_TIMESTAMP: Final = 2**63 - 1
 _LINE: Final = re.compile(rf"^{EM_DASH} (\S+) ([A-Za-z0-9+/]+=*)$")
@@ -199,3 +201,27 @@ def verify_cosignature(
             raise NoteError(f"the cosignature of {witness.name} does not verify") from None
         return c
     raise NoteError(f"not cosigned by witness {witness.name}+{witness.key_id:08x}")
+
+
+def check_newest(root: Path, witness: WitnessPublicKey, newest: int) -> str | None:
+    """Why the newest checkpoint (tree size ``newest``) of the store or packet under
+    ``root`` lacks a valid cosignature by ``witness``, or None when it has one. The
+    cosignature lines live in ``log/cosignatures/<size>`` beside ``log/checkpoints/<size>``."""
+    name = f"{newest:012d}"
+    try:
+        note = (root / "log" / "checkpoints" / name).read_bytes()
+    except FileNotFoundError:
+        return f"log/checkpoints/{name}: missing"
+    try:
+        lines = (root / COSIGNATURES / name).read_text("utf-8")
+    except FileNotFoundError:
+        return f"{COSIGNATURES}/{name}: the newest checkpoint is not cosigned (not uploaded yet?)"
+    except UnicodeDecodeError:
+        return f"{COSIGNATURES}/{name}: not text"
+    try:
+        from nixcomply.evidence.checkpoint import parse_note
+
+        verify_cosignature(parse_note(note).text, parse_cosignatures(lines), witness)
+    except NoteError as e:
+        return f"{COSIGNATURES}/{name}: {e}"
+    return None

@@ -50,11 +50,11 @@ __all__ = [
     "NoteError",
     "VerifiedEntry",
     "Witness",
-    "checkpoint_size",
     "consistent",
     "frontier_bytes",
     "generate_witness",
     "load_frontier",
+    "parse_checkpoint",
     "read_witness_key",
     "root_of_leaves",
 ]
@@ -147,7 +147,7 @@ class HostKeys:
 
     def open_checkpoint(self, note: bytes) -> Checkpoint:
         """Parse a checkpoint note and verify it with a log key valid for its size."""
-        size = parse_checkpoint_text(parse_note(note).text).size
+        size = parse_checkpoint(note).size
         return open_checkpoint(note, self._log(size - 1) if size > 0 else []).checkpoint
 
     def verify_entries(self, items: Sequence[Item]) -> list[VerifiedEntry]:
@@ -269,8 +269,9 @@ class HostKeys:
         self._set(self.keyring.with_keys(keys))
 
 
-def checkpoint_size(note: bytes) -> int:
-    return parse_checkpoint_text(parse_note(note).text).size
+def parse_checkpoint(note: bytes) -> Checkpoint:
+    """A checkpoint note's content, not yet verified (:class:`NoteError` if malformed)."""
+    return parse_checkpoint_text(parse_note(note).text)
 
 
 def load_frontier(size: int, data: bytes) -> Frontier:

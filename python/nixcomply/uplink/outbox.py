@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Final
 
 from nixcomply.errors import NixcomplyError
+from nixcomply.evidence.cosignature import COSIGNATURES
 from nixcomply.evidence.log import CHECKPOINTS, checkpoint_name, read_leaves
 from nixcomply.evidence.merkle import Tree, leaf_hash
 from nixcomply.evidence.store import ATTACHMENTS_DIR, ENVELOPE_FILE, EVIDENCE_DIR
 from nixcomply.model.fleet import MAX_ENTRIES, UploadEntry, UploadRequest, b64encode
 
-COSIGNATURES: Final = "log/cosignatures"
 _SEQ: Final = re.compile(r"^\d{8}T\d{6}Z-(\d{8,})-[0-9a-f]{8}$")
 DEFAULT_BUDGET: Final = 8 * 1024 * 1024
 
