@@ -368,3 +368,25 @@ def test_upload_request_model_rejects_gaps(fleet: Served, tmp_path: Path) -> Non
     assert e.code is ErrorCode.BAD_ENTRY
     assert table_count(fleet, entries) == 0
     assert table_count(fleet, attachments) == 0
+
+
+def test_every_request_is_audited_and_enrollment_recorded(
+    fleet: Served, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO, logger="nixcomply.server.audit")
+    host = enrolled(fleet, tmp_path)
+    host.client.log_state()
+    raw(fleet, "GET", "/v1/nothing", b"", {})
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "nixcomply.server.audit"]
+    assert [(x["method"], x["path"], x["status"]) for x in lines] == [
+        ("POST", "/v1/enroll", 200),
+        ("GET", "/v1/log", 200),
+        ("GET", "/v1/nothing", 404),
+    ]
+    assert lines[1]["host"] is not None and lines[1]["host"].endswith("/clinic-01")
+    assert all("token" not in json.dumps(x) for x in lines)
+    with fleet.engine.connect() as conn:
+        actions = [a for _, _, a, _ in queries.audit_entries(conn, queries.Scope.msp())]
+    assert actions == ["host.enrolled"]
