@@ -113,7 +113,11 @@ def cmd_upload(args: argparse.Namespace) -> int:
     config = _load(args)
     assert isinstance(config, ReconcilerConfig)
     report = upload(
-        config.state_dir, force=args.force, server=config.upload.server, timeout=config.upload.timeout_seconds
+        config.state_dir,
+        force=args.force,
+        server=config.upload.server,
+        timeout=config.upload.timeout_seconds,
+        max_entries=config.upload.max_batch_entries,
     )
     if args.json:
         print(json.dumps(report.to_json(), indent=2))

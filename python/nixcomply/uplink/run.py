@@ -25,7 +25,7 @@ from nixcomply.errors import NixcomplyError, UsageError
 from nixcomply.evidence.cosignature import WitnessPublicKey
 from nixcomply.evidence.store import KEYRING
 from nixcomply.model import httpsig
-from nixcomply.model.fleet import EnrollRequest, ErrorCode, b64encode
+from nixcomply.model.fleet import MAX_ENTRIES, EnrollRequest, ErrorCode, b64encode
 from nixcomply.uplink.client import Client, ServerUnreachable, UplinkError
 from nixcomply.uplink.outbox import OutboxError, batches, bundle_paths, log_size, store_cosignature
 from nixcomply.uplink.state import LOCK, Enrollment, UplinkState, UplinkStateError
@@ -153,6 +153,7 @@ def upload(
     force: bool = False,
     server: str | None = None,
     timeout: float = 30,
+    max_entries: int = MAX_ENTRIES,
     client_factory: Callable[..., Client] = Client,
     now: Callable[[], datetime] = _now,
 ) -> PassReport:
@@ -171,6 +172,7 @@ def upload(
                 state_dir,
                 force=force,
                 server=server,
+                max_entries=max_entries,
                 client_factory=lambda *a: client_factory(*a, timeout=timeout),
                 now=now,
             )
@@ -184,6 +186,7 @@ def _pass(
     *,
     force: bool,
     server: str | None,
+    max_entries: int,
     client_factory: Callable[..., Client],
     now: Callable[[], datetime],
 ) -> PassReport:
@@ -203,7 +206,7 @@ def _pass(
         remote = client.log_state()
         report.accepted_size = remote.accepted_size
         state.acknowledged(remote.accepted_size, now())
-        for batch in batches(root, remote.accepted_size):
+        for batch in batches(root, remote.accepted_size, max_entries=max_entries):
             response = client.upload(batch.request)
             store_cosignature(
                 root, response.accepted_size, response.checkpoint.encode(), response.cosignature

@@ -19,6 +19,7 @@ class UploadSettings(BaseModel):
         description="the evidence server; uploads go nowhere else (None: uploads are off)",
     )
     after_cycle: bool = Field(default=True, description="upload at the end of every reconcile run")
+    max_batch_entries: int = Field(default=1000, ge=1, le=1000, description="entries per upload request")
     timeout_seconds: float = Field(
         default=10, gt=0, le=300, description="per request, so a dead server costs little"
     )
