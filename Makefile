@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PYTEST := $(BIN)/python -m pytest -c python/pyproject.toml --rootdir=.
 APT_PACKAGES := nix-bin libsystemd-dev pkg-config git \
-  openssh-server nftables iptables auditd chrony cryptsetup-bin restic borgbackup sudo kmod \
+  openssh-server nftables iptables auditd chrony cryptsetup-bin restic borgbackup sudo kmod shellcheck \
   postgresql
 
 .PHONY: all test lint demo render deps system-deps bench clean

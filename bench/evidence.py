@@ -33,18 +33,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from nixcomply.evidence import dsse
 from nixcomply.evidence.keyring import KeyEntry, Keyring
 from nixcomply.evidence.keys import Signer, generate
-from nixcomply.evidence.statement import (
-    CheckRun,
-    ControlResult,
-    ControlStatus,
-    FrameworkRefs,
-    Host,
-    KeyRole,
-    Outcome,
-    Subject,
-)
+from nixcomply.evidence.statement import CheckRun, ControlResult, FrameworkRefs, Host, KeyRole, Subject
 from nixcomply.evidence.store import ENVELOPE_FILE, EvidenceStore
 from nixcomply.evidence.verify import default_jobs, verify
+from nixcomply.model.outcome import Outcome
+from nixcomply.model.status import ControlStatus
 
 TARGET_RATIO = 3.0
 SHM = Path("/dev/shm")

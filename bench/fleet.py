@@ -40,17 +40,11 @@ from nixcomply.evidence import dsse
 from nixcomply.evidence.cosignature import generate_witness
 from nixcomply.evidence.keyring import KeyEntry, Keyring
 from nixcomply.evidence.keys import generate
-from nixcomply.evidence.statement import (
-    CheckRun,
-    ControlResult,
-    ControlStatus,
-    FrameworkRefs,
-    Host,
-    KeyRole,
-    Outcome,
-)
+from nixcomply.evidence.statement import CheckRun, ControlResult, FrameworkRefs, Host, KeyRole
 from nixcomply.evidence.store import ENVELOPE_FILE, EvidenceStore
 from nixcomply.model.fleet import EnrollRequest, UploadResponse, b64encode
+from nixcomply.model.outcome import Outcome
+from nixcomply.model.status import ControlStatus
 from nixcomply.server.devdb import PrivateCluster
 from nixcomply.uplink.client import Client
 from nixcomply.uplink.outbox import batches, bundle_paths

@@ -23,7 +23,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from nixcomply.sandboxhost import SandboxHost
+from nixcomply.sandbox.machine import SandboxHost
 
 RUNS = 5
 RSS_TARGET_MB = 60.0
@@ -35,7 +35,7 @@ CYCLE = textwrap.dedent(
     """
     import resource, sys
     from pathlib import Path
-    from nixcomply.config import load_config
+    from nixcomply.reconcile.config import load_config
     from nixcomply.reconcile.cycle import Reconciler
     report = Reconciler(load_config(Path(sys.argv[1]))).run()
     assert report.result.outcome.value == sys.argv[2], report.result
@@ -48,7 +48,7 @@ IN_PROCESS = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from nixcomply.config import load_config
+    from nixcomply.reconcile.config import load_config
     from nixcomply.reconcile.cycle import Reconciler
     config = load_config(Path(sys.argv[1]))
     Reconciler(config).run()

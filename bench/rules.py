@@ -10,21 +10,31 @@ import random
 import sys
 import time
 
+from nixcomply.baseline.catalog import CHECK_NAMES
 from nixcomply.baseline.load import known_runbook_ids
-from nixcomply.checks.catalog import CHECK_NAMES
-from nixcomply.checks.finding import Finding, Severity, Status
+from nixcomply.checks.finding import Finding
+from nixcomply.core.paths import runbooks_dir
 from nixcomply.heal.rules import decide, load_rules
-from nixcomply.paths import runbooks_dir
+from nixcomply.model.severity import Severity
+from nixcomply.model.status import FindingStatus
 
 N = 10_000
-SEVERITIES: list[Severity] = ["critical", "high", "medium", "low"]
+SEVERITIES: list[Severity] = list(Severity)
 
 
 def findings(rng: random.Random) -> list[Finding]:
     checks = sorted(CHECK_NAMES)
     out = []
     for i in range(N):
-        status: Status = rng.choice(["pass", "drift", "drift", "error", "skipped"])
+        status = rng.choice(
+            [
+                FindingStatus.PASS,
+                FindingStatus.DRIFT,
+                FindingStatus.DRIFT,
+                FindingStatus.ERROR,
+                FindingStatus.SKIPPED,
+            ]
+        )
         out.append(
             Finding(
                 check=rng.choice(checks),
@@ -34,7 +44,7 @@ def findings(rng: random.Random) -> list[Finding]:
                 subject=f"unit-{i % 7}.service",
                 observed={"active_state": rng.choice(["active", "inactive", "failed"]), "n_restarts": i % 5},
                 expected={"active_state": "active"},
-                drifted=status == "drift",
+                drifted=status is FindingStatus.DRIFT,
                 message=f"finding {i}",
                 runbook_params={"unit": f"unit-{i % 7}.service"},
                 duration_s=0.001,

@@ -53,12 +53,19 @@
     with subtest("sshd's effective configuration follows the baseline"):
         for key, expected in [
             ("passwordauthentication", "no"),
+            ("permitemptypasswords", "no"),
             ("kbdinteractiveauthentication", "no"),
             ("permitrootlogin", "no"),
             ("x11forwarding", "no"),
             ("allowtcpforwarding", "no"),
             ("allowagentforwarding", "no"),
             ("loglevel", "VERBOSE"),
+            ("logingracetime", "30"),
+            ("maxstartups", "10:30:60"),
+            ("channeltimeout", "session=15m"),
+            ("unusedconnectiontimeout", "300"),
+            ("tcpkeepalive", "no"),
+            ("ignoreuserknownhosts", "yes"),
         ]:
             got = sshd(key)
             assert got == expected, f"sshd -T {key}: expected {expected}, got {got}"
@@ -67,14 +74,24 @@
         got = sshd("maxauthtries")
         assert got == "6", f"ssh.max-auth-tries is excepted, so sshd's default 6 applies; got {got}"
 
-    with subtest("auditd runs with the identity, sudoers, module and time rules"):
+    with subtest("auditd runs with the baseline's rules, locked"):
         machine.wait_for_unit("auditd.service")
         rules = machine.succeed("auditctl -l")
-        for key in ["identity", "sudoers", "privileged", "modules", "time-change"]:
-            assert f"key={key}" in rules, f"audit rule with key {key} missing from:\n{rules}"
+        # auditctl prints watches as `-w PATH -p wa -k KEY`, syscall rules with `-F key=KEY`
+        for key in ["identity", "sudoers", "time-change", "logins", "session", "system-locale"]:
+            assert f" -k {key}" in rules, f"watch with key {key} missing from:\n{rules}"
+        for key in ["privileged", "modules", "time-change", "access", "perm_mod", "delete", "mounts"]:
+            assert f" -F key={key}" in rules, f"syscall rule with key {key} missing from:\n{rules}"
+        assert "arch=b32" in rules, f"no 32-bit rules in:\n{rules}"
+        status = dict(line.split(" ", 1) for line in machine.succeed("auditctl -s").splitlines() if " " in line)
+        assert status["enabled"].split()[0] == "2", f"audit rules are not locked: {status}"
+        cmdline = machine.succeed("cat /proc/cmdline").split()
+        assert "audit=1" in cmdline and "audit_backlog_limit=8192" in cmdline, cmdline
 
     with subtest("the firewall is up and logs refused connections"):
-        machine.wait_for_unit("firewall.service")
+        # with networking.nftables.enable the NixOS firewall runs as nftables.service;
+        # firewall.service exists only for the iptables backend
+        machine.wait_for_unit("nftables.service")
         ruleset = machine.succeed("nft list ruleset")
         assert "policy drop" in ruleset, f"no default drop in:\n{ruleset}"
         assert "refused connection" in ruleset, f"refused connections are not logged:\n{ruleset}"

@@ -12,14 +12,20 @@ let
 
   knownControls = if cfg.baseline == null then [ ] else cfg.internal.controlIds.${cfg.baseline} or [ ];
 
+  # A real calendar date: the month exists and has that day (leap years included), so a
+  # typo like 2027-02-31 is refused instead of expiring on a day that never comes.
   isDate =
     s:
     let
       m = builtins.match "([0-9]{4})-([0-9]{2})-([0-9]{2})" s;
+      year = lib.toIntBase10 (builtins.elemAt m 0);
       month = lib.toIntBase10 (builtins.elemAt m 1);
       day = lib.toIntBase10 (builtins.elemAt m 2);
+      divides = d: n: n - (n / d) * d == 0;
+      leap = divides 4 year && (!(divides 100 year) || divides 400 year);
+      daysIn = builtins.elemAt [ 31 (if leap then 29 else 28) 31 30 31 30 31 31 30 31 30 31 ] (month - 1);
     in
-    m != null && month >= 1 && month <= 12 && day >= 1 && day <= 31;
+    m != null && month >= 1 && month <= 12 && day >= 1 && day <= daysIn;
 
   blank = s: builtins.match "[[:space:]]*" s != null;
 
@@ -28,6 +34,15 @@ let
       id: e:
       let
         opt = ''nixcomply.exceptions."${id}"'';
+        # every field is required; a missing one is an assertion naming it, not an evaluation error
+        field = e: name: what: {
+          assertion = e.${name} != null && !(blank e.${name});
+          message =
+            if e.${name} == null then
+              "${opt}.${name} is missing: ${what}."
+            else
+              "${opt}.${name} is empty: ${what}.";
+        };
       in
       [
         {
@@ -38,21 +53,13 @@ let
           assertion = cfg.baseline == null || builtins.elem id knownControls;
           message = "${opt}: baseline ${toString cfg.baseline} has no control `${id}` (list them with `nixcomply baseline controls`).";
         }
+        (field e "justification" "say why the host may leave this control")
+        (field e "approvedBy" "name who approved the exception")
+        (field e "ticket" "name the ticket that records the decision")
+        (field e "expires" "give the last day it is valid, as YYYY-MM-DD")
         {
-          assertion = !(blank e.justification);
-          message = "${opt}.justification is empty: say why the host may leave this control.";
-        }
-        {
-          assertion = !(blank e.approvedBy);
-          message = "${opt}.approvedBy is empty: name who approved the exception.";
-        }
-        {
-          assertion = !(blank e.ticket);
-          message = "${opt}.ticket is empty: name the ticket that records the decision.";
-        }
-        {
-          assertion = isDate e.expires;
-          message = "${opt}.expires is `${e.expires}`, expected a date as YYYY-MM-DD (for example 2027-03-01).";
+          assertion = e.expires == null || isDate e.expires;
+          message = "${opt}.expires is `${toString e.expires}`, expected a real date as YYYY-MM-DD (for example 2027-03-01).";
         }
       ]
     ) cfg.exceptions

@@ -8,17 +8,23 @@ let
   exception = types.submodule {
     options = {
       justification = mkOption {
-        type = types.str;
+        type = types.nullOr types.str;
+        default = null;
+        defaultText = literalExpression "null (required)";
         description = "Why this host may leave the control: the risk accepted and the compensating measure.";
         example = "legacy scanner needs password login until migration";
       };
       approvedBy = mkOption {
-        type = types.str;
+        type = types.nullOr types.str;
+        default = null;
+        defaultText = literalExpression "null (required)";
         description = "Who approved the exception (the practice's security officer), as a name or e-mail address.";
         example = "security-officer@clinic.example";
       };
       expires = mkOption {
-        type = types.str;
+        type = types.nullOr types.str;
+        default = null;
+        defaultText = literalExpression "null (required)";
         description = ''
           Last day the exception is valid, as `YYYY-MM-DD`. Evaluation cannot know today's date,
           so the reconciler reports an expired exception as a finding and in its evidence.
@@ -26,7 +32,9 @@ let
         example = "2027-03-01";
       };
       ticket = mkOption {
-        type = types.str;
+        type = types.nullOr types.str;
+        default = null;
+        defaultText = literalExpression "null (required)";
         description = "The change or risk ticket that records the decision.";
         example = "SEC-142";
       };

@@ -1,5 +1,5 @@
 # nixcomply.reconciler's options -> the content of /etc/nixcomply/reconciler.json, which the
-# reconciler validates with pydantic (nixcomply.config.ReconcilerConfig, unknown keys are
+# reconciler validates with pydantic (nixcomply.reconcile.config.ReconcilerConfig, unknown keys are
 # errors). Kept apart so a test can evaluate exactly this mapping and validate its output.
 { lib }:
 cfg:

@@ -229,7 +229,7 @@ in
     settings = mkOption {
       type = jsonFormat.type;
       default = { };
-      example = literalExpression ''{ checks.backup = { kind = "restic"; repository = "/mnt/backup/restic"; }; }'';
+      example = literalExpression ''{ checks.backup = { kind = "restic"; repository = "/mnt/backup/restic"; password_file = "/var/lib/nixcomply-keys/restic"; }; }'';
       description = ''
         Further reconciler settings merged into /etc/nixcomply/reconciler.json (for example the
         `checks` and `heal` blocks). The reconciler rejects unknown keys, naming the field.

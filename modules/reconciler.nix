@@ -7,6 +7,7 @@ let
   jsonFormat = pkgs.formats.json { };
   daemon = cfg.mode == "daemon";
   storeDir = builtins.storeDir;
+  defaultStateDir = "/var/lib/nixcomply";
 
   bundleCredential = "nixcomply-evidence-bundle-key";
   tokenCredential = "nixcomply-enroll-token";
@@ -137,7 +138,7 @@ in
         LoadCredential =
           lib.optional (cfg.signingKeyFile != null) "${bundleCredential}:${cfg.signingKeyFile}"
           ++ lib.optional (cfg.logKeyFile != null) "${logCredential}:${cfg.logKeyFile}";
-        StateDirectory = lib.mkIf (cfg.stateDir == "/var/lib/nixcomply") "nixcomply";
+        StateDirectory = lib.mkIf (cfg.stateDir == defaultStateDir) "nixcomply";
         StateDirectoryMode = "0700";
         CacheDirectory = "nixcomply";
         UMask = "0077";
@@ -240,12 +241,23 @@ in
       };
     };
 
-    systemd.tmpfiles.settings."10-nixcomply" = lib.mkIf cfg.metrics.enable {
-      ${builtins.dirOf cfg.metrics.path}.d = {
-        mode = "0755";
-        user = "root";
-        group = "root";
-      };
-    };
+    systemd.tmpfiles.settings."10-nixcomply" = lib.mkMerge [
+      (lib.mkIf cfg.metrics.enable {
+        ${builtins.dirOf cfg.metrics.path}.d = {
+          mode = "0755";
+          user = "root";
+          group = "root";
+        };
+      })
+      # StateDirectory only manages /var/lib/nixcomply; another stateDir must exist before
+      # the unit starts, or ProtectSystem=strict fails on its ReadWritePaths entry.
+      (lib.mkIf (cfg.stateDir != defaultStateDir) {
+        ${cfg.stateDir}.d = {
+          mode = "0700";
+          user = "root";
+          group = "root";
+        };
+      })
+    ];
   };
 }

@@ -14,8 +14,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from nixcomply.evidence.keys import read_private_key
-from nixcomply.evidence.statement import CheckRun, ControlResult, ControlStatus, Host, Outcome, Subject
+from nixcomply.evidence.statement import CheckRun, ControlResult, Host, Subject
 from nixcomply.evidence.store import EvidenceStore
+from nixcomply.model.outcome import Outcome
+from nixcomply.model.status import ControlStatus
 
 ORIGIN = "clinic-01.example/evidence-log"
 

@@ -17,8 +17,8 @@ from conftest import DATA
 from nixcomply.baseline.models import Parameters
 from nixcomply.checks.config import ChecksConfig
 from nixcomply.checks.context import FALLBACK_PARAMETERS, CheckContext, GenerationStatus, SystemdLike
-from nixcomply.manifest import Manifest
-from nixcomply.process import Result
+from nixcomply.core.process import Result
+from nixcomply.model.manifest import Manifest
 
 CHECKDATA = DATA / "checks"
 NOW = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
@@ -162,7 +162,7 @@ class FakeUnit:
 @dataclass
 class FakeSystemd:
     """A hand-written implementation of nixcomply.checks.context.SystemdLike; the real
-    adapter (nixcomply.systemd) is tested against a real user manager on its own branch."""
+    adapter (nixcomply.host.systemd) is tested against a real user manager on its own branch."""
 
     units: dict[str, FakeUnit] = field(default_factory=dict)
     asked: list[str] = field(default_factory=list)

@@ -13,23 +13,23 @@ import pytest
 from nixcomply.evidence.keyring import KeyEntry, Keyring, save_keyring
 from nixcomply.evidence.keys import Signer, generate, write_private_key
 from nixcomply.evidence.statement import (
-    Action,
+    ActionRecord,
     Attestation,
     CheckRun,
     ControlResult,
-    ControlStatus,
     FrameworkRefs,
-    Generation,
     GenerationChange,
+    GenerationRecord,
     GenerationRef,
     HealthCheckResult,
     Host,
     KeyRole,
-    Outcome,
     Remediation,
     Subject,
 )
 from nixcomply.evidence.store import EvidenceStore, Recorded
+from nixcomply.model.outcome import Outcome
+from nixcomply.model.status import ControlStatus
 
 ORIGIN = "clinic-01.example/evidence-log"
 HOST = Host(machine_id="3d1219c7c4c5404aaa1f6d2a48adfda4", hostname="clinic-01")
@@ -73,7 +73,7 @@ def generation_change(i: int = 0, *, when: datetime | None = None) -> Generation
         host=HOST,
         outcome=Outcome.SUCCESS,
         policy_digest="sha256:" + "ab" * 32,
-        generation=Generation(
+        generation=GenerationRecord(
             number=40 + i,
             store_path=STORE_PATH,
             previous=GenerationRef(number=39 + i, store_path=PREV_PATH),
@@ -92,8 +92,8 @@ def generation_change(i: int = 0, *, when: datetime | None = None) -> Generation
             )
         ],
         actions=[
-            Action(name="nixos-rebuild.test", outcome=Outcome.SUCCESS, exit_code=0, duration_s=4.2),
-            Action(name="nixos-rebuild.switch", outcome=Outcome.SUCCESS, exit_code=0, duration_s=3.1),
+            ActionRecord(name="nixos-rebuild.test", outcome=Outcome.SUCCESS, exit_code=0, duration_s=4.2),
+            ActionRecord(name="nixos-rebuild.switch", outcome=Outcome.SUCCESS, exit_code=0, duration_s=3.1),
         ],
         health_gate=[
             HealthCheckResult(name="sshd", ok=True, detail="listening on 0.0.0.0:22", duration_s=0.1)
@@ -137,7 +137,7 @@ def remediation(i: int = 0) -> Remediation:
             ControlResult(id="ssh.password-auth-disabled", status=ControlStatus.PASS, frameworks=SSH_REFS)
         ],
         actions=[
-            Action(
+            ActionRecord(
                 name="systemctl.restart", outcome=Outcome.SUCCESS, command=["systemctl", "restart", "sshd"]
             )
         ],

@@ -16,7 +16,7 @@ import pytest
 
 from nixcomply.heal.config import AlertConfig, HealConfig
 from nixcomply.heal.executor import ExecutionContext
-from nixcomply.systemd import Systemd
+from nixcomply.host.systemd import Systemd
 
 TEST_UNITS = ["t-*.service"]
 # Real programs of this machine that the tests' runbooks may run.
@@ -119,24 +119,16 @@ class EvidenceKeys:
 
 def write_evidence_keys(directory: Path, host: str = "clinic-01") -> EvidenceKeys:
     """Real Ed25519 keys and the keyring an offline verifier pins (as the sandbox host does)."""
-    from nixcomply.evidence.keyring import KeyEntry, Keyring, save_keyring
-    from nixcomply.evidence.keys import generate, write_private_key
-    from nixcomply.evidence.statement import KeyRole
+    from nixcomply.evidence.provision import provision_host_keys
 
     keys = EvidenceKeys(
         directory / "state", directory / "keys" / "signing.key", directory / "keys" / "log.key"
     )
-    bundle, log = generate(f"{host}-evidence"), generate(f"nixcomply/{host}")
-    write_private_key(keys.signing_key, bundle, durable=False)
-    write_private_key(keys.log_key, log, durable=False)
-    keys.state_dir.mkdir(mode=0o700)
-    save_keyring(
-        keys.state_dir / "keyring.json",
-        Keyring(
-            keys=[
-                KeyEntry(vkey=bundle.public.vkey, role=KeyRole.BUNDLE),
-                KeyEntry(vkey=log.public.vkey, role=KeyRole.LOG),
-            ]
-        ),
+    provision_host_keys(
+        host,
+        signing_key=keys.signing_key,
+        log_key=keys.log_key,
+        keyring=keys.state_dir / "keyring.json",
+        durable=False,
     )
     return keys

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from nixcomply.sandbox import Sandbox
+from nixcomply.sandbox.emulated import Sandbox
 
 HOST = "clinic-01"
 
@@ -21,7 +21,7 @@ APP_UNIT = "[Unit]\nDescription=sandbox app\n[Service]\nType=exec\nExecStart=/bi
 
 
 def manifest_json(baseline_version: int) -> str:
-    """A manifest in nixcomply.manifest's schema (the renderer will produce real ones)."""
+    """A manifest in nixcomply.model.manifest's schema (the renderer will produce real ones)."""
     return json.dumps(
         {
             "schema": 1,
@@ -52,14 +52,14 @@ class Revisions:
 
 
 @dataclass(frozen=True)
-class World:
+class NixWorld:
     sandbox: Sandbox
     revs: Revisions
     systems: dict[str, Path]  # "first", "second", "kernel", "side" -> built toplevel
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory, nix_env: dict[str, str]) -> World:
+def world(tmp_path_factory: pytest.TempPathFactory, nix_env: dict[str, str]) -> NixWorld:
     sandbox = Sandbox.create(tmp_path_factory.mktemp("sandbox"), host=HOST)
     skeleton = sandbox.head()
     units = {"app.service": APP_UNIT}
@@ -71,11 +71,11 @@ def world(tmp_path_factory: pytest.TempPathFactory, nix_env: dict[str, str]) -> 
     side = sandbox.commit_generation(label="side", manifest_json=manifest_json(3), units=units, parent=first)
     revs = Revisions(skeleton=skeleton, first=first, second=second, kernel=kernel, side=side)
     systems = {name: sandbox.build(getattr(revs, name)) for name in ("first", "second", "kernel", "side")}
-    return World(sandbox, revs, systems)
+    return NixWorld(sandbox, revs, systems)
 
 
 @pytest.fixture
-def host(world: World) -> World:
+def host(world: NixWorld) -> NixWorld:
     """The shared world with an empty host root: no generation, nothing running or booted."""
     world.sandbox.reset_host()
     return world

@@ -23,12 +23,12 @@ from typing import Any
 
 import pytest
 
-from nixcomply.config import ReconcilerConfig
 from nixcomply.evidence.verify import verify_path
 from nixcomply.nixos.tools import Tools
+from nixcomply.reconcile.config import ReconcilerConfig
 from nixcomply.reconcile.cycle import Reconciler
 from nixcomply.reconcile.model import CycleReport
-from nixcomply.sandboxhost import SandboxHost, sandbox_manifest
+from nixcomply.sandbox.machine import SandboxHost, sandbox_manifest
 
 HOST = "clinic-01"
 # built "today" from nixpkgs' point of view, so the patch-age check passes unless a test says otherwise
@@ -40,7 +40,7 @@ def app_unit(command: str) -> str:
 
 
 @dataclass
-class World:
+class ReconcileWorld:
     host: SandboxHost
     revs: dict[str, str]
     systems: dict[str, Path]
@@ -86,7 +86,9 @@ def rendered_manifest(tmp: Path, nix_env: dict[str, str]) -> str:
 
 
 @pytest.fixture(scope="module")
-def reconcile_world(tmp_path_factory: pytest.TempPathFactory, nix_env: dict[str, str]) -> Iterator[World]:
+def reconcile_world(
+    tmp_path_factory: pytest.TempPathFactory, nix_env: dict[str, str]
+) -> Iterator[ReconcileWorld]:
     base = tmp_path_factory.mktemp("reconcile")
     manifest = rendered_manifest(base, nix_env)
     with SandboxHost.create(base / "host", host=HOST) as host:
@@ -127,11 +129,11 @@ def reconcile_world(tmp_path_factory: pytest.TempPathFactory, nix_env: dict[str,
             units={"app.service": app_unit(f"/bin/sh -c 'test -e {flag} && exit 1; exec /bin/sleep 1003'")},
         )
         systems = {name: s.build(rev) for name, rev in revs.items()}
-        yield World(host, revs, systems, manifest, flag)
+        yield ReconcileWorld(host, revs, systems, manifest, flag)
 
 
 @pytest.fixture
-def fresh(reconcile_world: World) -> World:
+def fresh(reconcile_world: ReconcileWorld) -> ReconcileWorld:
     """The shared world with an empty host and empty state (keys and keyring kept)."""
     with contextlib.suppress(Exception):
         reconcile_world.systemctl("stop", "app.service")

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from nixcomply.systemd import Systemd, SystemdError
-from nixcomply.usermanager import UserManager
+from nixcomply.host.systemd import Systemd, SystemdError
+from nixcomply.sandbox.usermanager import UserManager
 
 
 @pytest.fixture(scope="session")

@@ -50,7 +50,7 @@ RUNNER = textwrap.dedent(
     from dataclasses import replace
     from datetime import UTC, datetime
     from pathlib import Path
-    from nixcomply.checks import firewall, logging as logging_check
+    from nixcomply.checks import firewall, log_continuity
     from nixcomply.checks.config import ChecksConfig
     from nixcomply.checks.context import FALLBACK_PARAMETERS, CheckContext, GenerationStatus
 
@@ -65,7 +65,7 @@ RUNNER = textwrap.dedent(
             print(f.model_dump_json())
     elif what == "canary":
         outputs = {}
-        result = logging_check.canary(ctx, outputs)
+        result = log_continuity.canary(ctx, outputs)
         print(json.dumps({"written": result.written, "found": result.found, "error": result.error,
                           "attempts": result.attempts, "journal": outputs.get("journalctl", "")}))
     """

@@ -16,6 +16,7 @@ from nixcomply.checks import (
     firewall,
     journald_config,
     kernel_modules,
+    log_continuity,
     nix_config,
     patch_age,
     restore_test,
@@ -24,7 +25,6 @@ from nixcomply.checks import (
     sysctl,
     time_sync,
 )
-from nixcomply.checks import logging as logging_check
 
 # -- sshd -T ---------------------------------------------------------------------------------
 
@@ -400,13 +400,13 @@ def test_restore_result_format() -> None:
 
 
 def test_journal_json() -> None:
-    assert logging_check.parse_journal_json(data("logging/canary-found.json")) == [
+    assert log_continuity.parse_journal_json(data("logging/canary-found.json")) == [
         "nixcomply canary 6f1c2d7e-3b0a-4f4e-9a52-1d2c3b4a5f60"
     ]
-    assert logging_check.parse_journal_json(data("logging/canary-absent.json")) == []
-    assert logging_check.parse_journal_json('{"MESSAGE":[104,105]}\n') == ["hi"]  # non-UTF-8 form
+    assert log_continuity.parse_journal_json(data("logging/canary-absent.json")) == []
+    assert log_continuity.parse_journal_json('{"MESSAGE":[104,105]}\n') == ["hi"]  # non-UTF-8 form
     with pytest.raises(ValueError):
-        logging_check.parse_journal_json(data("logging/malformed.json"))
+        log_continuity.parse_journal_json(data("logging/malformed.json"))
 
 
 # -- nix configuration -----------------------------------------------------------------------------------

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from fixtures_checks import FakeSystemd, FakeUnit, context, control, manifest
 
+from nixcomply.baseline.catalog import CHECK_NAMES, CHECKS
 from nixcomply.checks import registry
 from nixcomply.checks.base import CheckSpec, Controls, Verdict, make_finding
-from nixcomply.checks.catalog import CHECK_NAMES, CHECKS
 from nixcomply.checks.context import CheckContext
 from nixcomply.checks.finding import Finding
 from nixcomply.checks.report import CheckReport, render_table
@@ -274,7 +274,7 @@ def test_every_shipped_control_speaks_its_checks_language() -> None:
     """Each hipaa-v1 control's expect uses keys its check knows (the contract with the baseline)."""
     from nixcomply.baseline.load import load_baseline
     from nixcomply.checks.base import expect_problem
-    from nixcomply.paths import default_baseline
+    from nixcomply.core.paths import default_baseline
 
     baseline = load_baseline(default_baseline()).baseline
     problems = []

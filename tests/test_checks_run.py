@@ -1,4 +1,4 @@
-"""Unit tests of each check's run(): nixcomply.process.run mocked (autospec) with the exact
+"""Unit tests of each check's run(): nixcomply.core.process.run mocked (autospec) with the exact
 argv asserted, captured outputs fed back, and the findings judged (pass, drift, error,
 excepted, skipped). File-based checks run against a temporary root."""
 
@@ -30,6 +30,7 @@ from nixcomply.checks import (
     generation,
     journald_config,
     kernel_modules,
+    log_continuity,
     nix_config,
     patch_age,
     restore_test,
@@ -39,8 +40,7 @@ from nixcomply.checks import (
     sysctl,
     time_sync,
 )
-from nixcomply.checks import logging as logging_check
-from nixcomply.checks.context import Attestation, GenerationStatus
+from nixcomply.checks.context import AttestationSummary, GenerationStatus
 from nixcomply.checks.finding import Finding
 from nixcomply.errors import CommandError, CommandNotFoundError
 
@@ -49,7 +49,7 @@ TIMEOUT = 20.0
 
 @pytest.fixture
 def run() -> Iterator[mock.MagicMock]:
-    with mock.patch("nixcomply.process.run", autospec=True) as patched:
+    with mock.patch("nixcomply.core.process.run", autospec=True) as patched:
         yield patched
 
 
@@ -710,7 +710,7 @@ def test_logging_canary(run: mock.MagicMock) -> None:
         return result(json.dumps(entry) + "\n", argv)
 
     run.side_effect = fake
-    f = one(logging_check.run(context(systemd=fs), {}))
+    f = one(log_continuity.run(context(systemd=fs), {}))
     assert f.status == "pass", f.message
     write_call, read_call = run.call_args_list
     assert argv_of(write_call) == ["systemd-cat", "-t", "nixcomply-canary", "-p", "notice"]
@@ -733,14 +733,14 @@ def test_logging_canary_refused_or_lost(run: mock.MagicMock) -> None:
     run.side_effect = CommandError(
         ["systemd-cat"], returncode=1, stderr=data("logging/systemd-cat-no-journald.stderr")
     )
-    f = one(logging_check.run(context(systemd=fs), {}))
+    f = one(log_continuity.run(context(systemd=fs), {}))
     assert f.status == "drift" and "Failed to create stream fd" in f.message
     assert f.runbook_params == {"unit": "systemd-journald.service"}
     run.side_effect = None
     run.reset_mock()
     run.return_value = result(data("logging/canary-absent.json"))
     ctx = context(systemd=fs, config={"logging": {"read_attempts": 2, "read_interval_seconds": 0.01}})
-    f = one(logging_check.run(ctx, {}))
+    f = one(log_continuity.run(ctx, {}))
     assert f.status == "drift" and "not found in the journal after 2" in f.message
     assert run.call_count == 3  # one write, two reads
 
@@ -752,8 +752,8 @@ def test_logging_auditd_down() -> None:
             "auditd.service": FakeUnit("auditd.service", active_state="inactive", sub_state="dead"),
         }
     )
-    with mock.patch("nixcomply.process.run", autospec=True, return_value=result("")):
-        f = one(logging_check.run(context(systemd=fs, config={"logging": {"read_attempts": 1}}), {}))
+    with mock.patch("nixcomply.core.process.run", autospec=True, return_value=result("")):
+        f = one(log_continuity.run(context(systemd=fs, config={"logging": {"read_attempts": 1}}), {}))
     assert f.status == "drift" and f.runbook_params == {"unit": "auditd.service"}
 
 
@@ -765,7 +765,7 @@ def test_logging_tool_missing_is_an_error(run: mock.MagicMock) -> None:
         }
     )
     run.side_effect = CommandNotFoundError(["systemd-cat"], returncode=None, reason="could not be started")
-    assert one(logging_check.run(context(systemd=fs), {})).status == "error"
+    assert one(log_continuity.run(context(systemd=fs), {})).status == "error"
 
 
 def test_av_edr(tmp_path: Path) -> None:
@@ -834,7 +834,7 @@ def test_exceptions() -> None:
             "crypto.root": {**exc, "expires": "2027-06-01"},
         },
     )
-    attest = Attestation(
+    attest = AttestationSummary(
         "workforce-training", "annual HIPAA training", date(2026, 11, 22), ("people.training",)
     )
     findings = exceptions.run(

@@ -1,5 +1,5 @@
 """service_health, av_edr and the logging unit states against the real systemd user manager
-(tests/fixtures_systemd.py), through the real adapter (nixcomply.systemd)."""
+(tests/fixtures_systemd.py), through the real adapter (nixcomply.host.systemd)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,14 @@ from fixtures_checks import context, control, manifest
 from fixtures_systemd import Units
 
 from nixcomply.checks import av_edr, registry, service_health
-from nixcomply.checks.context import CheckContext, default_systemd_factory
-from nixcomply.usermanager import UserManager
+from nixcomply.checks.context import CheckContext
+from nixcomply.host.systemd import connector_if_installed
+from nixcomply.sandbox.usermanager import UserManager
 
 
 def ctx_for(user_manager: UserManager, m: Any = None, root: Path = Path("/"), **extra: Any) -> CheckContext:
-    factory = default_systemd_factory(bus_address=user_manager.bus_address)
-    assert factory is not None, "nixcomply.systemd and pystemd are installed"
+    factory = connector_if_installed(bus_address=user_manager.bus_address)
+    assert factory is not None, "nixcomply.host.systemd and pystemd are installed"
     base = context(root, manifest=m, **extra)
     return CheckContext(
         root=base.root,

@@ -30,3 +30,40 @@ def test_module_entry_point() -> None:
     )
     assert r.returncode == 0
     assert __version__ in r.stdout
+
+
+def test_exit_codes_are_one_table_the_readme_states() -> None:
+    import re
+
+    from conftest import REPO
+    from nixcomply import errors
+
+    table = {name: value for name, value in vars(errors).items() if name.startswith("EXIT_")}
+    assert len(set(table.values())) == len(table), table
+    assert set(table.values()) == {0, 1, 2, 3, 70, 75, 130}
+    readme = (REPO / "README.md").read_text()
+    sentence = readme[readme.index("Exit codes: ") :].split("\n\n")[0]
+    assert {int(n) for n in re.findall(r"\b(\d+) ", sentence)} == set(table.values())
+    doc = errors.__doc__ or ""
+    assert all(f"``{name}``" in doc for name in table), "every code is documented in errors.py"
+
+
+def test_interrupt_exits_130_and_check_errors_are_deliberate(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import argparse
+
+    from nixcomply import cli as cli_module
+    from nixcomply.checks.base import CheckError
+    from nixcomply.errors import EXIT_INTERRUPTED, NixcomplyError
+
+    def interrupted(_args: argparse.Namespace) -> int:
+        raise KeyboardInterrupt
+
+    def check_failed(_args: argparse.Namespace) -> int:
+        raise CheckError("sysctl kernel.x does not exist")
+
+    for handler, code in ((interrupted, EXIT_INTERRUPTED), (check_failed, 1)):
+        parser = argparse.ArgumentParser()
+        parser.set_defaults(handler=handler)
+        monkeypatch.setattr(cli_module, "build_parser", lambda parser=parser: parser)
+        assert cli_module.main([]) == code
+    assert issubclass(CheckError, NixcomplyError)

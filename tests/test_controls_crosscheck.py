@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from nixcomply.baseline.controlsmap import Coverage, MapRow, load_controls_map
+from nixcomply.baseline.controlsmap import MapRow, load_controls_map
 from nixcomply.baseline.load import load_baseline
 from nixcomply.baseline.models import Baseline
+from nixcomply.model.status import Coverage
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,10 @@ import sys
 import time
 from pathlib import Path
 
-from fixtures_reconcile import World
+from fixtures_reconcile import ReconcileWorld
 
-from nixcomply.state import State
-from nixcomply.systemd import Systemd
+from nixcomply.host.state import State
+from nixcomply.host.systemd import Systemd
 
 UNIT = "nixcomply-reconcile-test.service"
 
@@ -25,13 +25,13 @@ def daemon_unit(config: Path, *, watchdog: int, extra: str = "") -> str:
     )
 
 
-def runs(world: World) -> int:
+def runs(world: ReconcileWorld) -> int:
     with State.open(world.host.state_dir) as state:
         last = state.last_run()
         return 0 if last is None else last.id
 
 
-def start(world: World, text: str) -> Systemd:
+def start(world: ReconcileWorld, text: str) -> Systemd:
     manager = world.host.manager
     assert manager is not None
     manager.write_unit(UNIT, text)
@@ -41,7 +41,7 @@ def start(world: World, text: str) -> Systemd:
     return sd
 
 
-def test_daemon_is_ready_pets_the_watchdog_and_stops_cleanly(fresh: World) -> None:
+def test_daemon_is_ready_pets_the_watchdog_and_stops_cleanly(fresh: ReconcileWorld) -> None:
     fresh.install("good")
     fresh.configure("good", poll_interval_seconds=1, jitter_seconds=0)
     sd = start(fresh, daemon_unit(fresh.host.config_path, watchdog=3))
@@ -77,7 +77,7 @@ def test_daemon_is_ready_pets_the_watchdog_and_stops_cleanly(fresh: World) -> No
         sd.close()
 
 
-def test_hung_cycle_stops_the_watchdog_and_systemd_restarts_it(fresh: World, tmp_path: Path) -> None:
+def test_hung_cycle_stops_the_watchdog_and_systemd_restarts_it(fresh: ReconcileWorld, tmp_path: Path) -> None:
     fresh.install("good")
     hang = tmp_path / "nix"
     hang.write_text("#!/bin/sh\nexec sleep 1000\n")

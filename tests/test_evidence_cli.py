@@ -437,3 +437,26 @@ def test_rotate_and_revoke_via_cli(
     assert "is revoked" in r.err
     assert "point the service at the new key" in r.err
     no_traceback(r)
+
+
+def test_rotate_and_revoke_record_the_sudo_caller_as_actor(
+    cli: Cli, store: Path, key_files: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under sudo the audit trail names the technician, not root (as `runbook run` does)."""
+    monkeypatch.setenv("SUDO_USER", "alice")
+    old_name = load_keyring(store / "keyring.json").keys[0].key.name
+    bundle_key, log_key = key_files
+    new_key = tmp_path / "keys" / "bundle-2.key"
+    assert cli("evidence", "keygen", "--role", "bundle", "--name", "c1/bundle-2", "--out", new_key).code == 0
+    keys = ["--state-dir", store, "--log-key", log_key]
+    r = cli(
+        "evidence", "rotate", "--role", "bundle", "--new-key", new_key, "--signing-key", bundle_key, *keys
+    )
+    assert r.code == 0, r.err
+    r = cli("evidence", "revoke", old_name, "--reason", "retired", "--signing-key", new_key, *keys)
+    assert r.code == 0, r.err
+    actors = []
+    for seq in ("00000006", "00000007"):
+        (bundle,) = [p for p in store.glob("evidence/*/*/*/*") if f"-{seq}-" in p.name]
+        actors.append(json.loads((bundle / "statement.json").read_text())["predicate"]["actor"])
+    assert actors == ["alice", "alice"]

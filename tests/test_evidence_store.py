@@ -37,9 +37,10 @@ from nixcomply.evidence.keys import generate
 from nixcomply.evidence.log import StoreError, read_leaves, state_sizes
 from nixcomply.evidence.merkle import Frontier, leaf_hash
 from nixcomply.evidence.rotation import finish_rotation, revoke, rotate
-from nixcomply.evidence.statement import GENESIS_PREV, KeyRole, KeyRotation, Outcome, parse_statement
+from nixcomply.evidence.statement import GENESIS_PREV, KeyRole, KeyRotation, parse_statement
 from nixcomply.evidence.store import ENVELOPE_FILE, STATEMENT_FILE
 from nixcomply.evidence.verify import verify, verify_path
+from nixcomply.model.outcome import Outcome
 
 REPO = Path(__file__).resolve().parent.parent
 APPENDER = REPO / "tests" / "evidence_appender.py"

@@ -20,7 +20,7 @@ from fixtures_evidence import TOPLEVEL, Keys, check_run, fill, open_store
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nixcomply.evidence.verify import Finding, Report, verify
+from nixcomply.evidence.verify import Report, VerifyProblem, verify
 
 
 def stored_files(root: Path) -> list[str]:
@@ -46,7 +46,7 @@ def copy_of(store: Path) -> Iterator[Path]:
         yield dest
 
 
-def names_place(finding: Finding, place: str) -> bool:
+def names_place(finding: VerifyProblem, place: str) -> bool:
     return place in (finding.path or "") or place in finding.message
 
 

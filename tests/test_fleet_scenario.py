@@ -27,7 +27,7 @@ from nixcomply.server.db.tables import entries, hosts, sites
 
 CHILD = """
 import os, signal, sys
-from nixcomply import faults
+from nixcomply.core import faults
 from nixcomply.server.cli import main
 point, after = os.environ.get("KILL_AT"), int(os.environ.get("KILL_AFTER", "0"))
 if point:

@@ -15,11 +15,12 @@ from unittest import mock
 import pytest
 from fixtures_heal import HealWorld
 
-from nixcomply import process
+from nixcomply.core import process
 from nixcomply.heal.actions import ActionEnv, bounded, send_alert
 from nixcomply.heal.config import AlertConfig
-from nixcomply.heal.executor import ExecutionContext, RunbookRun, RunOutcome, StepResult, execute
+from nixcomply.heal.executor import ExecutionContext, RunbookRun, StepResult, execute
 from nixcomply.heal.runbook import Runbook
+from nixcomply.model.outcome import RunOutcome
 
 
 def one_step(action: str, params: dict[str, Any], *, timeout: float = 30, rollback: bool = False) -> Runbook:
@@ -58,7 +59,7 @@ def step(heal: HealWorld, action: str, params: dict[str, Any], **kw: Any) -> tup
 
 def test_run_command_runs_the_allowlisted_path_without_a_shell(heal: HealWorld) -> None:
     result = process.Result(("/bin/echo",), 0, "hi\n", "", 0.01)
-    with mock.patch("nixcomply.process.run", autospec=True, return_value=result) as run:
+    with mock.patch("nixcomply.core.process.run", autospec=True, return_value=result) as run:
         s, _ = step(heal, "run_command", {"argv": ["echo", "--flag=a b", "x.y:z", 42]}, timeout=7)
     run.assert_called_once_with(("/bin/echo", "--flag=a b", "x.y:z", "42"), check=False, timeout=7)
     assert s.ok and s.command == ["/bin/echo", "--flag=a b", "x.y:z", "42"] and s.exit_code == 0
@@ -103,7 +104,7 @@ def _env(heal: HealWorld, **alert: Any) -> ActionEnv:
 def test_an_alert_goes_to_the_journal_and_falls_back_to_logger(heal: HealWorld) -> None:
     failed = process.Result(("systemd-cat",), 1, "", "Failed to create stream fd", 0.01)
     ok = process.Result(("logger",), 0, "", "", 0.01)
-    with mock.patch("nixcomply.process.run", autospec=True, side_effect=[failed, ok]) as run:
+    with mock.patch("nixcomply.core.process.run", autospec=True, side_effect=[failed, ok]) as run:
         result = send_alert({"message": "hello", "priority": None}, _env(heal))
     assert result.ok and result.data["via"] == "logger"
     assert run.call_args_list == [
@@ -135,7 +136,9 @@ def test_an_alert_nobody_receives_is_a_failed_step(heal: HealWorld) -> None:
 def test_capture_state_records_the_ruleset_and_its_hash(heal: HealWorld) -> None:
     ruleset = "table inet filter {\n\tchain input {\n\t\tpolicy drop;\n\t}\n}\n"
     with mock.patch(
-        "nixcomply.process.run", autospec=True, return_value=process.Result(("nft",), 0, ruleset, "", 0.01)
+        "nixcomply.core.process.run",
+        autospec=True,
+        return_value=process.Result(("nft",), 0, ruleset, "", 0.01),
     ) as run:
         s, _ = step(heal, "capture_state", {"ruleset": True})
     run.assert_called_once_with(["/usr/sbin/nft", "list", "ruleset"], check=True, timeout=30)

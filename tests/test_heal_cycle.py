@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import json
 
-from fixtures_reconcile import World
+from fixtures_reconcile import ReconcileWorld
 
+from nixcomply.host.state import State
 from nixcomply.reconcile.cycle import Reconciler
-from nixcomply.state import State
 
 
-def remediations(world: World) -> list[dict[str, object]]:
+def remediations(world: ReconcileWorld) -> list[dict[str, object]]:
     found = [json.loads(p.read_text()) for p in (world.host.state_dir / "evidence").rglob("statement.json")]
     rem = [s["predicate"] for s in found if s["predicateType"].endswith("/remediation/v1")]
     return sorted(rem, key=lambda p: p["chain"]["seq"])
@@ -23,7 +23,7 @@ def app_finding(report):  # type: ignore[no-untyped-def]
     return finding
 
 
-def test_stopped_service_is_restarted_verified_and_recorded(fresh: World) -> None:
+def test_stopped_service_is_restarted_verified_and_recorded(fresh: ReconcileWorld) -> None:
     fresh.install("good")
     config = fresh.configure("good")
     assert fresh.systemctl("stop", "app.service").returncode == 0
@@ -45,7 +45,7 @@ def test_stopped_service_is_restarted_verified_and_recorded(fresh: World) -> Non
     assert fresh.verify() == 3
 
 
-def test_unit_that_will_not_start_ends_in_alert_after_rollback(fresh: World) -> None:
+def test_unit_that_will_not_start_ends_in_alert_after_rollback(fresh: ReconcileWorld) -> None:
     fresh.install("fragile")
     config = fresh.configure("fragile")
     fresh.flag.touch()
@@ -61,7 +61,7 @@ def test_unit_that_will_not_start_ends_in_alert_after_rollback(fresh: World) -> 
         assert state.suppressed() == {}, "failures are not flaps"
 
 
-def test_a_service_that_keeps_dying_is_suppressed_after_three_heals(fresh: World, cli) -> None:  # type: ignore[no-untyped-def]
+def test_a_service_that_keeps_dying_is_suppressed_after_three_heals(fresh: ReconcileWorld, cli) -> None:  # type: ignore[no-untyped-def]
     fresh.install("good")
     config = fresh.configure("good")
     decisions = []

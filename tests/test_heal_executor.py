@@ -20,11 +20,12 @@ from nixcomply.evidence.statement import Host
 from nixcomply.evidence.store import EvidenceStore
 from nixcomply.evidence.verify import verify_path
 from nixcomply.heal.actions import SyncResult
-from nixcomply.heal.executor import RunbookRun, RunOutcome, execute
-from nixcomply.heal.record import record_remediation
+from nixcomply.heal.executor import RunbookRun, execute
+from nixcomply.heal.remediation import record_remediation
 from nixcomply.heal.runbook import load_runbook
-from nixcomply.systemd import Systemd
-from nixcomply.usermanager import UserManager
+from nixcomply.host.systemd import Systemd
+from nixcomply.model.outcome import RunOutcome
+from nixcomply.sandbox.usermanager import UserManager
 
 SERVICE = load_runbook(REPO / "runbooks" / "RB-SERVICE-001.yaml")
 RESTORE = load_runbook(REPO / "runbooks" / "RB-RESTORE-001.yaml")

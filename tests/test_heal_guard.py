@@ -22,8 +22,9 @@ from conftest import DATA, REPO
 from nixcomply.errors import InputError
 from nixcomply.heal import guard
 from nixcomply.heal.config import HealConfig
-from nixcomply.heal.executor import RunOutcome, execute
+from nixcomply.heal.executor import execute
 from nixcomply.heal.runbook import Runbook, Step, load_runbook
+from nixcomply.model.outcome import RunOutcome
 
 HOSTILE = DATA / "runbooks" / "hostile"
 BENIGN = DATA / "runbooks" / "RB-BENIGN-001.yaml"

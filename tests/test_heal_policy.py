@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 
-from nixcomply.config import MaintenanceWindow
 from nixcomply.heal.policy import Gate, may_run, record_outcome
-from nixcomply.state import State
+from nixcomply.heal.window import MaintenanceWindow
+from nixcomply.host.state import State
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 KEY = "L1-SERVICE-001:RB-SERVICE-001"

@@ -14,9 +14,10 @@ from nixcomply.evidence.keys import read_private_key
 from nixcomply.evidence.statement import Host
 from nixcomply.evidence.store import EvidenceStore
 from nixcomply.evidence.verify import verify_path
-from nixcomply.heal.executor import RunbookRun, RunOutcome, execute
-from nixcomply.heal.record import record_remediation
+from nixcomply.heal.executor import RunbookRun, execute
+from nixcomply.heal.remediation import record_remediation
 from nixcomply.heal.runbook import load_runbook
+from nixcomply.model.outcome import RunOutcome
 
 HOST = Host(machine_id="0123456789abcdef0123456789abcdef", hostname="clinic-01")
 BENIGN = load_runbook(DATA / "runbooks" / "RB-BENIGN-001.yaml")

@@ -211,8 +211,8 @@ def test_exists_needs_bool_and_in_needs_list() -> None:
 
 def test_built_in_rules_cover_every_check() -> None:
     from conftest import REPO
+    from nixcomply.baseline.catalog import CHECK_NAMES
     from nixcomply.baseline.load import known_runbook_ids
-    from nixcomply.checks.catalog import CHECK_NAMES
 
     rules = load_rules((REPO / "runbooks" / "rules").glob("*.yaml"), runbook_ids=known_runbook_ids())
     for check in sorted(CHECK_NAMES):

@@ -7,8 +7,7 @@ from datetime import UTC, datetime, time, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nixcomply.config import WEEKDAYS, MaintenanceWindow
-from nixcomply.heal.window import in_window, next_opening
+from nixcomply.heal.window import WEEKDAYS, MaintenanceWindow, in_window, next_opening
 
 WEEK = 7 * 24 * 60
 

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from conftest import DATA, REPO
+from nixcomply.baseline.catalog import CHECK_NAMES
 from nixcomply.baseline.controlsmap import (
     MAP_COLUMNS,
     RULE_COLUMNS,
     SECTIONS,
-    Coverage,
     Kind,
     MapRow,
     RequirementLevel,
@@ -31,8 +31,8 @@ from nixcomply.baseline.controlsmap import (
     load_rule_list,
 )
 from nixcomply.baseline.models import CONTROL_ID, HIPAA_CITATION
-from nixcomply.checks.catalog import CHECK_NAMES
 from nixcomply.errors import InputError
+from nixcomply.model.status import Coverage
 
 RULE_CSV = DATA / "hipaa-security-rule.csv"
 MAP_CSV = REPO / "baseline" / "controls-map.csv"
@@ -260,10 +260,10 @@ def test_load_controls_map_reads_the_real_map() -> None:
     assert first.coverage is Coverage.ATTESTATION
     assert first.needs_attestation
     logoff = next(r for r in rows if r.citation == "164.312(a)(2)(iii)")
-    assert logoff.coverage is Coverage.AUTOMATED
+    assert logoff.coverage is Coverage.PARTIAL  # SSH only: console and application sessions are attested
     assert logoff.controls == ("ssh.idle-timeout",)
     assert logoff.checks == ("sshd_effective",)
-    assert not logoff.needs_attestation
+    assert logoff.needs_attestation
     assert check_against_rule(rows, load_rule_list(RULE_CSV), MAP_CSV) == []
 
 
@@ -323,7 +323,6 @@ COL = {name: i for i, name in enumerate(MAP_COLUMNS)}
     [
         ("164.312(b)", "coverage", "automatic", "Input should be 'automated', 'partial' or 'attestation'"),
         ("164.312(b)", "checks", "audit_status;no_such_check", "'no_such_check' is not a runtime check"),
-        ("164.312(b)", "checks", "", "an automated row names the runtime checks"),
         ("164.312(d)", "controls", "", "an automated or partial row names the baseline controls"),
         ("164.312(e)(1)", "controls", "", "(coverage is partial)"),
         ("164.312(d)", "controls", "SSH.PasswordAuth", "'SSH.PasswordAuth' is not a control id"),
@@ -351,6 +350,16 @@ def test_loader_names_file_line_and_column(
     assert (problem.file, problem.line, problem.field) == (path, i + 2, column), str(problem)
     assert message in problem.message
     assert str(e.value).startswith(f"{path}:{i + 2}: {column}: ")
+
+
+def test_loader_refuses_an_automated_row_without_checks(tmp_path: Path) -> None:
+    rows = map_rows()
+    i = index_of(rows, "164.312(b)")
+    rows[i][COL["coverage"]] = "automated"
+    rows[i][COL["checks"]] = ""
+    path = write_rows(tmp_path / "controls-map.csv", MAP_COLUMNS, rows)
+    with pytest.raises(InputError, match="an automated row names the runtime checks"):
+        load_controls_map(path)
 
 
 def test_loader_reports_every_bad_row_at_once(tmp_path: Path) -> None:

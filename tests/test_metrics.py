@@ -6,7 +6,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from nixcomply.metrics import OUTCOMES, FindingSample, Snapshot, render, write
+from nixcomply.host.metrics import OUTCOMES, FindingSample, Snapshot, render, write
 
 
 def snapshot(**overrides: object) -> Snapshot:

@@ -13,7 +13,7 @@ from optionsdoc import all_options, readme_with_table
 
 from conftest import REPO
 from nixcomply.baseline.nixattr import nix_value
-from nixcomply.config import ReconcilerConfig
+from nixcomply.reconcile.config import ReconcilerConfig
 
 RECURSIVE_UPDATE = (
     "let recursiveUpdate = a: b: a // builtins.mapAttrs (n: v: "

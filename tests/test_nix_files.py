@@ -37,6 +37,7 @@ def test_there_are_nix_files() -> None:
     assert "flake.nix" in files
     assert "modules/baselines/hipaa-v1.nix" in files
     assert any(f.startswith("checks/") for f in files)
+    assert "python/nixcomply/sandbox/data/flake.nix" in files  # the sandbox host's flake
 
 
 @pytest.mark.parametrize("path", nix_files())

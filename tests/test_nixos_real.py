@@ -15,10 +15,10 @@ from nixcomply.nixos import build, flake, generations, git, rebuild, system
 from nixcomply.nixos.flake import FlakeRef
 from nixcomply.nixos.rebuild import RebuildAction
 from nixcomply.nixos.tools import Tools
-from nixcomply.sandbox import Sandbox
+from nixcomply.sandbox.emulated import Sandbox
 
 if TYPE_CHECKING:
-    from fixtures_nix import World
+    from fixtures_nix import NixWorld
 
 pytestmark = pytest.mark.nix
 
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.nix
 # -- flake metadata and builds -------------------------------------------------------------------
 
 
-def test_metadata_of_a_clean_tree_names_the_head(world: World) -> None:
+def test_metadata_of_a_clean_tree_names_the_head(world: NixWorld) -> None:
     sb = world.sandbox
     md = flake.flake_metadata(sb.flake_ref, tools=sb.tools)
     assert md.revision == world.revs.side == sb.head()
@@ -39,14 +39,14 @@ def test_metadata_of_a_clean_tree_names_the_head(world: World) -> None:
     assert datetime.now(UTC) - md.last_modified < timedelta(hours=1)
 
 
-def test_metadata_of_a_pinned_revision(world: World) -> None:
+def test_metadata_of_a_pinned_revision(world: NixWorld) -> None:
     sb = world.sandbox
     md = flake.flake_metadata(sb.flake_ref_at(world.revs.second), tools=sb.tools)
     assert md.revision == world.revs.second
     assert md.rev_count == 3
 
 
-def test_dirty_tree_has_no_revision_and_builds_without_one(world: World) -> None:
+def test_dirty_tree_has_no_revision_and_builds_without_one(world: NixWorld) -> None:
     sb = world.sandbox
     clean = flake.flake_metadata(sb.flake_ref, tools=sb.tools)
     sb.make_dirty()
@@ -65,14 +65,14 @@ def test_dirty_tree_has_no_revision_and_builds_without_one(world: World) -> None
     assert flake.flake_metadata(sb.flake_ref, tools=sb.tools) == clean
 
 
-def test_metadata_of_a_missing_flake_is_a_command_error(tmp_path: Path, world: World) -> None:
+def test_metadata_of_a_missing_flake_is_a_command_error(tmp_path: Path, world: NixWorld) -> None:
     with pytest.raises(CommandError) as info:
         flake.flake_metadata(FlakeRef.parse(f"git+file://{tmp_path}/absent"), tools=world.sandbox.tools)
     assert info.value.returncode == 1
     assert "absent" in info.value.stderr
 
 
-def test_build_is_the_locked_revision_and_repeatable(world: World) -> None:
+def test_build_is_the_locked_revision_and_repeatable(world: NixWorld) -> None:
     sb = world.sandbox
     md = flake.flake_metadata(sb.flake_ref_at(world.revs.kernel), tools=sb.tools)
     path = build.build_toplevel(md.locked_ref, world.sandbox.host, tools=sb.tools)
@@ -82,14 +82,14 @@ def test_build_is_the_locked_revision_and_repeatable(world: World) -> None:
     assert len({*world.systems.values()}) == 4
 
 
-def test_build_of_an_unknown_host_fails(world: World) -> None:
+def test_build_of_an_unknown_host_fails(world: NixWorld) -> None:
     sb = world.sandbox
     with pytest.raises(CommandError) as info:
         build.build_toplevel(sb.flake_ref, "no-such-host", tools=sb.tools)
     assert "no-such-host" in info.value.stderr
 
 
-def test_nixos_version_and_manifest_of_a_built_system(world: World) -> None:
+def test_nixos_version_and_manifest_of_a_built_system(world: NixWorld) -> None:
     sb = world.sandbox
     first = world.systems["first"]
     version = system.nixos_version(first, tools=sb.tools)
@@ -104,7 +104,7 @@ def test_nixos_version_and_manifest_of_a_built_system(world: World) -> None:
     assert system.kernel_version(world.systems["kernel"]) == "6.12.2"
 
 
-def test_diff_closures(world: World) -> None:
+def test_diff_closures(world: NixWorld) -> None:
     tools = world.sandbox.tools
     diff = build.diff_closures(world.systems["first"], world.systems["kernel"], tools=tools)
     assert "linux: 6.12.1 → 6.12.2" in diff.splitlines()
@@ -126,7 +126,7 @@ def nix_env_generations(sb: Sandbox) -> list[tuple[int, bool]]:
     return [(int(line.split()[0]), "(current)" in line) for line in out.splitlines() if line.strip()]
 
 
-def test_install_is_the_first_generation_booted_and_running(host: World) -> None:
+def test_install_is_the_first_generation_booted_and_running(host: NixWorld) -> None:
     sb = host.sandbox
     assert generations.list_generations(sb.root) == []
     assert system.current_system(sb.root) is None
@@ -140,7 +140,7 @@ def test_install_is_the_first_generation_booted_and_running(host: World) -> None
     assert system.booted_system(sb.root) == first
 
 
-def test_test_activates_without_moving_the_profile(host: World) -> None:
+def test_test_activates_without_moving_the_profile(host: NixWorld) -> None:
     sb = host.sandbox
     sb.install(host.revs.first)
     result = rebuild.nixos_rebuild(RebuildAction.TEST, host.systems["second"], tools=sb.tools)
@@ -155,7 +155,7 @@ def test_test_activates_without_moving_the_profile(host: World) -> None:
     assert system.current_system(sb.root) == host.systems["first"]
 
 
-def test_switch_moves_the_profile_like_nix_env_says(host: World) -> None:
+def test_switch_moves_the_profile_like_nix_env_says(host: NixWorld) -> None:
     sb = host.sandbox
     sb.install(host.revs.first)
     rebuild.nixos_rebuild(RebuildAction.SWITCH, host.systems["second"], tools=sb.tools)
@@ -178,7 +178,7 @@ def test_switch_moves_the_profile_like_nix_env_says(host: World) -> None:
     assert nix_env_generations(sb)[1] == (2, True)
 
 
-def test_boot_and_dry_activate_leave_the_running_system(host: World) -> None:
+def test_boot_and_dry_activate_leave_the_running_system(host: NixWorld) -> None:
     sb = host.sandbox
     sb.install(host.revs.first)
     dry = rebuild.nixos_rebuild(RebuildAction.DRY_ACTIVATE, host.systems["second"], tools=sb.tools)
@@ -190,7 +190,7 @@ def test_boot_and_dry_activate_leave_the_running_system(host: World) -> None:
     assert system.need_reboot(sb.root, target=generations.profile_target(sb.root)).needed
 
 
-def test_need_reboot_after_a_kernel_change_until_the_reboot(host: World) -> None:
+def test_need_reboot_after_a_kernel_change_until_the_reboot(host: NixWorld) -> None:
     sb = host.sandbox
     sb.install(host.revs.first)
     rebuild.nixos_rebuild(RebuildAction.SWITCH, host.systems["second"], tools=sb.tools)
@@ -204,7 +204,7 @@ def test_need_reboot_after_a_kernel_change_until_the_reboot(host: World) -> None
     assert not system.need_reboot(sb.root).needed
 
 
-def test_list_generations_json_has_nixos_rebuild_ng_shape(host: World) -> None:
+def test_list_generations_json_has_nixos_rebuild_ng_shape(host: NixWorld) -> None:
     sb = host.sandbox
     sb.install(host.revs.first)
     rebuild.nixos_rebuild(RebuildAction.SWITCH, host.systems["kernel"], tools=sb.tools)
@@ -242,7 +242,7 @@ def test_list_generations_json_has_nixos_rebuild_ng_shape(host: World) -> None:
 
 
 @pytest.mark.parametrize("root", [None, "/", "/tmp"])
-def test_switch_to_configuration_refuses_outside_a_sandbox(world: World, root: str | None) -> None:
+def test_switch_to_configuration_refuses_outside_a_sandbox(world: NixWorld, root: str | None) -> None:
     extra = {} if root is None else {"NIXCOMPLY_SANDBOX_ROOT": root}
     with pytest.raises(CommandError) as info:
         rebuild.switch_to_configuration(
@@ -252,7 +252,7 @@ def test_switch_to_configuration_refuses_outside_a_sandbox(world: World, root: s
     assert "refusing to run" in info.value.stderr
 
 
-def test_emulated_nixos_rebuild_rejects_what_it_does_not_emulate(host: World) -> None:
+def test_emulated_nixos_rebuild_rejects_what_it_does_not_emulate(host: NixWorld) -> None:
     sb = host.sandbox
     with pytest.raises(CommandError, match="is not a NixOS system closure"):
         rebuild.nixos_rebuild(RebuildAction.SWITCH, sb.dir, tools=sb.tools)
@@ -270,7 +270,7 @@ def test_emulated_nixos_rebuild_rejects_what_it_does_not_emulate(host: World) ->
 # -- git history ---------------------------------------------------------------------------------
 
 
-def test_is_ancestor(world: World, tmp_path: Path) -> None:
+def test_is_ancestor(world: NixWorld, tmp_path: Path) -> None:
     repo, revs, tools = world.sandbox.flake_dir, world.revs, world.sandbox.tools
     assert git.history_dir(world.sandbox.flake_ref) == repo
     assert git.is_ancestor(repo, revs.first, revs.second, tools=tools) is True
@@ -284,7 +284,7 @@ def test_is_ancestor(world: World, tmp_path: Path) -> None:
     assert not git.commit_exists(repo, "0" * 40, tools=tools)
 
 
-def test_is_ancestor_in_a_shallow_clone_is_unknown(world: World, tmp_path: Path) -> None:
+def test_is_ancestor_in_a_shallow_clone_is_unknown(world: NixWorld, tmp_path: Path) -> None:
     clone = tmp_path / "clone"
     subprocess.run(
         ["git", "clone", "-q", "--depth", "1", f"file://{world.sandbox.flake_dir}", clone], check=True
@@ -294,7 +294,7 @@ def test_is_ancestor_in_a_shallow_clone_is_unknown(world: World, tmp_path: Path)
     assert git.is_ancestor(clone, world.revs.side, world.revs.side) is True
 
 
-def test_sandbox_reopens(world: World) -> None:
+def test_sandbox_reopens(world: NixWorld) -> None:
     sb = world.sandbox
     assert Sandbox.open(sb.dir) == sb
     assert "emulated" in sb.describe()

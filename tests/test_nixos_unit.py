@@ -11,7 +11,7 @@ from unittest import mock
 import pytest
 
 from conftest import DATA
-from nixcomply import process
+from nixcomply.core import process
 from nixcomply.errors import CommandError
 from nixcomply.nixos import build, flake, generations, git, rebuild, system
 from nixcomply.nixos.flake import FlakeRef
@@ -30,7 +30,7 @@ def result(*, stdout: str = "", stderr: str = "", returncode: int = 0) -> proces
 
 @pytest.fixture
 def run() -> Iterator[mock.MagicMock]:
-    with mock.patch("nixcomply.process.run", autospec=True) as m:
+    with mock.patch("nixcomply.core.process.run", autospec=True) as m:
         m.return_value = result()
         yield m
 

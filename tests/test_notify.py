@@ -1,4 +1,4 @@
-"""nixcomply.notify: the sd_notify protocol, on a real datagram socket and under real systemd."""
+"""nixcomply.host.notify: the sd_notify protocol, on a real datagram socket and under real systemd."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from fixtures_systemd import Units, script_path, wait_gone
 
-from nixcomply import notify
-from nixcomply.systemd import JobAction, Systemd, UnitState
+from nixcomply.host import notify
+from nixcomply.host.systemd import JobAction, Systemd, UnitState
 
 
 @pytest.fixture
@@ -93,13 +93,13 @@ def test_not_under_systemd_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_unsupported_address_is_ignored(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="nixcomply.notify"):
+    with caplog.at_level(logging.WARNING, logger="nixcomply.host.notify"):
         assert notify.ready(environ={"NOTIFY_SOCKET": "vsock:2:1234"}) is False
     assert "unsupported" in caplog.text
 
 
 def test_send_failure_returns_false_and_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="nixcomply.notify"):
+    with caplog.at_level(logging.WARNING, logger="nixcomply.host.notify"):
         assert notify.watchdog(environ={"NOTIFY_SOCKET": str(tmp_path / "gone")}) is False
     assert "could not notify systemd" in caplog.text
 

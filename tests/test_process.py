@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from nixcomply import process
+from nixcomply.core import process
 from nixcomply.errors import CommandError, CommandNotFoundError, CommandTimeoutError
 
 

@@ -80,3 +80,14 @@ def test_every_server_verb_shown_exists(capsys) -> None:  # type: ignore[no-unty
             server_main([*words, "--help"])
         assert e.value.code == 0, f"`{command}` from the README does not parse"
     capsys.readouterr()
+
+
+def test_the_package_tree_lists_every_folder() -> None:
+    tree = next(b for b in blocks("text") if b.startswith("cli.py errors.py"))
+    listed = {m.group(1) for line in tree.splitlines() if (m := re.match(r"([a-z_]+)/\s", line))}
+    package = REPO / "python" / "nixcomply"
+    present = {p.parent.name for p in package.glob("*/__init__.py")}
+    assert present <= listed, f"README's package tree misses {sorted(present - listed)}"
+    assert listed - present <= {"server", "uplink"}, (
+        f"README lists folders that do not exist: {listed - present}"
+    )

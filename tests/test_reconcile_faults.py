@@ -11,17 +11,17 @@ import sys
 import textwrap
 
 import pytest
-from fixtures_reconcile import World
+from fixtures_reconcile import ReconcileWorld
 
+from nixcomply.host.state import State
+from nixcomply.model.outcome import PlanKind
 from nixcomply.nixos import generations, system
 from nixcomply.reconcile.cycle import Reconciler
-from nixcomply.reconcile.model import PlanKind
-from nixcomply.state import State
 
 CHILD = textwrap.dedent(
     """
     import os, signal, sys
-    from nixcomply import faults
+    from nixcomply.core import faults
     from nixcomply.cli import main
 
     def die(name):
@@ -34,7 +34,7 @@ CHILD = textwrap.dedent(
 )
 
 
-def predicates(world: World) -> list[dict[str, object]]:
+def predicates(world: ReconcileWorld) -> list[dict[str, object]]:
     """The generation-change predicates, oldest first (check-run entries are left out)."""
     found = [json.loads(p.read_text()) for p in (world.host.state_dir / "evidence").rglob("statement.json")]
     changes = [s["predicate"] for s in found if s["predicateType"].endswith("/generation-change/v1")]
@@ -42,7 +42,7 @@ def predicates(world: World) -> list[dict[str, object]]:
 
 
 @pytest.mark.parametrize("step", ["built", "tested", "gating", "gated", "switched", "recorded"])
-def test_killed_after_each_step_converges_with_evidence_intact(fresh: World, step: str) -> None:
+def test_killed_after_each_step_converges_with_evidence_intact(fresh: ReconcileWorld, step: str) -> None:
     fresh.install("good")
     config = fresh.configure("newer")
     child = subprocess.run(
@@ -79,7 +79,9 @@ def test_killed_after_each_step_converges_with_evidence_intact(fresh: World, ste
 
 
 @pytest.mark.parametrize("step", ["tested", "gated", "reverted", "recorded"])
-def test_killed_around_a_revert_still_ends_reverted_and_recorded_once(fresh: World, step: str) -> None:
+def test_killed_around_a_revert_still_ends_reverted_and_recorded_once(
+    fresh: ReconcileWorld, step: str
+) -> None:
     fresh.install("newer")
     config = fresh.configure("broken")
     child = subprocess.run(

@@ -8,39 +8,40 @@ import os
 import stat
 from pathlib import Path
 
-from fixtures_reconcile import World
+from fixtures_reconcile import ReconcileWorld
 
+from nixcomply.host.state import State
+from nixcomply.model.outcome import ApplyOutcome, PlanKind
 from nixcomply.nixos import generations, system
 from nixcomply.nixos.rebuild import RebuildAction, nixos_rebuild
 from nixcomply.reconcile.cycle import Reconciler
-from nixcomply.reconcile.model import ApplyOutcome, ExternalKind, PlanKind
-from nixcomply.state import State
+from nixcomply.reconcile.model import ExternalKind
 
 
-def running(world: World) -> tuple[Path | None, Path | None]:
+def running(world: ReconcileWorld) -> tuple[Path | None, Path | None]:
     root = world.sandbox.root
     return system.current_system(root), generations.profile_target(root)
 
 
-def statements(world: World) -> list[dict[str, object]]:
+def statements(world: ReconcileWorld) -> list[dict[str, object]]:
     """Every statement in the evidence store, oldest first."""
     found = [json.loads(p.read_text()) for p in (world.host.state_dir / "evidence").rglob("statement.json")]
     return sorted(found, key=lambda s: s["predicate"]["chain"]["seq"])
 
 
-def entries(world: World) -> list[dict[str, object]]:
+def entries(world: ReconcileWorld) -> list[dict[str, object]]:
     """The generation-change predicates (switches, reverts, outside changes), oldest first."""
     return [s["predicate"] for s in statements(world) if s["predicateType"].endswith("/generation-change/v1")]
 
 
-def verified(world: World) -> int:
+def verified(world: ReconcileWorld) -> int:
     """Verify the whole store; every statement on disk is an entry of the verified log."""
     n = world.verify()
     assert n == len(statements(world))
     return n
 
 
-def nix_logger(world: World, tmp_path: Path) -> tuple[str, Path]:
+def nix_logger(world: ReconcileWorld, tmp_path: Path) -> tuple[str, Path]:
     """A `nix` that logs its arguments, then runs the real one."""
     log = tmp_path / "nix-calls.log"
     wrapper = tmp_path / "nix"
@@ -49,7 +50,7 @@ def nix_logger(world: World, tmp_path: Path) -> tuple[str, Path]:
     return str(wrapper), log
 
 
-def test_noop_cycle_decides_in_sync_without_building(fresh: World, tmp_path: Path) -> None:
+def test_noop_cycle_decides_in_sync_without_building(fresh: ReconcileWorld, tmp_path: Path) -> None:
     fresh.install("good")
     nix, log = nix_logger(fresh, tmp_path)
     for _ in range(2):
@@ -70,7 +71,7 @@ def test_noop_cycle_decides_in_sync_without_building(fresh: World, tmp_path: Pat
     assert not any(c.startswith("build") for c in calls), f"a no-op cycle must not build: {calls}"
 
 
-def test_drift_is_tested_gated_switched_and_signed(fresh: World) -> None:
+def test_drift_is_tested_gated_switched_and_signed(fresh: ReconcileWorld) -> None:
     fresh.install("good")
     pid_before = fresh.systemctl("show", "-p", "MainPID", "--value", "app.service").stdout.strip()
     report = fresh.reconcile("newer")
@@ -106,7 +107,7 @@ def test_drift_is_tested_gated_switched_and_signed(fresh: World) -> None:
     verified(fresh)
 
 
-def test_failed_health_gate_reverts_and_blocks_until_reset(fresh: World, cli) -> None:  # type: ignore[no-untyped-def]
+def test_failed_health_gate_reverts_and_blocks_until_reset(fresh: ReconcileWorld, cli) -> None:  # type: ignore[no-untyped-def]
     fresh.install("newer")
     report = fresh.reconcile("broken")
     assert report.result.outcome == ApplyOutcome.REVERTED, report.result.detail
@@ -141,7 +142,7 @@ def test_failed_health_gate_reverts_and_blocks_until_reset(fresh: World, cli) ->
     verified(fresh)
 
 
-def test_failing_liveness_command_reverts(fresh: World) -> None:
+def test_failing_liveness_command_reverts(fresh: ReconcileWorld) -> None:
     fresh.install("good")
     liveness = [{"name": "portal", "argv": ["sh", "-c", "echo portal down >&2; exit 7"], "timeout": 5}]
     report = fresh.reconcile(
@@ -160,7 +161,7 @@ def test_failing_liveness_command_reverts(fresh: World) -> None:
     assert running(fresh) == (fresh.systems["good"], fresh.systems["good"])
 
 
-def test_unsafe_targets_are_refused_without_building(fresh: World, tmp_path: Path) -> None:
+def test_unsafe_targets_are_refused_without_building(fresh: ReconcileWorld, tmp_path: Path) -> None:
     fresh.install("newer")
     nix, log = nix_logger(fresh, tmp_path)
     executables = {
@@ -192,7 +193,7 @@ def test_unsafe_targets_are_refused_without_building(fresh: World, tmp_path: Pat
     assert entries(fresh) == []
 
 
-def test_change_made_by_hand_is_recorded_then_judged(fresh: World) -> None:
+def test_change_made_by_hand_is_recorded_then_judged(fresh: ReconcileWorld) -> None:
     fresh.install("good")
     assert fresh.reconcile("newer").result.outcome == ApplyOutcome.SUCCESS
     # someone switches back by hand, outside nixcomply
@@ -209,7 +210,7 @@ def test_change_made_by_hand_is_recorded_then_judged(fresh: World) -> None:
     verified(fresh)
 
 
-def test_dry_run_builds_but_activates_nothing(fresh: World) -> None:
+def test_dry_run_builds_but_activates_nothing(fresh: ReconcileWorld) -> None:
     fresh.install("good")
     report = fresh.reconcile("newer", dry_run=True)
     assert report.result.outcome == ApplyOutcome.DRY_RUN
@@ -219,7 +220,7 @@ def test_dry_run_builds_but_activates_nothing(fresh: World) -> None:
     assert not (fresh.host.state_dir / "evidence").exists() or entries(fresh) == []
 
 
-def test_outside_the_maintenance_window_is_deferred(fresh: World) -> None:
+def test_outside_the_maintenance_window_is_deferred(fresh: ReconcileWorld) -> None:
     from datetime import datetime, timedelta
 
     fresh.install("good")
@@ -232,7 +233,7 @@ def test_outside_the_maintenance_window_is_deferred(fresh: World) -> None:
     assert running(fresh) == (fresh.systems["good"], fresh.systems["good"])
 
 
-def test_cli_plan_status_and_reconcile(fresh: World, cli) -> None:  # type: ignore[no-untyped-def]
+def test_cli_plan_status_and_reconcile(fresh: ReconcileWorld, cli) -> None:  # type: ignore[no-untyped-def]
     fresh.install("good")
     fresh.configure("newer")
     config = fresh.host.config_path
@@ -280,7 +281,7 @@ def test_bad_config_is_a_clear_error(cli, tmp_path: Path) -> None:  # type: igno
     assert "missing.json: no such file" in r.err
 
 
-def test_missing_evidence_key_stops_before_anything_changes(fresh: World, cli) -> None:  # type: ignore[no-untyped-def]
+def test_missing_evidence_key_stops_before_anything_changes(fresh: ReconcileWorld, cli) -> None:  # type: ignore[no-untyped-def]
     fresh.install("good")
     config = json.loads(fresh.host.config_path.read_text())
     config["evidence"]["signing_key"] = str(fresh.host.dir / "keys" / "nope.key")

@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+from nixcomply.host.state import Observation
 from nixcomply.nixos.rebuild import ActivationResult, RebuildAction
 from nixcomply.reconcile.gate import _activation_check
 from nixcomply.reconcile.model import ExternalKind, HostState, SystemInfo
 from nixcomply.reconcile.observe import external_change
-from nixcomply.state import Observation
 
 A, B, C = (f"/nix/store/{c * 32}-nixos-system-h" for c in "abc")
 NOW = datetime(2026, 11, 23, tzinfo=UTC)

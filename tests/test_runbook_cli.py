@@ -106,7 +106,7 @@ def test_a_dry_run_lists_each_step_with_resolved_params(cli: Any, heal: HealWorl
 
 
 def test_a_dry_run_with_the_default_configuration(cli: Any) -> None:
-    from nixcomply.config import DEFAULT_CONFIG
+    from nixcomply.reconcile.config import DEFAULT_CONFIG
 
     if DEFAULT_CONFIG.exists():
         pytest.fail(f"{DEFAULT_CONFIG} exists on this machine; the test needs the built-in defaults")

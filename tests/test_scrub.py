@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nixcomply.errors import InputError
-from nixcomply.scrub import PATTERNS, TAGS, PhiKind, Scrubber, load_or_create_salt, merge_counts
+from nixcomply.evidence.scrub import PATTERNS, TAGS, PhiKind, Scrubber, load_or_create_salt, merge_counts
 
 SALT = bytes(range(32))
 S = Scrubber(SALT)

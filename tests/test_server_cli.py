@@ -201,7 +201,7 @@ def config_file_for(tmp_path: Path) -> Any:
 
 CHILD = """
 import os, signal, sys
-from nixcomply import faults
+from nixcomply.core import faults
 from nixcomply.server.cli import main
 point = os.environ.get("KILL_AT")
 if point:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from nixcomply.core.lock import StateLock
 from nixcomply.errors import LockHeldError
-from nixcomply.lock import StateLock
-from nixcomply.state import Observation, State, StateError, now
+from nixcomply.host.state import Observation, State, StateError, now
 
 
 def test_runs_round_trip(tmp_path: Path) -> None:
@@ -113,7 +113,7 @@ HOLDER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from nixcomply.lock import StateLock
+    from nixcomply.core.lock import StateLock
     lock = StateLock(Path(sys.argv[1]))
     lock.acquire()
     print("locked", flush=True)

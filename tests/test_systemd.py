@@ -1,4 +1,4 @@
-"""nixcomply.systemd and nixcomply.usermanager against a real systemd user manager.
+"""nixcomply.host.systemd and nixcomply.sandbox.usermanager against a real systemd user manager.
 
 Unit-name validation and the missing-pystemd path need no manager; everything else runs
 real units in the session's ``systemd --user`` (tests/fixtures_systemd.py).
@@ -16,7 +16,7 @@ import pytest
 from fixtures_systemd import Units, alive, script_path, wait_gone
 
 from nixcomply.errors import EXIT_USAGE, UsageError
-from nixcomply.systemd import (
+from nixcomply.host.systemd import (
     InvalidUnitNameError,
     JobAction,
     Systemd,
@@ -26,7 +26,7 @@ from nixcomply.systemd import (
     UnitState,
     validate_unit_name,
 )
-from nixcomply.usermanager import UserManager
+from nixcomply.sandbox.usermanager import UserManager
 
 SLEEP = "/bin/sleep 600"
 

@@ -14,6 +14,8 @@
     {
       inputs.nixpkgs.url = "path:${pkgs.path}";
       inputs.nixcomply.url = "path:${self}";
+      # nixcomply's own lock pins a nixpkgs the VM does not have offline: use the fleet's
+      inputs.nixcomply.inputs.nixpkgs.follows = "nixpkgs";
       outputs = { self, nixpkgs, nixcomply }: {
         nixosConfigurations.machine = nixpkgs.lib.nixosSystem {
           system = "${pkgs.stdenv.hostPlatform.system}";

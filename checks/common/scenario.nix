@@ -34,9 +34,13 @@
     import json
 
     def commit(name):
-        """Put revision `name` into the fleet repository and commit it; its git revision."""
+        """Put revision `name` into the fleet repository, lock it and commit it; its git
+        revision. The reconciler reads flakes with --no-update-lock-file, so the lock is part
+        of the revision (nix locks the two path: inputs offline)."""
         machine.succeed(f"cp -rT /etc/fleet/{name} /var/lib/fleet && chmod -R u+w /var/lib/fleet")
         machine.succeed(
+            "git -C /var/lib/fleet add -A && "
+            "nix flake lock /var/lib/fleet && "
             "git -C /var/lib/fleet add -A && "
             f"git -C /var/lib/fleet -c user.name=ci -c user.email=ci@nixcomply.test commit -qm {name}"
         )

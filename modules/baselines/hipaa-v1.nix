@@ -10,18 +10,45 @@ let
   cfg = config.nixcomply;
   enabled = cfg.baseline == "hipaa-v1";
   active = id: enabled && !(builtins.hasAttr id cfg.exceptions);
+  # The baseline's parameters with the site's overrides (nixcomply.parameters).
+  parameters = {
+      av_signature_max_age_days = 3;
+      backup_max_age_hours = 24;
+      critical_patch_max_age_days = 14;
+      critical_services = [
+        "sshd.service"
+        "chronyd.service"
+        "auditd.service"
+        "systemd-journald.service"
+        "nftables.service"
+      ];
+      disk_usage_max_percent = 85;
+      exception_warn_days = 14;
+      generation_max_drift_hours = 24;
+      restore_test_max_age_days = 30;
+      router = false;
+      time_max_drift_seconds = 90.0;
+    } // (cfg.parameters or { });
+  # Controls that do not apply when a site parameter is true (`unless:` in the baseline).
+  notApplicable = {
+    "network.no-ip-forwarding" = parameters.router == true;
+  };
+  applies = id: active id && !(notApplicable.${id} or false);
 
-  # The root filesystem is opened from LUKS in the initrd: its device is one of the LUKS
-  # mappings, or (LVM on LUKS, by-label, by-uuid) at least one LUKS device exists. The runtime
-  # check `encryption` confirms the real block-device stack with lsblk.
+  # Evaluation cannot see the block-device tree, so this refuses only what is certainly not
+  # encrypted: no LUKS device at all, or a root file system mounted straight from a raw disk
+  # or partition (/dev/sdXN, /dev/nvmeXnYpZ, ...) or from a LUKS container's own backing
+  # device. Everything else can sit on LUKS: /dev/mapper/<luks> (plain LUKS),
+  # /dev/mapper/<vg>-<lv> (LVM on LUKS), by-uuid or by-label paths of a file system inside
+  # LUKS. The runtime check `encryption` reads the real tree (lsblk) and is the authority.
   rootOnLuks =
     let
-      luksNames = builtins.attrNames config.boot.initrd.luks.devices;
+      luks = builtins.attrValues config.boot.initrd.luks.devices;
       rootDevice = (config.fileSystems."/" or { }).device or null;
-      mapped = map (name: "/dev/mapper/${name}") luksNames;
+      rawDisk = d: builtins.match "/dev/(sd[a-z]+|vd[a-z]+|xvd[a-z]+|hd[a-z]+|nvme[0-9]+n[0-9]+|mmcblk[0-9]+)(p?[0-9]+)?" d != null;
+      backing = map (d: d.device or null) luks;
     in
-    luksNames != [ ]
-    && (rootDevice == null || builtins.elem rootDevice mapped || !(lib.hasPrefix "/dev/mapper/" rootDevice));
+    luks != [ ] && (rootDevice == null || !(rawDisk rootDevice || builtins.elem rootDevice backing));
 
   # Static part of /etc/nixcomply/manifest.json: what each control sets and how it is verified.
   controls = {
@@ -38,10 +65,13 @@ let
       title = "SSH password authentication is disabled";
       verify = {
         check = "sshd_effective";
-        expect = { passwordauthentication = "no"; };
+        expect = { passwordauthentication = "no"; permitemptypasswords = "no"; };
       };
     } // {
-      settings = { "services.openssh.settings.PasswordAuthentication" = false; };
+      settings = {
+        "services.openssh.settings.PasswordAuthentication" = false;
+        "services.openssh.settings.PermitEmptyPasswords" = false;
+      };
     };
     "ssh.kbd-interactive-auth-disabled" = {
       frameworks = {
@@ -119,7 +149,7 @@ let
       verify = {
         check = "sshd_effective";
         expect = {
-          kexalgorithms = "mlkem768x25519-sha256,sntrup761x25519-sha512,sntrup761x25519-sha512@openssh.com,curve25519-sha256,curve25519-sha256@libssh.org,diffie-hellman-group-exchange-sha256";
+          kexalgorithms = "mlkem768x25519-sha256,sntrup761x25519-sha512,sntrup761x25519-sha512@openssh.com,curve25519-sha256,curve25519-sha256@libssh.org";
         };
       };
     } // {
@@ -130,7 +160,6 @@ let
           "sntrup761x25519-sha512@openssh.com"
           "curve25519-sha256"
           "curve25519-sha256@libssh.org"
-          "diffie-hellman-group-exchange-sha256"
         ];
       };
     };
@@ -170,10 +199,10 @@ let
       };
       remediation = "RB-DRIFT-001";
       severity = "medium";
-      title = "SSH allows at most 4 authentication attempts per connection";
-      verify = { check = "sshd_effective"; expect = { maxauthtries = "4"; }; };
+      title = "SSH allows at most 2 authentication attempts per connection";
+      verify = { check = "sshd_effective"; expect = { maxauthtries = "2"; }; };
     } // {
-      settings = { "services.openssh.settings.MaxAuthTries" = 4; };
+      settings = { "services.openssh.settings.MaxAuthTries" = 2; };
     };
     "ssh.idle-timeout" = {
       frameworks = {
@@ -192,6 +221,8 @@ let
           channeltimeout = "session=15m";
           clientalivecountmax = "3";
           clientaliveinterval = "300";
+          tcpkeepalive = "no";
+          unusedconnectiontimeout = "300";
         };
       };
     } // {
@@ -199,22 +230,89 @@ let
         "services.openssh.settings.ChannelTimeout" = "session=15m";
         "services.openssh.settings.ClientAliveCountMax" = 3;
         "services.openssh.settings.ClientAliveInterval" = 300;
+        "services.openssh.settings.TCPKeepAlive" = false;
+        "services.openssh.settings.UnusedConnectionTimeout" = "5m";
       };
     };
     "ssh.login-grace-time" = {
       frameworks = {
         cis_v8 = [ "4.1" ];
         hipaa = [ "164.312(a)(1)" "164.312(d)" ];
-        nist_800_53 = [ "AC-7" "SC-5" ];
+        nist_800_53 = [ "SC-5" ];
         nist_csf = [ "PR.PS-01" ];
         soc2 = [ "CC6.6" ];
       };
       remediation = "RB-DRIFT-001";
       severity = "low";
-      title = "Unauthenticated SSH connections are closed after 60 seconds";
-      verify = { check = "sshd_effective"; expect = { logingracetime = "60"; }; };
+      title = "Unauthenticated SSH connections are closed after 30 seconds";
+      verify = { check = "sshd_effective"; expect = { logingracetime = "30"; }; };
     } // {
-      settings = { "services.openssh.settings.LoginGraceTime" = 60; };
+      settings = { "services.openssh.settings.LoginGraceTime" = 30; };
+    };
+    "ssh.connection-limits" = {
+      frameworks = {
+        cis_v8 = [ "4.8" ];
+        hipaa = [ "164.308(a)(1)(ii)(B)" "164.312(a)(1)" ];
+        nist_800_53 = [ "SC-5" "AC-10" ];
+        nist_csf = [ "PR.IR-01" ];
+        soc2 = [ "CC6.6" ];
+      };
+      remediation = "RB-DRIFT-001";
+      severity = "low";
+      title = "SSH limits concurrent unauthenticated connections and sessions per connection";
+      verify = {
+        check = "sshd_effective";
+        expect = { maxsessions = "10"; maxstartups = "10:30:60"; };
+      };
+    } // {
+      settings = {
+        "services.openssh.settings.MaxSessions" = 10;
+        "services.openssh.settings.MaxStartups" = "10:30:60";
+      };
+    };
+    "ssh.host-based-auth-disabled" = {
+      frameworks = {
+        cis_v8 = [ "6.3" ];
+        hipaa = [ "164.312(d)" ];
+        nist_800_53 = [ "IA-2" "IA-3" ];
+        nist_csf = [ "PR.AA-03" ];
+        soc2 = [ "CC6.1" ];
+      };
+      remediation = "RB-DRIFT-001";
+      severity = "medium";
+      title = "SSH ignores rhosts, user known_hosts and host-based authentication";
+      verify = {
+        check = "sshd_effective";
+        expect = {
+          hostbasedauthentication = "no";
+          ignorerhosts = "yes";
+          ignoreuserknownhosts = "yes";
+        };
+      };
+    } // {
+      settings = {
+        "services.openssh.settings.HostbasedAuthentication" = false;
+        "services.openssh.settings.IgnoreRhosts" = true;
+        "services.openssh.settings.IgnoreUserKnownHosts" = true;
+      };
+    };
+    "ssh.user-environment-disabled" = {
+      frameworks = {
+        cis_v8 = [ "4.1" ];
+        hipaa = [ "164.312(a)(1)" ];
+        nist_800_53 = [ "CM-7" "AC-6" ];
+        nist_csf = [ "PR.PS-01" ];
+        soc2 = [ "CC6.1" ];
+      };
+      remediation = "RB-DRIFT-001";
+      severity = "medium";
+      title = "SSH users cannot set the environment of their login";
+      verify = {
+        check = "sshd_effective";
+        expect = { permituserenvironment = "no"; };
+      };
+    } // {
+      settings = { "services.openssh.settings.PermitUserEnvironment" = false; };
     };
     "ssh.forwarding-disabled" = {
       frameworks = {
@@ -294,7 +392,7 @@ let
       title = "The kernel audit subsystem and auditd are running";
       verify = { check = "audit_status"; expect = { enabled = 1; }; };
     } // {
-      settings = { "security.audit.enable" = true; "security.auditd.enable" = true; };
+      settings = { "security.auditd.enable" = true; };
     };
     "audit.identity-changes" = {
       frameworks = {
@@ -331,7 +429,12 @@ let
       title = "Changes to the sudo policy are audited";
       verify = { check = "audit_rules"; expect = { keys = [ "sudoers" ]; }; };
     } // {
-      settings = { "security.audit.rules" = [ "-w /etc/sudoers -p wa -k sudoers" ]; };
+      settings = {
+        "security.audit.rules" = [
+          "-w /etc/sudoers -p wa -k sudoers"
+          "-w /etc/sudoers.d -p wa -k sudoers"
+        ];
+      };
     };
     "audit.privileged-commands" = {
       frameworks = {
@@ -349,6 +452,7 @@ let
       settings = {
         "security.audit.rules" = [
           "-a always,exit -F arch=b64 -S execve -C uid!=euid -F euid=0 -F auid!=4294967295 -k privileged"
+          "-a always,exit -F arch=b32 -S execve -C uid!=euid -F euid=0 -F auid!=4294967295 -k privileged"
         ];
       };
     };
@@ -368,6 +472,7 @@ let
       settings = {
         "security.audit.rules" = [
           "-a always,exit -F arch=b64 -S init_module -S finit_module -S delete_module -k modules"
+          "-a always,exit -F arch=b32 -S init_module -S finit_module -S delete_module -k modules"
         ];
       };
     };
@@ -388,6 +493,8 @@ let
         "security.audit.rules" = [
           "-a always,exit -F arch=b64 -S settimeofday -S clock_settime -k time-change"
           "-a always,exit -F arch=b64 -S adjtimex -F auid!=4294967295 -k time-change"
+          "-a always,exit -F arch=b32 -S settimeofday -S clock_settime -k time-change"
+          "-a always,exit -F arch=b32 -S adjtimex -F auid!=4294967295 -k time-change"
           "-w /etc/localtime -p wa -k time-change"
         ];
       };
@@ -405,9 +512,207 @@ let
       title = "Audit failures are reported in the kernel log, with a large event backlog";
       verify = { check = "audit_status"; expect = { failure = 1; }; };
     } // {
+      settings = { "security.audit.failureMode" = "printk"; };
+    };
+    "audit.early-boot" = {
+      frameworks = {
+        cis_v8 = [ "8.2" ];
+        hipaa = [ "164.312(b)" ];
+        nist_800_53 = [ "AU-14(1)" "AU-4" ];
+        nist_csf = [ "PR.PS-04" ];
+        soc2 = [ "CC7.2" ];
+      };
+      remediation = "RB-DRIFT-001";
+      severity = "high";
+      title = "Auditing starts with the kernel, with a large event backlog";
+      verify = {
+        check = "kernel_cmdline";
+        expect = { audit = "1"; audit_backlog_limit = "8192"; };
+      };
+    } // {
+      settings = { "security.audit.backlogLimit" = 8192; };
+    };
+    "audit.rules-immutable" = {
+      frameworks = {
+        cis_v8 = [ "8.2" ];
+        hipaa = [ "164.312(b)" "164.312(c)(1)" ];
+        nist_800_53 = [ "AU-9" "AU-12" ];
+        nist_csf = [ "PR.PS-04" ];
+        soc2 = [ "CC7.2" ];
+      };
+      remediation = "RB-DRIFT-001";
+      severity = "medium";
+      title = "The loaded audit rules cannot be changed until reboot";
+      verify = { check = "audit_status"; expect = { enabled = 2; }; };
+    } // {
       settings = {
-        "security.audit.backlogLimit" = 8192;
-        "security.audit.failureMode" = "printk";
+        "security.audit.enable" = "lock";
+        "systemd.services.audit-rules-nixos.restartIfChanged" = false;
+      };
+    };
+    "audit.disk-space-actions" = {
+      frameworks = {
+        cis_v8 = [ "8.3" ];
+        hipaa = [ "164.312(b)" ];
+        nist_800_53 = [ "AU-4" "AU-5(1)" ];
+        nist_csf = [ "PR.PS-04" ];
+        soc2 = [ "CC7.2" "A1.1" ];
+      };
+      remediation = "RB-DRIFT-001";
+      severity = "medium";
+      title = "auditd warns when its disk fills and stops writing before the disk is full";
+      verify = {
+        check = "auditd_config";
+        expect = {
+          admin_space_left = "10%";
+          admin_space_left_action = "SUSPEND";
+          disk_error_action = "SYSLOG";
+          disk_full_action = "SUSPEND";
+          space_left = "25%";
+          space_left_action = "SYSLOG";
+        };
+      };
+    } // {
+      settings = {
+        "security.auditd.settings.admin_space_left" = "10%";
+        "security.auditd.settings.admin_space_left_action" = "SUSPEND";
+        "security.auditd.settings.disk_error_action" = "SYSLOG";
+        "security.auditd.settings.disk_full_action" = "SUSPEND";
+        "security.auditd.settings.space_left" = "25%";
+        "security.auditd.settings.space_left_action" = "SYSLOG";
+      };
+    };
+    "audit.failed-access" = {
+      frameworks = {
+        cis_v8 = [ "8.5" ];
+        hipaa = [ "164.308(a)(1)(ii)(D)" "164.312(b)" ];
+        nist_800_53 = [ "AU-2" "AU-12" "AC-3" ];
+        nist_csf = [ "DE.CM-03" ];
+        soc2 = [ "CC7.2" ];
+      };
+      remediation = "RB-DRIFT-001";
+      severity = "high";
+      title = "Failed attempts to open or truncate files are audited";
+      verify = { check = "audit_rules"; expect = { keys = [ "access" ]; }; };
+    } // {
+      settings = {
+        "security.audit.rules" = [
+          "-a always,exit -F arch=b64 -S openat,open_by_handle_at,truncate,ftruncate -F exit=-EACCES -F auid>=1000 -F auid!=4294967295 -k access"
+          "-a always,exit -F arch=b64 -S openat,open_by_handle_at,truncate,ftruncate -F exit=-EPERM -F auid>=1000 -F auid!=4294967295 -k access"
+          "-a always,exit -F arch=b32 -S open,creat,openat,open_by_handle_at,truncate,ftruncate -F exit=-EACCES -F auid>=1000 -F auid!=4294967295 -k access"
+          "-a always,exit -F arch=b32 -S open,creat,openat,open_by_handle_at,truncate,ftruncate -F exit=-EPERM -F auid>=1000 -F auid!=4294967295 -k access"
+        ];
+      };
+    };
+    "audit.permission-changes" = {
+      frameworks = {
+        cis_v8 = [ "8.5" ];
+        hipaa = [ "164.308(a)(1)(ii)(D)" "164.312(b)" ];
+        nist_800_53 = [ "AU-2" "AU-12" ];
+        nist_csf = [ "DE.CM-03" ];
+        soc2 = [ "CC7.2" ];
+      };
+      remediation = "RB-DRIFT-001";
+      severity = "medium";
+      title = "Changes of file permissions, ownership and extended attributes are audited";
+      verify = { check = "audit_rules"; expect = { keys = [ "perm_mod" ]; }; };
+    } // {
+      settings = {
+        "security.audit.rules" = [
+          "-a always,exit -F arch=b64 -S fchmod,fchmodat -F auid>=1000 -F auid!=4294967295 -k perm_mod"
+          "-a always,exit -F arch=b64 -S fchown,fchownat -F auid>=1000 -F auid!=4294967295 -k perm_mod"
+          "-a always,exit -F arch=b64 -S setxattr,lsetxattr,fsetxattr,removexattr,lremovexattr,fremovexattr -F auid>=1000 -F auid!=4294967295 -k perm_mod"
+          "-a always,exit -F arch=b32 -S chmod,fchmod,fchmodat -F auid>=1000 -F auid!=4294967295 -k perm_mod"
+          "-a always,exit -F arch=b32 -S chown,fchown,fchownat,lchown -F auid>=1000 -F auid!=4294967295 -k perm_mod"
+          "-a always,exit -F arch=b32 -S setxattr,lsetxattr,fsetxattr,removexattr,lremovexattr,fremovexattr -F auid>=1000 -F auid!=4294967295 -k perm_mod"
+        ];
+      };
+    };
+    "audit.deletions" = {
+      frameworks = {
+        cis_v8 = [ "8.5" ];
+        hipaa = [ "164.308(a)(1)(ii)(D)" "164.312(b)" "164.312(c)(1)" ];
+        nist_800_53 = [ "AU-2" "AU-12" ];
+        nist_csf = [ "DE.CM-03" ];
+        soc2 = [ "CC7.2" ];
+      };
+      remediation = "RB-DRIFT-001";
+      severity = "medium";
+      title = "Deletions and renames of files by users are audited";
+      verify = { check = "audit_rules"; expect = { keys = [ "delete" ]; }; };
+    } // {
+      settings = {
+        "security.audit.rules" = [
+          "-a always,exit -F arch=b64 -S unlinkat,renameat,renameat2 -F auid>=1000 -F auid!=4294967295 -k delete"
+          "-a always,exit -F arch=b32 -S unlink,unlinkat,rename,renameat,renameat2,rmdir -F auid>=1000 -F auid!=4294967295 -k delete"
+        ];
+      };
+    };
+    "audit.mounts" = {
+      frameworks = {
+        cis_v8 = [ "8.5" ];
+        hipaa = [ "164.308(a)(1)(ii)(D)" "164.310(d)(1)" "164.312(b)" ];
+        nist_800_53 = [ "AU-2" "AU-12" "MP-7" ];
+        nist_csf = [ "DE.CM-03" ];
+        soc2 = [ "CC7.2" ];
+      };
+      remediation = "RB-DRIFT-001";
+      severity = "medium";
+      title = "Mounts and unmounts by users are audited";
+      verify = { check = "audit_rules"; expect = { keys = [ "mounts" ]; }; };
+    } // {
+      settings = {
+        "security.audit.rules" = [
+          "-a always,exit -F arch=b64 -S mount,umount2 -F auid>=1000 -F auid!=4294967295 -k mounts"
+          "-a always,exit -F arch=b32 -S mount,umount2 -F auid>=1000 -F auid!=4294967295 -k mounts"
+        ];
+      };
+    };
+    "audit.login-records" = {
+      frameworks = {
+        cis_v8 = [ "8.5" ];
+        hipaa = [ "164.308(a)(1)(ii)(D)" "164.308(a)(5)(ii)(C)" "164.312(b)" ];
+        nist_800_53 = [ "AU-2" "AU-12" "AC-7" ];
+        nist_csf = [ "DE.CM-03" ];
+        soc2 = [ "CC7.2" ];
+      };
+      remediation = "RB-DRIFT-001";
+      severity = "medium";
+      title = "Changes to login and session records are audited";
+      verify = { check = "audit_rules"; expect = { keys = [ "logins" "session" ]; }; };
+    } // {
+      settings = {
+        "security.audit.rules" = [
+          "-w /var/log/lastlog -p wa -k logins"
+          "-w /run/faillock -p wa -k logins"
+          "-w /run/utmp -p wa -k session"
+          "-w /var/log/wtmp -p wa -k session"
+          "-w /var/log/btmp -p wa -k session"
+        ];
+      };
+    };
+    "audit.network-config" = {
+      frameworks = {
+        cis_v8 = [ "8.5" ];
+        hipaa = [ "164.312(b)" ];
+        nist_800_53 = [ "AU-2" "AU-12" "CM-3" ];
+        nist_csf = [ "DE.CM-03" ];
+        soc2 = [ "CC7.2" "CC8.1" ];
+      };
+      remediation = "RB-DRIFT-001";
+      severity = "low";
+      title = "Changes to the host name, network identity and login banners are audited";
+      verify = { check = "audit_rules"; expect = { keys = [ "system-locale" ]; }; };
+    } // {
+      settings = {
+        "security.audit.rules" = [
+          "-a always,exit -F arch=b64 -S sethostname,setdomainname -k system-locale"
+          "-a always,exit -F arch=b32 -S sethostname,setdomainname -k system-locale"
+          "-w /etc/issue -p wa -k system-locale"
+          "-w /etc/issue.net -p wa -k system-locale"
+          "-w /etc/hosts -p wa -k system-locale"
+          "-w /etc/hostname -p wa -k system-locale"
+        ];
       };
     };
     "logging.journald-persistent" = {
@@ -619,6 +924,80 @@ let
         "boot.kernel.sysctl.\"net.ipv6.conf.default.accept_source_route\"" = 0;
       };
     };
+    "network.no-ip-forwarding" = {
+      frameworks = {
+        cis_v8 = [ "4.1" "12.2" ];
+        hipaa = [ "164.312(e)(1)" ];
+        nist_800_53 = [ "SC-7" "CM-7" ];
+        nist_csf = [ "PR.IR-01" ];
+        soc2 = [ "CC6.6" ];
+      };
+      remediation = "RB-DRIFT-001";
+      severity = "medium";
+      title = "The host does not forward packets between interfaces";
+      verify = {
+        check = "sysctl";
+        expect = {
+          "net.ipv4.conf.all.forwarding" = "0";
+          "net.ipv4.ip_forward" = "0";
+          "net.ipv6.conf.all.forwarding" = "0";
+        };
+      };
+    } // {
+      settings = {
+        "boot.kernel.sysctl.\"net.ipv4.conf.all.forwarding\"" = 0;
+        "boot.kernel.sysctl.\"net.ipv4.ip_forward\"" = 0;
+        "boot.kernel.sysctl.\"net.ipv6.conf.all.forwarding\"" = 0;
+      };
+    };
+    "network.log-martians" = {
+      frameworks = {
+        cis_v8 = [ "8.2" ];
+        hipaa = [ "164.308(a)(1)(ii)(D)" "164.312(b)" ];
+        nist_800_53 = [ "AU-12" "SI-4" ];
+        nist_csf = [ "DE.CM-01" ];
+        soc2 = [ "CC7.2" ];
+      };
+      remediation = "RB-DRIFT-001";
+      severity = "low";
+      title = "Packets with impossible source addresses are logged";
+      verify = {
+        check = "sysctl";
+        expect = {
+          "net.ipv4.conf.all.log_martians" = "1";
+          "net.ipv4.conf.default.log_martians" = "1";
+        };
+      };
+    } // {
+      settings = {
+        "boot.kernel.sysctl.\"net.ipv4.conf.all.log_martians\"" = 1;
+        "boot.kernel.sysctl.\"net.ipv4.conf.default.log_martians\"" = 1;
+      };
+    };
+    "network.no-router-advertisements" = {
+      frameworks = {
+        cis_v8 = [ "4.1" ];
+        hipaa = [ "164.312(e)(1)" ];
+        nist_800_53 = [ "SC-7" "CM-7" ];
+        nist_csf = [ "PR.IR-01" ];
+        soc2 = [ "CC6.6" ];
+      };
+      remediation = "RB-DRIFT-001";
+      severity = "low";
+      title = "The kernel ignores IPv6 router advertisements";
+      verify = {
+        check = "sysctl";
+        expect = {
+          "net.ipv6.conf.all.accept_ra" = "0";
+          "net.ipv6.conf.default.accept_ra" = "0";
+        };
+      };
+    } // {
+      settings = {
+        "boot.kernel.sysctl.\"net.ipv6.conf.all.accept_ra\"" = 0;
+        "boot.kernel.sysctl.\"net.ipv6.conf.default.accept_ra\"" = 0;
+      };
+    };
     "encryption.root-on-luks" = {
       frameworks = {
         cis_v8 = [ "3.6" "3.11" ];
@@ -702,6 +1081,36 @@ let
     } // {
       settings = { "users.mutableUsers" = false; };
     };
+    "access.no-empty-passwords" = {
+      frameworks = {
+        cis_v8 = [ "5.2" ];
+        hipaa = [ "164.308(a)(5)(ii)(D)" "164.312(d)" ];
+        nist_800_53 = [ "IA-5" ];
+        nist_csf = [ "PR.AA-03" ];
+        soc2 = [ "CC6.1" ];
+      };
+      remediation = "RB-DRIFT-001";
+      severity = "critical";
+      title = "No account has an empty password";
+      verify = { check = "accounts"; expect = { no_empty_passwords = true; }; };
+    } // {
+      settings = { };
+    };
+    "access.root-login-locked" = {
+      frameworks = {
+        cis_v8 = [ "5.4" ];
+        hipaa = [ "164.312(a)(1)" "164.312(a)(2)(i)" "164.312(d)" ];
+        nist_800_53 = [ "AC-6(2)" "IA-2" ];
+        nist_csf = [ "PR.AA-05" ];
+        soc2 = [ "CC6.1" ];
+      };
+      remediation = "RB-DRIFT-001";
+      severity = "high";
+      title = "Root has no password, so nobody logs in as root at the console";
+      verify = { check = "accounts"; expect = { locked = [ "root" ]; }; };
+    } // {
+      settings = { "users.users.root.hashedPassword" = "!"; };
+    };
     "access.login-banner" = {
       frameworks = {
         cis_v8 = [ "4.1" ];
@@ -724,11 +1133,11 @@ let
     };
     "kernel.kptr-restrict" = {
       frameworks = {
-        cis_v8 = [ "4.1" "10.5" ];
+        cis_v8 = [ "10.5" ];
         hipaa = [ "164.308(a)(1)(ii)(B)" "164.312(a)(1)" ];
         nist_800_53 = [ "CM-6" "SI-16" ];
         nist_csf = [ "PR.PS-01" ];
-        soc2 = [ "CC6.8" ];
+        soc2 = [ "CC6.1" ];
       };
       remediation = "RB-DRIFT-001";
       severity = "medium";
@@ -739,11 +1148,11 @@ let
     };
     "kernel.dmesg-restrict" = {
       frameworks = {
-        cis_v8 = [ "4.1" "10.5" ];
+        cis_v8 = [ "10.5" ];
         hipaa = [ "164.308(a)(1)(ii)(B)" "164.312(a)(1)" ];
         nist_800_53 = [ "CM-6" "SI-11" ];
         nist_csf = [ "PR.PS-01" ];
-        soc2 = [ "CC6.8" ];
+        soc2 = [ "CC6.1" ];
       };
       remediation = "RB-DRIFT-001";
       severity = "medium";
@@ -766,6 +1175,64 @@ let
       verify = { check = "sysctl"; expect = { "kernel.randomize_va_space" = "2"; }; };
     } // {
       settings = { "boot.kernel.sysctl.\"kernel.randomize_va_space\"" = 2; };
+    };
+    "kernel.sysrq-disabled" = {
+      frameworks = {
+        cis_v8 = [ "4.1" ];
+        hipaa = [ "164.312(a)(1)" ];
+        nist_800_53 = [ "CM-7" "AC-3" ];
+        nist_csf = [ "PR.PS-01" ];
+        soc2 = [ "CC6.4" ];
+      };
+      remediation = "RB-DRIFT-001";
+      severity = "low";
+      title = "The magic SysRq key is disabled";
+      verify = { check = "sysctl"; expect = { "kernel.sysrq" = "0"; }; };
+    } // {
+      settings = { "boot.kernel.sysctl.\"kernel.sysrq\"" = 0; };
+    };
+    "kernel.ptrace-restricted" = {
+      frameworks = {
+        cis_v8 = [ "10.5" ];
+        hipaa = [ "164.312(a)(1)" ];
+        nist_800_53 = [ "AC-6" "SC-39" ];
+        nist_csf = [ "PR.PS-01" ];
+        soc2 = [ "CC6.1" ];
+      };
+      remediation = "RB-DRIFT-001";
+      severity = "medium";
+      title = "Processes can only trace their own descendants";
+      verify = { check = "sysctl"; expect = { "kernel.yama.ptrace_scope" = "1"; }; };
+    } // {
+      settings = { "boot.kernel.sysctl.\"kernel.yama.ptrace_scope\"" = 1; };
+    };
+    "kernel.protected-links" = {
+      frameworks = {
+        cis_v8 = [ "10.5" ];
+        hipaa = [ "164.312(a)(1)" "164.312(c)(1)" ];
+        nist_800_53 = [ "AC-6" "SI-16" ];
+        nist_csf = [ "PR.PS-01" ];
+        soc2 = [ "CC6.1" ];
+      };
+      remediation = "RB-DRIFT-001";
+      severity = "medium";
+      title = "Links, FIFOs and regular files in sticky directories are protected";
+      verify = {
+        check = "sysctl";
+        expect = {
+          "fs.protected_fifos" = "2";
+          "fs.protected_hardlinks" = "1";
+          "fs.protected_regular" = "2";
+          "fs.protected_symlinks" = "1";
+        };
+      };
+    } // {
+      settings = {
+        "boot.kernel.sysctl.\"fs.protected_fifos\"" = 2;
+        "boot.kernel.sysctl.\"fs.protected_hardlinks\"" = 1;
+        "boot.kernel.sysctl.\"fs.protected_regular\"" = 2;
+        "boot.kernel.sysctl.\"fs.protected_symlinks\"" = 1;
+      };
     };
     "devices.usb-storage-blocked" = {
       frameworks = {
@@ -791,6 +1258,54 @@ let
         "boot.extraModprobeConfig" = "install usb_storage /run/current-system/sw/bin/false\ninstall uas /run/current-system/sw/bin/false\n";
       };
     };
+    "devices.unused-filesystems-blocked" = {
+      frameworks = {
+        cis_v8 = [ "4.8" ];
+        hipaa = [ "164.308(a)(1)(ii)(B)" "164.310(d)(1)" ];
+        nist_800_53 = [ "CM-7" ];
+        nist_csf = [ "PR.PS-01" ];
+        soc2 = [ "CC6.8" ];
+      };
+      remediation = "RB-DRIFT-001";
+      severity = "low";
+      title = "Kernel modules of file systems a server does not use cannot be loaded";
+      verify = {
+        check = "kernel_modules";
+        expect = {
+          blacklisted = [ "cramfs" "freevxfs" "jffs2" "hfs" "hfsplus" "squashfs" "udf" ];
+          not_loaded = [ "cramfs" "freevxfs" "jffs2" "hfs" "hfsplus" "squashfs" "udf" ];
+        };
+      };
+    } // {
+      settings = {
+        "boot.blacklistedKernelModules" = [ "cramfs" "freevxfs" "jffs2" "hfs" "hfsplus" "squashfs" "udf" ];
+        "boot.extraModprobeConfig" = "install cramfs /run/current-system/sw/bin/false\ninstall freevxfs /run/current-system/sw/bin/false\ninstall jffs2 /run/current-system/sw/bin/false\ninstall hfs /run/current-system/sw/bin/false\ninstall hfsplus /run/current-system/sw/bin/false\ninstall squashfs /run/current-system/sw/bin/false\ninstall udf /run/current-system/sw/bin/false\n";
+      };
+    };
+    "storage.temporary-mount-options" = {
+      frameworks = {
+        cis_v8 = [ "4.1" ];
+        hipaa = [ "164.312(a)(1)" ];
+        nist_800_53 = [ "CM-6" "AC-6" ];
+        nist_csf = [ "PR.PS-01" ];
+        soc2 = [ "CC6.1" ];
+      };
+      remediation = "RB-DRIFT-001";
+      severity = "medium";
+      title = "/tmp and /dev/shm are mounted without device files and setuid programs";
+      verify = {
+        check = "mounts";
+        expect = {
+          "/dev/shm" = [ "nosuid" "nodev" "noexec" ];
+          "/tmp" = [ "nosuid" "nodev" ];
+        };
+      };
+    } // {
+      settings = {
+        "boot.specialFileSystems.\"/dev/shm\".options" = [ "noexec" ];
+        "boot.tmp.useTmpfs" = true;
+      };
+    };
     "system.coredumps-disabled" = {
       frameworks = {
         cis_v8 = [ "4.1" ];
@@ -814,7 +1329,7 @@ let
     };
     "nix.allowed-users" = {
       frameworks = {
-        cis_v8 = [ "4.1" ];
+        cis_v8 = [ "2.5" ];
         hipaa = [ "164.308(a)(1)(ii)(B)" "164.312(a)(1)" ];
         nist_800_53 = [ "AC-6" "CM-11" ];
         nist_csf = [ "PR.PS-05" ];
@@ -829,7 +1344,7 @@ let
     };
     "nix.require-sigs" = {
       frameworks = {
-        cis_v8 = [ "4.1" ];
+        cis_v8 = [ "2.5" ];
         hipaa = [ "164.308(a)(5)(ii)(B)" "164.312(c)(1)" ];
         nist_800_53 = [ "SI-7" "CM-14" ];
         nist_csf = [ "PR.PS-05" "ID.RA-09" ];
@@ -915,7 +1430,7 @@ let
         hipaa = [ "164.308(a)(7)(ii)(E)" "164.312(b)" ];
         nist_800_53 = [ "SI-4" "CA-7" ];
         nist_csf = [ "DE.CM-09" ];
-        soc2 = [ "A1.1" "CC7.2" ];
+        soc2 = [ "CC7.2" ];
       };
       remediation = "RB-SERVICE-001";
       severity = "high";
@@ -985,28 +1500,17 @@ let
       id = "hipaa-v1";
       version = 1;
       title = "HIPAA Security Rule baseline for NixOS hosts that store or process ePHI";
-      digest = "sha256:b59342ce952f33a5749bb4248af731c2919524f056de4ef7698c011a09b98f1e";
+      digest = "sha256:29eb1b1a7db356178654b8570b0e048f060c9dfa354c6cd9104b3157605e601c";
     };
     nixos_release = "26.05";
-    parameters = {
-      av_signature_max_age_days = 3;
-      backup_max_age_hours = 24;
-      critical_patch_max_age_days = 14;
-      critical_services = [
-        "sshd.service"
-        "chronyd.service"
-        "auditd.service"
-        "systemd-journald.service"
-        "nftables.service"
-      ];
-      disk_usage_max_percent = 85;
-      exception_warn_days = 14;
-      generation_max_drift_hours = 24;
-      restore_test_max_age_days = 30;
-      time_max_drift_seconds = 90.0;
-    } // (cfg.parameters or { });
+    inherit parameters;
     controls = builtins.mapAttrs (
-      id: control: control // { status = if active id then "enforced" else "excepted"; }
+      id: control:
+      control
+      // {
+        status =
+          if !(active id) then "excepted" else if applies id then "enforced" else "not-applicable";
+      }
     ) controls;
     exceptions = builtins.mapAttrs (_: e: {
       inherit (e) justification approvedBy expires ticket;
@@ -1027,8 +1531,9 @@ in
     # cannot. Administrators log in with keys, so a stolen or weak password does not open the
     # host.
     # Verified by the `sshd_effective` check; remediation RB-DRIFT-001.
-    (lib.mkIf (active "ssh.password-auth-disabled") {
+    (lib.mkIf (applies "ssh.password-auth-disabled") {
       services.openssh.settings.PasswordAuthentication = false;
+      services.openssh.settings.PermitEmptyPasswords = false;
     })
 
     # ssh.kbd-interactive-auth-disabled: SSH keyboard-interactive authentication is disabled [high]
@@ -1036,7 +1541,7 @@ in
     # Keyboard-interactive authentication hands the login to PAM, which asks for the account
     # password; leaving it on re-opens password login even when PasswordAuthentication is off.
     # Verified by the `sshd_effective` check; remediation RB-DRIFT-001.
-    (lib.mkIf (active "ssh.kbd-interactive-auth-disabled") {
+    (lib.mkIf (applies "ssh.kbd-interactive-auth-disabled") {
       services.openssh.settings.KbdInteractiveAuthentication = false;
     })
 
@@ -1045,7 +1550,7 @@ in
     # A login as root is not attributable to a person. Administrators log in with their own
     # account and escalate with sudo, so every privileged action is tied to a unique user.
     # Verified by the `sshd_effective` check; remediation RB-DRIFT-001.
-    (lib.mkIf (active "ssh.root-login-disabled") {
+    (lib.mkIf (applies "ssh.root-login-disabled") {
       services.openssh.settings.PermitRootLogin = "no";
     })
 
@@ -1055,7 +1560,7 @@ in
     # ciphers are refused; the list is explicit so a change of upstream defaults cannot weaken it
     # silently.
     # Verified by the `sshd_effective` check; remediation RB-DRIFT-001.
-    (lib.mkIf (active "ssh.strong-ciphers") {
+    (lib.mkIf (applies "ssh.strong-ciphers") {
       services.openssh.settings.Ciphers = [
         "chacha20-poly1305@openssh.com"
         "aes256-gcm@openssh.com"
@@ -1070,16 +1575,18 @@ in
     # HIPAA 164.312(e)(1), 164.312(e)(2)(ii) · SOC 2 CC6.7 · CIS v8 3.10 · NIST 800-53 SC-8(1), SC-13, AC-17(2) · NIST CSF PR.DS-02
     # The key exchange protects every later byte of the session. Hybrid ML-KEM and sntrup761
     # exchanges resist record-now-decrypt-later attacks on long-lived health records; SHA-1 and
-    # small-group Diffie-Hellman methods are refused.
+    # finite-field Diffie-Hellman methods are refused. Stricter than dev-sec's ssh-baseline and
+    # than NixOS's recommended list: diffie-hellman-group-exchange-sha256 is not offered (OpenSSH
+    # 9.8 dropped it from sshd's defaults), because its strength depends on /etc/ssh/moduli, which
+    # the baseline does not verify.
     # Verified by the `sshd_effective` check; remediation RB-DRIFT-001.
-    (lib.mkIf (active "ssh.strong-kex") {
+    (lib.mkIf (applies "ssh.strong-kex") {
       services.openssh.settings.KexAlgorithms = [
         "mlkem768x25519-sha256"
         "sntrup761x25519-sha512"
         "sntrup761x25519-sha512@openssh.com"
         "curve25519-sha256"
         "curve25519-sha256@libssh.org"
-        "diffie-hellman-group-exchange-sha256"
       ];
     })
 
@@ -1088,7 +1595,7 @@ in
     # Message authentication keeps data in transit from being altered unnoticed. Only encrypt-
     # then-MAC variants of SHA-2 and UMAC are offered; MD5 and SHA-1 MACs are refused.
     # Verified by the `sshd_effective` check; remediation RB-DRIFT-001.
-    (lib.mkIf (active "ssh.strong-macs") {
+    (lib.mkIf (applies "ssh.strong-macs") {
       services.openssh.settings.Macs = [
         "hmac-sha2-512-etm@openssh.com"
         "hmac-sha2-256-etm@openssh.com"
@@ -1096,34 +1603,76 @@ in
       ];
     })
 
-    # ssh.max-auth-tries: SSH allows at most 4 authentication attempts per connection [medium]
+    # ssh.max-auth-tries: SSH allows at most 2 authentication attempts per connection [medium]
     # HIPAA 164.308(a)(5)(ii)(C), 164.312(d) · SOC 2 CC6.1, CC6.6 · CIS v8 4.1 · NIST 800-53 AC-7 · NIST CSF PR.AA-03
     # Limiting attempts per connection slows guessing and makes failed logins show up in the log
-    # as disconnects that log-in monitoring can count.
+    # as disconnects that log-in monitoring can count. Two, as dev-sec's ssh-baseline expects:
+    # administrators log in with one key, so a client that offers many agent keys names the right
+    # one (IdentitiesOnly / IdentityFile) instead of trying them all.
     # Verified by the `sshd_effective` check; remediation RB-DRIFT-001.
-    (lib.mkIf (active "ssh.max-auth-tries") {
-      services.openssh.settings.MaxAuthTries = 4;
+    (lib.mkIf (applies "ssh.max-auth-tries") {
+      services.openssh.settings.MaxAuthTries = 2;
     })
 
     # ssh.idle-timeout: Idle and unresponsive SSH sessions are closed [medium]
     # HIPAA 164.312(a)(2)(iii) · SOC 2 CC6.1 · CIS v8 4.3 · NIST 800-53 AC-12, SC-10 · NIST CSF PR.PS-01
     # An unattended open session lets anyone at the client act as the logged-in user. Session
-    # channels without traffic for 15 minutes are closed (automatic logoff), and connections whose
-    # client stops answering are dropped after three 5-minute probes.
+    # channels without traffic in either direction for 15 minutes are closed (ChannelTimeout: the
+    # automatic logoff), and a connection left without any open channel is closed 5 minutes later
+    # (UnusedConnectionTimeout). Connections whose client stops answering are dropped after three
+    # 5-minute encrypted probes (ClientAlive); the spoofable clear-text TCP keepalive is off, as
+    # dev-sec's ssh-baseline expects. ClientAlive alone would never log out an idle but reachable
+    # client.
     # Verified by the `sshd_effective` check; remediation RB-DRIFT-001.
-    (lib.mkIf (active "ssh.idle-timeout") {
+    (lib.mkIf (applies "ssh.idle-timeout") {
       services.openssh.settings.ChannelTimeout = "session=15m";
       services.openssh.settings.ClientAliveCountMax = 3;
       services.openssh.settings.ClientAliveInterval = 300;
+      services.openssh.settings.TCPKeepAlive = false;
+      services.openssh.settings.UnusedConnectionTimeout = "5m";
     })
 
-    # ssh.login-grace-time: Unauthenticated SSH connections are closed after 60 seconds [low]
-    # HIPAA 164.312(a)(1), 164.312(d) · SOC 2 CC6.6 · CIS v8 4.1 · NIST 800-53 AC-7, SC-5 · NIST CSF PR.PS-01
+    # ssh.login-grace-time: Unauthenticated SSH connections are closed after 30 seconds [low]
+    # HIPAA 164.312(a)(1), 164.312(d) · SOC 2 CC6.6 · CIS v8 4.1 · NIST 800-53 SC-5 · NIST CSF PR.PS-01
     # Half-open logins hold server slots; a short grace time keeps a flood of slow connections
-    # from locking administrators out.
+    # from locking administrators out. 30 seconds, as dev-sec's ssh-baseline expects, is ample for
+    # a key login.
     # Verified by the `sshd_effective` check; remediation RB-DRIFT-001.
-    (lib.mkIf (active "ssh.login-grace-time") {
-      services.openssh.settings.LoginGraceTime = 60;
+    (lib.mkIf (applies "ssh.login-grace-time") {
+      services.openssh.settings.LoginGraceTime = 30;
+    })
+
+    # ssh.connection-limits: SSH limits concurrent unauthenticated connections and sessions per connection [low]
+    # HIPAA 164.308(a)(1)(ii)(B), 164.312(a)(1) · SOC 2 CC6.6 · CIS v8 4.8 · NIST 800-53 SC-5, AC-10 · NIST CSF PR.IR-01
+    # A flood of unauthenticated connections is refused at random from 10 and completely at 60
+    # (MaxStartups 10:30:60, stricter than dev-sec's 10:30:100), so an attacker cannot hold every
+    # slot, and one connection carries at most 10 sessions, as dev-sec expects.
+    # Verified by the `sshd_effective` check; remediation RB-DRIFT-001.
+    (lib.mkIf (applies "ssh.connection-limits") {
+      services.openssh.settings.MaxSessions = 10;
+      services.openssh.settings.MaxStartups = "10:30:60";
+    })
+
+    # ssh.host-based-auth-disabled: SSH ignores rhosts, user known_hosts and host-based authentication [medium]
+    # HIPAA 164.312(d) · SOC 2 CC6.1 · CIS v8 6.3 · NIST 800-53 IA-2, IA-3 · NIST CSF PR.AA-03
+    # Host-based trust (.rhosts, shosts, a user's own known_hosts) lets one compromised host log
+    # in to others without any credential of the person; only keys tied to a person may
+    # authenticate.
+    # Verified by the `sshd_effective` check; remediation RB-DRIFT-001.
+    (lib.mkIf (applies "ssh.host-based-auth-disabled") {
+      services.openssh.settings.HostbasedAuthentication = false;
+      services.openssh.settings.IgnoreRhosts = true;
+      services.openssh.settings.IgnoreUserKnownHosts = true;
+    })
+
+    # ssh.user-environment-disabled: SSH users cannot set the environment of their login [medium]
+    # HIPAA 164.312(a)(1) · SOC 2 CC6.1 · CIS v8 4.1 · NIST 800-53 CM-7, AC-6 · NIST CSF PR.PS-01
+    # With PermitUserEnvironment a user's ~/.ssh/environment or authorized_keys options can set
+    # LD_PRELOAD and similar variables for the login, bypassing restrictions such as forced
+    # commands.
+    # Verified by the `sshd_effective` check; remediation RB-DRIFT-001.
+    (lib.mkIf (applies "ssh.user-environment-disabled") {
+      services.openssh.settings.PermitUserEnvironment = false;
     })
 
     # ssh.forwarding-disabled: SSH X11, agent, TCP, socket and tunnel forwarding are disabled [medium]
@@ -1131,7 +1680,7 @@ in
     # Forwarding turns the SSH server into a relay that bypasses the firewall and can carry ePHI
     # to places no other control sees. Hosts that need a tunnel record that need as an exception.
     # Verified by the `sshd_effective` check; remediation RB-DRIFT-001.
-    (lib.mkIf (active "ssh.forwarding-disabled") {
+    (lib.mkIf (applies "ssh.forwarding-disabled") {
       services.openssh.settings.AllowAgentForwarding = false;
       services.openssh.settings.AllowStreamLocalForwarding = false;
       services.openssh.settings.AllowTcpForwarding = false;
@@ -1145,7 +1694,7 @@ in
     # At VERBOSE sshd records the fingerprint of the key that authenticated each login, so the
     # audit trail shows which person's key was used, not only which account.
     # Verified by the `sshd_effective` check; remediation RB-DRIFT-001.
-    (lib.mkIf (active "ssh.verbose-logging") {
+    (lib.mkIf (applies "ssh.verbose-logging") {
       services.openssh.settings.LogLevel = "VERBOSE";
     })
 
@@ -1154,7 +1703,7 @@ in
     # The notice tells every user, before they authenticate, that the system holds PHI, is for
     # authorised use only and is monitored; it supports sanctions and evidence use.
     # Verified by the `sshd_effective` check; remediation RB-DRIFT-001.
-    (lib.mkIf (active "ssh.banner") {
+    (lib.mkIf (applies "ssh.banner") {
       environment.etc."issue.net".text = "Authorized use only. This system belongs to the practice and may contain protected\nhealth information (PHI). All activity is monitored and recorded. Unauthorized access\nor use is prohibited and may lead to disciplinary action and civil or criminal\npenalties. By continuing you consent to this monitoring.\n";
       services.openssh.settings.Banner = "/etc/issue.net";
     })
@@ -1163,10 +1712,11 @@ in
     # HIPAA 164.308(a)(1)(ii)(D), 164.308(a)(5)(ii)(C), 164.312(b) · SOC 2 CC7.2 · CIS v8 8.2, 8.5 · NIST 800-53 AU-2, AU-12 · NIST CSF PR.PS-04, DE.CM-09
     # HIPAA requires mechanisms that record and examine activity on systems holding ePHI. The
     # kernel audit subsystem records security-relevant events from boot on, and auditd writes them
-    # to /var/log/audit.
+    # to /var/log/audit. security.audit.enable itself is set by audit.rules-immutable ("lock");
+    # NixOS's auditd module enables the audit subsystem with lib.mkDefault when that control is
+    # excepted, and this control's runtime check fails if auditing is off.
     # Verified by the `audit_status` check; remediation RB-DRIFT-001.
-    (lib.mkIf (active "audit.auditd-enabled") {
-      security.audit.enable = true;
+    (lib.mkIf (applies "audit.auditd-enabled") {
       security.auditd.enable = true;
     })
 
@@ -1176,7 +1726,7 @@ in
     # recording every write to passwd, group, shadow and gshadow shows who changed access and
     # when.
     # Verified by the `audit_rules` check; remediation RB-DRIFT-001.
-    (lib.mkIf (active "audit.identity-changes") {
+    (lib.mkIf (applies "audit.identity-changes") {
       security.audit.rules = [
         "-w /etc/passwd -p wa -k identity"
         "-w /etc/group -p wa -k identity"
@@ -1190,8 +1740,11 @@ in
     # Whoever can edit the sudoers file can become root; every write to it is recorded so an
     # unapproved privilege grant is visible.
     # Verified by the `audit_rules` check; remediation RB-DRIFT-001.
-    (lib.mkIf (active "audit.sudoers-changes") {
-      security.audit.rules = [ "-w /etc/sudoers -p wa -k sudoers" ];
+    (lib.mkIf (applies "audit.sudoers-changes") {
+      security.audit.rules = [
+        "-w /etc/sudoers -p wa -k sudoers"
+        "-w /etc/sudoers.d -p wa -k sudoers"
+      ];
     })
 
     # audit.privileged-commands: Execution of setuid-root programs (sudo, su, passwd ...) is audited [high]
@@ -1199,11 +1752,13 @@ in
     # Privilege elevation by a logged-in person is the most sensitive event on a host. On NixOS
     # the setuid wrappers in /run/wrappers/bin are recreated in a new directory on every switch,
     # so a path-based rule would silently go stale; this rule matches any execve that gains root
-    # through the setuid bit instead.
+    # through the setuid bit instead, for 64-bit and 32-bit programs. This deliberately differs
+    # from SSG's one rule per privileged program path.
     # Verified by the `audit_rules` check; remediation RB-DRIFT-001.
-    (lib.mkIf (active "audit.privileged-commands") {
+    (lib.mkIf (applies "audit.privileged-commands") {
       security.audit.rules = [
         "-a always,exit -F arch=b64 -S execve -C uid!=euid -F euid=0 -F auid!=4294967295 -k privileged"
+        "-a always,exit -F arch=b32 -S execve -C uid!=euid -F euid=0 -F auid!=4294967295 -k privileged"
       ];
     })
 
@@ -1212,9 +1767,10 @@ in
     # A kernel module runs with full control of the host and can hide every other trace; recording
     # module loads and unloads exposes rootkits and unapproved drivers.
     # Verified by the `audit_rules` check; remediation RB-DRIFT-001.
-    (lib.mkIf (active "audit.kernel-modules") {
+    (lib.mkIf (applies "audit.kernel-modules") {
       security.audit.rules = [
         "-a always,exit -F arch=b64 -S init_module -S finit_module -S delete_module -k modules"
+        "-a always,exit -F arch=b32 -S init_module -S finit_module -S delete_module -k modules"
       ];
     })
 
@@ -1224,10 +1780,12 @@ in
     # adjustments made from a login session, are recorded; routine slewing by chronyd (no login
     # session) is not, to keep the log readable.
     # Verified by the `audit_rules` check; remediation RB-DRIFT-001.
-    (lib.mkIf (active "audit.time-changes") {
+    (lib.mkIf (applies "audit.time-changes") {
       security.audit.rules = [
         "-a always,exit -F arch=b64 -S settimeofday -S clock_settime -k time-change"
         "-a always,exit -F arch=b64 -S adjtimex -F auid!=4294967295 -k time-change"
+        "-a always,exit -F arch=b32 -S settimeofday -S clock_settime -k time-change"
+        "-a always,exit -F arch=b32 -S adjtimex -F auid!=4294967295 -k time-change"
         "-w /etc/localtime -p wa -k time-change"
       ];
     })
@@ -1236,11 +1794,145 @@ in
     # HIPAA 164.312(b) · SOC 2 CC7.2 · CIS v8 8.2, 8.3 · NIST 800-53 AU-5, AU-4 · NIST CSF PR.PS-04
     # If audit records are lost the loss itself must be visible. Failure mode printk reports every
     # lost record to the kernel log (which the logging check reads) without halting clinical
-    # systems, and an 8192-record backlog keeps bursts from being dropped.
+    # systems. This deliberately differs from SSG's audit_rules_system_shutdown (-f 2, panic): a
+    # clinic server that halts on an audit backlog stops patient care.
     # Verified by the `audit_status` check; remediation RB-DRIFT-001.
-    (lib.mkIf (active "audit.failure-mode") {
-      security.audit.backlogLimit = 8192;
+    (lib.mkIf (applies "audit.failure-mode") {
       security.audit.failureMode = "printk";
+    })
+
+    # audit.early-boot: Auditing starts with the kernel, with a large event backlog [high]
+    # HIPAA 164.312(b) · SOC 2 CC7.2 · CIS v8 8.2 · NIST 800-53 AU-14(1), AU-4 · NIST CSF PR.PS-04
+    # Processes started before auditd would otherwise run unaudited. NixOS's audit module puts
+    # audit=1 and audit_backlog_limit on the kernel command line; an 8192-record backlog keeps the
+    # burst of boot-time events from being dropped before auditd reads them. The check reads
+    # /proc/cmdline of the running kernel, so a host not yet rebooted into the configuration shows
+    # as drift.
+    # Verified by the `kernel_cmdline` check; remediation RB-DRIFT-001.
+    (lib.mkIf (applies "audit.early-boot") {
+      security.audit.backlogLimit = 8192;
+    })
+
+    # audit.rules-immutable: The loaded audit rules cannot be changed until reboot [medium]
+    # HIPAA 164.312(b), 164.312(c)(1) · SOC 2 CC7.2 · CIS v8 8.2 · NIST 800-53 AU-9, AU-12 · NIST CSF PR.PS-04
+    # An attacker who gains root would first delete the audit rules. With the rules locked
+    # (auditctl -e 2) nobody, root included, can change or remove them, or switch auditing off,
+    # until the next boot. The price is a reboot for every change of audit rules: the module keeps
+    # NixOS from reloading the rules unit on a switch (it could only fail), so a generation with
+    # new rules is switched to normally, the audit_rules check reports the loaded rules as drift,
+    # and the new rules take effect at the next reboot in the maintenance window.
+    # Verified by the `audit_status` check; remediation RB-DRIFT-001.
+    (lib.mkIf (applies "audit.rules-immutable") {
+      security.audit.enable = "lock";
+      systemd.services.audit-rules-nixos.restartIfChanged = false;
+    })
+
+    # audit.disk-space-actions: auditd warns when its disk fills and stops writing before the disk is full [medium]
+    # HIPAA 164.312(b) · SOC 2 CC7.2, A1.1 · CIS v8 8.3 · NIST 800-53 AU-4, AU-5(1) · NIST CSF PR.PS-04
+    # Audit records must neither silently stop nor fill the root filesystem and stop the host. At
+    # 25% free space auditd warns through syslog (the journal), at 10% it suspends writing
+    # (SUSPEND), as it does on a full disk; disk errors are logged. This deliberately differs from
+    # SSG's HIPAA values (email and single-user mode or halt): a clinic server has no local mail,
+    # and halting stops patient care; the storage.disk-capacity check raises an alert at
+    # parameters.disk_usage_max_percent long before.
+    # Verified by the `auditd_config` check; remediation RB-DRIFT-001.
+    (lib.mkIf (applies "audit.disk-space-actions") {
+      security.auditd.settings.admin_space_left = "10%";
+      security.auditd.settings.admin_space_left_action = "SUSPEND";
+      security.auditd.settings.disk_error_action = "SYSLOG";
+      security.auditd.settings.disk_full_action = "SUSPEND";
+      security.auditd.settings.space_left = "25%";
+      security.auditd.settings.space_left_action = "SYSLOG";
+    })
+
+    # audit.failed-access: Failed attempts to open or truncate files are audited [high]
+    # HIPAA 164.308(a)(1)(ii)(D), 164.312(b) · SOC 2 CC7.2 · CIS v8 8.5 · NIST 800-53 AU-2, AU-12, AC-3 · NIST CSF DE.CM-03
+    # A user probing for records they may not read leaves failed opens (EACCES, EPERM) behind;
+    # recording them, for 64-bit and 32-bit programs, shows attempted access to ePHI. The 64-bit
+    # rules name only system calls every supported architecture has (glibc's open() uses openat);
+    # the legacy open and creat exist only in the 32-bit tables here.
+    # Verified by the `audit_rules` check; remediation RB-DRIFT-001.
+    (lib.mkIf (applies "audit.failed-access") {
+      security.audit.rules = [
+        "-a always,exit -F arch=b64 -S openat,open_by_handle_at,truncate,ftruncate -F exit=-EACCES -F auid>=1000 -F auid!=4294967295 -k access"
+        "-a always,exit -F arch=b64 -S openat,open_by_handle_at,truncate,ftruncate -F exit=-EPERM -F auid>=1000 -F auid!=4294967295 -k access"
+        "-a always,exit -F arch=b32 -S open,creat,openat,open_by_handle_at,truncate,ftruncate -F exit=-EACCES -F auid>=1000 -F auid!=4294967295 -k access"
+        "-a always,exit -F arch=b32 -S open,creat,openat,open_by_handle_at,truncate,ftruncate -F exit=-EPERM -F auid>=1000 -F auid!=4294967295 -k access"
+      ];
+    })
+
+    # audit.permission-changes: Changes of file permissions, ownership and extended attributes are audited [medium]
+    # HIPAA 164.308(a)(1)(ii)(D), 164.312(b) · SOC 2 CC7.2 · CIS v8 8.5 · NIST 800-53 AU-2, AU-12 · NIST CSF DE.CM-03
+    # Making a record world-readable or giving it to another owner is a change of access to ePHI;
+    # chmod, chown and the extended-attribute calls (which carry ACLs) are recorded for users'
+    # actions, 64-bit and 32-bit.
+    # Verified by the `audit_rules` check; remediation RB-DRIFT-001.
+    (lib.mkIf (applies "audit.permission-changes") {
+      security.audit.rules = [
+        "-a always,exit -F arch=b64 -S fchmod,fchmodat -F auid>=1000 -F auid!=4294967295 -k perm_mod"
+        "-a always,exit -F arch=b64 -S fchown,fchownat -F auid>=1000 -F auid!=4294967295 -k perm_mod"
+        "-a always,exit -F arch=b64 -S setxattr,lsetxattr,fsetxattr,removexattr,lremovexattr,fremovexattr -F auid>=1000 -F auid!=4294967295 -k perm_mod"
+        "-a always,exit -F arch=b32 -S chmod,fchmod,fchmodat -F auid>=1000 -F auid!=4294967295 -k perm_mod"
+        "-a always,exit -F arch=b32 -S chown,fchown,fchownat,lchown -F auid>=1000 -F auid!=4294967295 -k perm_mod"
+        "-a always,exit -F arch=b32 -S setxattr,lsetxattr,fsetxattr,removexattr,lremovexattr,fremovexattr -F auid>=1000 -F auid!=4294967295 -k perm_mod"
+      ];
+    })
+
+    # audit.deletions: Deletions and renames of files by users are audited [medium]
+    # HIPAA 164.308(a)(1)(ii)(D), 164.312(b), 164.312(c)(1) · SOC 2 CC7.2 · CIS v8 8.5 · NIST 800-53 AU-2, AU-12 · NIST CSF DE.CM-03
+    # Deleting or moving a record away is how ePHI is destroyed or hidden; every unlink and rename
+    # by a logged-in user is recorded, 64-bit and 32-bit.
+    # Verified by the `audit_rules` check; remediation RB-DRIFT-001.
+    (lib.mkIf (applies "audit.deletions") {
+      security.audit.rules = [
+        "-a always,exit -F arch=b64 -S unlinkat,renameat,renameat2 -F auid>=1000 -F auid!=4294967295 -k delete"
+        "-a always,exit -F arch=b32 -S unlink,unlinkat,rename,renameat,renameat2,rmdir -F auid>=1000 -F auid!=4294967295 -k delete"
+      ];
+    })
+
+    # audit.mounts: Mounts and unmounts by users are audited [medium]
+    # HIPAA 164.308(a)(1)(ii)(D), 164.310(d)(1), 164.312(b) · SOC 2 CC7.2 · CIS v8 8.5 · NIST 800-53 AU-2, AU-12, MP-7 · NIST CSF DE.CM-03
+    # Mounting a USB disk or a network share is how ePHI is copied off the host; every mount and
+    # unmount by a logged-in user is recorded, 64-bit and 32-bit.
+    # Verified by the `audit_rules` check; remediation RB-DRIFT-001.
+    (lib.mkIf (applies "audit.mounts") {
+      security.audit.rules = [
+        "-a always,exit -F arch=b64 -S mount,umount2 -F auid>=1000 -F auid!=4294967295 -k mounts"
+        "-a always,exit -F arch=b32 -S mount,umount2 -F auid>=1000 -F auid!=4294967295 -k mounts"
+      ];
+    })
+
+    # audit.login-records: Changes to login and session records are audited [medium]
+    # HIPAA 164.308(a)(1)(ii)(D), 164.308(a)(5)(ii)(C), 164.312(b) · SOC 2 CC7.2 · CIS v8 8.5 · NIST 800-53 AU-2, AU-12, AC-7 · NIST CSF DE.CM-03
+    # lastlog, faillock, utmp, wtmp and btmp say who logged in, when and from where, and which
+    # logins failed; editing them hides an intrusion, so every write is recorded. On NixOS
+    # /var/run is /run, so the runtime files are watched under /run.
+    # Verified by the `audit_rules` check; remediation RB-DRIFT-001.
+    (lib.mkIf (applies "audit.login-records") {
+      security.audit.rules = [
+        "-w /var/log/lastlog -p wa -k logins"
+        "-w /run/faillock -p wa -k logins"
+        "-w /run/utmp -p wa -k session"
+        "-w /var/log/wtmp -p wa -k session"
+        "-w /var/log/btmp -p wa -k session"
+      ];
+    })
+
+    # audit.network-config: Changes to the host name, network identity and login banners are audited [low]
+    # HIPAA 164.312(b) · SOC 2 CC7.2, CC8.1 · CIS v8 8.5 · NIST 800-53 AU-2, AU-12, CM-3 · NIST CSF DE.CM-03
+    # Changing the host name or /etc/hosts can redirect clinical traffic, and changing the banner
+    # removes the monitoring notice; sethostname, setdomainname and writes to those files are
+    # recorded.
+    # Verified by the `audit_rules` check; remediation RB-DRIFT-001.
+    (lib.mkIf (applies "audit.network-config") {
+      security.audit.rules = [
+        "-a always,exit -F arch=b64 -S sethostname,setdomainname -k system-locale"
+        "-a always,exit -F arch=b32 -S sethostname,setdomainname -k system-locale"
+        "-w /etc/issue -p wa -k system-locale"
+        "-w /etc/issue.net -p wa -k system-locale"
+        "-w /etc/hosts -p wa -k system-locale"
+        "-w /etc/hostname -p wa -k system-locale"
+      ];
     })
 
     # logging.journald-persistent: The system journal is stored on disk and survives reboots [high]
@@ -1248,7 +1940,7 @@ in
     # A journal kept only in memory is lost on reboot or crash, exactly when it is needed to
     # investigate. Persistent storage keeps sshd, sudo and kernel logs as evidence.
     # Verified by the `journald_config` check; remediation RB-DRIFT-001.
-    (lib.mkIf (active "logging.journald-persistent") {
+    (lib.mkIf (applies "logging.journald-persistent") {
       services.journald.storage = "persistent";
     })
 
@@ -1259,7 +1951,7 @@ in
     # at most 4 GiB and always leaves 2 GiB free; longer retention is the job of the central log
     # store.
     # Verified by the `journald_config` check; remediation RB-DRIFT-001.
-    (lib.mkIf (active "logging.journald-retention") {
+    (lib.mkIf (applies "logging.journald-retention") {
       services.journald.extraConfig = "SystemMaxUse=4G\nSystemKeepFree=2G\nMaxRetentionSec=1year\nMaxFileSec=1month\n";
     })
 
@@ -1276,7 +1968,7 @@ in
     # accurate time. chrony keeps the clock within the drift the baseline allows and replaces
     # systemd-timesyncd.
     # Verified by the `time_sync` check; remediation RB-TIMESYNC-001.
-    (lib.mkIf (active "time.sync-enabled") {
+    (lib.mkIf (applies "time.sync-enabled") {
       services.chrony.enable = true;
     })
 
@@ -1287,7 +1979,7 @@ in
     # ruleset can be read and hashed with nft for drift detection. Hosts whose software needs the
     # legacy iptables firewall (extraCommands, some Docker setups) need an exception.
     # Verified by the `firewall` check; remediation RB-FIREWALL-001.
-    (lib.mkIf (active "network.firewall-enabled") {
+    (lib.mkIf (applies "network.firewall-enabled") {
       networking.firewall.enable = true;
       networking.nftables.enable = true;
     })
@@ -1297,7 +1989,7 @@ in
     # Connection attempts the firewall refuses are the first trace of scanning and attacks;
     # logging them gives the reviewer of information system activity something to review.
     # Verified by the `firewall` check; remediation RB-FIREWALL-001.
-    (lib.mkIf (active "network.firewall-log-refused") {
+    (lib.mkIf (applies "network.firewall-log-refused") {
       networking.firewall.logRefusedConnections = true;
     })
 
@@ -1306,7 +1998,7 @@ in
     # SYN cookies keep the host reachable during a SYN flood, protecting the availability of the
     # services that give clinicians access to ePHI.
     # Verified by the `sysctl` check; remediation RB-DRIFT-001.
-    (lib.mkIf (active "network.tcp-syncookies") {
+    (lib.mkIf (applies "network.tcp-syncookies") {
       boot.kernel.sysctl."net.ipv4.tcp_syncookies" = 1;
     })
 
@@ -1316,7 +2008,7 @@ in
     # spoofed; dropping them blocks a class of spoofing attacks. (The NixOS firewall also filters
     # reverse paths in nftables by default.)
     # Verified by the `sysctl` check; remediation RB-DRIFT-001.
-    (lib.mkIf (active "network.rp-filter") {
+    (lib.mkIf (applies "network.rp-filter") {
       boot.kernel.sysctl."net.ipv4.conf.all.rp_filter" = 1;
       boot.kernel.sysctl."net.ipv4.conf.default.rp_filter" = 1;
     })
@@ -1326,7 +2018,7 @@ in
     # A forged ICMP redirect can reroute a host's traffic through an attacker; a host that is not
     # a router has no reason to accept or send them, over IPv4 or IPv6.
     # Verified by the `sysctl` check; remediation RB-DRIFT-001.
-    (lib.mkIf (active "network.no-icmp-redirects") {
+    (lib.mkIf (applies "network.no-icmp-redirects") {
       boot.kernel.sysctl."net.ipv4.conf.all.accept_redirects" = 0;
       boot.kernel.sysctl."net.ipv4.conf.all.secure_redirects" = 0;
       boot.kernel.sysctl."net.ipv4.conf.all.send_redirects" = 0;
@@ -1342,11 +2034,47 @@ in
     # Source routing lets the sender choose the path a packet takes, which can steer traffic
     # around network controls; hosts refuse it over IPv4 and IPv6.
     # Verified by the `sysctl` check; remediation RB-DRIFT-001.
-    (lib.mkIf (active "network.no-source-route") {
+    (lib.mkIf (applies "network.no-source-route") {
       boot.kernel.sysctl."net.ipv4.conf.all.accept_source_route" = 0;
       boot.kernel.sysctl."net.ipv4.conf.default.accept_source_route" = 0;
       boot.kernel.sysctl."net.ipv6.conf.all.accept_source_route" = 0;
       boot.kernel.sysctl."net.ipv6.conf.default.accept_source_route" = 0;
+    })
+
+    # network.no-ip-forwarding: The host does not forward packets between interfaces [medium]
+    # HIPAA 164.312(e)(1) · SOC 2 CC6.6 · CIS v8 4.1, 12.2 · NIST 800-53 SC-7, CM-7 · NIST CSF PR.IR-01
+    # A host that is not a router has no business passing traffic from one network to another;
+    # forwarding would let an attacker use it to reach the practice's internal networks. A host
+    # that routes (a VPN gateway, a NAT host) sets the site parameter `router`, which makes this
+    # control not applicable; NixOS's NAT and container modules force forwarding on with a higher
+    # priority anyway, which the check then reports.
+    # Verified by the `sysctl` check; remediation RB-DRIFT-001.
+    (lib.mkIf (applies "network.no-ip-forwarding") {
+      boot.kernel.sysctl."net.ipv4.conf.all.forwarding" = 0;
+      boot.kernel.sysctl."net.ipv4.ip_forward" = 0;
+      boot.kernel.sysctl."net.ipv6.conf.all.forwarding" = 0;
+    })
+
+    # network.log-martians: Packets with impossible source addresses are logged [low]
+    # HIPAA 164.308(a)(1)(ii)(D), 164.312(b) · SOC 2 CC7.2 · CIS v8 8.2 · NIST 800-53 AU-12, SI-4 · NIST CSF DE.CM-01
+    # "Martian" packets (source addresses that cannot come from where they arrive) are a sign of
+    # spoofing or misrouting; logging them gives the activity review something to find.
+    # Verified by the `sysctl` check; remediation RB-DRIFT-001.
+    (lib.mkIf (applies "network.log-martians") {
+      boot.kernel.sysctl."net.ipv4.conf.all.log_martians" = 1;
+      boot.kernel.sysctl."net.ipv4.conf.default.log_martians" = 1;
+    })
+
+    # network.no-router-advertisements: The kernel ignores IPv6 router advertisements [low]
+    # HIPAA 164.312(e)(1) · SOC 2 CC6.6 · CIS v8 4.1 · NIST 800-53 SC-7, CM-7 · NIST CSF PR.IR-01
+    # A forged router advertisement makes the host route its IPv6 traffic through an attacker. The
+    # kernel's own handling is off for every interface; systemd-networkd and dhcpcd, which NixOS
+    # uses for automatic addressing, process advertisements in user space and are not affected. A
+    # host that relies on the kernel's SLAAC needs an exception.
+    # Verified by the `sysctl` check; remediation RB-DRIFT-001.
+    (lib.mkIf (applies "network.no-router-advertisements") {
+      boot.kernel.sysctl."net.ipv6.conf.all.accept_ra" = 0;
+      boot.kernel.sysctl."net.ipv6.conf.default.accept_ra" = 0;
     })
 
     # encryption.root-on-luks: The root file system is encrypted with LUKS [critical]
@@ -1355,7 +2083,7 @@ in
     # HIPAA's breach safe harbour. The build fails unless the root file system sits on a LUKS
     # device, and the running host is checked with lsblk and cryptsetup.
     # Verified by the `encryption` check; remediation RB-DRIFT-001.
-    (lib.mkIf (active "encryption.root-on-luks") {
+    (lib.mkIf (applies "encryption.root-on-luks") {
       assertions = [
         {
           assertion = rootOnLuks;
@@ -1369,7 +2097,7 @@ in
     # Re-authenticating before acting as root means an unlocked session or a stolen SSH key alone
     # is not enough to take over the host.
     # Verified by the `sudo_config` check; remediation RB-DRIFT-001.
-    (lib.mkIf (active "access.sudo-wheel-password") {
+    (lib.mkIf (applies "access.sudo-wheel-password") {
       security.sudo.wheelNeedsPassword = true;
     })
 
@@ -1378,7 +2106,7 @@ in
     # Removing execute permission on sudo for everyone outside wheel means a flaw in sudo itself
     # (like CVE-2021-3156) cannot be used by ordinary or service accounts.
     # Verified by the `sudo_config` check; remediation RB-DRIFT-001.
-    (lib.mkIf (active "access.sudo-exec-wheel-only") {
+    (lib.mkIf (applies "access.sudo-exec-wheel-only") {
       security.sudo.execWheelOnly = true;
     })
 
@@ -1387,7 +2115,7 @@ in
     # su is a second way to become root; requiring wheel membership (pam_wheel) keeps the set of
     # people who can elevate the same as for sudo.
     # Verified by the `file_content` check; remediation RB-DRIFT-001.
-    (lib.mkIf (active "access.su-wheel-only") {
+    (lib.mkIf (applies "access.su-wheel-only") {
       security.pam.services.su.requireWheel = true;
     })
 
@@ -1398,8 +2126,31 @@ in
     # grant of access goes through review. Password hashes must then be declared
     # (hashedPasswordFile) or login uses keys only.
     # Verified by the `config_value` check; remediation RB-DRIFT-001.
-    (lib.mkIf (active "access.immutable-users") {
+    (lib.mkIf (applies "access.immutable-users") {
       users.mutableUsers = false;
+    })
+
+    # access.no-empty-passwords: No account has an empty password [critical]
+    # HIPAA 164.308(a)(5)(ii)(D), 164.312(d) · SOC 2 CC6.1 · CIS v8 5.2 · NIST 800-53 IA-5 · NIST CSF PR.AA-03
+    # An account with an empty password field is open to anyone at the console. NixOS's login PAM
+    # service accepts empty passwords (programs/shadow.nix sets allowNullPassword), and overriding
+    # that option would collide with nixpkgs, so the baseline verifies the shadow file itself;
+    # with mutable users off an empty password can only come from a reviewed users.users
+    # declaration. sshd refuses empty passwords (ssh.password-auth-disabled).
+    # Verified by the `accounts` check; remediation RB-DRIFT-001.
+    # (runtime policy: no NixOS option; the reconciler verifies it on the running host)
+
+    # access.root-login-locked: Root has no password, so nobody logs in as root at the console [high]
+    # HIPAA 164.312(a)(1), 164.312(a)(2)(i), 164.312(d) · SOC 2 CC6.1 · CIS v8 5.4 · NIST 800-53 AC-6(2), IA-2 · NIST CSF PR.AA-05
+    # A login as root is not attributable to a person (SSH root login is refused by ssh.root-
+    # login-disabled; this closes the console). The root password is locked ("!"); administrators
+    # log in as themselves and use sudo. Emergency access is the documented break-glass procedure
+    # of 164.312(a)(2)(ii): booting into a root shell from the boot loader needs physical access
+    # and the LUKS passphrase. Deliberately differs from SSG's securetty rules: NixOS's PAM stack
+    # has no pam_securetty.
+    # Verified by the `accounts` check; remediation RB-DRIFT-001.
+    (lib.mkIf (applies "access.root-login-locked") {
+      users.users.root.hashedPassword = "!";
     })
 
     # access.login-banner: Console logins show the authorised-use and monitoring notice [low]
@@ -1407,25 +2158,25 @@ in
     # Someone at the keyboard sees the same notice as an SSH user before logging in: PHI on the
     # system, authorised use only, activity monitored.
     # Verified by the `file_content` check; remediation RB-DRIFT-001.
-    (lib.mkIf (active "access.login-banner") {
+    (lib.mkIf (applies "access.login-banner") {
       services.getty.greetingLine = "Authorized use only. This system belongs to the practice and may contain protected\nhealth information (PHI). All activity is monitored and recorded. Unauthorized access\nor use is prohibited and may lead to disciplinary action and civil or criminal\npenalties. By continuing you consent to this monitoring.\n";
     })
 
     # kernel.kptr-restrict: Kernel pointer addresses are hidden from all users [medium]
-    # HIPAA 164.308(a)(1)(ii)(B), 164.312(a)(1) · SOC 2 CC6.8 · CIS v8 4.1, 10.5 · NIST 800-53 CM-6, SI-16 · NIST CSF PR.PS-01
+    # HIPAA 164.308(a)(1)(ii)(B), 164.312(a)(1) · SOC 2 CC6.1 · CIS v8 10.5 · NIST 800-53 CM-6, SI-16 · NIST CSF PR.PS-01
     # Kernel addresses in /proc help an attacker turn a local bug into root; hiding them even from
     # privileged processes (value 2) removes that help.
     # Verified by the `sysctl` check; remediation RB-DRIFT-001.
-    (lib.mkIf (active "kernel.kptr-restrict") {
+    (lib.mkIf (applies "kernel.kptr-restrict") {
       boot.kernel.sysctl."kernel.kptr_restrict" = 2;
     })
 
     # kernel.dmesg-restrict: Only privileged users can read the kernel log [medium]
-    # HIPAA 164.308(a)(1)(ii)(B), 164.312(a)(1) · SOC 2 CC6.8 · CIS v8 4.1, 10.5 · NIST 800-53 CM-6, SI-11 · NIST CSF PR.PS-01
+    # HIPAA 164.308(a)(1)(ii)(B), 164.312(a)(1) · SOC 2 CC6.1 · CIS v8 10.5 · NIST 800-53 CM-6, SI-11 · NIST CSF PR.PS-01
     # The kernel ring buffer leaks addresses and hardware details useful for exploits, and can
     # contain fragments of sensitive data; unprivileged users do not need it.
     # Verified by the `sysctl` check; remediation RB-DRIFT-001.
-    (lib.mkIf (active "kernel.dmesg-restrict") {
+    (lib.mkIf (applies "kernel.dmesg-restrict") {
       boot.kernel.sysctl."kernel.dmesg_restrict" = 1;
     })
 
@@ -1434,8 +2185,40 @@ in
     # Randomising the stack, heap, mmap and VDSO addresses (value 2) makes memory-corruption
     # exploits unreliable.
     # Verified by the `sysctl` check; remediation RB-DRIFT-001.
-    (lib.mkIf (active "kernel.aslr") {
+    (lib.mkIf (applies "kernel.aslr") {
       boot.kernel.sysctl."kernel.randomize_va_space" = 2;
+    })
+
+    # kernel.sysrq-disabled: The magic SysRq key is disabled [low]
+    # HIPAA 164.312(a)(1) · SOC 2 CC6.4 · CIS v8 4.1 · NIST 800-53 CM-7, AC-3 · NIST CSF PR.PS-01
+    # SysRq lets anyone at the console (or on a serial line) kill processes, remount filesystems
+    # or reboot the host without logging in; a server has no need for it.
+    # Verified by the `sysctl` check; remediation RB-DRIFT-001.
+    (lib.mkIf (applies "kernel.sysrq-disabled") {
+      boot.kernel.sysctl."kernel.sysrq" = 0;
+    })
+
+    # kernel.ptrace-restricted: Processes can only trace their own descendants [medium]
+    # HIPAA 164.312(a)(1) · SOC 2 CC6.1 · CIS v8 10.5 · NIST 800-53 AC-6, SC-39 · NIST CSF PR.PS-01
+    # Without Yama's restriction any process can attach to every other process of the same user
+    # and read its memory, which holds ePHI and credentials; with ptrace_scope 1 only a parent may
+    # trace its children (debuggers started by the user still work).
+    # Verified by the `sysctl` check; remediation RB-DRIFT-001.
+    (lib.mkIf (applies "kernel.ptrace-restricted") {
+      boot.kernel.sysctl."kernel.yama.ptrace_scope" = 1;
+    })
+
+    # kernel.protected-links: Links, FIFOs and regular files in sticky directories are protected [medium]
+    # HIPAA 164.312(a)(1), 164.312(c)(1) · SOC 2 CC6.1 · CIS v8 10.5 · NIST 800-53 AC-6, SI-16 · NIST CSF PR.PS-01
+    # Symlink, hard-link, FIFO and file races in world-writable directories such as /tmp let a
+    # local user make a privileged program overwrite or disclose files; the protected_* values
+    # dev-sec's linux-baseline expects close them.
+    # Verified by the `sysctl` check; remediation RB-DRIFT-001.
+    (lib.mkIf (applies "kernel.protected-links") {
+      boot.kernel.sysctl."fs.protected_fifos" = 2;
+      boot.kernel.sysctl."fs.protected_hardlinks" = 1;
+      boot.kernel.sysctl."fs.protected_regular" = 2;
+      boot.kernel.sysctl."fs.protected_symlinks" = 1;
     })
 
     # devices.usb-storage-blocked: USB mass storage cannot be used [medium]
@@ -1444,9 +2227,36 @@ in
     # usb_storage and uas drivers are blacklisted and any explicit load fails. Hosts that boot
     # from USB or need removable media for backups record an exception.
     # Verified by the `kernel_modules` check; remediation RB-DRIFT-001.
-    (lib.mkIf (active "devices.usb-storage-blocked") {
+    (lib.mkIf (applies "devices.usb-storage-blocked") {
       boot.blacklistedKernelModules = [ "usb_storage" "uas" ];
       boot.extraModprobeConfig = "install usb_storage /run/current-system/sw/bin/false\ninstall uas /run/current-system/sw/bin/false\n";
+    })
+
+    # devices.unused-filesystems-blocked: Kernel modules of file systems a server does not use cannot be loaded [low]
+    # HIPAA 164.308(a)(1)(ii)(B), 164.310(d)(1) · SOC 2 CC6.8 · CIS v8 4.8 · NIST 800-53 CM-7 · NIST CSF PR.PS-01
+    # Rarely used file-system drivers are a favourite target for kernel exploits through a crafted
+    # disk image or USB stick. cramfs, freevxfs, jffs2, hfs, hfsplus, squashfs and udf are
+    # blacklisted and their explicit loading fails. vfat stays available, deliberately unlike dev-
+    # sec's linux-baseline: the EFI system partition that NixOS boots from is FAT.
+    # Verified by the `kernel_modules` check; remediation RB-DRIFT-001.
+    (lib.mkIf (applies "devices.unused-filesystems-blocked") {
+      boot.blacklistedKernelModules = [ "cramfs" "freevxfs" "jffs2" "hfs" "hfsplus" "squashfs" "udf" ];
+      boot.extraModprobeConfig = "install cramfs /run/current-system/sw/bin/false\ninstall freevxfs /run/current-system/sw/bin/false\ninstall jffs2 /run/current-system/sw/bin/false\ninstall hfs /run/current-system/sw/bin/false\ninstall hfsplus /run/current-system/sw/bin/false\ninstall squashfs /run/current-system/sw/bin/false\ninstall udf /run/current-system/sw/bin/false\n";
+    })
+
+    # storage.temporary-mount-options: /tmp and /dev/shm are mounted without device files and setuid programs [medium]
+    # HIPAA 164.312(a)(1) · SOC 2 CC6.1 · CIS v8 4.1 · NIST 800-53 CM-6, AC-6 · NIST CSF PR.PS-01
+    # World-writable scratch space must not let a user plant a device node or a setuid program.
+    # /tmp becomes a tmpfs mounted nosuid,nodev (boot.tmp.useTmpfs; it takes at most half the
+    # memory, and large Nix builds need boot.tmp.tmpfsSize raised) and /dev/shm gets noexec on top
+    # of NixOS's nosuid,nodev. /tmp stays executable, deliberately unlike SSG and CIS: the Nix
+    # daemon and the reconciler build in it. /var/tmp is a directory of the root file system on
+    # NixOS, and the module system offers no mount of it; the root-on-LUKS control protects it at
+    # rest.
+    # Verified by the `mounts` check; remediation RB-DRIFT-001.
+    (lib.mkIf (applies "storage.temporary-mount-options") {
+      boot.specialFileSystems."/dev/shm".options = [ "noexec" ];
+      boot.tmp.useTmpfs = true;
     })
 
     # system.coredumps-disabled: Core dumps are neither stored nor produced for setuid programs [medium]
@@ -1457,7 +2267,7 @@ in
     # Verified by the `coredump` check; remediation RB-DRIFT-001.
     # The spelling of some of these options depends on the nixpkgs revision: the module asks
     # the evaluation (`options ? systemd.coredump.settings`) instead of guessing.
-    (lib.mkIf (active "system.coredumps-disabled") (lib.mkMerge [
+    (lib.mkIf (applies "system.coredumps-disabled") (lib.mkMerge [
       {
         boot.kernel.sysctl."fs.suid_dumpable" = 0;
         security.pam.loginLimits = [ { domain = "*"; item = "core"; type = "hard"; value = 0; } ];
@@ -1476,21 +2286,21 @@ in
     ]))
 
     # nix.allowed-users: Only wheel members can use the Nix daemon [high]
-    # HIPAA 164.308(a)(1)(ii)(B), 164.312(a)(1) · SOC 2 CC6.3, CC8.1 · CIS v8 4.1 · NIST 800-53 AC-6, CM-11 · NIST CSF PR.PS-05
+    # HIPAA 164.308(a)(1)(ii)(B), 164.312(a)(1) · SOC 2 CC6.3, CC8.1 · CIS v8 2.5 · NIST 800-53 AC-6, CM-11 · NIST CSF PR.PS-05
     # Any user allowed to talk to the Nix daemon can build and run arbitrary software on the host.
     # Restricting the daemon to administrators (root is always allowed as a trusted user) keeps
     # software installation under change control.
     # Verified by the `nix_config` check; remediation RB-DRIFT-001.
-    (lib.mkIf (active "nix.allowed-users") {
+    (lib.mkIf (applies "nix.allowed-users") {
       nix.settings.allowed-users = [ "@wheel" ];
     })
 
     # nix.require-sigs: Nix installs only signed binaries from caches [critical]
-    # HIPAA 164.308(a)(5)(ii)(B), 164.312(c)(1) · SOC 2 CC6.8, CC8.1 · CIS v8 4.1 · NIST 800-53 SI-7, CM-14 · NIST CSF PR.PS-05, ID.RA-09
+    # HIPAA 164.308(a)(5)(ii)(B), 164.312(c)(1) · SOC 2 CC6.8, CC8.1 · CIS v8 2.5 · NIST 800-53 SI-7, CM-14 · NIST CSF PR.PS-05, ID.RA-09
     # Every binary on a NixOS host comes from the Nix store; requiring signatures from trusted
     # keys stops a compromised or spoofed cache from planting malicious software.
     # Verified by the `nix_config` check; remediation RB-DRIFT-001.
-    (lib.mkIf (active "nix.require-sigs") {
+    (lib.mkIf (applies "nix.require-sigs") {
       nix.settings.require-sigs = true;
     })
 
@@ -1500,7 +2310,7 @@ in
     # daemon, hourly signature updates (freshclam) and a daily scan of data directories give that
     # protection; clamd needs about 1.5 GiB of memory.
     # Verified by the `av_edr` check; remediation RB-SERVICE-001.
-    (lib.mkIf (active "malware.protection") {
+    (lib.mkIf (applies "malware.protection") {
       services.clamav.daemon.enable = true;
       services.clamav.scanner.enable = true;
       services.clamav.updater.enable = true;
@@ -1529,7 +2339,7 @@ in
     # (runtime policy: no NixOS option; the reconciler verifies it on the running host)
 
     # services.critical-running: The critical services are active and not failing [high]
-    # HIPAA 164.308(a)(7)(ii)(E), 164.312(b) · SOC 2 A1.1, CC7.2 · CIS v8 4.1 · NIST 800-53 SI-4, CA-7 · NIST CSF DE.CM-09
+    # HIPAA 164.308(a)(7)(ii)(E), 164.312(b) · SOC 2 CC7.2 · CIS v8 4.1 · NIST 800-53 SI-4, CA-7 · NIST CSF DE.CM-09
     # Remote administration, time, audit, logging and the firewall only protect the host while
     # their services run. The units in parameters.critical_services must be active, not failed and
     # not restarting in a loop.

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 from nixcomply import __version__
-from nixcomply.errors import EXIT_INTERNAL, EXIT_USAGE, NixcomplyError
+from nixcomply.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, NixcomplyError
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.exit_code
     except KeyboardInterrupt:
         print("nixcomply: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as e:
         if debug:
             raise

@@ -5,14 +5,19 @@ its message (and hint) on one line and exits with its ``exit_code``; a traceback
 shown only with ``--debug``. Anything else that escapes is a bug in nixcomply and is
 reported as an internal error.
 
-Exit codes, shared by every verb:
+Exit codes, shared by every verb (the constants below are the one table; nothing else
+spells a number):
 
-* 0: success;
-* 1: the job ran and found something wrong (tampered evidence, failed or reverted
-  reconcile, a failed external command);
-* 2: bad usage or bad input (a malformed file, a missing file, a wrong argument);
-* 3: success with warnings (for example an attestation that expired);
-* 75: temporarily unavailable (another reconciler holds the lock); retry later.
+* 0 (``EXIT_OK``): success;
+* 1 (``EXIT_FAILURE``): the job ran and found something wrong (tampered evidence, failed or
+  reverted reconcile, a failed external command, drift found by ``check``);
+* 2 (``EXIT_USAGE``): bad usage or bad input (a malformed file, a missing file, a wrong
+  argument);
+* 3 (``EXIT_WARNINGS``): success with warnings (for example an attestation that expired);
+* 70 (``EXIT_INTERNAL``, sysexits' EX_SOFTWARE): an internal error, a bug in nixcomply;
+* 75 (``EXIT_TEMPFAIL``, EX_TEMPFAIL): temporarily unavailable (another reconciler holds
+  the lock); retry later;
+* 130 (``EXIT_INTERRUPTED``, 128 + SIGINT): interrupted by Ctrl-C.
 """
 
 from __future__ import annotations
@@ -26,8 +31,9 @@ EXIT_OK: Final = 0
 EXIT_FAILURE: Final = 1
 EXIT_USAGE: Final = 2
 EXIT_WARNINGS: Final = 3
-EXIT_TEMPFAIL: Final = 75
 EXIT_INTERNAL: Final = 70
+EXIT_TEMPFAIL: Final = 75
+EXIT_INTERRUPTED: Final = 130
 
 
 class NixcomplyError(Exception):
@@ -93,7 +99,7 @@ class InputError(NixcomplyError):
 
 
 class CommandError(NixcomplyError):
-    """Raised by ``nixcomply.process`` when an external command exits non-zero, cannot be
+    """Raised by ``nixcomply.core.process`` when an external command exits non-zero, cannot be
     started, or times out. Carries the argv, the exit status and the captured stderr so the
     report says exactly what ran and what it said."""
 

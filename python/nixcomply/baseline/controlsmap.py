@@ -28,12 +28,14 @@ from pathlib import Path
 from typing import Annotated, Any, Final, TypeVar
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
+from pydantic import BaseModel, Field, StringConstraints, ValidationInfo, field_validator
 
+from nixcomply.baseline.catalog import CHECK_NAMES
 from nixcomply.baseline.models import CONTROL_ID, HIPAA_CITATION
-from nixcomply.checks.catalog import CHECK_NAMES
+from nixcomply.core.yamlsource import SourceMap, problems_from_validation, read_text
 from nixcomply.errors import InputError, Problem
-from nixcomply.yamlsource import SourceMap, problems_from_validation, read_text
+from nixcomply.model.base import StrictModel
+from nixcomply.model.status import Coverage
 
 RULE_COLUMNS: Final = ("citation", "title", "kind", "requirement", "parent")
 MAP_COLUMNS: Final = (
@@ -51,8 +53,7 @@ LIST_SEPARATOR: Final = ";"
 # The sections of the Security Rule that hold standards and implementation specifications.
 SECTIONS: Final = ("164.308", "164.310", "164.312", "164.314", "164.316")
 
-_Strict = ConfigDict(extra="forbid", frozen=True, defer_build=True)
-NonEmptyStr = Annotated[str, StringConstraints(min_length=1)]
+NonEmptyCell = Annotated[str, StringConstraints(min_length=1)]
 R = TypeVar("R", bound=BaseModel)
 
 
@@ -68,20 +69,12 @@ class RequirementLevel(StrEnum):
     ADDRESSABLE = "addressable"
 
 
-class Coverage(StrEnum):
-    AUTOMATED = "automated"
-    PARTIAL = "partial"
-    ATTESTATION = "attestation"
-
-
-class _Citation(BaseModel):
+class _Citation(StrictModel):
     """The columns the rule list and the map share."""
-
-    model_config = _Strict
 
     line: int = Field(ge=1, description="line of the row in its file (1 is the header)")
     citation: str = Field(description="45 CFR citation in the rule's own form, e.g. 164.312(a)(2)(iv)")
-    title: NonEmptyStr
+    title: NonEmptyCell
     kind: Kind
     requirement: RequirementLevel
 
@@ -145,7 +138,7 @@ def _check_items(
                 f"{item!r} is not a control id (lowercase dotted, like ssh.password-auth-disabled)"
             )
         if names is not None and item not in names:
-            raise ValueError(f"{item!r} is not a runtime check (see nixcomply.checks.catalog)")
+            raise ValueError(f"{item!r} is not a runtime check (see nixcomply.baseline.catalog)")
         if item in seen:
             raise ValueError(f"lists {item!r} twice")
         seen.add(item)
@@ -157,7 +150,7 @@ class MapRow(_Citation):
     coverage: Coverage
     controls: tuple[str, ...] = Field(description="baseline control ids that support the row")
     checks: tuple[str, ...] = Field(description="runtime checks whose statements are the row's evidence")
-    evidence: NonEmptyStr = Field(description="what an auditor receives for the row")
+    evidence: NonEmptyCell = Field(description="what an auditor receives for the row")
 
     @field_validator("controls", "checks", mode="before")
     @classmethod

@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from nixcomply.baseline import nixos_options, releases
+from nixcomply.baseline.catalog import CHECK_NAMES
 from nixcomply.baseline.models import Baseline
 from nixcomply.baseline.nixattr import format_attr_path, parse_attr_path
-from nixcomply.checks.catalog import CHECK_NAMES
+from nixcomply.core.paths import runbooks_dir
+from nixcomply.core.yamlsource import SourceMap, load_yaml, raise_problems, read_text, validate
 from nixcomply.errors import Problem
-from nixcomply.paths import runbooks_dir
-from nixcomply.yamlsource import SourceMap, load_yaml, raise_problems, read_text, validate
 
 
 @dataclass(frozen=True)

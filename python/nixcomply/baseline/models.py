@@ -13,17 +13,17 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, Final
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from nixcomply.baseline.nixattr import parse_attr_path
-
-
-class Severity(StrEnum):
-    CRITICAL = "critical"
-    HIGH = "high"
-    MEDIUM = "medium"
-    LOW = "low"
-
+from nixcomply.model.base import StrictModel
+from nixcomply.model.severity import Severity
 
 # Citations in each framework's own form.
 HIPAA_CITATION: Final = re.compile(
@@ -36,7 +36,6 @@ NIST_CSF_SUBCATEGORY: Final = re.compile(r"^(?:GV|ID|PR|DE|RS|RC)\.[A-Z]{2}-\d{2
 CONTROL_ID: Final = re.compile(r"^[a-z][a-z0-9]*(?:\.[a-z0-9][a-z0-9-]*)+$")
 RUNBOOK_ID: Final = re.compile(r"^RB-[A-Z]+-\d{3}$")
 
-_Strict = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 NonEmptyStr = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 
@@ -50,10 +49,8 @@ def _check_all(values: list[str], pattern: re.Pattern[str], what: str) -> list[s
     return values
 
 
-class Frameworks(BaseModel):
+class Frameworks(StrictModel):
     """References of one control into each framework; every framework must be cited."""
-
-    model_config = _Strict
 
     hipaa: list[str] = Field(min_length=1, description="45 CFR citation, e.g. 164.312(a)(2)(iv)")
     soc2: list[str] = Field(min_length=1, description="2017 Trust Services Criteria, e.g. CC6.1")
@@ -87,10 +84,8 @@ class Frameworks(BaseModel):
         return _check_all(v, NIST_CSF_SUBCATEGORY, "NIST CSF 2.0 subcategory like PR.AA-05")
 
 
-class Verify(BaseModel):
+class Verify(StrictModel):
     """The runtime observation that shows the control is in effect on a running host."""
-
-    model_config = _Strict
 
     check: NonEmptyStr = Field(description="name of a runtime check (nixcomply check --list)")
     expect: dict[str, Any] = Field(default_factory=dict, description="what the check must observe")
@@ -102,10 +97,8 @@ class AssertionKind(StrEnum):
     ROOT_ON_LUKS = "root-on-luks"
 
 
-class Requirement(BaseModel):
+class Requirement(StrictModel):
     """An assertion the NixOS evaluation must satisfy while the control is active."""
-
-    model_config = _Strict
 
     assertion: AssertionKind
     message: NonEmptyStr
@@ -124,18 +117,23 @@ def _attr_path(value: str) -> str:
 NixAttrPath = Annotated[str, AfterValidator(_attr_path)]
 
 
-class Control(BaseModel):
-    model_config = _Strict
-
+class Control(StrictModel):
     id: str = Field(description="stable id, dotted: area.what, e.g. ssh.password-auth-disabled")
     title: NonEmptyStr
     severity: Severity
     rationale: NonEmptyStr
     frameworks: Frameworks
+    framework_notes: str | None = Field(
+        default=None, description="where a framework reference fits only indirectly, why it is cited"
+    )
     nixos: dict[NixAttrPath, NixValue] = Field(
         default_factory=dict, description="NixOS option path (canonical spelling) -> value"
     )
     requires: list[Requirement] = Field(default_factory=list)
+    unless: str | None = Field(
+        default=None,
+        description="boolean parameter that makes the control not applicable when true (e.g. router)",
+    )
     verify: Verify
     remediation: str = Field(description="runbook id, e.g. RB-DRIFT-001")
 
@@ -154,10 +152,8 @@ class Control(BaseModel):
         return v
 
 
-class Parameters(BaseModel):
+class Parameters(StrictModel):
     """Site policy knobs the runtime checks and the reconciler read from the manifest."""
-
-    model_config = _Strict
 
     backup_max_age_hours: int = Field(gt=0, description="newest backup may be at most this old")
     restore_test_max_age_days: int = Field(gt=0, description="last successful restore test")
@@ -174,11 +170,12 @@ class Parameters(BaseModel):
         default=24, gt=0, description="how long a host may run other than the approved revision"
     )
     av_signature_max_age_days: int = Field(default=7, gt=0)
+    router: bool = Field(
+        default=False, description="the host forwards packets between networks (controls with unless: router)"
+    )
 
 
-class Baseline(BaseModel):
-    model_config = _Strict
-
+class Baseline(StrictModel):
     id: str = Field(pattern=r"^[a-z][a-z0-9-]*-v\d+$", description="baseline id, e.g. hipaa-v1")
     title: NonEmptyStr
     version: int = Field(ge=1, description="bumped on every change of a control's meaning")
@@ -186,6 +183,17 @@ class Baseline(BaseModel):
     description: str = ""
     parameters: Parameters
     controls: list[Control] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unless_names_a_flag(self) -> Baseline:
+        flags = {name for name, f in Parameters.model_fields.items() if f.annotation is bool}
+        for c in self.controls:
+            if c.unless is not None and c.unless not in flags:
+                raise ValueError(
+                    f"control {c.id}: unless names {c.unless!r}, expected a boolean parameter "
+                    f"({', '.join(sorted(flags))})"
+                )
+        return self
 
     def control(self, control_id: str) -> Control:
         for c in self.controls:

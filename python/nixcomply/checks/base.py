@@ -20,13 +20,15 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, TypeVar
 
-from nixcomply import process
 from nixcomply.checks.context import CheckContext, UnitStateLike
-from nixcomply.checks.finding import FRAMEWORK_KEYS, Finding, Severity, severity_rank
+from nixcomply.checks.finding import FRAMEWORK_KEYS, Finding
+from nixcomply.core import process
 from nixcomply.errors import CommandError, NixcomplyError
-from nixcomply.manifest import ManifestControl
+from nixcomply.model.manifest import ManifestControl
+from nixcomply.model.severity import Severity, SeverityName
+from nixcomply.model.status import FindingStatus, FindingStatusName
 
 T = TypeVar("T")
 Controls = Mapping[str, ManifestControl]
@@ -35,9 +37,11 @@ Outputs = dict[str, str]
 MAX_OUTPUT_CHARS: Final = 64_000
 
 
-class CheckError(Exception):
-    """An observation could not be made or made no sense (a tool said something
-    unexpected, a file is missing that must exist). Becomes an ``error`` finding."""
+class CheckError(NixcomplyError):
+    """Raised by a check when an observation could not be made or made no sense (a tool said
+    something unexpected, a file is missing that must exist). The runner turns it into an
+    ``error`` finding with ``outputs`` kept as evidence; should one escape to the command
+    line, it is reported like any deliberate error (exit code 1), never as a bug."""
 
     def __init__(self, message: str, *, outputs: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
@@ -56,7 +60,7 @@ class CheckSpec:
     """A check's own identity: used when no control speaks for it."""
 
     name: str
-    severity: Severity
+    severity: SeverityName
     runbook: str | None
     expect_keys: frozenset[str] | None = None  # None: free-form (sshd keywords, sysctl keys)
     needs_control: bool = False  # True: nothing to compare without a control's expect
@@ -66,12 +70,12 @@ class CheckSpec:
 class Verdict:
     """One judgement before it becomes a :class:`Finding`."""
 
-    status: Literal["pass", "drift", "error", "excepted", "skipped"]
+    status: FindingStatusName
     message: str
     observed: Mapping[str, Any] = field(default_factory=dict)
     expected: Mapping[str, Any] = field(default_factory=dict)
     runbook_params: Mapping[str, str | int] = field(default_factory=dict)
-    severity: Severity | None = None  # overrides the controls' (the exceptions check does)
+    severity: SeverityName | None = None  # overrides the controls' (the exceptions check does)
     runbook: str | _Default | None = DEFAULT_RUNBOOK
     subject: str | None = None
     outputs: Mapping[str, str] = field(default_factory=dict)
@@ -91,7 +95,7 @@ def run_command(
     input: str | None = None,
     extra_env: Mapping[str, str] | None = None,
 ) -> process.Result:
-    """``nixcomply.process.run`` with the checks' command timeout."""
+    """``nixcomply.core.process.run`` with the checks' command timeout."""
     return process.run(
         list(argv),
         check=True,
@@ -136,7 +140,7 @@ def merge_frameworks(controls: Sequence[ManifestControl]) -> dict[str, list[str]
 def _most_severe(controls: Sequence[tuple[str, ManifestControl]]) -> tuple[str, ManifestControl] | None:
     if not controls:
         return None
-    return max(sorted(controls, key=lambda item: item[0]), key=lambda item: severity_rank(item[1].severity))
+    return max(sorted(controls, key=lambda item: item[0]), key=lambda item: item[1].severity.rank)
 
 
 def make_finding(
@@ -149,7 +153,7 @@ def make_finding(
 ) -> Finding:
     """A finding from a verdict about ``controls`` (empty: the check on its own)."""
     top = _most_severe(controls)
-    severity = verdict.severity or (top[1].severity if top else spec.severity)
+    severity = Severity(verdict.severity or (top[1].severity if top else spec.severity))
     runbook: str | None = None
     if verdict.status == "drift":
         if verdict.runbook is not DEFAULT_RUNBOOK:
@@ -161,7 +165,7 @@ def make_finding(
         check=spec.name,
         control_ids=sorted(cid for cid, _ in controls),
         severity=severity,
-        status=verdict.status,
+        status=FindingStatus(verdict.status),
         subject=verdict.subject,
         observed=dict(verdict.observed),
         expected=dict(verdict.expected),
@@ -176,9 +180,15 @@ def make_finding(
 
 
 def excepted_findings(ctx: CheckContext, spec: CheckSpec, controls: Controls) -> list[Finding]:
+    """``excepted`` findings for excepted controls, ``skipped`` ones for controls the site's
+    parameters make not applicable (``unless: router``)."""
     findings = []
     for cid in sorted(controls):
         control = controls[cid]
+        if control.status == "not-applicable":
+            message = f"{cid} does not apply to this host (site parameters); not checked"
+            findings.append(make_finding(spec, [(cid, control)], Verdict("skipped", message)))
+            continue
         if control.status != "excepted":
             continue
         exception = ctx.manifest.exceptions.get(cid) if ctx.manifest else None

@@ -15,11 +15,11 @@ import re
 from pathlib import Path
 from typing import Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from nixcomply.checks.catalog import CHECK_NAMES
+from nixcomply.baseline.catalog import CHECK_NAMES
+from nixcomply.model.base import StrictModel
 
-_Strict = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 UNIT_NAME: Final = re.compile(
     r"^[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.\\@-]+)?\.(service|socket|target|timer|mount|path|swap|slice|scope)$"
 )
@@ -40,7 +40,7 @@ def _absolute(value: Path) -> Path:
     return value
 
 
-class BackupConfig(BaseModel):
+class BackupConfig(StrictModel):
     """Where the newest backup is learnt from.
 
     ``restic``: ``restic -r REPOSITORY --password-file FILE snapshots --json --latest 1``;
@@ -49,8 +49,6 @@ class BackupConfig(BaseModel):
     succeeds, holding an ISO 8601 time with a zone (``date -Is``) or Unix seconds
     (``date +%s``).
     """
-
-    model_config = _Strict
 
     kind: Literal["restic", "borg", "timestamp"] = "timestamp"
     repository: str | None = Field(default=None, description="restic/borg repository (path or URL)")
@@ -81,11 +79,9 @@ class BackupConfig(BaseModel):
         return self
 
 
-class RestoreTestConfig(BaseModel):
+class RestoreTestConfig(StrictModel):
     """The result file RB-RESTORE-001 writes (nixcomply.checks.restore_test.RestoreTestResult)
     and the parameters that runbook needs."""
-
-    model_config = _Strict
 
     result_file: Path = Path("/var/lib/nixcomply/restore-test/result.json")
     unit: str = Field(default="nixcomply-restore-test.service", description="restores the sample")
@@ -103,10 +99,8 @@ class RestoreTestConfig(BaseModel):
         return _absolute(value)
 
 
-class AntivirusConfig(BaseModel):
+class AntivirusConfig(StrictModel):
     """The antivirus/EDR daemon (ClamAV on NixOS: services.clamav.daemon and .updater)."""
-
-    model_config = _Strict
 
     units: list[str] = Field(
         default_factory=lambda: ["clamav-daemon.service", "clamav-freshclam.service"],
@@ -132,9 +126,7 @@ class AntivirusConfig(BaseModel):
         return _absolute(value)
 
 
-class DiskConfig(BaseModel):
-    model_config = _Strict
-
+class DiskConfig(StrictModel):
     mounts: list[Path] = Field(
         default_factory=lambda: [Path("/"), Path("/nix"), Path("/var")],
         min_length=1,
@@ -147,9 +139,7 @@ class DiskConfig(BaseModel):
         return [_absolute(p) for p in value]
 
 
-class LoggingConfig(BaseModel):
-    model_config = _Strict
-
+class LoggingConfig(StrictModel):
     units: list[str] = Field(
         default_factory=lambda: ["systemd-journald.service", "auditd.service"], min_length=1
     )
@@ -164,9 +154,7 @@ class LoggingConfig(BaseModel):
         return [_unit(u) for u in value]
 
 
-class FirewallConfig(BaseModel):
-    model_config = _Strict
-
+class FirewallConfig(StrictModel):
     backend: Literal["nftables", "iptables"] = "nftables"
     unit: str | None = Field(
         default=None, description="unit that loads the ruleset (default nftables.service / firewall.service)"
@@ -184,9 +172,7 @@ class FirewallConfig(BaseModel):
         return "nftables.service" if self.backend == "nftables" else "firewall.service"
 
 
-class TimeConfig(BaseModel):
-    model_config = _Strict
-
+class TimeConfig(StrictModel):
     source: Literal["chrony", "timesyncd"] = "chrony"
     unit: str | None = Field(default=None, description="default chronyd.service / systemd-timesyncd.service")
     chronyc_host: str | None = Field(
@@ -206,9 +192,7 @@ class TimeConfig(BaseModel):
         return "chronyd.service" if self.source == "chrony" else "systemd-timesyncd.service"
 
 
-class SshdConfig(BaseModel):
-    model_config = _Strict
-
+class SshdConfig(StrictModel):
     binary: str = Field(default="sshd", description="sshd program (NixOS: on PATH from the system)")
     config_file: Path = Path("/etc/ssh/sshd_config")
     connection: dict[str, str] = Field(
@@ -232,9 +216,7 @@ class SshdConfig(BaseModel):
         return value
 
 
-class EncryptionConfig(BaseModel):
-    model_config = _Strict
-
+class EncryptionConfig(StrictModel):
     root_mount: Path = Path("/")
     data_mounts: list[Path] = Field(
         default_factory=list, description="mounts holding ePHI that must be on LUKS (expect data_on_luks)"
@@ -251,18 +233,14 @@ class EncryptionConfig(BaseModel):
         return [_absolute(p) for p in value]
 
 
-class ServicesConfig(BaseModel):
-    model_config = _Strict
-
+class ServicesConfig(StrictModel):
     max_restarts: int = Field(
         default=3, ge=0, description="more restarts than this since the last look is drift"
     )
 
 
-class Executables(BaseModel):
+class Executables(StrictModel):
     """Programs the checks run; names are looked up on PATH (the NixOS module sets it)."""
-
-    model_config = _Strict
 
     nft: str = "nft"
     iptables_save: str = "iptables-save"
@@ -280,9 +258,7 @@ class Executables(BaseModel):
     nix: str = "nix"
 
 
-class Timeouts(BaseModel):
-    model_config = _Strict
-
+class Timeouts(StrictModel):
     check_seconds: float = Field(default=30, gt=0, le=3600, description="a whole check, then it is an error")
     command_seconds: float = Field(default=20, gt=0, le=3600, description="one external command")
     per_check: dict[str, float] = Field(
@@ -303,10 +279,8 @@ class Timeouts(BaseModel):
         return self.per_check.get(name, self.check_seconds)
 
 
-class ChecksConfig(BaseModel):
+class ChecksConfig(StrictModel):
     """The ``checks`` block of the reconciler configuration."""
-
-    model_config = _Strict
 
     backup: BackupConfig = Field(default_factory=BackupConfig)
     restore_test: RestoreTestConfig = Field(default_factory=RestoreTestConfig)

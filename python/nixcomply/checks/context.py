@@ -4,27 +4,26 @@ Checks read the host only through the context: host paths under ``root`` (a sand
 temporary directory and the same code runs), systemd through ``systemd_factory``, the
 running generation's promises through ``manifest`` and ``parameters``, and what the
 reconciler knows about generations through ``generation``. Commands go through
-``nixcomply.process.run``.
+``nixcomply.core.process.run``.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
-from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path, PurePosixPath
-from typing import Any, Final, Protocol
+from typing import Final, Protocol
 
 from pydantic import ValidationError
 
 from nixcomply.baseline.models import Parameters
 from nixcomply.checks.config import ChecksConfig
+from nixcomply.core.yamlsource import SourceMap, problems_from_validation
 from nixcomply.errors import InputError
-from nixcomply.manifest import Manifest, read_manifest
-from nixcomply.yamlsource import SourceMap, problems_from_validation
+from nixcomply.host.systemd import SystemdFactory
+from nixcomply.model.manifest import Manifest, read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +42,7 @@ FALLBACK_PARAMETERS: Final = Parameters(
 
 
 class UnitStateLike(Protocol):
-    """What the checks read of a unit (``nixcomply.systemd.UnitState`` has these)."""
+    """What the checks read of a unit (``nixcomply.host.systemd.UnitState`` has these)."""
 
     @property
     def name(self) -> str: ...
@@ -62,15 +61,10 @@ class UnitStateLike(Protocol):
 
 
 class SystemdLike(Protocol):
-    """The part of ``nixcomply.systemd.Systemd`` the checks use. ``unit_state`` raises
+    """The part of ``nixcomply.host.systemd.Systemd`` the checks use. ``unit_state`` raises
     (any exception) when the unit cannot be read; the check reports that as an error."""
 
     def unit_state(self, name: str) -> UnitStateLike: ...
-
-
-# Returns a fresh connection per call: a connection is not thread-safe and checks run in
-# parallel, so every check that needs systemd opens its own.
-SystemdFactory = Callable[[], AbstractContextManager[SystemdLike]]
 
 
 @dataclass(frozen=True)
@@ -94,7 +88,7 @@ class GenerationStatus:
 
 
 @dataclass(frozen=True)
-class Attestation:
+class AttestationSummary:
     """A signed statement by a person standing in for an automated control (its expiry is
     checked by the ``exceptions`` check)."""
 
@@ -111,9 +105,9 @@ class CheckContext:
     parameters: Parameters
     now: datetime
     config: ChecksConfig = field(default_factory=ChecksConfig)
-    systemd_factory: SystemdFactory | None = None
+    systemd_factory: SystemdFactory[SystemdLike] | None = None
     generation: GenerationStatus | None = None
-    attestations: tuple[Attestation, ...] = ()
+    attestations: tuple[AttestationSummary, ...] = ()
     # NRestarts of each unit at the previous look (the reconciler keeps them); a unit that
     # restarted more than services.max_restarts times since then is drift.
     previous_restarts: Mapping[str, int] = field(default_factory=dict)
@@ -135,9 +129,9 @@ class CheckContext:
         root: Path,
         *,
         config: ChecksConfig | None = None,
-        systemd_factory: SystemdFactory | None = None,
+        systemd_factory: SystemdFactory[SystemdLike] | None = None,
         generation: GenerationStatus | None = None,
-        attestations: tuple[Attestation, ...] = (),
+        attestations: tuple[AttestationSummary, ...] = (),
         previous_restarts: Mapping[str, int] | None = None,
         now: datetime | None = None,
     ) -> CheckContext:
@@ -170,7 +164,7 @@ def parameters_of(manifest: Manifest | None, *, origin: Path | None = None) -> P
 
 
 def default_parameters() -> Parameters:
-    from nixcomply.paths import default_baseline
+    from nixcomply.core.paths import default_baseline
 
     path = default_baseline()
     if path.exists():
@@ -181,21 +175,3 @@ def default_parameters() -> Parameters:
         except InputError as e:
             logger.warning("cannot read the shipped baseline's parameters (%s); using built-in values", e)
     return FALLBACK_PARAMETERS
-
-
-def default_systemd_factory(
-    *, user_mode: bool = False, bus_address: str | None = None
-) -> SystemdFactory | None:
-    """A factory of ``nixcomply.systemd.Systemd`` connections, or None when that adapter
-    (or pystemd) is not installed: the checks that need systemd then report errors."""
-    try:
-        module: Any = importlib.import_module("nixcomply.systemd")
-        importlib.import_module("pystemd")
-    except ImportError:
-        return None
-    systemd_class: Callable[..., AbstractContextManager[SystemdLike]] = module.Systemd
-
-    def factory() -> AbstractContextManager[SystemdLike]:
-        return systemd_class(user_mode=user_mode, bus_address=bus_address)
-
-    return factory

@@ -23,7 +23,7 @@ from typing import Any, Final
 from nixcomply.checks.base import CheckSpec, Controls, Verdict, make_finding, targets
 from nixcomply.checks.context import CheckContext
 from nixcomply.checks.finding import Finding
-from nixcomply.manifest import ManifestControl
+from nixcomply.model.manifest import ManifestControl
 
 NAME: Final = "exceptions"
 SPEC: Final = CheckSpec(name=NAME, severity="high", runbook=None, expect_keys=frozenset())

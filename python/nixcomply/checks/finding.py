@@ -9,24 +9,19 @@ parameters that runbook needs.
 
 from __future__ import annotations
 
-from typing import Any, Final, Literal
+from typing import Any, Final
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-Severity = Literal["critical", "high", "medium", "low"]
-Status = Literal["pass", "drift", "error", "excepted", "skipped"]
+from nixcomply.model.base import StrictModel
+from nixcomply.model.severity import Severity
+from nixcomply.model.status import FindingStatus
 
-SEVERITIES: Final[tuple[Severity, ...]] = ("low", "medium", "high", "critical")
-STATUSES: Final[tuple[Status, ...]] = ("pass", "drift", "error", "excepted", "skipped")
 # The frameworks every baseline control cites (nixcomply.baseline.models.Frameworks).
 FRAMEWORK_KEYS: Final = ("hipaa", "soc2", "cis_v8", "nist_800_53", "nist_csf")
 
 
-def severity_rank(severity: Severity) -> int:
-    return SEVERITIES.index(severity)
-
-
-class Finding(BaseModel):
+class Finding(StrictModel):
     """One judgement of one check about one subject.
 
     ``status``:
@@ -39,12 +34,10 @@ class Finding(BaseModel):
       configured on this host", or disabled in the checks configuration).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
-
-    check: str = Field(description="check name (nixcomply.checks.catalog)")
+    check: str = Field(description="check name (nixcomply.baseline.catalog)")
     control_ids: list[str] = Field(description="manifest controls judged; empty for a check run on its own")
     severity: Severity = Field(description="most severe of the controls', or the check's own")
-    status: Status
+    status: FindingStatus
     subject: str | None = Field(
         default=None,
         description="what was observed when a check looks at several things: a unit, a mount, an exception",
@@ -81,14 +74,14 @@ class Finding(BaseModel):
 
     @model_validator(mode="after")
     def _drifted(self) -> Finding:
-        if self.drifted != (self.status == "drift"):
+        if self.drifted != (self.status is FindingStatus.DRIFT):
             raise ValueError("drifted must be true exactly when status is drift")
         return self
 
     @property
-    def failed(self) -> bool:
-        """Drift or error: what makes ``nixcomply check`` exit 1."""
-        return self.status in ("drift", "error")
+    def needs_attention(self) -> bool:
+        """Drift or error: what rules act on and what makes ``nixcomply check`` exit 1."""
+        return self.status.needs_attention
 
     def sort_key(self) -> tuple[str, tuple[str, ...], str]:
         return (self.check, tuple(self.control_ids), self.subject or "")

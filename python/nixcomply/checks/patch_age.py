@@ -12,24 +12,17 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import date
 from typing import Any, Final
 
 from nixcomply.checks.base import CheckSpec, Controls, Outputs, Verdict, per_control, run_command
 from nixcomply.checks.context import CURRENT_SYSTEM, CheckContext
 from nixcomply.checks.finding import Finding
+from nixcomply.nixos.system import NixosVersion
 
 NAME: Final = "patch_age"
 SPEC: Final = CheckSpec(name=NAME, severity="high", runbook=None, expect_keys=frozenset())
 _VERSION: Final = re.compile(r"^(\d{2}\.\d{2})(?:pre-git|pre)?\.?(\d{8})\.([0-9a-f]{7,40})(?:\s.*)?$")
-
-
-@dataclass(frozen=True)
-class NixosVersion:
-    nixos_version: str
-    nixpkgs_revision: str | None
-    configuration_revision: str | None
 
 
 def parse_nixos_version_json(text: str) -> NixosVersion:

@@ -1,6 +1,6 @@
 """The registry of runtime checks and the runner that runs them concurrently.
 
-Every name of :data:`nixcomply.checks.catalog.CHECK_NAMES` has exactly one module here
+Every name of :data:`nixcomply.baseline.catalog.CHECK_NAMES` has exactly one module here
 (asserted at import). :func:`run_checks` runs the checks in worker threads, each with its
 own deadline counted from its start. A check that raises or misses its deadline becomes
 ``error`` findings for its controls at once; the run does not wait for it (its thread is a
@@ -20,9 +20,12 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Final
 
+from nixcomply.baseline.catalog import CHECK_NAMES
 from nixcomply.checks import (
+    accounts,
     audit_rules,
     audit_status,
+    auditd_config,
     av_edr,
     backup,
     config_value,
@@ -34,7 +37,10 @@ from nixcomply.checks import (
     firewall,
     generation,
     journald_config,
+    kernel_cmdline,
     kernel_modules,
+    log_continuity,
+    mounts,
     nix_config,
     patch_age,
     restore_test,
@@ -44,13 +50,11 @@ from nixcomply.checks import (
     sysctl,
     time_sync,
 )
-from nixcomply.checks import logging as logging_check
 from nixcomply.checks.base import CheckSpec, Controls, error_findings, skipped_findings
-from nixcomply.checks.catalog import CHECK_NAMES
 from nixcomply.checks.context import CheckContext
 from nixcomply.checks.finding import Finding
 from nixcomply.errors import UsageError
-from nixcomply.manifest import ManifestControl
+from nixcomply.model.manifest import ManifestControl
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +80,10 @@ def _from_module(module: ModuleType) -> Check:
 
 
 _MODULES: Final = (
+    accounts,
     audit_rules,
     audit_status,
+    auditd_config,
     av_edr,
     backup,
     config_value,
@@ -89,8 +95,10 @@ _MODULES: Final = (
     firewall,
     generation,
     journald_config,
+    kernel_cmdline,
     kernel_modules,
-    logging_check,
+    log_continuity,
+    mounts,
     nix_config,
     patch_age,
     restore_test,

@@ -13,10 +13,12 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
-from nixcomply.checks.finding import STATUSES, Finding
-from nixcomply.manifest import Manifest
+from nixcomply.checks.finding import Finding
+from nixcomply.model.base import StrictModel
+from nixcomply.model.manifest import Manifest
+from nixcomply.model.status import FindingStatus
 
 REPORT_SCHEMA: Final = 1
 FRAMEWORK_SHORT: Final = (
@@ -28,18 +30,16 @@ FRAMEWORK_SHORT: Final = (
 )
 
 
-class ReportBaseline(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
-
+class ReportBaseline(StrictModel):
     id: str
     version: int
     digest: str
 
 
-class CheckReport(BaseModel):
+class CheckReport(StrictModel):
     """``nixcomply check --json``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, defer_build=True)
+    model_config = ConfigDict(populate_by_name=True)
 
     schema_version: Literal[1] = Field(default=1, alias="schema")
     generated_at: datetime
@@ -72,8 +72,8 @@ class CheckReport(BaseModel):
             root=root,
             baseline=baseline,
             checks=list(checks),
-            summary={status: counts.get(status, 0) for status in STATUSES},
-            failed=any(f.failed for f in findings),
+            summary={status.value: counts.get(status, 0) for status in FindingStatus},
+            failed=any(f.needs_attention for f in findings),
             findings=list(findings),
         )
 

@@ -18,20 +18,19 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, Field, ValidationError
 
 from nixcomply.checks.base import CheckError, CheckSpec, Controls, Outputs, Verdict, age_text, per_control
 from nixcomply.checks.context import CheckContext
 from nixcomply.checks.finding import Finding
+from nixcomply.model.base import StrictModel
 
 NAME: Final = "restore_test"
 SPEC: Final = CheckSpec(name=NAME, severity="medium", runbook="RB-RESTORE-001", expect_keys=frozenset())
 
 
-class RestoreTestResult(BaseModel):
+class RestoreTestResult(StrictModel):
     """The restore-test result file (written by RB-RESTORE-001, read by this check)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     finished_at: AwareDatetime = Field(description="when the comparison finished (ISO 8601 with zone)")
     ok: bool = Field(description="every restored file matched the live copy")
@@ -54,7 +53,7 @@ def parse_result(text: str) -> RestoreTestResult:
 
 def write_result(path: Path, result: RestoreTestResult) -> None:
     """Record a restore test's outcome atomically (the runbook executor calls this)."""
-    from nixcomply.fsutil import atomic_write_text, ensure_dir
+    from nixcomply.core.fsutil import atomic_write_text, ensure_dir
 
     ensure_dir(path.parent)
     atomic_write_text(path, result.model_dump_json() + "\n")

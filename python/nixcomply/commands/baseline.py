@@ -21,7 +21,7 @@ def _baseline_arg(parser: argparse.ArgumentParser, *, nargs: str | None = "?") -
 
 
 def _default_baseline(given: Path | None) -> Path:
-    from nixcomply.paths import default_baseline
+    from nixcomply.core.paths import default_baseline
 
     return given if given is not None else default_baseline()
 
@@ -165,7 +165,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
     if args.output is None:
         sys.stdout.write(text)
     else:
-        from nixcomply.fsutil import atomic_write_text
+        from nixcomply.core.fsutil import atomic_write_text
 
         atomic_write_text(args.output, text)
     return EXIT_OK

@@ -47,8 +47,8 @@ def _load_config(path: Path) -> tuple[ChecksConfig, dict[str, Any]]:
     """The checks configuration from ``path`` (a full reconciler configuration, validated as
     one, or a checks configuration alone), and the reconciler settings this verb uses."""
     from nixcomply.checks.config import ChecksConfig
-    from nixcomply.config import ReconcilerConfig
-    from nixcomply.yamlsource import load_yaml, validate
+    from nixcomply.core.yamlsource import load_yaml, validate
+    from nixcomply.reconcile.config import ReconcilerConfig
 
     data, source = load_yaml(path)
     if isinstance(data, dict) and "flake" in data:
@@ -61,12 +61,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
     from nixcomply.checks.config import ChecksConfig
-    from nixcomply.checks.context import CheckContext, default_systemd_factory
+    from nixcomply.checks.context import CheckContext
     from nixcomply.checks.registry import run_checks, select
     from nixcomply.checks.report import CheckReport, render_table
+    from nixcomply.host.systemd import connector_if_installed
 
     if args.list:
-        from nixcomply.checks.catalog import CHECKS
+        from nixcomply.baseline.catalog import CHECKS
 
         for name, (what, expect) in sorted(CHECKS.items()):
             print(f"{name:<16} {what}\n{'':<16} expect: {expect}")
@@ -81,7 +82,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     if config_path is not None:
         config, settings = _load_config(config_path)
     root: Path = args.root or settings.get("root") or Path("/")
-    factory = default_systemd_factory(
+    factory = connector_if_installed(
         user_mode=bool(settings.get("user_mode", False)), bus_address=settings.get("bus_address")
     )
     ctx = CheckContext.for_host(root, config=config, systemd_factory=factory)

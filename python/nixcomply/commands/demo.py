@@ -1,4 +1,4 @@
-"""``nixcomply demo``: the whole reconcile cycle on a sandbox host (see nixcomply.demo)."""
+"""``nixcomply demo``: the whole reconcile cycle on a sandbox host (see nixcomply.sandbox.demo)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from nixcomply.demo import run_demo
+    from nixcomply.sandbox.demo import run_demo
 
     directory = args.dir or Path(tempfile.mkdtemp(prefix="nixcomply-demo-"))
     if args.json:

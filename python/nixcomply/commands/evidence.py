@@ -12,16 +12,15 @@ import sys
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 from nixcomply import cli
+from nixcomply.core.paths import DEFAULT_STATE_DIR
 from nixcomply.errors import EXIT_OK, EXIT_WARNINGS
 
 if TYPE_CHECKING:
     from nixcomply.evidence.keys import Signer
     from nixcomply.evidence.store import EvidenceStore
-
-DEFAULT_STATE_DIR: Final = Path("/var/lib/nixcomply")
 
 
 def _date(text: str) -> date:
@@ -138,8 +137,8 @@ def _keygen(args: argparse.Namespace) -> int:
     import socket
 
     from nixcomply.errors import UsageError
-    from nixcomply.evidence.keyring import KeyEntry, Keyring, load_keyring, save_keyring
     from nixcomply.evidence.keys import generate, write_private_key
+    from nixcomply.evidence.provision import enroll_key, enrollable
     from nixcomply.evidence.statement import KeyRole
 
     role = KeyRole(args.role)
@@ -148,19 +147,11 @@ def _keygen(args: argparse.Namespace) -> int:
         signer = generate(name)
     except ValueError as e:
         raise UsageError(f"--name: {e}") from None
-    keyring: Keyring | None = None
     if args.keyring is not None:
-        keyring = load_keyring(args.keyring) if args.keyring.exists() else Keyring()
-        active = keyring.active(role)
-        if active:
-            raise UsageError(
-                f"{args.keyring} already has an active {role.value} key ({active[0].key.name})",
-                hint="use `nixcomply evidence rotate` to replace it",
-            )
+        enrollable(args.keyring, role)  # refused before the key is written
     pub = write_private_key(args.out, signer)
-    if keyring is not None and args.keyring is not None:
-        entry = KeyEntry(vkey=signer.public.vkey, role=role, valid_from=args.valid_from)
-        save_keyring(args.keyring, keyring.with_keys([*keyring.keys, entry]))
+    if args.keyring is not None:
+        enroll_key(args.keyring, signer, role, valid_from=args.valid_from)
     print(signer.public.vkey)
     print(f"wrote {args.out} (private, 0600) and {pub}", file=sys.stderr)
     print(f"fingerprint (sha256 of the public key): {signer.public.fingerprint}", file=sys.stderr)
@@ -288,6 +279,7 @@ def _attest(args: argparse.Namespace) -> int:
 
 
 def _rotate(args: argparse.Namespace) -> int:
+    from nixcomply.core.actor import invoking_user
     from nixcomply.evidence.keys import read_private_key
     from nixcomply.evidence.rotation import rotate
     from nixcomply.evidence.statement import Host, KeyRole
@@ -301,7 +293,7 @@ def _rotate(args: argparse.Namespace) -> int:
             role=role,
             new=new,
             host=Host.local(),
-            actor=_actor(),
+            actor=invoking_user(),
             reason=args.reason,
         )
     print(f"rotated the {role.value} key to {new.public.name} at entry {recorded.seq}")
@@ -312,6 +304,7 @@ def _rotate(args: argparse.Namespace) -> int:
 
 
 def _revoke(args: argparse.Namespace) -> int:
+    from nixcomply.core.actor import invoking_user
     from nixcomply.evidence.rotation import revoke
     from nixcomply.evidence.statement import Host
 
@@ -321,18 +314,9 @@ def _revoke(args: argparse.Namespace) -> int:
             _keyring_path(args),
             args.key,
             host=Host.local(),
-            actor=_actor(),
+            actor=invoking_user(),
             reason=args.reason,
             from_seq=args.from_seq,
         )
     print(f"revoked {args.key} at entry {recorded.seq}")
     return EXIT_OK
-
-
-def _actor() -> str:
-    import getpass
-
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "external"

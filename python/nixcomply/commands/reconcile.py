@@ -19,7 +19,7 @@ from nixcomply.cli import add_verb
 from nixcomply.errors import EXIT_FAILURE, EXIT_OK
 
 if TYPE_CHECKING:
-    from nixcomply.config import ReconcilerConfig
+    from nixcomply.reconcile.config import ReconcilerConfig
     from nixcomply.reconcile.model import CycleReport
 
 
@@ -52,7 +52,7 @@ def _config_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def load(args: argparse.Namespace) -> ReconcilerConfig:
-    from nixcomply.config import DEFAULT_CONFIG, load_config
+    from nixcomply.reconcile.config import DEFAULT_CONFIG, load_config
 
     return load_config(args.config or DEFAULT_CONFIG)
 
@@ -105,8 +105,8 @@ def _print_json(data: Any) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from nixcomply.model.outcome import PlanKind
     from nixcomply.reconcile.cycle import Reconciler
-    from nixcomply.reconcile.model import PlanKind
 
     report = Reconciler(load(args), use_systemd=False).plan(build=not args.no_build)
     if args.json:
@@ -131,7 +131,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def summarise(report: CycleReport) -> list[str]:
-    from nixcomply.reconcile.model import ApplyOutcome
+    from nixcomply.model.outcome import ApplyOutcome
 
     lines = []
     if report.external is not None:
@@ -149,7 +149,7 @@ def summarise(report: CycleReport) -> list[str]:
             counts[f.status] = counts.get(f.status, 0) + 1
         lines.append("checks:  " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
         for f in report.findings:
-            if f.status in {"drift", "error"}:
+            if f.status.needs_attention:
                 decided = f" -> {f.decision}" if f.decision else ""
                 lines.append(f"  {f.status:<5} {f.check}: {f.message}{decided}")
     if r.outcome == ApplyOutcome.SUCCESS and report.host.need_reboot:
@@ -160,11 +160,10 @@ def summarise(report: CycleReport) -> list[str]:
 
 
 def exit_code(report: CycleReport) -> int:
-    from nixcomply.reconcile.model import ApplyOutcome, PlanKind
 
-    if report.result.outcome in {ApplyOutcome.REVERTED, ApplyOutcome.FAILED}:
+    if report.result.outcome.failed:
         return EXIT_FAILURE
-    if report.plan is not None and report.plan.kind in {PlanKind.REFUSED, PlanKind.BLOCKED}:
+    if report.plan is not None and report.plan.kind.needs_attention:
         return EXIT_FAILURE
     return EXIT_OK
 
@@ -181,8 +180,8 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
-    from nixcomply.config import DEFAULT_CONFIG
-    from nixcomply.daemon import run
+    from nixcomply.reconcile.config import DEFAULT_CONFIG
+    from nixcomply.reconcile.daemon import run
 
     return run(args.config or DEFAULT_CONFIG)
 
@@ -199,8 +198,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_reset(args: argparse.Namespace) -> int:
-    from nixcomply.lock import StateLock
-    from nixcomply.state import State
+    from nixcomply.core.lock import StateLock
+    from nixcomply.host.state import State
 
     config = load(args)
     with StateLock(config.state_dir, purpose="reset"), State.open(config.state_dir) as state:

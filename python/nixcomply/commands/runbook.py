@@ -23,10 +23,11 @@ from nixcomply.cli import add_group, add_verb
 from nixcomply.errors import EXIT_FAILURE, EXIT_OK, InputError, Problem, UsageError
 
 if TYPE_CHECKING:
-    from nixcomply.config import ReconcilerConfig
     from nixcomply.heal.config import HealConfig
     from nixcomply.heal.executor import RunbookRun
     from nixcomply.heal.runbook import Runbook
+    from nixcomply.host.systemd import Systemd, SystemdFactory
+    from nixcomply.reconcile.config import ReconcilerConfig
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -74,7 +75,7 @@ def _dir_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def _runbooks_dir(given: Path | None) -> Path:
-    from nixcomply.paths import runbooks_dir
+    from nixcomply.core.paths import runbooks_dir
 
     return given if given is not None else runbooks_dir()
 
@@ -173,8 +174,8 @@ def parse_params(items: list[str]) -> dict[str, str]:
 
 def load_heal_config(path: Path | None) -> tuple[ReconcilerConfig | None, HealConfig]:
     """The reconciler configuration (when there is one) and its ``heal`` block."""
-    from nixcomply.config import DEFAULT_CONFIG, load_config
     from nixcomply.heal.config import HealConfig
+    from nixcomply.reconcile.config import DEFAULT_CONFIG, load_config
 
     if path is None:
         if not DEFAULT_CONFIG.exists():
@@ -182,19 +183,6 @@ def load_heal_config(path: Path | None) -> tuple[ReconcilerConfig | None, HealCo
         path = DEFAULT_CONFIG
     config = load_config(path)
     return config, config.heal
-
-
-def _actor() -> str:
-    """The person who ran the command: the sudo caller rather than root."""
-    import getpass
-
-    sudo_user = os.environ.get("SUDO_USER")
-    if sudo_user:
-        return sudo_user
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "external"
 
 
 def _keys_configured(config: ReconcilerConfig) -> bool:
@@ -209,7 +197,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     import contextlib
 
     from nixcomply.heal import guard
-    from nixcomply.heal.executor import ExecutionContext, RunOutcome, execute
+    from nixcomply.heal.executor import ExecutionContext, execute
+    from nixcomply.model.outcome import RunOutcome
 
     runbook = _load_runbook(args.runbook, _runbooks_dir(args.dir))
     params = parse_params(args.param)
@@ -237,7 +226,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         run = execute(runbook, params, ctx, dry_run=args.dry_run)
         recorded = None
         if store is not None and config is not None:
-            from nixcomply.heal.record import record_remediation
+            from nixcomply.core.actor import invoking_user
+            from nixcomply.heal.remediation import record_remediation
             from nixcomply.reconcile.record import host_identity
 
             recorded = record_remediation(
@@ -245,7 +235,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 run,
                 host=host_identity(config.root, config.host),
                 controls=runbook.controls,
-                actor=_actor(),
+                actor=invoking_user(),
             )
     if args.json:
         print(run.model_dump_json(indent=2))
@@ -257,14 +247,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK if run.outcome in {RunOutcome.SUCCESS, RunOutcome.PLANNED} else EXIT_FAILURE
 
 
-def _systemd(config: ReconcilerConfig | None) -> Any:
-    from nixcomply.systemd import Systemd
+def _systemd(config: ReconcilerConfig | None) -> SystemdFactory[Systemd] | None:
+    from nixcomply.host.systemd import connector
 
-    if config is None:
-        return Systemd
-    from nixcomply.reconcile.cycle import systemd_for
-
-    return systemd_for(config)
+    return connector() if config is None else config.systemd.connector()
 
 
 def _sync(config: ReconcilerConfig) -> Any:

@@ -48,7 +48,7 @@ def _config_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace) -> object:
-    from nixcomply.config import DEFAULT_CONFIG, load_config
+    from nixcomply.reconcile.config import DEFAULT_CONFIG, load_config
 
     return load_config(args.config or DEFAULT_CONFIG)
 
@@ -74,9 +74,9 @@ def _token(args: argparse.Namespace) -> str:
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
-    from nixcomply.config import ReconcilerConfig
     from nixcomply.errors import UsageError
     from nixcomply.evidence.statement import Host
+    from nixcomply.reconcile.config import ReconcilerConfig
     from nixcomply.reconcile.record import origin_for
     from nixcomply.uplink.run import enroll
     from nixcomply.uplink.state import UplinkState
@@ -107,7 +107,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
 
 def cmd_upload(args: argparse.Namespace) -> int:
-    from nixcomply.config import ReconcilerConfig
+    from nixcomply.reconcile.config import ReconcilerConfig
     from nixcomply.uplink.run import upload
 
     config = _load(args)

@@ -23,16 +23,10 @@ from pathlib import Path
 import pydantic
 
 from nixcomply.errors import UsageError
-from nixcomply.evidence.statement import (
-    Attestation,
-    ControlResult,
-    ControlStatus,
-    Coverage,
-    FrameworkRefs,
-    Host,
-    Outcome,
-)
+from nixcomply.evidence.statement import Attestation, ControlResult, FrameworkRefs, Host
 from nixcomply.evidence.store import EvidenceStore, Recorded
+from nixcomply.model.outcome import Outcome
+from nixcomply.model.status import ControlStatus, Coverage
 
 logger = logging.getLogger(__name__)
 
@@ -49,14 +43,14 @@ class ControlRef:
 
 def default_controls_map() -> Path | None:
     """``controls-map.csv`` of nixcomply's data directory (checkout or package), if any."""
-    from nixcomply.paths import baseline_dir
+    from nixcomply.core.paths import baseline_dir
 
     candidate = baseline_dir() / "controls-map.csv"
     return candidate if candidate.is_file() else None
 
 
 def default_baseline() -> Path | None:
-    from nixcomply import paths
+    from nixcomply.core import paths
 
     candidate = paths.default_baseline()
     return candidate if candidate.is_file() else None
@@ -64,23 +58,21 @@ def default_baseline() -> Path | None:
 
 def find_control(control: str, controls_map: Path, baseline: Path | None = None) -> ControlRef:
     """Resolve CONTROL (a citation or a baseline control id); UsageError if unknown."""
-    from nixcomply.baseline.controlsmap import Coverage as MapCoverage
     from nixcomply.baseline.controlsmap import citations_by_control, load_controls_map
 
     rows = load_controls_map(controls_map)
     for row in rows:
         if row.citation == control:
-            if row.coverage is MapCoverage.AUTOMATED:
+            if row.coverage is Coverage.AUTOMATED:
                 logger.warning("%s is covered by automated checks; the attestation adds to them", control)
-            coverage: Coverage = row.coverage.value
-            return ControlRef(control, row.title, coverage, FrameworkRefs(hipaa=[control]))
+            return ControlRef(control, row.title, row.coverage, FrameworkRefs(hipaa=[control]))
     citations = list(citations_by_control(rows).get(control, ()))
     refs = FrameworkRefs(hipaa=citations)
     title = ""
     found = bool(citations)
     if baseline is not None:
         from nixcomply.baseline.models import Baseline
-        from nixcomply.yamlsource import load_model
+        from nixcomply.core.yamlsource import load_model
 
         model, _source = load_model(Baseline, baseline)
         try:

@@ -40,6 +40,7 @@ from hashlib import sha256
 from pathlib import Path
 from typing import Final
 
+from nixcomply.core.fsutil import atomic_write
 from nixcomply.errors import UsageError, VerificationError
 from nixcomply.evidence import dsse
 from nixcomply.evidence.index import INDEX_FILE, control_index
@@ -49,7 +50,6 @@ from nixcomply.evidence.merkle import Tree, proof_document
 from nixcomply.evidence.statement import Attestation, Statement, parse_statement
 from nixcomply.evidence.store import ENVELOPE_FILE, EVIDENCE_DIR
 from nixcomply.evidence.verify import PACKET_FILE, PACKET_FORMAT, PROOFS_DIR, Report, verify
-from nixcomply.fsutil import atomic_write
 
 
 @dataclass(frozen=True)

@@ -42,11 +42,12 @@ from functools import cached_property
 from pathlib import Path
 from typing import Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from nixcomply.errors import InputError
 from nixcomply.evidence.keys import PublicKey
 from nixcomply.evidence.statement import KeyRole
+from nixcomply.model.base import StrictModel
 
 KEYRING_VERSION: Final = 1
 
@@ -57,9 +58,7 @@ class KeyStatus(StrEnum):
     REVOKED = "revoked"
 
 
-class KeyEntry(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
-
+class KeyEntry(StrictModel):
     vkey: str
     role: KeyRole
     valid_from: int = Field(default=0, ge=0)
@@ -90,9 +89,7 @@ class KeyEntry(BaseModel):
         return self.valid_from <= seq and (self.valid_until is None or seq <= self.valid_until)
 
 
-class Keyring(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
-
+class Keyring(StrictModel):
     version: Literal[1] = KEYRING_VERSION
     keys: list[KeyEntry] = Field(default_factory=list)
 
@@ -165,7 +162,7 @@ class RangeCache:
 
 def load_keyring(path: Path) -> Keyring:
     """Read and validate a keyring; problems name the file, line and field."""
-    from nixcomply.yamlsource import load_model
+    from nixcomply.core.yamlsource import load_model
 
     if not path.exists():
         raise InputError.single(path, "keyring not found")
@@ -174,7 +171,7 @@ def load_keyring(path: Path) -> Keyring:
 
 
 def save_keyring(path: Path, keyring: Keyring, *, durable: bool = True) -> None:
-    from nixcomply.fsutil import atomic_write, ensure_dir
+    from nixcomply.core.fsutil import atomic_write, ensure_dir
 
     ensure_dir(path.parent)
     atomic_write(path, keyring.to_bytes(), mode=0o644, durable=durable)

@@ -250,7 +250,7 @@ def load_signer(name_or_path: str | Path | None, *, credential: str) -> Signer:
 def write_private_key(path: Path, signer: Signer, *, durable: bool = True) -> Path:
     """Write ``signer`` to ``path`` (mode 0600, never over an existing file) and its public
     key to ``path.pub``; returns the public key path."""
-    from nixcomply.fsutil import atomic_write, ensure_dir
+    from nixcomply.core.fsutil import atomic_write, ensure_dir
 
     if path.exists():
         raise UsageError(f"{path} exists; refusing to overwrite a key")

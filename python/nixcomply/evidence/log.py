@@ -40,11 +40,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from nixcomply.core.fsutil import atomic_write, fsync_dir
 from nixcomply.errors import NixcomplyError
 from nixcomply.evidence.checkpoint import Checkpoint
 from nixcomply.evidence.keys import Signer
 from nixcomply.evidence.merkle import Frontier
-from nixcomply.fsutil import atomic_write, fsync_dir
 
 LOG_DIR: Final = "log"
 LEAVES: Final = "log/leaves"

@@ -25,15 +25,9 @@ from nixcomply.errors import UsageError
 from nixcomply.evidence import dsse
 from nixcomply.evidence.keyring import KeyEntry, Keyring, KeyStatus, load_keyring, save_keyring
 from nixcomply.evidence.keys import PublicKey, Signer
-from nixcomply.evidence.statement import (
-    Host,
-    KeyRole,
-    KeyRotation,
-    KeyRotationStatement,
-    Outcome,
-    parse_statement,
-)
+from nixcomply.evidence.statement import Host, KeyRole, KeyRotation, KeyRotationStatement, parse_statement
 from nixcomply.evidence.store import ENVELOPE_FILE, EvidenceStore, Recorded
+from nixcomply.model.outcome import Outcome
 
 logger = logging.getLogger(__name__)
 

@@ -41,7 +41,6 @@ from typing import Annotated, Any, ClassVar, Final, Literal, TypeVar
 
 from pydantic import (
     AwareDatetime,
-    BaseModel,
     ConfigDict,
     Field,
     JsonValue,
@@ -51,7 +50,10 @@ from pydantic import (
 )
 
 from nixcomply import __version__
-from nixcomply.scrub import Scrubber, merge_counts
+from nixcomply.evidence.scrub import Scrubber, merge_counts
+from nixcomply.model.base import StrictModel
+from nixcomply.model.outcome import Outcome
+from nixcomply.model.status import ControlStatus, Coverage
 
 STATEMENT_TYPE: Final = "https://in-toto.io/Statement/v1"
 PREDICATE_BASE: Final = "https://nixcomply.dev/evidence/"
@@ -72,7 +74,6 @@ CHECK_RUN: Final = "https://nixcomply.dev/evidence/check-run/v1"
 ATTESTATION: Final = "https://nixcomply.dev/evidence/attestation/v1"
 KEY_ROTATION: Final = "https://nixcomply.dev/evidence/key-rotation/v1"
 
-_MODEL = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 _SHA256_HEX: Final = re.compile(r"[0-9a-f]{64}")
 
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
@@ -89,48 +90,12 @@ Url = Annotated[str, StringConstraints(pattern=r"^https?://\S+$", max_length=200
 Seconds = Annotated[float, Field(ge=0)]
 
 
-class Outcome(StrEnum):
-    SUCCESS = "success"
-    FAILED = "failed"
-    REVERTED = "reverted"
-    DEFERRED = "deferred"
-    ALERT = "alert"
-    REJECTED = "rejected"
-    EXPIRED = "expired"
-
-
-class ControlStatus(StrEnum):
-    PASS = "pass"  # noqa: S105 - a check status, not a password
-    FAIL = "fail"
-    EXCEPTED = "excepted"
-    ATTESTED = "attested"
-    UNKNOWN = "unknown"
-    ERROR = "error"
-    SKIPPED = "skipped"
-
-
-def control_status_of(finding_status: str) -> ControlStatus:
-    """A runtime check's finding status (pass, drift, error, excepted, skipped) as the
-    control status evidence records; anything else is ``unknown``."""
-    return {
-        "pass": ControlStatus.PASS,
-        "drift": ControlStatus.FAIL,
-        "error": ControlStatus.ERROR,
-        "excepted": ControlStatus.EXCEPTED,
-        "skipped": ControlStatus.SKIPPED,
-    }.get(finding_status, ControlStatus.UNKNOWN)
-
-
-Coverage = Literal["automated", "partial", "attestation"]
-
-
 class KeyRole(StrEnum):
     BUNDLE = "bundle"
     LOG = "log"
 
 
-class _Model(BaseModel):
-    model_config = _MODEL
+class _Model(StrictModel):
     # Fields that identify rather than describe: validated, never scrubbed.
     VERBATIM: ClassVar[frozenset[str]] = frozenset()
 
@@ -209,7 +174,7 @@ class GenerationRef(_Model):
     store_path: StorePath
 
 
-class Generation(_Model):
+class GenerationRecord(_Model):
     VERBATIM = frozenset({"number", "store_path", "previous", "flake_nar_hash"})
 
     number: int = Field(ge=0)
@@ -220,7 +185,7 @@ class Generation(_Model):
     flake_nar_hash: Annotated[str, StringConstraints(pattern=r"^sha256-[A-Za-z0-9+/]{43}=$")] | None = None
 
 
-class Action(_Model):
+class ActionRecord(_Model):
     """One thing nixcomply (or a person) did: a rebuild step, a runbook step, a restart."""
 
     VERBATIM = frozenset({"name", "outcome"})
@@ -285,7 +250,7 @@ class Predicate(_Model):
     reconciler_version: Identifier = __version__
     policy_digest: Annotated[str, StringConstraints(pattern=r"^sha256:[0-9a-f]{64}$")] | None = None
     controls: list[ControlResult] = Field(default_factory=list)
-    actions: list[Action] = Field(default_factory=list)
+    actions: list[ActionRecord] = Field(default_factory=list)
     chain: Chain | None = None
 
     @field_validator("observed_at")
@@ -304,7 +269,7 @@ class GenerationChange(Predicate):
     NAME = "generation-change"
     VERBATIM = Predicate.VERBATIM | {"generation", "flake_ref", "durations"}
 
-    generation: Generation
+    generation: GenerationRecord
     flake_ref: Annotated[str, StringConstraints(min_length=1, max_length=2000)] | None = None
     health_gate: list[HealthCheckResult] = Field(default_factory=list)
     durations: dict[Identifier, Seconds] = Field(default_factory=dict)
@@ -318,7 +283,7 @@ class Remediation(Predicate):
 
     runbook: Annotated[str, StringConstraints(pattern=r"^RB-[A-Z]+-\d{3}$")] | None = None
     finding: str = ""
-    generation: Generation | None = None
+    generation: GenerationRecord | None = None
 
 
 class CheckRun(Predicate):
@@ -327,7 +292,7 @@ class CheckRun(Predicate):
     NAME = "check-run"
     VERBATIM = Predicate.VERBATIM | {"generation"}
 
-    generation: Generation | None = None
+    generation: GenerationRecord | None = None
 
 
 class Attestation(Predicate):
@@ -369,7 +334,7 @@ PREDICATE_CLASSES: Final[Mapping[str, type[Predicate]]] = {
 
 
 class _Statement(_Model):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, defer_build=True)
+    model_config = ConfigDict(populate_by_name=True)
 
     type_: Literal["https://in-toto.io/Statement/v1"] = Field(default=STATEMENT_TYPE, alias="_type")
     subject: list[Subject] = Field(min_length=1)

@@ -43,11 +43,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final
 
+from nixcomply.core.fsutil import ensure_dir, fsync_dir
 from nixcomply.evidence import dsse, log
 from nixcomply.evidence.keyring import Keyring, load_keyring
 from nixcomply.evidence.keys import Signer, check_key_name
 from nixcomply.evidence.log import LogState, MerkleLog, Pending, StoreError
 from nixcomply.evidence.merkle import leaf_hash
+from nixcomply.evidence.scrub import Scrubber, load_or_create_salt, merge_counts
 from nixcomply.evidence.statement import (
     GENESIS_PREV,
     Chain,
@@ -58,8 +60,6 @@ from nixcomply.evidence.statement import (
     scrub_free_text,
     statement_bytes,
 )
-from nixcomply.fsutil import ensure_dir, fsync_dir
-from nixcomply.scrub import Scrubber, load_or_create_salt, merge_counts
 
 logger = logging.getLogger(__name__)
 

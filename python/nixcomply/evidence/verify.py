@@ -44,7 +44,7 @@ from typing import Any, Final, Literal, TypedDict
 
 import pydantic
 
-from nixcomply.errors import UsageError
+from nixcomply.errors import EXIT_FAILURE, EXIT_OK, EXIT_WARNINGS, UsageError
 from nixcomply.evidence import dsse
 from nixcomply.evidence.checkpoint import NoteError, open_checkpoint, parse_checkpoint_text, parse_note
 from nixcomply.evidence.index import INDEX_FILE, control_index
@@ -79,13 +79,13 @@ PACKET_FORMAT: Final = "nixcomply-evidence-packet/v1"
 PROOFS_DIR: Final = "proofs"
 MAX_REPORTED: Final = 50
 
-Severity = Literal["error", "warning"]
+ProblemLevel = Literal["error", "warning"]
 Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
-class Finding:
-    severity: Severity
+class VerifyProblem:
+    severity: ProblemLevel
     message: str
     seq: int | None = None
     path: str | None = None
@@ -100,7 +100,7 @@ class Finding:
         return f"{prefix}{self.message}"
 
 
-class FindingJson(TypedDict):
+class ProblemJson(TypedDict):
     seq: int | None
     path: str | None
     message: str
@@ -126,9 +126,9 @@ class ReportJson(TypedDict):
     checkpoint_size: int
     checkpoints_verified: int
     pinned: PinJson | None
-    first_error: FindingJson | None
-    errors: list[FindingJson]
-    warnings: list[FindingJson]
+    first_error: ProblemJson | None
+    errors: list[ProblemJson]
+    warnings: list[ProblemJson]
     duration_s: float
 
 
@@ -144,21 +144,21 @@ class Report:
     checkpoint_size: int = 0
     checkpoints_verified: int = 0
     pinned: PinJson | None = None
-    errors: list[Finding] = field(default_factory=list)
-    warnings: list[Finding] = field(default_factory=list)
+    errors: list[VerifyProblem] = field(default_factory=list)
+    warnings: list[VerifyProblem] = field(default_factory=list)
     duration_s: float = 0.0
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.errors else 3 if self.warnings else 0
+        return EXIT_FAILURE if self.errors else EXIT_WARNINGS if self.warnings else EXIT_OK
 
-    def first_error(self) -> Finding | None:
+    def first_error(self) -> VerifyProblem | None:
         if not self.errors:
             return None
         return min(self.errors, key=lambda f: (f.seq is None, f.seq or 0))
 
     def to_json(self) -> ReportJson:
-        def conv(f: Finding) -> FindingJson:
+        def conv(f: VerifyProblem) -> ProblemJson:
             return {"seq": f.seq, "path": f.path, "message": f.message}
 
         first = self.first_error()
@@ -206,7 +206,7 @@ class Report:
         return out
 
 
-def _order(f: Finding) -> tuple[bool, int]:
+def _order(f: VerifyProblem) -> tuple[bool, int]:
     return (f.seq is None, f.seq or 0)
 
 
@@ -226,15 +226,15 @@ class _Checked:
     """What checking one bundle found (computed in a worker thread, merged in order)."""
 
     bundle: _Bundle | None = None
-    findings: list[Finding] = field(default_factory=list)
+    findings: list[VerifyProblem] = field(default_factory=list)
     attestation: tuple[str, int, date, str] | None = None
     statement: Statement | None = None  # kept for packets, to recompute their index
 
     def error(self, message: str, *, seq: int | None = None, path: str | None = None) -> None:
-        self.findings.append(Finding("error", message, seq, path))
+        self.findings.append(VerifyProblem("error", message, seq, path))
 
     def warn(self, message: str, *, seq: int | None = None, path: str | None = None) -> None:
-        self.findings.append(Finding("warning", message, seq, path))
+        self.findings.append(VerifyProblem("warning", message, seq, path))
 
 
 @dataclass
@@ -312,10 +312,10 @@ class _Verifier:
         self.statements: dict[int, Statement] = {}
 
     def error(self, message: str, *, seq: int | None = None, path: str | None = None) -> None:
-        self.report.errors.append(Finding("error", message, seq, path))
+        self.report.errors.append(VerifyProblem("error", message, seq, path))
 
     def warn(self, message: str, *, seq: int | None = None, path: str | None = None) -> None:
-        self.report.warnings.append(Finding("warning", message, seq, path))
+        self.report.warnings.append(VerifyProblem("warning", message, seq, path))
 
     # -- bundles -------------------------------------------------------------------------
 
@@ -1033,11 +1033,11 @@ def verify(
             packet = json.loads(packet_file.read_bytes())
         except ValueError as e:
             report = Report(kind="packet", path=path)
-            report.errors.append(Finding("error", f"not JSON: {e}", None, PACKET_FILE))
+            report.errors.append(VerifyProblem("error", f"not JSON: {e}", None, PACKET_FILE))
             return report
         if not isinstance(packet, dict) or packet.get("format") != PACKET_FORMAT:
             report = Report(kind="packet", path=path)
-            report.errors.append(Finding("error", f"not a {PACKET_FORMAT} packet", None, PACKET_FILE))
+            report.errors.append(VerifyProblem("error", f"not a {PACKET_FORMAT} packet", None, PACKET_FILE))
             return report
     verifier = _Verifier(
         path,

@@ -21,7 +21,6 @@ import os
 import stat
 import time
 from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,16 +28,15 @@ from typing import Any, Final
 
 from pydantic import JsonValue
 
-from nixcomply import process
+from nixcomply.core import process
+from nixcomply.core.fsutil import atomic_write_text, ensure_dir
 from nixcomply.errors import CommandError, NixcomplyError
-from nixcomply.fsutil import atomic_write_text, ensure_dir
 from nixcomply.heal.config import HealConfig
 from nixcomply.heal.runbook import Action
-from nixcomply.systemd import Systemd, UnitState
+from nixcomply.host.systemd import Systemd, UnitState
 
 logger = logging.getLogger(__name__)
 
-SystemdFactory = Callable[[], AbstractContextManager[Systemd]]
 _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _LISTED: Final = 50  # names of differing files kept in evidence

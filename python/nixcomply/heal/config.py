@@ -14,9 +14,9 @@ import re
 from pathlib import Path, PurePosixPath
 from typing import Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
-_Strict = ConfigDict(extra="forbid", frozen=True)
+from nixcomply.model.base import StrictModel
 
 SYSTEM_BIN: Final = "/run/current-system/sw/bin"
 BINARY_NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
@@ -57,12 +57,10 @@ DEFAULT_ROOTS: Final = (
 DEFAULT_BINARIES: Final = ("chronyc", "journalctl", "restic", "borg", "nft")
 
 
-class AlertConfig(BaseModel):
+class AlertConfig(StrictModel):
     """Where ``send_alert`` goes: the journal (``systemd-cat -t TAG -p PRIORITY``, the
     message on stdin), or ``logger`` when systemd-cat cannot reach journald. With ``socket``
     set, ``logger --socket SOCKET`` only (a syslog socket of the site's choosing)."""
-
-    model_config = _Strict
 
     tag: str = Field(default="nixcomply-alert", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
     priority: Literal["emerg", "alert", "crit", "err", "warning", "notice", "info", "debug"] = "crit"
@@ -72,10 +70,8 @@ class AlertConfig(BaseModel):
     max_length: int = Field(default=1024, ge=64, le=8192, description="longest alert message")
 
 
-class HealConfig(BaseModel):
+class HealConfig(StrictModel):
     """Allowlists and limits of the runbook executor (see :mod:`nixcomply.heal.guard`)."""
-
-    model_config = _Strict
 
     enable: bool = Field(
         default=True, description="run runbooks from the reconcile cycle (false: findings and alerts only)"

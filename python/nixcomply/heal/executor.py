@@ -39,7 +39,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import Field, JsonValue
 
 from nixcomply.errors import NixcomplyError
 from nixcomply.heal import guard
@@ -48,30 +48,20 @@ from nixcomply.heal.actions import (
     ActionEnv,
     ActionResult,
     SyncGeneration,
-    SystemdFactory,
     bounded,
     describe,
     send_alert,
 )
 from nixcomply.heal.config import HealConfig
 from nixcomply.heal.runbook import Action, OnFailure, Precondition, Runbook
-from nixcomply.systemd import Systemd
+from nixcomply.host.systemd import Systemd, SystemdFactory
+from nixcomply.model.base import StrictModel
+from nixcomply.model.outcome import RunOutcome
 
 logger = logging.getLogger(__name__)
 
-_Model = ConfigDict(extra="forbid", frozen=True)
-Verify = Callable[[], object]
+Verifier = Callable[[], object]
 PASSING: Final = frozenset({"pass"})
-
-
-class RunOutcome(StrEnum):
-    SUCCESS = "success"
-    FAILED = "failed"
-    REVERTED = "reverted"
-    DEFERRED = "deferred"  # decided by the caller: outside the maintenance window
-    ALERT = "alert"  # a person must look
-    REJECTED = "rejected"  # refused by the guard, or a precondition said it does not apply
-    PLANNED = "planned"  # a dry run: nothing was executed (never recorded as evidence)
 
 
 class StepOutcome(StrEnum):
@@ -80,10 +70,8 @@ class StepOutcome(StrEnum):
     PLANNED = "planned"
 
 
-class StepResult(BaseModel):
+class StepResult(StrictModel):
     """One step as it ran (or, in a dry run, would run)."""
-
-    model_config = _Model
 
     section: str = Field(description="preconditions, steps, rollback, or alert (sent by the executor)")
     index: int
@@ -109,19 +97,15 @@ class StepResult(BaseModel):
         return self.outcome == StepOutcome.SUCCESS
 
 
-class Verification(BaseModel):
-    model_config = _Model
-
+class Verification(StrictModel):
     ran: bool
     ok: bool
     detail: str
     observed: JsonValue = None
 
 
-class RunbookRun(BaseModel):
+class RunbookRun(StrictModel):
     """Everything a runbook run did, for reports (``--json``) and evidence."""
-
-    model_config = _Model
 
     runbook: str
     version: int
@@ -177,7 +161,7 @@ class ExecutionContext:
     root paths are relative to; ``sleep``/``clock``/``now`` are injectable for tests."""
 
     config: HealConfig = field(default_factory=HealConfig)
-    systemd: SystemdFactory | None = None
+    systemd: SystemdFactory[Systemd] | None = None
     sync_generation: SyncGeneration | None = None
     root: Path = Path("/")
     user_mode: bool = False
@@ -192,7 +176,7 @@ def execute(
     ctx: ExecutionContext,
     *,
     dry_run: bool = False,
-    verify: Verify | None = None,
+    verify: Verifier | None = None,
 ) -> RunbookRun:
     """Run ``runbook`` with ``params``; never raises for a refused or failed run (the
     outcome says it). ``verify`` re-checks the drift after the steps: it returns a bool, or
@@ -250,7 +234,7 @@ def execute(
     )
 
 
-def _planned(plan: guard.Plan, ctx: ExecutionContext) -> dict[str, list[StepResult]]:
+def _planned(plan: guard.BoundRunbook, ctx: ExecutionContext) -> dict[str, list[StepResult]]:
     out: dict[str, list[StepResult]] = {}
     for section, bound in (
         ("preconditions", plan.preconditions),
@@ -282,7 +266,7 @@ def _result(b: guard.BoundStep, outcome: StepOutcome, **fields: Any) -> StepResu
 class _Session:
     """The run's systemd connection, opened when a step first needs it."""
 
-    def __init__(self, factory: SystemdFactory | None) -> None:
+    def __init__(self, factory: SystemdFactory[Systemd] | None) -> None:
         self._factory = factory
         self._stack = ExitStack()
         self._sd: Systemd | None = None
@@ -302,7 +286,7 @@ class _Session:
 
 
 class _Runner:
-    def __init__(self, plan: guard.Plan, ctx: ExecutionContext, session: _Session) -> None:
+    def __init__(self, plan: guard.BoundRunbook, ctx: ExecutionContext, session: _Session) -> None:
         self.plan = plan
         self.ctx = ctx
         self.session = session
@@ -316,7 +300,7 @@ class _Runner:
     def runbook(self) -> Runbook:
         return self.plan.runbook
 
-    def run(self, verify: Verify | None) -> tuple[RunOutcome, str]:
+    def run(self, verify: Verifier | None) -> tuple[RunOutcome, str]:
         for b in self.plan.preconditions:
             result = self._run(b)
             if result.ok:
@@ -472,7 +456,7 @@ class _Runner:
             command=list(out.command) if out else [],
         ).model_copy(update={"section": "alert"})
 
-    def _verify(self, verify: Verify | None) -> Verification:
+    def _verify(self, verify: Verifier | None) -> Verification:
         if verify is None:
             return Verification(ran=False, ok=True, detail="all steps succeeded (no verification was given)")
         try:

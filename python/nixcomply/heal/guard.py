@@ -1,7 +1,7 @@
 """Everything a runbook run will touch is validated before its first step runs.
 
 :func:`check` takes a runbook, the parameters it was given and the host's
-:class:`~nixcomply.heal.config.HealConfig`, and returns a :class:`Plan`: every step of every
+:class:`~nixcomply.heal.config.HealConfig`, and returns a :class:`BoundRunbook`: every step of every
 section (preconditions, steps, rollback) with its arguments substituted, typed and checked.
 Rollback steps are checked too, so a run can never discover half-way that its way back is
 refused. Anything wrong raises :class:`GuardError` listing every problem, each naming the
@@ -9,7 +9,7 @@ runbook, the step and the parameter or argument; nothing has run at that point.
 
 The rules, by kind of value:
 
-* unit: systemd's unit-name grammar (:func:`nixcomply.systemd.validate_unit_name`) and one
+* unit: systemd's unit-name grammar (:func:`nixcomply.host.systemd.validate_unit_name`) and one
   of the ``allowed_units`` globs;
 * path: absolute, no ``..`` component, resolved with ``os.path.realpath`` (so a symlink
   that leads out is caught) and inside one of the ``allowed_roots``; the directory
@@ -41,6 +41,7 @@ from typing import Any, Final
 
 from pydantic import JsonValue
 
+from nixcomply.core.yamlsource import format_loc
 from nixcomply.errors import UsageError
 from nixcomply.heal.config import BINARY_NAME, HealConfig
 from nixcomply.heal.runbook import (
@@ -54,8 +55,7 @@ from nixcomply.heal.runbook import (
     Runbook,
     Step,
 )
-from nixcomply.systemd import InvalidUnitNameError, validate_unit_name
-from nixcomply.yamlsource import format_loc
+from nixcomply.host.systemd import InvalidUnitNameError, validate_unit_name
 
 METACHARACTERS: Final = frozenset(";|&$`<>(){}*?[]~!'\"\\")
 MAX_PATH: Final = 4096
@@ -122,7 +122,7 @@ class BoundStep:
 
 
 @dataclass(frozen=True)
-class Plan:
+class BoundRunbook:
     """A runbook ready to run: typed parameters and every step bound."""
 
     runbook: Runbook
@@ -141,9 +141,9 @@ class _Bad(Exception):
 
 def check(
     runbook: Runbook, given: Mapping[str, object], config: HealConfig, *, root: Path = Path("/")
-) -> Plan:
+) -> BoundRunbook:
     """Validate ``given`` and every step of ``runbook`` against ``config``; raise
-    :class:`GuardError` naming every problem, or return the :class:`Plan`.
+    :class:`GuardError` naming every problem, or return the :class:`BoundRunbook`.
 
     ``root`` is the host root paths are taken relative to (``/`` on a host; a sandbox
     uses a directory): ``/var/cache`` means ``root/var/cache``.
@@ -192,7 +192,7 @@ def check(
                 sections[section].append(BoundStep(section, index, step, args, shown))
     if refusals:
         raise GuardError(refusals)
-    return Plan(
+    return BoundRunbook(
         runbook=runbook,
         params=params,
         preconditions=tuple(sections[Section.PRECONDITION]),

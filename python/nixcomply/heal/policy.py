@@ -17,9 +17,8 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Final
 
-from nixcomply.config import MaintenanceWindow
-from nixcomply.heal.window import in_window, next_opening
-from nixcomply.state import State
+from nixcomply.heal.window import MaintenanceWindow, in_window, next_opening
+from nixcomply.host.state import State
 
 FLAP_HEALS: Final = 3
 FLAP_WINDOW: Final = timedelta(minutes=120)
@@ -34,7 +33,7 @@ class Gate(StrEnum):
 
 
 @dataclass(frozen=True)
-class Verdict:
+class PolicyDecision:
     gate: Gate
     reason: str
     until: datetime | None = None
@@ -53,20 +52,20 @@ def may_run(
     disruptive: bool,
     window: MaintenanceWindow | None,
     at: datetime,
-) -> Verdict:
+) -> PolicyDecision:
     suppressed = state.suppressed().get(flap_key(check, runbook))
     if suppressed is not None:
         since, why = suppressed
-        return Verdict(Gate.SUPPRESSED, f"suppressed since {since:%Y-%m-%d %H:%M} UTC: {why}")
+        return PolicyDecision(Gate.SUPPRESSED, f"suppressed since {since:%Y-%m-%d %H:%M} UTC: {why}")
     cooldown = state.cooldown(cooldown_key)
     if cooldown is not None and cooldown[0] > at:
-        return Verdict(Gate.COOLDOWN, f"cooling down until {cooldown[0]:%H:%M:%S} UTC", cooldown[0])
+        return PolicyDecision(Gate.COOLDOWN, f"cooling down until {cooldown[0]:%H:%M:%S} UTC", cooldown[0])
     if disruptive and not in_window(window, at):
         opens = next_opening(window, at)
-        return Verdict(
+        return PolicyDecision(
             Gate.DEFERRED, f"disruptive: waits for the maintenance window ({opens:%Y-%m-%d %H:%M})", opens
         )
-    return Verdict(Gate.RUN, "may run now")
+    return PolicyDecision(Gate.RUN, "may run now")
 
 
 def record_outcome(

@@ -19,13 +19,14 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from nixcomply.core.yamlsource import SourceMap, load_yaml, validate
 from nixcomply.errors import InputError, Problem
 from nixcomply.heal.runbook import PARAM_REF
-from nixcomply.yamlsource import SourceMap, load_yaml, validate
+from nixcomply.model.base import StrictModel
+from nixcomply.model.severity import Severity
 
-_Strict = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 _MISSING: Final = object()
 FIELD_PATH: Final = re.compile(r"^[a-z_][a-z0-9_]*(\.[A-Za-z0-9_.-]+)*$")
 
@@ -42,9 +43,7 @@ class Op(StrEnum):
     EXISTS = "exists"
 
 
-class Condition(BaseModel):
-    model_config = _Strict
-
+class Condition(StrictModel):
     field: str = Field(pattern=FIELD_PATH.pattern, description="finding field, dot-notation for nested ones")
     op: Op
     value: Any = None
@@ -69,9 +68,7 @@ class Condition(BaseModel):
         return self
 
 
-class RuleAction(BaseModel):
-    model_config = _Strict
-
+class RuleAction(StrictModel):
     runbook: str | None = Field(default=None, pattern=r"^RB-[A-Z]+-\d{3}$")
     params: dict[str, str] = Field(
         default_factory=dict, description="runbook parameters; ${finding.<field>} refers to the finding"
@@ -87,21 +84,17 @@ class RuleAction(BaseModel):
         return self
 
 
-class Rule(BaseModel):
-    model_config = _Strict
-
+class Rule(StrictModel):
     id: str = Field(pattern=r"^L1-[A-Z]+-\d{3}$")
     description: str = Field(min_length=1)
     when: list[Condition] = Field(min_length=1, description="all must hold")
-    severity: list[str] | None = Field(default=None, description="only findings of these severities")
+    severity: list[Severity] | None = Field(default=None, description="only findings of these severities")
     action: RuleAction
     cooldown_seconds: float = Field(default=900, ge=0)
     priority: int = Field(default=100, description="lower runs first")
 
 
-class RuleFile(BaseModel):
-    model_config = _Strict
-
+class RuleFile(StrictModel):
     rules: list[Rule]
 
 

@@ -27,16 +27,16 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from nixcomply.core.yamlsource import SourceMap, load_model
 from nixcomply.errors import InputError
-from nixcomply.yamlsource import SourceMap, load_model
+from nixcomply.model.base import StrictModel
+from nixcomply.model.severity import Severity
 
 RUNBOOK_ID: Final = re.compile(r"^RB-[A-Z]+-\d{3}$")
 PARAM_NAME: Final = re.compile(r"^[a-z][a-z0-9_]*$")
 PARAM_REF: Final = re.compile(r"\$\{([^}]*)\}")
-
-_Strict = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class Action(StrEnum):
@@ -70,21 +70,12 @@ class OnFailure(StrEnum):
     SKIP = "skip"  # the runbook does not apply; outcome rejected
 
 
-class Severity(StrEnum):
-    CRITICAL = "critical"
-    HIGH = "high"
-    MEDIUM = "medium"
-    LOW = "low"
-
-
 # Bounds of int and duration parameters that do not give their own.
 INT_BOUNDS: Final = (0, 1_000_000)
 DURATION_BOUNDS: Final = (0, 7 * 86400)
 
 
-class ParamSpec(BaseModel):
-    model_config = _Strict
-
+class ParamSpec(StrictModel):
     type: ParamType
     description: str = Field(min_length=1)
     required: bool = True
@@ -207,18 +198,14 @@ _COMPATIBLE: Final[Mapping[ArgKind, frozenset[ParamType]]] = {
 }
 
 
-class Constraints(BaseModel):
-    model_config = _Strict
-
+class Constraints(StrictModel):
     max_retries: int = Field(default=0, ge=0, le=10)
     retry_delay_seconds: float = Field(default=5, ge=0, le=3600)
     requires_maintenance_window: bool = False
     cooldown_seconds: float = Field(default=900, ge=0, description="wait at least this long between runs")
 
 
-class Step(BaseModel):
-    model_config = _Strict
-
+class Step(StrictModel):
     action: Action
     description: str = Field(min_length=1)
     name: str | None = Field(
@@ -242,9 +229,7 @@ class Precondition(Step):
     on_failure: OnFailure = OnFailure.ABORT
 
 
-class Runbook(BaseModel):
-    model_config = _Strict
-
+class Runbook(StrictModel):
     id: str = Field(pattern=RUNBOOK_ID.pattern)
     name: str = Field(min_length=1)
     version: int = Field(ge=1)

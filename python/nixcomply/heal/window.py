@@ -7,11 +7,32 @@ Monday closes on Tuesday at 02:00). Times are wall-clock times in the host's tim
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
+from typing import Final, Literal
 
-from nixcomply.config import WEEKDAYS, MaintenanceWindow
+from pydantic import Field, model_validator
 
+from nixcomply.model.base import StrictModel
+
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+WEEKDAYS: Final[tuple[Weekday, ...]] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _DAY = timedelta(days=1)
+
+
+class MaintenanceWindow(StrictModel):
+    """When disruptive actions may run; ``end`` before ``start`` crosses midnight."""
+
+    start: time
+    end: time
+    days: list[Weekday] = Field(
+        default_factory=lambda: list(WEEKDAYS), min_length=1, description="days on which a window starts"
+    )
+
+    @model_validator(mode="after")
+    def _nonempty(self) -> MaintenanceWindow:
+        if self.start == self.end:
+            raise ValueError("start and end are equal: the window would be empty")
+        return self
 
 
 def _duration(window: MaintenanceWindow) -> timedelta:

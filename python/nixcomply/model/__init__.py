@@ -1,1 +1,5 @@
-"""Wire types shared by the host, its uplink and the fleet server (no host runtime here)."""
+"""Wire types shared by host, uplink and server: the strict model base, severities, statuses,
+outcomes, and the manifest a system generation carries.
+
+Nothing here imports host runtime; the server and the uplink may import it.
+"""

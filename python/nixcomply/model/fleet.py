@@ -13,17 +13,15 @@ import binascii
 from enum import StrEnum
 from typing import Annotated, Any, Final
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, Field, StringConstraints
+
+from nixcomply.model.base import StrictModel
 
 PROTOCOL_VERSION: Final = 1
 MAX_ENTRIES: Final = 1000
 MAX_PROOF: Final = 63
 MAX_ATTACHMENTS: Final = 64
 API: Final = "/v1"
-
-
-class _Wire(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def _b64(value: str) -> str:
@@ -78,13 +76,13 @@ class ErrorCode(StrEnum):
     INTERNAL = "internal"  # 500: a bug; nothing was written
 
 
-class ErrorBody(_Wire):
+class ErrorBody(StrictModel):
     code: ErrorCode
     message: str
     detail: dict[str, Any] | None = None
 
 
-class EnrollRequest(_Wire):
+class EnrollRequest(StrictModel):
     """Sent once, signed with the new transport key (which proves possession of it)."""
 
     token: Annotated[str, StringConstraints(min_length=16, max_length=200)]
@@ -95,7 +93,7 @@ class EnrollRequest(_Wire):
     keyring: dict[str, Any] = Field(description="the host's keyring.json (bundle and log public keys)")
 
 
-class EnrollResponse(_Wire):
+class EnrollResponse(StrictModel):
     site: Name
     hostname: Name
     origin: str
@@ -104,7 +102,7 @@ class EnrollResponse(_Wire):
     accepted_size: int = 0
 
 
-class LogState(_Wire):
+class LogState(StrictModel):
     """``GET /v1/log``: what the server holds of the caller's log (the idle poll)."""
 
     accepted_size: int
@@ -114,13 +112,13 @@ class LogState(_Wire):
     witness_key: str
 
 
-class UploadEntry(_Wire):
+class UploadEntry(StrictModel):
     seq: int = Field(ge=0)
     envelope: Base64 = Field(description="the bytes of envelope.dsse.json")
     attachments: dict[AttachmentName, Base64] = Field(default_factory=dict, max_length=MAX_ATTACHMENTS)
 
 
-class UploadRequest(_Wire):
+class UploadRequest(StrictModel):
     """``POST /v1/log/entries``: entries ``old_size``.., the host's checkpoint of the tree they
     end, and the consistency proof from ``old_size`` to it (RFC 6962 §2.1.2)."""
 
@@ -130,7 +128,7 @@ class UploadRequest(_Wire):
     proof: list[Hash64] = Field(default_factory=list, max_length=MAX_PROOF)
 
 
-class UploadResponse(_Wire):
+class UploadResponse(StrictModel):
     accepted_size: int
     stored: int = Field(description="entries stored by this request")
     duplicates: int = Field(description="entries already held, byte for byte")

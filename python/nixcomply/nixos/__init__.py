@@ -1,6 +1,6 @@
 """Typed functions over the Nix and NixOS commands and files a host is judged by.
 
-One small function per command, each building an argv for :func:`nixcomply.process.run`
+One small function per command, each building an argv for :func:`nixcomply.core.process.run`
 and returning a typed value: flake metadata (:mod:`.flake`), building a host's toplevel and
 comparing closures (:mod:`.build`), the system profile's generations (:mod:`.generations`),
 the running and booted system (:mod:`.system`), activation with ``nixos-rebuild`` or

@@ -11,8 +11,9 @@ import re
 from pathlib import Path
 from typing import Final
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
+from nixcomply.model.base import ForeignModel
 from nixcomply.nixos.flake import FlakeRef, toplevel_attr
 from nixcomply.nixos.tools import DEFAULT_TOOLS, Tools
 
@@ -20,10 +21,8 @@ BUILD_TIMEOUT: Final = 3 * 3600.0  # a full system build from source can take ho
 _ANSI_RE: Final = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
-class _BuildResultJson(BaseModel):
+class _BuildResultJson(ForeignModel):
     """One element of ``nix build --json`` output (Nix's own format; unknown keys ignored)."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True, defer_build=True)
 
     drv_path: str = Field(alias="drvPath")
     outputs: dict[str, str]

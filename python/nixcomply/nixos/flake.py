@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
+from nixcomply.model.base import ForeignModel
 from nixcomply.nixos.tools import DEFAULT_TOOLS, Tools
 
 # The schemes a reconciler target may use. Indirect (registry) references such as
@@ -178,18 +179,15 @@ class FlakeMetadata:
         return FlakeRef(self.locked_url)
 
 
-class _LockedJson(BaseModel):
+class _LockedJson(ForeignModel):
     # Nix's own output: unknown keys are ignored (every Nix release adds some); the keys
     # nixcomply relies on are declared and typed.
-    model_config = ConfigDict(extra="ignore", frozen=True, defer_build=True)
 
     nar_hash: str = Field(alias="narHash")
 
 
-class _MetadataJson(BaseModel):
+class _MetadataJson(ForeignModel):
     """``nix flake metadata --json`` (Nix 2.8 and later); see tests/data/nix/ for samples."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True, defer_build=True)
 
     original_url: str = Field(alias="originalUrl")
     resolved_url: str = Field(alias="resolvedUrl")

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from nixcomply import process
+from nixcomply.core import process
 from nixcomply.nixos.tools import DEFAULT_TOOLS, Tools
 
 EXIT_UNITS_FAILED: Final = 4

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
-from nixcomply.manifest import read_manifest
+from nixcomply.model.base import ForeignModel
+from nixcomply.model.manifest import read_manifest
 from nixcomply.nixos.root import Root
 from nixcomply.nixos.tools import DEFAULT_TOOLS, Tools
 
@@ -31,7 +32,7 @@ __all__ = [
     "need_reboot",
     "nixos_version",
     "parse_nixos_version",
-    "read_manifest",  # nixcomply.manifest.read_manifest, re-exported: the manifest inside a system
+    "read_manifest",  # nixcomply.model.manifest.read_manifest, re-exported: the manifest inside a system
 ]
 
 # What NixOS compares to decide that a reboot is needed (the autoUpgrade module's check):
@@ -65,9 +66,8 @@ class NixosVersion:
     configuration_revision: str | None  # absent when the flake did not set it (dirty tree)
 
 
-class _NixosVersionJson(BaseModel):
+class _NixosVersionJson(ForeignModel):
     # Written by nixpkgs' nixos-version; unknown keys ignored so a newer NixOS can add some.
-    model_config = ConfigDict(extra="ignore", frozen=True, defer_build=True)
 
     nixos_version: str = Field(alias="nixosVersion")
     nixpkgs_revision: str | None = Field(default=None, alias="nixpkgsRevision")

@@ -1,7 +1,7 @@
 """Which programs :mod:`nixcomply.nixos` runs, and the environment they run in.
 
 A real host uses the defaults: ``nix``, ``nixos-rebuild`` and ``git`` from PATH, the
-inherited environment. The sandbox host (:mod:`nixcomply.sandbox`) names its emulated
+inherited environment. The sandbox host (:mod:`nixcomply.sandbox.emulated`) names its emulated
 ``nixos-rebuild`` and adds ``NIX_CONFIG`` and ``NIXCOMPLY_SANDBOX_ROOT``; nothing else in
 the calling code changes.
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from nixcomply import process
+from nixcomply.core import process
 
 
 @dataclass(frozen=True)

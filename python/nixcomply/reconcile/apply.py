@@ -18,17 +18,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from nixcomply import faults
-from nixcomply.config import ReconcilerConfig
+from nixcomply.core import faults
 from nixcomply.errors import CommandError
 from nixcomply.heal.window import in_window, next_opening
+from nixcomply.host.state import State
+from nixcomply.host.systemd import SystemdFactory
+from nixcomply.model.outcome import ApplyOutcome, PlanKind
 from nixcomply.nixos import generations
 from nixcomply.nixos.rebuild import RebuildAction, nixos_rebuild, switch_to_configuration
 from nixcomply.nixos.root import Root
 from nixcomply.nixos.tools import Tools
 from nixcomply.reconcile import gate as health
-from nixcomply.reconcile.model import ApplyOutcome, ApplyResult, GateResult, HostState, Plan, PlanKind
-from nixcomply.state import State
+from nixcomply.reconcile.config import ReconcilerConfig
+from nixcomply.reconcile.model import ApplyResult, GateResult, HostState, Plan
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +40,7 @@ class Context:
     config: ReconcilerConfig
     root: Root
     tools: Tools
-    systemd: health.SystemdFactory | None
+    systemd: SystemdFactory[health.GateSystemd] | None
 
 
 class _Timer:

@@ -13,46 +13,36 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nixcomply import faults
-from nixcomply.checks import context as checks_context
 from nixcomply.checks.context import CheckContext
 from nixcomply.checks.finding import Finding
-from nixcomply.config import ReconcilerConfig
+from nixcomply.core import faults
+from nixcomply.core.lock import StateLock
 from nixcomply.errors import InputError
 from nixcomply.evidence.statement import Host
 from nixcomply.evidence.store import EvidenceStore
 from nixcomply.heal.actions import SyncGeneration, SyncResult
-from nixcomply.lock import StateLock
-from nixcomply.manifest import Manifest, read_manifest
+from nixcomply.host.state import Attempt, State
+from nixcomply.model.manifest import Manifest, read_manifest
+from nixcomply.model.outcome import ApplyOutcome, PlanKind
 from nixcomply.nixos.rebuild import RebuildAction, switch_to_configuration
 from nixcomply.nixos.root import Root
 from nixcomply.nixos.tools import Tools
 from nixcomply.reconcile import apply as applying
 from nixcomply.reconcile import record, runtime
-from nixcomply.reconcile.gate import SystemdFactory, SystemdLike
-from nixcomply.reconcile.heal import Healer
-from nixcomply.reconcile.model import (
-    ApplyOutcome,
-    ApplyResult,
-    CycleReport,
-    FindingSummary,
-    HostState,
-    Plan,
-    PlanKind,
-)
+from nixcomply.reconcile.config import ReconcilerConfig
+from nixcomply.reconcile.gate import GateSystemd
+from nixcomply.reconcile.model import ApplyResult, CycleReport, FindingSummary, HostState, Plan
 from nixcomply.reconcile.observe import external_change, observation_of, observe
-from nixcomply.reconcile.plan import Target, decide, desired_state
-from nixcomply.state import Attempt, State
+from nixcomply.reconcile.plan import LockedTarget, decide, desired_state
+from nixcomply.reconcile.respond import Healer
 
 if TYPE_CHECKING:
-    from nixcomply.systemd import Systemd
+    from nixcomply.host.systemd import SystemdFactory
 
 logger = logging.getLogger(__name__)
 
@@ -67,18 +57,6 @@ def tools_for(config: ReconcilerConfig) -> Tools:
     )
 
 
-def systemd_for(config: ReconcilerConfig) -> SystemdFactory | None:
-    if not config.systemd.enable:
-        return None
-
-    def connect() -> AbstractContextManager[SystemdLike]:
-        from nixcomply.systemd import Systemd
-
-        return Systemd(user_mode=config.systemd.user_mode, bus_address=config.systemd.bus_address)
-
-    return connect
-
-
 @dataclass(frozen=True)
 class RuntimeResult:
     findings: list[Finding]
@@ -89,7 +67,7 @@ class RuntimeResult:
 @dataclass(frozen=True)
 class PlanReport:
     host: HostState
-    target: Target
+    target: LockedTarget
     plan: Plan
 
 
@@ -99,13 +77,15 @@ class Reconciler:
         config: ReconcilerConfig,
         *,
         tools: Tools | None = None,
-        systemd: SystemdFactory | None = None,
+        systemd: SystemdFactory[GateSystemd] | None = None,
         use_systemd: bool = True,
     ) -> None:
         self.config = config
         self.root = Root(config.root)
         self.tools = tools or tools_for(config)
-        self.systemd = systemd if systemd is not None else (systemd_for(config) if use_systemd else None)
+        self.systemd = (
+            systemd if systemd is not None else (config.systemd.connector() if use_systemd else None)
+        )
 
     def context(self) -> applying.Context:
         return applying.Context(config=self.config, root=self.root, tools=self.tools, systemd=self.systemd)
@@ -193,19 +173,10 @@ class Reconciler:
         result = applying.apply(plan, host, state, self.context(), dry_run=dry_run, now=datetime.now(UTC))
         after = (
             observe(self.root, tools=self.tools, hostname=self.config.host)
-            if result.outcome
-            in {
-                ApplyOutcome.SUCCESS,
-                ApplyOutcome.REVERTED,
-                ApplyOutcome.FAILED,
-            }
+            if result.outcome.changed_host
             else host
         )
-        if store is not None and result.outcome in {
-            ApplyOutcome.SUCCESS,
-            ApplyOutcome.REVERTED,
-            ApplyOutcome.FAILED,
-        }:
+        if store is not None and result.outcome.changed_host:
             recorded = record.record_apply(
                 store,
                 host_id=identity,
@@ -250,7 +221,7 @@ class Reconciler:
     def _runtime_checks(
         self,
         host: HostState,
-        target: Target,
+        target: LockedTarget,
         state: State,
         store: EvidenceStore | None,
         identity: Host,
@@ -261,13 +232,7 @@ class Reconciler:
     ) -> RuntimeResult:
         """The drift checks on the running host, the heals they call for, and one check-run
         statement with every control's status and what was decided about it."""
-        systemd = (
-            checks_context.default_systemd_factory(
-                user_mode=self.config.systemd.user_mode, bus_address=self.config.systemd.bus_address
-            )
-            if self.config.systemd.enable
-            else None
-        )
+        systemd = self.config.systemd.connector(if_installed=True)
 
         def check_context() -> CheckContext:
             return runtime.context(
@@ -285,7 +250,7 @@ class Reconciler:
             policy_digest=policy,
             dry_run=dry_run,
             check_context=check_context,
-            systemd=self._executor_systemd() if self.config.systemd.enable else None,
+            systemd=self.config.systemd.connector(),
             sync_generation=self._sync_generation(host, in_sync=in_sync),
             now=lambda: datetime.now(UTC),
         )
@@ -309,16 +274,6 @@ class Reconciler:
             summaries=[runtime.summary(f, healed.decisions.get(i)) for i, f in enumerate(findings)],
             seqs=seqs,
         )
-
-    def _executor_systemd(self) -> Callable[[], Systemd]:
-        from nixcomply.systemd import Systemd
-
-        def connect() -> Systemd:
-            return Systemd(
-                user_mode=self.config.systemd.user_mode, bus_address=self.config.systemd.bus_address
-            )
-
-        return connect
 
     def _sync_generation(self, host: HostState, *, in_sync: bool) -> SyncGeneration:
         """RB-DRIFT-001's step: re-activate the approved generation, which runs (this cycle's
@@ -350,7 +305,7 @@ class Reconciler:
                 store_path=result.target_path or "",
                 revision=rev,
             )
-        elif result.outcome in {ApplyOutcome.REVERTED, ApplyOutcome.FAILED}:
+        elif result.outcome.failed:
             state.end_attempt(rev, result.outcome.value, result.detail)
 
     def _settle(
@@ -358,7 +313,7 @@ class Reconciler:
         attempt: Attempt,
         *,
         host: HostState,
-        target: Target,
+        target: LockedTarget,
         state: State,
         store: EvidenceStore | None,
         identity: Host,
@@ -413,7 +368,7 @@ class Reconciler:
         return seq
 
     def _write_metrics(self, report: CycleReport, state: State, store: EvidenceStore | None) -> None:
-        from nixcomply import metrics
+        from nixcomply.host import metrics
 
         tail = store.tail() if store is not None else None
         manifest = _running_manifest(report.host)

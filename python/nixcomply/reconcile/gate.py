@@ -17,30 +17,27 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from typing import Protocol
 
-from nixcomply import faults, process
 from nixcomply.checks import context as checks_context
-from nixcomply.config import HealthGate
+from nixcomply.core import faults, process
 from nixcomply.errors import CommandError, NixcomplyError
+from nixcomply.host.systemd import SystemdFactory
 from nixcomply.nixos.rebuild import ActivationResult
+from nixcomply.reconcile.config import HealthGate
 from nixcomply.reconcile.model import GateCheck, GateResult
 
 logger = logging.getLogger(__name__)
 
 
-class SystemdLike(checks_context.SystemdLike, Protocol):
-    """The part of :class:`nixcomply.systemd.Systemd` the gate uses: what the checks read of a
+class GateSystemd(checks_context.SystemdLike, Protocol):
+    """The part of :class:`nixcomply.host.systemd.Systemd` the gate uses: what the checks read of a
     unit, and the failed units."""
 
     def failed_units(self) -> frozenset[str]: ...
 
 
-SystemdFactory = Callable[[], AbstractContextManager[SystemdLike]]
-
-
-def failed_units(factory: SystemdFactory | None) -> frozenset[str] | None:
+def failed_units(factory: SystemdFactory[GateSystemd] | None) -> frozenset[str] | None:
     """The units failed right now, or None when systemd cannot be asked."""
     if factory is None:
         return None
@@ -57,7 +54,7 @@ def run_gate(
     *,
     activation: ActivationResult,
     failed_before: frozenset[str] | None,
-    systemd: SystemdFactory | None,
+    systemd: SystemdFactory[GateSystemd] | None,
     env: dict[str, str] | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> GateResult:
@@ -111,7 +108,7 @@ def _activation_check(
 def _unit_checks(
     gate: HealthGate,
     failed_before: frozenset[str] | None,
-    systemd: SystemdFactory | None,
+    systemd: SystemdFactory[GateSystemd] | None,
     deadline: float,
     sleep: Callable[[float], None],
 ) -> tuple[list[GateCheck], frozenset[str] | None]:

@@ -10,18 +10,19 @@ from datetime import datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from nixcomply.model.base import StrictModel
+from nixcomply.model.outcome import ApplyOutcome, PlanKind
+from nixcomply.model.severity import Severity
+from nixcomply.model.status import FindingStatus
 
 if TYPE_CHECKING:
-    from nixcomply.metrics import FindingSample
-
-_Model = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+    from nixcomply.host.metrics import FindingSample
 
 
-class SystemInfo(BaseModel):
+class SystemInfo(StrictModel):
     """One system toplevel as the host knows it."""
-
-    model_config = _Model
 
     store_path: str
     generation: int | None = Field(default=None, description="profile generation number, when it is one")
@@ -30,19 +31,15 @@ class SystemInfo(BaseModel):
     nixpkgs_revision: str | None = None
 
 
-class ProfileGeneration(BaseModel):
-    model_config = _Model
-
+class ProfileGeneration(StrictModel):
     number: int
     store_path: str
     date: datetime
     current: bool
 
 
-class HostState(BaseModel):
+class HostState(StrictModel):
     """The running host: what is active, what boots, what the profile holds."""
-
-    model_config = _Model
 
     observed_at: datetime
     hostname: str
@@ -69,10 +66,8 @@ class HostState(BaseModel):
         return self.current.store_path != self.profile.store_path
 
 
-class Desired(BaseModel):
+class Desired(StrictModel):
     """What the host should run: the locked target flake and the approval policy."""
-
-    model_config = _Model
 
     flake: str
     host: str
@@ -91,10 +86,8 @@ class ExternalKind(StrEnum):
     REBOOT = "reboot"  # the host booted a different system
 
 
-class ExternalChange(BaseModel):
+class ExternalChange(StrictModel):
     """A generation change nixcomply did not make, noticed on a later cycle."""
-
-    model_config = _Model
 
     kinds: list[ExternalKind]
     before_current: str | None
@@ -106,17 +99,8 @@ class ExternalChange(BaseModel):
     description: str
 
 
-class PlanKind(StrEnum):
-    IN_SYNC = "in-sync"
-    DRIFT = "drift"
-    REFUSED = "refused"
-    BLOCKED = "blocked"
-
-
-class Plan(BaseModel):
+class Plan(StrictModel):
     """The decision: stay, move (and from where to where), or refuse (and why)."""
-
-    model_config = _Model
 
     kind: PlanKind
     reason: str
@@ -128,35 +112,20 @@ class Plan(BaseModel):
     built: bool = Field(default=False, description="whether deciding needed nix build")
 
 
-class GateCheck(BaseModel):
-    model_config = _Model
-
+class GateCheck(StrictModel):
     name: str
     ok: bool
     detail: str = ""
     duration_s: float = 0.0
 
 
-class GateResult(BaseModel):
-    model_config = _Model
-
+class GateResult(StrictModel):
     ok: bool
     checks: list[GateCheck]
     duration_s: float
 
 
-class ApplyOutcome(StrEnum):
-    SUCCESS = "success"
-    REVERTED = "reverted"
-    FAILED = "failed"
-    DEFERRED = "deferred"
-    DRY_RUN = "dry-run"
-    NOTHING = "nothing"  # in sync, refused or blocked: no activation
-
-
-class ApplyResult(BaseModel):
-    model_config = _Model
-
+class ApplyResult(StrictModel):
     outcome: ApplyOutcome
     detail: str
     target_path: str | None = None
@@ -166,15 +135,13 @@ class ApplyResult(BaseModel):
     generation_after: int | None = None
 
 
-class FindingSummary(BaseModel):
+class FindingSummary(StrictModel):
     """One runtime finding as the cycle reports it (the full finding is in evidence)."""
-
-    model_config = _Model
 
     check: str
     control_ids: list[str]
-    severity: str
-    status: str
+    severity: Severity
+    status: FindingStatus
     drifted: bool
     message: str
     decision: str | None = Field(default=None, description="runbook run, alert, suppressed, deferred ...")
@@ -184,10 +151,8 @@ class FindingSummary(BaseModel):
         return self.control_ids[0].split(".", 1)[0] if self.control_ids else self.check
 
 
-class CycleReport(BaseModel):
+class CycleReport(StrictModel):
     """One reconcile cycle, end to end (``nixcomply reconcile --json``)."""
-
-    model_config = _Model
 
     started_at: datetime
     finished_at: datetime
@@ -203,6 +168,6 @@ class CycleReport(BaseModel):
 
     @property
     def finding_samples(self) -> list[FindingSample]:
-        from nixcomply.metrics import FindingSample
+        from nixcomply.host.metrics import FindingSample
 
         return [FindingSample(f.severity, f.family, f.drifted) for f in self.findings]

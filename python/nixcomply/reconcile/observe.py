@@ -13,7 +13,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from nixcomply.errors import CommandError, InputError
-from nixcomply.manifest import read_manifest
+from nixcomply.host.state import Observation
+from nixcomply.model.manifest import read_manifest
 from nixcomply.nixos import generations, system
 from nixcomply.nixos.root import Root
 from nixcomply.nixos.tools import Tools
@@ -24,7 +25,6 @@ from nixcomply.reconcile.model import (
     ProfileGeneration,
     SystemInfo,
 )
-from nixcomply.state import Observation
 
 logger = logging.getLogger(__name__)
 

@@ -17,19 +17,20 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from nixcomply.config import ReconcilerConfig
 from nixcomply.errors import CommandError
+from nixcomply.host.state import State
+from nixcomply.model.outcome import PlanKind
 from nixcomply.nixos import build, git
 from nixcomply.nixos.flake import FlakeMetadata, FlakeRef, flake_metadata
 from nixcomply.nixos.tools import Tools
-from nixcomply.reconcile.model import Desired, HostState, Plan, PlanKind
-from nixcomply.state import State
+from nixcomply.reconcile.config import ReconcilerConfig
+from nixcomply.reconcile.model import Desired, HostState, Plan
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Target:
+class LockedTarget:
     """The desired state together with the metadata it came from (for building it)."""
 
     desired: Desired
@@ -37,7 +38,7 @@ class Target:
     ref: FlakeRef
 
 
-def desired_state(config: ReconcilerConfig, *, tools: Tools, refresh: bool = True) -> Target:
+def desired_state(config: ReconcilerConfig, *, tools: Tools, refresh: bool = True) -> LockedTarget:
     ref = FlakeRef.parse(config.flake)
     md = flake_metadata(ref, refresh=refresh, tools=tools)
     desired = Desired(
@@ -50,7 +51,7 @@ def desired_state(config: ReconcilerConfig, *, tools: Tools, refresh: bool = Tru
         dirty=md.dirty,
         approved_revision=config.approved_revision,
     )
-    return Target(desired=desired, metadata=md, ref=ref)
+    return LockedTarget(desired=desired, metadata=md, ref=ref)
 
 
 def _short(rev: str | None) -> str:
@@ -59,7 +60,7 @@ def _short(rev: str | None) -> str:
 
 def decide(
     host: HostState,
-    target: Target,
+    target: LockedTarget,
     state: State,
     config: ReconcilerConfig,
     *,

@@ -15,44 +15,29 @@ from datetime import datetime
 from pathlib import Path
 
 from nixcomply.checks.finding import Finding
-from nixcomply.config import ReconcilerConfig
 from nixcomply.errors import CommandError
 from nixcomply.evidence.keys import BUNDLE_CREDENTIAL, LOG_CREDENTIAL, load_signer
 from nixcomply.evidence.statement import (
-    Action,
+    ActionRecord,
     CheckRun,
     ControlResult,
     FrameworkRefs,
-    Generation,
     GenerationChange,
+    GenerationRecord,
     GenerationRef,
     HealthCheckResult,
     Host,
-    Outcome,
     Remediation,
     Subject,
-    control_status_of,
 )
 from nixcomply.evidence.store import EvidenceStore, Recorded
+from nixcomply.model.outcome import ApplyOutcome, Outcome
+from nixcomply.model.status import control_status_of
 from nixcomply.nixos.tools import Tools
-from nixcomply.reconcile.model import (
-    ApplyOutcome,
-    ApplyResult,
-    Desired,
-    ExternalChange,
-    HostState,
-    SystemInfo,
-)
+from nixcomply.reconcile.config import ReconcilerConfig
+from nixcomply.reconcile.model import ApplyResult, Desired, ExternalChange, HostState, SystemInfo
 
 logger = logging.getLogger(__name__)
-
-
-OUTCOMES = {
-    ApplyOutcome.SUCCESS: Outcome.SUCCESS,
-    ApplyOutcome.REVERTED: Outcome.REVERTED,
-    ApplyOutcome.FAILED: Outcome.FAILED,
-    ApplyOutcome.DEFERRED: Outcome.DEFERRED,
-}
 
 
 def origin_for(config: ReconcilerConfig) -> str:
@@ -99,11 +84,11 @@ def _subject(path: str | None, tools: Tools) -> list[Subject]:
 
 def _generation(
     info: SystemInfo | None, fallback_path: str, previous: SystemInfo | None, nar_hash: str | None
-) -> Generation:
+) -> GenerationRecord:
     prev = None
     if previous is not None and previous.generation is not None:
         prev = GenerationRef(number=previous.generation, store_path=previous.store_path)
-    return Generation(
+    return GenerationRecord(
         number=(info.generation if info and info.generation is not None else 0),
         store_path=info.store_path if info else fallback_path,
         previous=prev,
@@ -128,7 +113,7 @@ def record_apply(
     note: str = "",
 ) -> Recorded | None:
     """One generation-change statement for a switch, a revert, a failure or a deferral."""
-    outcome = OUTCOMES.get(result.outcome)
+    outcome = result.outcome.evidence
     if outcome is None:
         return None
     subject_path = result.target_path or (after.current.store_path if after.current else None)
@@ -138,10 +123,10 @@ def record_apply(
     # one action per phase that ran; the last one ran into the outcome
     phases = list(result.durations)
     actions = [
-        Action(name=name, outcome=outcome if name == phases[-1] else Outcome.SUCCESS, duration_s=secs)
+        ActionRecord(name=name, outcome=outcome if name == phases[-1] else Outcome.SUCCESS, duration_s=secs)
         for name, secs in result.durations.items()
     ]
-    actions.append(Action(name="result", outcome=outcome, detail=(note + " " + result.detail).strip()))
+    actions.append(ActionRecord(name="result", outcome=outcome, detail=(note + " " + result.detail).strip()))
     predicate = GenerationChange(
         event="generation-change",
         observed_at=now,
@@ -184,7 +169,7 @@ def record_external(
         actor="external",
         outcome=Outcome.ALERT,
         policy_digest=policy_digest,
-        actions=[Action(name="observed", outcome=Outcome.ALERT, detail=change.description)],
+        actions=[ActionRecord(name="observed", outcome=Outcome.ALERT, detail=change.description)],
         generation=_generation(after.current, path, None, None),
     )
     attachments = {"external-change.json": change.model_dump_json(indent=2).encode()}
@@ -206,7 +191,7 @@ def record_check_run(
     raw command outputs attached (the store scrubs PHI from them before signing)."""
     decided = decisions or {}
     controls = [c for i, f in enumerate(findings) for c in _control_results(f, decided.get(i))]
-    drifted = any(f.status in {"drift", "error"} for f in findings)
+    drifted = any(f.needs_attention for f in findings)
     current = host.current
     predicate = CheckRun(
         event="check-run",
@@ -262,7 +247,7 @@ def record_alert(
         policy_digest=policy_digest,
         controls=_control_results(finding),
         actions=[
-            Action(
+            ActionRecord(
                 name=f"alert:{rule}",
                 outcome=Outcome.ALERT if sent else Outcome.FAILED,
                 detail=message + ("" if sent else " (the alert could not be sent)"),

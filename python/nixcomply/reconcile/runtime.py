@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from nixcomply.checks import firewall
-from nixcomply.checks.context import CheckContext, GenerationStatus, SystemdFactory
+from nixcomply.checks.context import CheckContext, GenerationStatus, SystemdLike
 from nixcomply.checks.finding import Finding
 from nixcomply.checks.registry import run_checks
-from nixcomply.config import ReconcilerConfig
 from nixcomply.errors import NixcomplyError
+from nixcomply.host.state import State
+from nixcomply.host.systemd import SystemdFactory
+from nixcomply.reconcile.config import ReconcilerConfig
 from nixcomply.reconcile.model import Desired, FindingSummary, HostState
-from nixcomply.state import State
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def context(
     desired: Desired | None,
     state: State,
     *,
-    systemd: SystemdFactory | None,
+    systemd: SystemdFactory[SystemdLike] | None,
     now: datetime,
 ) -> CheckContext:
     restarts = state.value(RESTARTS_KEY)

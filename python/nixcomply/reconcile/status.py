@@ -5,28 +5,23 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict
-
-from nixcomply.config import ReconcilerConfig
+from nixcomply.host.state import State
+from nixcomply.model.base import StrictModel
 from nixcomply.nixos.root import Root
+from nixcomply.reconcile.config import ReconcilerConfig
 from nixcomply.reconcile.cycle import tools_for
 from nixcomply.reconcile.model import HostState
 from nixcomply.reconcile.observe import observe
-from nixcomply.state import State
 
 
-class BlockedRevision(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
-
+class BlockedRevision(StrictModel):
     revision: str
     outcome: str
     at: datetime
     detail: str
 
 
-class Status(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
-
+class Status(StrictModel):
     host: HostState
     flake: str
     approved_revision: str | None

@@ -237,7 +237,7 @@ def cmd_witness_key(args: argparse.Namespace) -> int:
 
 
 def cmd_witness_keygen(args: argparse.Namespace) -> int:
-    from nixcomply.fsutil import atomic_write, ensure_dir
+    from nixcomply.core.fsutil import atomic_write, ensure_dir
     from nixcomply.server.verifying import generate_witness
 
     out = Path(args.out)

@@ -14,11 +14,12 @@ import os
 from pathlib import Path
 from typing import Final
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from nixcomply.errors import InputError, UsageError
+from nixcomply.model.base import StrictModel
 from nixcomply.server.verifying import Witness, read_witness_key
 
 DEFAULT_CONFIG: Final = Path("/etc/nixcomply-server/server.json")
@@ -27,19 +28,13 @@ WITNESS_CREDENTIAL: Final = "nixcomply-witness-key"
 DATABASE_CREDENTIAL: Final = "nixcomply-server-database-url"
 CREDENTIALS_ENV: Final = "CREDENTIALS_DIRECTORY"
 
-_Strict = ConfigDict(extra="forbid", frozen=True)
 
-
-class Listen(BaseModel):
-    model_config = _Strict
-
+class Listen(StrictModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8443, ge=0, le=65535, description="0: any free port (printed at start)")
 
 
-class Database(BaseModel):
-    model_config = _Strict
-
+class Database(StrictModel):
     url: str | None = Field(
         default=None,
         description="SQLAlchemy URL without a password, e.g. postgresql+psycopg:///nixcomply?host=/run/postgresql",
@@ -49,18 +44,14 @@ class Database(BaseModel):
     pool_timeout: float = Field(default=10, gt=0, le=300)
 
 
-class WitnessSettings(BaseModel):
-    model_config = _Strict
-
+class WitnessSettings(StrictModel):
     name: str = Field(
         min_length=1, max_length=200, pattern=r"^[^\s+]+$", description="the witness key's name"
     )
     key_file: Path | None = Field(default=None, description=f"used when ${CREDENTIALS_ENV} is not set")
 
 
-class ServerConfig(BaseModel):
-    model_config = _Strict
-
+class ServerConfig(StrictModel):
     listen: Listen = Field(default_factory=Listen)
     database: Database = Field(default_factory=Database)
     witness: WitnessSettings
@@ -117,7 +108,7 @@ class ServerConfig(BaseModel):
 
 
 def load_config(path: Path) -> ServerConfig:
-    from nixcomply.yamlsource import load_model
+    from nixcomply.core.yamlsource import load_model
 
     if not path.exists():
         raise InputError.single(path, "server configuration not found")

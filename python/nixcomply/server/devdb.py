@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from nixcomply import process
+from nixcomply.core import process
 
 PG_BIN_ENV: Final = "NIXCOMPLY_PG_BIN"
 DEFAULT_PG_BIN: Final = Path("/usr/lib/postgresql/15/bin")

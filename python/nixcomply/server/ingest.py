@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
-from nixcomply import faults
+from nixcomply.core import faults
 from nixcomply.model.fleet import ErrorCode, UploadRequest, UploadResponse, b64decode
 from nixcomply.server.db import queries
 from nixcomply.server.db.queries import HostRow

@@ -149,16 +149,11 @@ class Audit:
             return
         started = time.perf_counter()
         status = 0
+        logged = False
 
-        async def recording(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, recording)
-        finally:
+        def log() -> None:
+            nonlocal logged
+            logged = True
             state = scope.get("state") or {}
             client = scope.get("client") or ("-", 0)
             audit_logger.info(
@@ -174,3 +169,19 @@ class Audit:
                     }
                 ),
             )
+
+        async def recording(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif (
+                message["type"] == "http.response.body" and not message.get("more_body", False) and not logged
+            ):
+                log()  # before the last byte leaves: the line exists once the caller has the answer
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording)
+        finally:
+            if not logged:
+                log()

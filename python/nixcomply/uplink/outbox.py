@@ -128,7 +128,7 @@ def batches(
 def store_cosignature(root: Path, size: int, note: bytes, cosignature: str) -> Path:
     """Keep the witness's cosignature beside the checkpoint it signs (``log/cosignatures/
     <size>``), once the checkpoint it names is the host's own, byte for byte."""
-    from nixcomply.fsutil import atomic_write, ensure_dir
+    from nixcomply.core.fsutil import atomic_write, ensure_dir
 
     if checkpoint(root, size) != note:
         raise OutboxError(f"the server cosigned a checkpoint of size {size} that is not this host's")

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from typing import Final
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from nixcomply.model.base import StrictModel
 
 TOKEN_CREDENTIAL: Final = "nixcomply-enroll-token"  # noqa: S105 - a credential name
 
 
-class UploadSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class UploadSettings(StrictModel):
     server: str | None = Field(
         default=None,
         pattern=r"^https?://\S+$",

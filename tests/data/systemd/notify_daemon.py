@@ -1,4 +1,4 @@
-"""A Type=notify daemon for the real-systemd tests, speaking sd_notify through nixcomply.notify.
+"""A Type=notify daemon for the real-systemd tests, speaking sd_notify through nixcomply.host.notify.
 
 --ready-when FILE   stay "activating" (STATUS=waiting) until FILE exists, then READY=1
 --hang-once MARKER  on the first run only (MARKER absent), stop petting the watchdog after
@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from nixcomply import notify
+from nixcomply.host import notify
 
 
 def main() -> int:

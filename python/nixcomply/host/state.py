@@ -1,0 +1,382 @@
+"""The reconciler's memory: SQLite in WAL mode under the state directory.
+
+What must survive a crash or a reboot lives here: the runs and their outcomes, the attempts
+per target revision (a revision that was reverted is not tried again until it changes or an
+operator runs ``nixcomply reset``), the last known good generation, what the host looked like
+at the end of the last cycle (to notice changes nixcomply did not make), the toplevel each
+revision built to (so a no-op cycle needs no build), heal history for flap suppression, and
+cooldowns. Every write is one transaction with ``synchronous=FULL``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+from nixcomply.errors import NixcomplyError
+from nixcomply.model.outcome import ApplyOutcome
+
+SCHEMA_VERSION: Final = 1
+# An attempt that ended in one of these is blocked (the revision is not retried).
+_FAILED_OUTCOMES: Final = frozenset(o.value for o in ApplyOutcome if o.failed)
+
+_SCHEMA: Final = """
+CREATE TABLE runs (
+  id INTEGER PRIMARY KEY,
+  started_at TEXT NOT NULL,
+  finished_at TEXT,
+  kind TEXT NOT NULL,
+  outcome TEXT,
+  summary TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE attempts (
+  revision TEXT PRIMARY KEY,
+  toplevel TEXT,
+  phase TEXT NOT NULL,          -- building, testing, gating, switching, done
+  outcome TEXT,                 -- success, reverted, failed (NULL while in progress)
+  count INTEGER NOT NULL DEFAULT 0,
+  updated_at TEXT NOT NULL,
+  detail TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE toplevels (
+  revision TEXT PRIMARY KEY,
+  toplevel TEXT NOT NULL,
+  recorded_at TEXT NOT NULL
+);
+CREATE TABLE meta (
+  key TEXT PRIMARY KEY,
+  value TEXT NOT NULL
+);
+CREATE TABLE heals (
+  id INTEGER PRIMARY KEY,
+  check_name TEXT NOT NULL,
+  runbook TEXT NOT NULL,
+  outcome TEXT NOT NULL,
+  at TEXT NOT NULL
+);
+CREATE INDEX heals_by_key ON heals (check_name, runbook, at);
+CREATE TABLE suppressed (
+  key TEXT PRIMARY KEY,          -- check:runbook
+  since TEXT NOT NULL,
+  reason TEXT NOT NULL
+);
+CREATE TABLE cooldowns (
+  key TEXT PRIMARY KEY,
+  until TEXT NOT NULL,
+  failures INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+
+class StateError(NixcomplyError):
+    """Raised when the state database cannot be opened or is from a newer nixcomply."""
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _ts(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _dt(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+@dataclass(frozen=True)
+class Run:
+    id: int
+    kind: str
+    started_at: datetime
+    finished_at: datetime | None
+    outcome: str | None
+    summary: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Attempt:
+    revision: str
+    toplevel: str | None
+    phase: str
+    outcome: str | None
+    count: int
+    updated_at: datetime
+    detail: str
+
+    @property
+    def blocked(self) -> bool:
+        """A reverted or failed revision is not retried until it changes or is reset."""
+        return self.outcome in _FAILED_OUTCOMES
+
+    @property
+    def interrupted(self) -> bool:
+        return self.outcome is None
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the host looked like when nixcomply last looked."""
+
+    current: str | None
+    booted: str | None
+    profile_generation: int | None
+    revision: str | None
+    at: datetime
+
+
+class State:
+    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
+        self._db = db
+        self.path = path
+
+    @classmethod
+    def open(cls, state_dir: Path) -> State:
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = state_dir / "state.db"
+        try:
+            db = sqlite3.connect(path, timeout=30, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA foreign_keys=ON")
+            with _transaction(db):  # IMMEDIATE: two first openers cannot both create the schema
+                version = db.execute("PRAGMA user_version").fetchone()[0]
+                if version == 0:
+                    for statement in _SCHEMA.split(";"):
+                        if statement.strip():
+                            db.execute(statement)
+                    db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            if version > SCHEMA_VERSION:
+                raise StateError(
+                    f"{path} was written by a newer nixcomply (schema {version}, this one knows {SCHEMA_VERSION})",
+                    hint="upgrade nixcomply; do not delete the state database",
+                )
+        except sqlite3.DatabaseError as e:
+            raise StateError(f"cannot open state database {path}: {e}") from None
+        return cls(db, path)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> State:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # runs -------------------------------------------------------------------------------
+
+    def start_run(self, kind: str) -> int:
+        with _transaction(self._db):
+            cur = self._db.execute("INSERT INTO runs (started_at, kind) VALUES (?, ?)", (_ts(now()), kind))
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def finish_run(self, run_id: int, outcome: str, summary: dict[str, Any]) -> None:
+        with _transaction(self._db):
+            self._db.execute(
+                "UPDATE runs SET finished_at = ?, outcome = ?, summary = ? WHERE id = ?",
+                (_ts(now()), outcome, json.dumps(summary, sort_keys=True, default=str), run_id),
+            )
+
+    def last_run(self, *, finished: bool = True) -> Run | None:
+        where = "WHERE finished_at IS NOT NULL" if finished else ""
+        row = self._db.execute(
+            f"SELECT id, kind, started_at, finished_at, outcome, summary FROM runs {where} ORDER BY id DESC LIMIT 1"  # noqa: S608
+        ).fetchone()
+        if row is None:
+            return None
+        return Run(row[0], row[1], _dt(row[2]), _dt(row[3]) if row[3] else None, row[4], json.loads(row[5]))
+
+    # attempts per target revision ----------------------------------------------------------
+
+    def attempt(self, revision: str) -> Attempt | None:
+        row = self._db.execute(
+            "SELECT revision, toplevel, phase, outcome, count, updated_at, detail FROM attempts WHERE revision = ?",
+            (revision,),
+        ).fetchone()
+        return None if row is None else Attempt(row[0], row[1], row[2], row[3], row[4], _dt(row[5]), row[6])
+
+    def begin_attempt(self, revision: str, toplevel: str) -> None:
+        with _transaction(self._db):
+            self._db.execute(
+                "INSERT INTO attempts (revision, toplevel, phase, outcome, count, updated_at) "
+                "VALUES (?, ?, 'testing', NULL, 1, ?) "
+                "ON CONFLICT (revision) DO UPDATE SET toplevel = excluded.toplevel, phase = 'testing', "
+                "outcome = NULL, count = count + 1, updated_at = excluded.updated_at, detail = ''",
+                (revision, toplevel, _ts(now())),
+            )
+
+    def set_phase(self, revision: str, phase: str) -> None:
+        with _transaction(self._db):
+            self._db.execute(
+                "UPDATE attempts SET phase = ?, updated_at = ? WHERE revision = ?",
+                (phase, _ts(now()), revision),
+            )
+
+    def end_attempt(self, revision: str, outcome: str, detail: str = "") -> None:
+        with _transaction(self._db):
+            self._db.execute(
+                "UPDATE attempts SET phase = 'done', outcome = ?, detail = ?, updated_at = ? WHERE revision = ?",
+                (outcome, detail, _ts(now()), revision),
+            )
+
+    def in_progress(self) -> list[Attempt]:
+        """Attempts that never reached an outcome: nixcomply was interrupted during them."""
+        rows = self._db.execute(
+            "SELECT revision, toplevel, phase, outcome, count, updated_at, detail FROM attempts "
+            "WHERE outcome IS NULL ORDER BY updated_at"
+        ).fetchall()
+        return [Attempt(r[0], r[1], r[2], r[3], r[4], _dt(r[5]), r[6]) for r in rows]
+
+    def blocked_revisions(self) -> list[Attempt]:
+        rows = self._db.execute(
+            "SELECT revision, toplevel, phase, outcome, count, updated_at, detail FROM attempts "
+            "WHERE outcome IN ('reverted', 'failed') ORDER BY updated_at"
+        ).fetchall()
+        return [Attempt(r[0], r[1], r[2], r[3], r[4], _dt(r[5]), r[6]) for r in rows]
+
+    def clear_attempts(self, revision: str | None = None) -> int:
+        with _transaction(self._db):
+            if revision is None:
+                cur = self._db.execute("DELETE FROM attempts WHERE outcome IN ('reverted', 'failed')")
+            else:
+                cur = self._db.execute("DELETE FROM attempts WHERE revision = ?", (revision,))
+        return cur.rowcount
+
+    # toplevel each revision built to (a no-op cycle needs no build) --------------------------
+
+    def remember_toplevel(self, revision: str, toplevel: str) -> None:
+        with _transaction(self._db):
+            self._db.execute(
+                "INSERT INTO toplevels (revision, toplevel, recorded_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (revision) DO UPDATE SET toplevel = excluded.toplevel, recorded_at = excluded.recorded_at",
+                (revision, toplevel, _ts(now())),
+            )
+
+    def toplevel_for(self, revision: str) -> str | None:
+        row = self._db.execute("SELECT toplevel FROM toplevels WHERE revision = ?", (revision,)).fetchone()
+        return None if row is None else str(row[0])
+
+    # small named values -----------------------------------------------------------------------
+
+    def _get(self, key: str) -> Any:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def _set(self, key: str, value: Any) -> None:
+        with _transaction(self._db):
+            self._db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, json.dumps(value, sort_keys=True)),
+            )
+
+    def set_last_good(self, *, generation: int | None, store_path: str, revision: str | None) -> None:
+        self._set(
+            "last_good",
+            {"generation": generation, "store_path": store_path, "revision": revision, "at": _ts(now())},
+        )
+
+    def last_good(self) -> dict[str, Any] | None:
+        value = self._get("last_good")
+        return value if isinstance(value, dict) else None
+
+    def set_observation(self, obs: Observation) -> None:
+        self._set(
+            "observation",
+            {
+                "current": obs.current,
+                "booted": obs.booted,
+                "profile_generation": obs.profile_generation,
+                "revision": obs.revision,
+                "at": _ts(obs.at),
+            },
+        )
+
+    def observation(self) -> Observation | None:
+        v = self._get("observation")
+        if not isinstance(v, dict):
+            return None
+        return Observation(v["current"], v["booted"], v["profile_generation"], v["revision"], _dt(v["at"]))
+
+    def set_value(self, key: str, value: Any) -> None:
+        self._set(f"value:{key}", value)
+
+    def value(self, key: str) -> Any:
+        return self._get(f"value:{key}")
+
+    # heals, flap suppression, cooldowns ---------------------------------------------------------
+
+    def record_heal(self, check: str, runbook: str, outcome: str, at: datetime | None = None) -> None:
+        with _transaction(self._db):
+            self._db.execute(
+                "INSERT INTO heals (check_name, runbook, outcome, at) VALUES (?, ?, ?, ?)",
+                (check, runbook, outcome, _ts(at or now())),
+            )
+
+    def successful_heals_since(self, check: str, runbook: str, since: datetime) -> int:
+        row = self._db.execute(
+            "SELECT count(*) FROM heals WHERE check_name = ? AND runbook = ? AND outcome = 'success' AND at >= ?",
+            (check, runbook, _ts(since)),
+        ).fetchone()
+        return int(row[0])
+
+    def heal_counts(self) -> dict[str, int]:
+        rows = self._db.execute("SELECT outcome, count(*) FROM heals GROUP BY outcome").fetchall()
+        return {str(r[0]): int(r[1]) for r in rows}
+
+    def suppress(self, key: str, reason: str, at: datetime | None = None) -> None:
+        with _transaction(self._db):
+            self._db.execute(
+                "INSERT INTO suppressed (key, since, reason) VALUES (?, ?, ?) ON CONFLICT (key) DO NOTHING",
+                (key, _ts(at or now()), reason),
+            )
+
+    def suppressed(self) -> dict[str, tuple[datetime, str]]:
+        rows = self._db.execute("SELECT key, since, reason FROM suppressed ORDER BY key").fetchall()
+        return {r[0]: (_dt(r[1]), r[2]) for r in rows}
+
+    def clear_suppressed(self, key: str | None = None) -> int:
+        with _transaction(self._db):
+            if key is None:
+                cur = self._db.execute("DELETE FROM suppressed")
+            else:
+                cur = self._db.execute("DELETE FROM suppressed WHERE key = ?", (key,))
+        return cur.rowcount
+
+    def cooldown(self, key: str) -> tuple[datetime, int] | None:
+        row = self._db.execute("SELECT until, failures FROM cooldowns WHERE key = ?", (key,)).fetchone()
+        return None if row is None else (_dt(row[0]), int(row[1]))
+
+    def set_cooldown(self, key: str, until: datetime, failures: int) -> None:
+        with _transaction(self._db):
+            self._db.execute(
+                "INSERT INTO cooldowns (key, until, failures) VALUES (?, ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET until = excluded.until, failures = excluded.failures",
+                (key, _ts(until), failures),
+            )
+
+    def clear_cooldowns(self) -> int:
+        with _transaction(self._db):
+            return self._db.execute("DELETE FROM cooldowns").rowcount
+
+
+@contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """An explicit transaction (the connection is in autocommit mode otherwise)."""
+    if db.in_transaction:
+        yield
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
