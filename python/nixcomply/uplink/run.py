@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -127,24 +127,99 @@ def enroll(
     return enrollment
 
 
-def lag(state_dir: Path) -> Lag | None:
-    """The upload lag of an enrolled host (None when it is not enrolled)."""
+@dataclass(frozen=True)
+class Overview:
+    """The uplink on one screen: where it uploads, how far behind the server is, and how
+    the last attempts went (``nixcomply status``, the metrics)."""
+
+    enrollment: Enrollment
+    lag: Lag
+    failures: int
+    last_error: str | None
+    next_attempt_at: datetime | None
+    acknowledged_at: datetime | None
+
+    def lines(self, now: datetime) -> list[str]:
+        e = self.enrollment
+        head = f"upload     {e.site}/{e.hostname} at {e.server}: "
+        if self.lag.entries == 0:
+            head += f"up to date ({self.lag.accepted_size} entries held)"
+        else:
+            head += f"{self.lag.entries} entries behind, oldest {self.lag.age_seconds(now):.0f} s old"
+        out = [head]
+        if self.failures:
+            due = (
+                f", next attempt {self.next_attempt_at:%Y-%m-%d %H:%M:%S} UTC" if self.next_attempt_at else ""
+            )
+            out.append(f"{'':<11}{self.failures} failed attempt(s){due}: {self.last_error}")
+        return out
+
+    def to_json(self, now: datetime) -> dict[str, object]:
+        return {
+            "server": self.enrollment.server,
+            "site": self.enrollment.site,
+            "hostname": self.enrollment.hostname,
+            "lag_entries": self.lag.entries,
+            "lag_seconds": round(self.lag.age_seconds(now), 1),
+            "accepted_size": self.lag.accepted_size,
+            "local_size": self.lag.local_size,
+            "failures": self.failures,
+            "last_error": self.last_error,
+            "next_attempt_at": self.next_attempt_at.isoformat() if self.next_attempt_at else None,
+            "acknowledged_at": self.acknowledged_at.isoformat() if self.acknowledged_at else None,
+        }
+
+
+def describe(data: Mapping[str, object] | None) -> list[str]:
+    """``nixcomply status``'s lines for an :meth:`Overview.to_json` (None: not enrolled)."""
+    if data is None:
+        return ["upload     not enrolled (nixcomply enroll)"]
+    head = f"upload     {data['site']}/{data['hostname']} at {data['server']}: "
+    if data["lag_entries"] == 0:
+        head += f"up to date ({data['accepted_size']} entries held)"
+    else:
+        head += f"{data['lag_entries']} entries behind, the oldest {data['lag_seconds']} s old"
+    out = [head]
+    if data["failures"]:
+        due = f", next attempt {data['next_attempt_at']}" if data["next_attempt_at"] else ""
+        out.append(f"{'':<11}{data['failures']} failed attempt(s){due}: {data['last_error']}")
+    return out
+
+
+def overview(state_dir: Path) -> Overview | None:
+    """The uplink's state (None when the host is not enrolled). Reads only."""
+    if not (state_dir / "state.db").exists():
+        return None
     try:
         state = UplinkState.open(state_dir)
     except UplinkStateError:
         return None
     with state:
-        if state.enrollment() is None:
-            return None
-        accepted = state.progress().accepted_size
+        enrollment = state.enrollment()
+        progress = state.progress()
+    if enrollment is None:
+        return None
     size = log_size(state_dir)
     oldest = None
-    if size > accepted:
-        path = bundle_paths(state_dir, accepted).get(accepted)
+    if size > progress.accepted_size:
+        path = bundle_paths(state_dir, progress.accepted_size).get(progress.accepted_size)
         m = _STAMP.match(path.name) if path else None
         if m:
             oldest = datetime.strptime(m.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
-    return Lag(size, accepted, oldest)
+    return Overview(
+        enrollment,
+        Lag(size, progress.accepted_size, oldest),
+        progress.failures,
+        progress.last_error,
+        progress.next_attempt_at,
+        progress.acknowledged_at,
+    )
+
+
+def lag(state_dir: Path) -> Lag | None:
+    """The upload lag of an enrolled host (None when it is not enrolled)."""
+    found = overview(state_dir)
+    return None if found is None else found.lag
 
 
 def upload(
