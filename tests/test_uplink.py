@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import random
+import zipfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fixtures_evidence import Keys, fill, make_keys, open_store, write_keyring
@@ -15,7 +17,12 @@ from fixtures_server import Served, serve
 from sqlalchemy import func, select
 
 from nixcomply.evidence.checkpoint import parse_note
-from nixcomply.evidence.cosignature import WitnessPublicKey, parse_cosignatures, verify_cosignature
+from nixcomply.evidence.cosignature import (
+    WitnessPublicKey,
+    generate_witness,
+    parse_cosignatures,
+    verify_cosignature,
+)
 from nixcomply.server.db.tables import entries
 from nixcomply.uplink import run
 from nixcomply.uplink.state import MAX_DELAY, UplinkState, backoff
@@ -198,3 +205,45 @@ def test_enroll_and_upload_verbs(fleet: Served, reconciler_config: Path, cli: ob
     r = cli("enroll", "--config", reconciler_config, "--server", fleet.url, "--token", token)
     assert r.code == 2
     assert "already enrolled" in r.err
+
+
+def test_verify_witness_requires_the_servers_cosignature_on_the_newest_checkpoint(
+    fleet: Served, host_store: tuple[Path, Keys], tmp_path: Path, cli: Any
+) -> None:
+    root, keys = host_store
+    vkey = fleet.witness.public.vkey
+    enroll(fleet, root)
+    r = cli("evidence", "verify", root, "--witness", vkey)
+    assert r.code == 1, "nothing was cosigned yet"
+    assert "not cosigned by a witness" in r.out
+    run.upload(root)
+    r = cli("evidence", "verify", root, "--witness", vkey)
+    assert r.code == 0, r.out
+    other = generate_witness("msp.example/witness").public.vkey
+    r = cli("evidence", "verify", root, "--witness", other)
+    assert r.code == 1
+    assert "not cosigned by witness msp.example/witness" in r.out
+    # a newer entry that the server has not cosigned yet
+    with open_store(root, keys) as store:
+        fill(store, 1)
+    assert cli("evidence", "verify", root, "--witness", vkey).code == 1
+    run.upload(root)
+    assert cli("evidence", "verify", root, "--witness", vkey).code == 0
+    # the packet carries the cosignatures and the witness key the host enrolled with
+    packet = tmp_path / "packet.zip"
+    r = cli(
+        "evidence", "export", "--state-dir", root, "--from", "2026-01-01", "--to", "2026-12-31", "-o", packet
+    )
+    assert r.code == 0, r.err
+    with zipfile.ZipFile(packet) as zf:
+        names = set(zf.namelist())
+        assert zf.read("witness.vkey").decode().strip() == vkey
+    assert "log/cosignatures/000000000006" in names
+    key_file = tmp_path / "witness.vkey"
+    key_file.write_text(vkey + "\n")
+    r = cli("evidence", "verify", packet, "--witness", key_file)
+    assert r.code == 0, r.out
+    r = cli("evidence", "verify", packet, "--witness", other)
+    assert r.code == 1
+    r = cli("evidence", "verify", packet, "--witness", "not-a-key")
+    assert r.code == 2

@@ -203,25 +203,48 @@ def verify_cosignature(
     raise NoteError(f"not cosigned by witness {witness.name}+{witness.key_id:08x}")
 
 
-def check_newest(root: Path, witness: WitnessPublicKey, newest: int) -> str | None:
-    """Why the newest checkpoint (tree size ``newest``) of the store or packet under
-    ``root`` lacks a valid cosignature by ``witness``, or None when it has one. The
-    cosignature lines live in ``log/cosignatures/<size>`` beside ``log/checkpoints/<size>``."""
-    name = f"{newest:012d}"
-    try:
-        note = (root / "log" / "checkpoints" / name).read_bytes()
-    except FileNotFoundError:
-        return f"log/checkpoints/{name}: missing"
-    try:
-        lines = (root / COSIGNATURES / name).read_text("utf-8")
-    except FileNotFoundError:
-        return f"{COSIGNATURES}/{name}: the newest checkpoint is not cosigned (not uploaded yet?)"
-    except UnicodeDecodeError:
-        return f"{COSIGNATURES}/{name}: not text"
-    try:
-        from nixcomply.evidence.checkpoint import parse_note
+def check_newest(location: Path, witness: WitnessPublicKey, newest: int) -> str | None:
+    """Why the newest checkpoint (tree size ``newest``) of the store, unpacked packet or
+    packet ``.zip`` at ``location`` lacks a valid cosignature by ``witness``, or None when it
+    has one. The cosignature lines live in ``log/cosignatures/<size>`` beside
+    ``log/checkpoints/<size>``."""
+    from nixcomply.evidence.checkpoint import parse_note
 
-        verify_cosignature(parse_note(note).text, parse_cosignatures(lines), witness)
-    except NoteError as e:
-        return f"{COSIGNATURES}/{name}: {e}"
+    name = f"{newest:012d}"
+    note_path, cos_path = f"log/checkpoints/{name}", f"{COSIGNATURES}/{name}"
+    note, lines = _read_member(location, note_path), _read_member(location, cos_path)
+    if note is None:
+        return f"{note_path}: missing"
+    if lines is None:
+        return f"{cos_path}: the newest checkpoint is not cosigned by a witness (not uploaded yet?)"
+    try:
+        verify_cosignature(parse_note(note).text, parse_cosignatures(lines.decode("utf-8")), witness)
+    except (NoteError, UnicodeDecodeError) as e:
+        return f"{cos_path}: {e}"
     return None
+
+
+def _read_member(location: Path, name: str) -> bytes | None:
+    if location.is_file():
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(location) as zf:
+                return zf.read(name)
+        except KeyError:
+            return None
+    try:
+        return (location / name).read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def load_witness_key(text_or_path: str) -> WitnessPublicKey:
+    """A witness verifier key given as itself or as a file that holds it (``witness.vkey``)."""
+    candidate = Path(text_or_path)
+    if "+" not in text_or_path or candidate.is_file():
+        try:
+            text_or_path = candidate.read_text().strip()
+        except OSError as e:
+            raise ValueError(f"{candidate}: {e.strerror or e}") from None
+    return WitnessPublicKey.from_vkey(text_or_path)
