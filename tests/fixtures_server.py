@@ -8,8 +8,6 @@ import hashlib
 import itertools
 import json
 import secrets
-import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -18,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fixtures_evidence import Keys, fill, make_keys, open_store
 from sqlalchemy import Engine, create_engine
@@ -30,6 +27,7 @@ from nixcomply.model.fleet import EnrollRequest, EnrollResponse, UploadResponse,
 from nixcomply.server.app import create_app
 from nixcomply.server.config import ServerConfig
 from nixcomply.server.db import queries
+from nixcomply.server.serving import Running, in_thread
 from nixcomply.uplink.client import Client
 from nixcomply.uplink.outbox import batches, store_cosignature
 
@@ -53,8 +51,7 @@ class Served:
     config: ServerConfig
     engine: Engine
     witness: Witness
-    server: uvicorn.Server
-    thread: threading.Thread
+    running: Running
     clock_offset: list[float] = field(default_factory=lambda: [0.0])
 
     @property
@@ -62,9 +59,7 @@ class Served:
         return int(self.url.rsplit(":", 1)[1])
 
     def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-        assert not self.thread.is_alive(), "the server did not stop"
+        self.running.stop()
 
     def site(self, name: str) -> int:
         with self.engine.begin() as conn:
@@ -91,22 +86,8 @@ def serve(config: ServerConfig, engine: Engine, witness: Witness, *, port: int =
     server back at the same address)."""
     offset = [0.0]
     app = create_app(config, engine, witness, clock=lambda: datetime.now(UTC) + timedelta(seconds=offset[0]))
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
-    sock.listen(128)
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off"))
-    # The test thread is not the main thread: no signal handlers.
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    for _ in range(500):
-        if server.started:
-            break
-        time.sleep(0.01)
-    assert server.started, "uvicorn did not start"
-    return Served(f"http://127.0.0.1:{port}", config, engine, witness, server, thread, offset)
+    running = in_thread(app, port=port)
+    return Served(running.url, config, engine, witness, running, offset)
 
 
 def server_config(pg_url: str, key_file: Path, **extra: Any) -> ServerConfig:

@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import secrets
-import socket
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -55,10 +54,9 @@ def _print(args: argparse.Namespace, data: Any, lines: Sequence[str]) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from nixcomply.server.app import create_app
     from nixcomply.server.db.migrate import current, head, upgrade
+    from nixcomply.server.serving import bind, make_server
 
     config = _config(args)
     witness = config.witness_key()
@@ -73,16 +71,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(config, engine, witness)
     host = args.host or config.listen.host
     port = config.listen.port if args.port is None else args.port
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
-    bound = sock.getsockname()[1]
+    sock = bind(host, port)
     logger.info("database %s", config.describe_database())
-    print(f"nixcomply-server {__version__}: listening on http://{host}:{bound}", flush=True)
-    server = uvicorn.Server(
-        uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=10)
-    )
+    print(f"nixcomply-server {__version__}: listening on http://{host}:{sock.getsockname()[1]}", flush=True)
+    server = make_server(app)
     try:
         server.run(sockets=[sock])
     finally:
