@@ -328,3 +328,16 @@ def test_database_restarted_under_a_running_server(
             break
         time.sleep(0.2)
     assert (report.outcome, report.accepted_size) == ("uploaded", 6)
+
+
+def test_status_names_the_database_without_its_credentials(
+    config_file: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = json.loads(config_file.read_text())["database"]["url"]
+    monkeypatch.setenv("NIXCOMPLY_SERVER_DATABASE_URL", url.replace("postgres@", "postgres:s3cret@"))
+    code, out, err = server(config_file, "status", capsys=capsys)
+    assert code == 0, err
+    first = out.splitlines()[0]
+    assert first.startswith("database postgresql+psycopg:///"), first
+    assert "s3cret" not in out + err
+    assert "postgres@" not in first

@@ -13,7 +13,7 @@ import binascii
 from enum import StrEnum
 from typing import Annotated, Any, Final
 
-from pydantic import AfterValidator, Field, StringConstraints
+from pydantic import AfterValidator, ConfigDict, Field, StringConstraints
 
 from nixcomply.model.base import StrictModel
 
@@ -22,6 +22,13 @@ MAX_ENTRIES: Final = 1000
 MAX_PROOF: Final = 63
 MAX_ATTACHMENTS: Final = 64
 API: Final = "/v1"
+
+
+class _Wire(StrictModel):
+    """Request and response bodies: strict, and built at import (FastAPI wraps each body in a
+    field of its own, which cannot take a model whose schema is deferred)."""
+
+    model_config = ConfigDict(defer_build=False)
 
 
 def _b64(value: str) -> str:
@@ -76,13 +83,13 @@ class ErrorCode(StrEnum):
     INTERNAL = "internal"  # 500: a bug; nothing was written
 
 
-class ErrorBody(StrictModel):
+class ErrorBody(_Wire):
     code: ErrorCode
     message: str
     detail: dict[str, Any] | None = None
 
 
-class EnrollRequest(StrictModel):
+class EnrollRequest(_Wire):
     """Sent once, signed with the new transport key (which proves possession of it)."""
 
     token: Annotated[str, StringConstraints(min_length=16, max_length=200)]
@@ -93,7 +100,7 @@ class EnrollRequest(StrictModel):
     keyring: dict[str, Any] = Field(description="the host's keyring.json (bundle and log public keys)")
 
 
-class EnrollResponse(StrictModel):
+class EnrollResponse(_Wire):
     site: Name
     hostname: Name
     origin: str
@@ -102,7 +109,7 @@ class EnrollResponse(StrictModel):
     accepted_size: int = 0
 
 
-class LogState(StrictModel):
+class LogState(_Wire):
     """``GET /v1/log``: what the server holds of the caller's log (the idle poll)."""
 
     accepted_size: int
@@ -112,13 +119,13 @@ class LogState(StrictModel):
     witness_key: str
 
 
-class UploadEntry(StrictModel):
+class UploadEntry(_Wire):
     seq: int = Field(ge=0)
     envelope: Base64 = Field(description="the bytes of envelope.dsse.json")
     attachments: dict[AttachmentName, Base64] = Field(default_factory=dict, max_length=MAX_ATTACHMENTS)
 
 
-class UploadRequest(StrictModel):
+class UploadRequest(_Wire):
     """``POST /v1/log/entries``: entries ``old_size``.., the host's checkpoint of the tree they
     end, and the consistency proof from ``old_size`` to it (RFC 6962 §2.1.2)."""
 
@@ -128,7 +135,7 @@ class UploadRequest(StrictModel):
     proof: list[Hash64] = Field(default_factory=list, max_length=MAX_PROOF)
 
 
-class UploadResponse(StrictModel):
+class UploadResponse(_Wire):
     accepted_size: int
     stored: int = Field(description="entries stored by this request")
     duplicates: int = Field(description="entries already held, byte for byte")

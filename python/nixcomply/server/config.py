@@ -83,7 +83,10 @@ class ServerConfig(StrictModel):
     def describe_database(self) -> str:
         """The database URL for logs and messages: no user name, no password."""
         url = self.database_url()
-        return url.set(username=None, password=None).render_as_string(hide_password=True)
+        bare = URL.create(
+            url.drivername, host=url.host, port=url.port, database=url.database, query=url.query
+        )
+        return bare.render_as_string(hide_password=True)
 
     def witness_key(self) -> Witness:
         directory = os.environ.get(CREDENTIALS_ENV)

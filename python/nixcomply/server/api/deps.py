@@ -41,10 +41,10 @@ async def raw_body(request: Request) -> bytes:
 def caller(
     request: Request,
     svc: Annotated[Services, Depends(services)],
-    body: Annotated[bytes, Depends(raw_body)],
+    raw: Annotated[bytes, Depends(raw_body)],
 ) -> HostRow:
     """The enrolled host that signed this request (401/403 otherwise)."""
-    return svc.auth.host(request, body, svc.clock())
+    return svc.auth.host(request, raw, svc.clock())
 
 
 ServicesDep = Annotated[Services, Depends(services)]
