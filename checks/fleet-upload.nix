@@ -95,6 +95,7 @@ in
             size = local_size(node)
             assert size >= 1, size
             assert accepted(site, node.name) == size, f"{node.name}: server holds {accepted(site, node.name)}, host {size}"
+            node.succeed(f"nixcomply evidence verify /var/lib/nixcomply --witness '{witness}'")
             node.fail(f"nixcomply enroll --hostname {node.name} --token {invite['token']}")
 
     with subtest("no incidents, every accepted checkpoint cosigned"):
@@ -112,9 +113,15 @@ in
         assert accepted("north", "clinic1") == local_size(clinic1)
         clinic1.succeed("test -s /var/lib/nixcomply/log/cosignatures/$(printf %012d " + str(local_size(clinic1)) + ")")
 
-    with subtest("the upload timer and the witness key"):
+    with subtest("the upload timer, status, and a packet that carries the witness"):
+        clinic2.succeed("systemctl start nixcomply-reconcile.service")  # a new entry
+        clinic2.fail(f"nixcomply evidence verify /var/lib/nixcomply --witness '{witness}'")
         clinic2.succeed("systemctl start nixcomply-upload.service")
-        assert witness.startswith("evidence.msp.test/witness+"), witness
-        clinic2.succeed("test -n \"$(ls /var/lib/nixcomply/log/cosignatures)\"")
+        clinic2.succeed(f"nixcomply evidence verify /var/lib/nixcomply --witness '{witness}'")
+        assert json.loads(clinic2.succeed("nixcomply status --json"))["upload"]["lag_entries"] == 0
+        clinic2.succeed(
+            "nixcomply evidence export --state-dir /var/lib/nixcomply --from 2000-01-01 --to 2099-12-31 -o /tmp/packet.zip",
+            f"nixcomply evidence verify /tmp/packet.zip --witness '{witness}'",
+        )
   '';
 }

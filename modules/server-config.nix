@@ -19,7 +19,12 @@ lib.recursiveUpdate (
       else
         { }
     );
-    witness.name = cfg.witness.name;
+    # the key's path, not the key: the unit reads it as a credential; an administrator's
+    # `nixcomply-server witness key` (as root) reads it here
+    witness = {
+      inherit (cfg.witness) name;
+      key_file = cfg.witness.keyFile;
+    };
     max_body_bytes = cfg.maxBodyBytes;
     migrate_on_start = cfg.migrateOnStart;
   }

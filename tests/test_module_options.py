@@ -162,7 +162,8 @@ def test_server_options_render_to_a_config_the_server_accepts(nix_env: dict[str,
     assert config.database.url == "postgresql+psycopg:///nixcomply-server?host=/run/postgresql"
     assert (config.listen.host, config.listen.port) == ("127.0.0.1", 8443)
     assert config.migrate_on_start is True
-    assert config.witness.key_file is None, "the key arrives as a credential, never in the file"
+    # the path only (the unit reads the key as a credential); never the key itself
+    assert str(config.witness.key_file) == "/var/lib/keys/witness.key"
     external = {**cfg, "database": {**cfg["database"], "createLocally": False, "urlFile": "/run/keys/db"}}
     external["settings"] = {"clock_skew_seconds": 120}
     config = ServerConfig.model_validate(rendered_server_config(external, nix_env))

@@ -247,3 +247,19 @@ def test_verify_witness_requires_the_servers_cosignature_on_the_newest_checkpoin
     assert r.code == 1
     r = cli("evidence", "verify", packet, "--witness", "not-a-key")
     assert r.code == 2
+
+
+def test_enroll_errors_are_clear(
+    fleet: Served, reconciler_config: Path, cli: Any, host_store: tuple[Path, Keys]
+) -> None:
+    r = cli("enroll", "--config", reconciler_config, "--server", "not-a-url", "--token", "x" * 20)
+    assert (r.code, "is not an http(s) URL" in r.err) == (2, True), r.err
+    r = cli("enroll", "--config", reconciler_config, "--server", "http://127.0.0.1:1", "--token", "x" * 20)
+    assert r.code == 1
+    assert "127.0.0.1:1" in r.err
+    r = cli("enroll", "--config", reconciler_config, "--server", fleet.url, "--token", "x" * 20)
+    assert r.code == 1
+    assert "invalid-token" in r.err
+    assert "Traceback" not in r.err
+    root, _ = host_store
+    assert run.upload(root).outcome == "not-enrolled", "a refused enrollment enrolls nothing"

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import pydantic
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from nixcomply.errors import NixcomplyError
+from nixcomply.errors import NixcomplyError, UsageError
 from nixcomply.model import httpsig
 from nixcomply.model.fleet import (
     API,
@@ -68,7 +68,7 @@ class Client:
     ) -> None:
         parts = urlsplit(url.rstrip("/"))
         if parts.scheme not in {"http", "https"} or not parts.hostname:
-            raise ValueError(f"{url!r} is not an http(s) URL")
+            raise UsageError(f"{url!r} is not an http(s) URL of the evidence server")
         self.url = url
         self.scheme = parts.scheme
         self.authority = parts.netloc
