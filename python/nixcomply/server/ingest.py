@@ -11,6 +11,7 @@ stored changes but the incident.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -257,15 +258,7 @@ def _ingest(
         now=now,
     )
     faults.point("ingest.stored")  # crash tests: everything written, nothing committed
-    new = queries.HostRow(
-        **{
-            **row.__dict__,
-            "accepted_size": cp.size,
-            "root": root,
-            "checkpoint": note,
-            "cosignature": cosignature,
-        }
-    )
+    new = dataclasses.replace(row, accepted_size=cp.size, root=root, checkpoint=note, cosignature=cosignature)
     return _answer(new, stored=len(verified), duplicates=duplicates, witness=witness)
 
 

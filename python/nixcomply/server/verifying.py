@@ -56,7 +56,6 @@ __all__ = [
     "load_frontier",
     "parse_checkpoint",
     "read_witness_key",
-    "root_of_leaves",
 ]
 
 
@@ -280,12 +279,6 @@ def load_frontier(size: int, data: bytes) -> Frontier:
 
 def frontier_bytes(frontier: Frontier) -> bytes:
     return b"".join(frontier.hashes)
-
-
-def root_of_leaves(leaves: list[bytes]) -> bytes:
-    frontier = Frontier()
-    frontier.extend(leaves)
-    return frontier.root()
 
 
 def consistent(old: int, new: int, old_root: bytes, new_root: bytes, proof: list[bytes]) -> bool:

@@ -272,18 +272,6 @@ def stored_entries(conn: Connection, scope: Scope, first: int, last: int) -> dic
     return {int(r[0]): bytes(r[1]) for r in conn.execute(scoped(stmt, entries, scope))}
 
 
-def leaves(conn: Connection, scope: Scope, size: int) -> list[bytes]:
-    """The first ``size`` leaf hashes of a host's log."""
-    stmt = select(entries.c.leaf).where(entries.c.seq < size).order_by(entries.c.seq)
-    return [bytes(r[0]) for r in conn.execute(scoped(stmt, entries, scope))]
-
-
-def checkpoint_note(conn: Connection, scope: Scope, size: int) -> bytes | None:
-    stmt = select(checkpoints.c.note).where(checkpoints.c.size == size)
-    row = conn.execute(scoped(stmt, checkpoints, scope)).one_or_none()
-    return None if row is None else bytes(row[0])
-
-
 # PostgreSQL types of the columns COPY writes in binary (psycopg dumps each value as one).
 _PG_TYPES: Final = {
     "BigInteger": "int8",
