@@ -42,7 +42,7 @@ from nixcomply.evidence.keyring import KeyEntry, Keyring
 from nixcomply.evidence.keys import generate
 from nixcomply.evidence.statement import CheckRun, ControlResult, FrameworkRefs, Host, KeyRole
 from nixcomply.evidence.store import ENVELOPE_FILE, EvidenceStore
-from nixcomply.model.fleet import EnrollRequest, UploadResponse, b64encode
+from nixcomply.model.fleet import EnrollRequest, UploadResponse, b64encode, new_token
 from nixcomply.model.outcome import Outcome
 from nixcomply.model.status import ControlStatus
 from nixcomply.server.devdb import PrivateCluster
@@ -145,7 +145,6 @@ def start_server(directory: Path, cluster: PrivateCluster) -> tuple[subprocess.P
 def tokens(cluster: PrivateCluster, names: Sequence[str]) -> dict[str, str]:
     """Invites made directly in the database (the CLI makes one per process start)."""
     import hashlib
-    import secrets
 
     from sqlalchemy import create_engine
 
@@ -158,7 +157,7 @@ def tokens(cluster: PrivateCluster, names: Sequence[str]) -> dict[str, str]:
             site = queries.site_by_name(conn, "bench") or queries.add_site(conn, "bench")
             assert site is not None
             for name in names:
-                token = secrets.token_urlsafe(32)
+                token = new_token()
                 queries.create_invite(
                     conn,
                     queries.Scope.site(site.id),

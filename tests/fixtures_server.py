@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from sqlalchemy import Engine, create_engine
 from nixcomply.evidence.cosignature import Witness, generate_witness
 from nixcomply.evidence.statement import Host
 from nixcomply.model import httpsig
-from nixcomply.model.fleet import EnrollRequest, EnrollResponse, UploadResponse, b64encode
+from nixcomply.model.fleet import EnrollRequest, EnrollResponse, UploadResponse, b64encode, new_token
 from nixcomply.server.app import create_app
 from nixcomply.server.config import ServerConfig
 from nixcomply.server.db import queries
@@ -69,7 +68,7 @@ class Served:
 
     def invite(self, site: str, host: str, *, ttl: timedelta = timedelta(hours=1)) -> str:
         site_id = self.site(site)
-        token = secrets.token_urlsafe(32)
+        token = new_token()
         with self.engine.begin() as conn:
             queries.create_invite(
                 conn,

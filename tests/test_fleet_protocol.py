@@ -263,3 +263,14 @@ def test_check_newest_requires_a_valid_cosignature_on_the_newest_checkpoint(tmp_
     forged = Checkpoint("o.example/log", 3, hashlib.sha256(b"y").digest()).sign([log])
     (tmp_path / "log" / "checkpoints" / "000000000003").write_bytes(forged)
     assert "does not verify" in (check_newest(tmp_path, witness.public, 3) or "")
+
+
+def test_enrollment_tokens_never_look_like_an_option() -> None:
+    """A token is passed as `nixcomply enroll --token T`: one starting with '-' (as random
+    base64url may) would be read as an option (seen in CI: 'expected one argument')."""
+    from nixcomply.model.fleet import TOKEN_PREFIX, new_token
+
+    tokens = [new_token() for _ in range(2000)]
+    assert all(t.startswith(TOKEN_PREFIX) for t in tokens)
+    assert len(set(tokens)) == len(tokens)
+    assert all(len(t) == len(TOKEN_PREFIX) + 43 for t in tokens)

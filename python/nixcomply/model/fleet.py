@@ -46,6 +46,18 @@ Note = Annotated[str, StringConstraints(min_length=1, max_length=64 * 1024)]
 AttachmentName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
 
 
+TOKEN_PREFIX: Final = "nxc1_"  # noqa: S105 - a prefix, not a secret
+
+
+def new_token() -> str:
+    """A single-use enrollment token: 32 random bytes, base64url, behind a prefix that says
+    what it is and keeps it from ever starting with '-' (a command line would read that as
+    an option)."""
+    import secrets
+
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
 def b64decode(value: str) -> bytes:
     return base64.b64decode(value, validate=True)
 

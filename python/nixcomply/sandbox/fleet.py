@@ -148,12 +148,12 @@ def demo_server(directory: Path, result: FleetResult) -> Iterator[Any]:
 
 def _invite(engine: Any, site: str, host: str) -> str:
     import hashlib
-    import secrets
     from datetime import timedelta
 
+    from nixcomply.model.fleet import new_token
     from nixcomply.server.db import queries
 
-    token = secrets.token_urlsafe(32)
+    token = new_token()
     with engine.begin() as conn:
         found = queries.site_by_name(conn, site) or queries.add_site(conn, site)
         assert found is not None

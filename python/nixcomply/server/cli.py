@@ -10,7 +10,6 @@ import hashlib
 import json
 import logging
 import os
-import secrets
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -142,12 +141,13 @@ def _site(conn: Any, name: str) -> Any:
 
 
 def cmd_host_invite(args: argparse.Namespace) -> int:
+    from nixcomply.model.fleet import new_token
     from nixcomply.server.db import queries
 
     _check_name(args.host, "host")
     config = _config(args)
     ttl = timedelta(hours=args.ttl_hours if args.ttl_hours is not None else config.invite_ttl_hours)
-    token = secrets.token_urlsafe(32)
+    token = new_token()
     expires = datetime.now(UTC) + ttl
     engine = _engine(config)
     try:
