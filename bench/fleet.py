@@ -42,7 +42,7 @@ from nixcomply.evidence.keyring import KeyEntry, Keyring
 from nixcomply.evidence.keys import generate
 from nixcomply.evidence.statement import CheckRun, ControlResult, FrameworkRefs, Host, KeyRole
 from nixcomply.evidence.store import ENVELOPE_FILE, EvidenceStore
-from nixcomply.model.fleet import EnrollRequest, UploadResponse, b64encode, new_token
+from nixcomply.model.fleet import EnrollRequest, UploadResponse, b64encode
 from nixcomply.model.outcome import Outcome
 from nixcomply.model.status import ControlStatus
 from nixcomply.server.devdb import PrivateCluster
@@ -144,31 +144,17 @@ def start_server(directory: Path, cluster: PrivateCluster) -> tuple[subprocess.P
 
 def tokens(cluster: PrivateCluster, names: Sequence[str]) -> dict[str, str]:
     """Invites made directly in the database (the CLI makes one per process start)."""
-    import hashlib
-
     from sqlalchemy import create_engine
 
-    from nixcomply.server.db import queries
+    from nixcomply.server.invites import invite, site_named
 
     engine = create_engine(cluster.url("fleet"))
-    out = {}
     try:
         with engine.begin() as conn:
-            site = queries.site_by_name(conn, "bench") or queries.add_site(conn, "bench")
-            assert site is not None
-            for name in names:
-                token = new_token()
-                queries.create_invite(
-                    conn,
-                    queries.Scope.site(site.id),
-                    hostname=name,
-                    token_sha256=hashlib.sha256(token.encode()).digest(),
-                    expires_at=datetime.now(UTC) + timedelta(hours=1),
-                )
-                out[name] = token
+            site = site_named(conn, "bench")
+            return {n: invite(conn, site, n, ttl=timedelta(hours=1), actor="bench")[0] for n in names}
     finally:
         engine.dispose()
-    return out
 
 
 def enroll(fleet: Fleet, url: str, token: str, next_counter: Callable[[], int]) -> Client:

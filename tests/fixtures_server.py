@@ -4,7 +4,6 @@ hosts with real evidence stores that enroll and upload through the real uplink c
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import time
@@ -22,10 +21,10 @@ from sqlalchemy import Engine, create_engine
 from nixcomply.evidence.cosignature import Witness, generate_witness
 from nixcomply.evidence.statement import Host
 from nixcomply.model import httpsig
-from nixcomply.model.fleet import EnrollRequest, EnrollResponse, UploadResponse, b64encode, new_token
+from nixcomply.model.fleet import EnrollRequest, EnrollResponse, UploadResponse, b64encode
 from nixcomply.server.app import create_app
 from nixcomply.server.config import ServerConfig
-from nixcomply.server.db import queries
+from nixcomply.server.invites import invite, site_named
 from nixcomply.server.serving import Running, in_thread
 from nixcomply.uplink.client import Client
 from nixcomply.uplink.outbox import batches, store_cosignature
@@ -60,23 +59,9 @@ class Served:
     def stop(self) -> None:
         self.running.stop()
 
-    def site(self, name: str) -> int:
-        with self.engine.begin() as conn:
-            found = queries.site_by_name(conn, name) or queries.add_site(conn, name)
-            assert found is not None
-            return found.id
-
     def invite(self, site: str, host: str, *, ttl: timedelta = timedelta(hours=1)) -> str:
-        site_id = self.site(site)
-        token = new_token()
         with self.engine.begin() as conn:
-            queries.create_invite(
-                conn,
-                queries.Scope.site(site_id),
-                hostname=host,
-                token_sha256=hashlib.sha256(token.encode()).digest(),
-                expires_at=datetime.now(UTC) + ttl,
-            )
+            token, _expires = invite(conn, site_named(conn, site), host, ttl=ttl, actor="test")
         return token
 
 

@@ -389,4 +389,4 @@ def test_every_request_is_audited_and_enrollment_recorded(
     assert all("token" not in json.dumps(x) for x in lines)
     with fleet.engine.connect() as conn:
         actions = [a for _, _, a, _ in queries.audit_entries(conn, queries.Scope.msp())]
-    assert actions == ["host.enrolled"]
+    assert actions == ["host.invited", "host.enrolled"]

@@ -147,25 +147,12 @@ def demo_server(directory: Path, result: FleetResult) -> Iterator[Any]:
 
 
 def _invite(engine: Any, site: str, host: str) -> str:
-    import hashlib
     from datetime import timedelta
 
-    from nixcomply.model.fleet import new_token
-    from nixcomply.server.db import queries
+    from nixcomply.server.invites import invite, site_named
 
-    token = new_token()
     with engine.begin() as conn:
-        found = queries.site_by_name(conn, site) or queries.add_site(conn, site)
-        assert found is not None
-        scope = queries.Scope.site(found.id)
-        queries.create_invite(
-            conn,
-            scope,
-            hostname=host,
-            token_sha256=hashlib.sha256(token.encode()).digest(),
-            expires_at=datetime.now(UTC) + timedelta(hours=1),
-        )
-        queries.audit(conn, actor="demo", action="host.invited", scope=scope, detail={"host": host})
+        token, _expires = invite(conn, site_named(conn, site), host, ttl=timedelta(hours=1), actor="demo")
     return token
 
 

@@ -6,7 +6,6 @@ for secrets, ``nixcomply.server.config``); errors are one line and an exit code,
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -141,31 +140,19 @@ def _site(conn: Any, name: str) -> Any:
 
 
 def cmd_host_invite(args: argparse.Namespace) -> int:
-    from nixcomply.model.fleet import new_token
     from nixcomply.server.db import queries
+    from nixcomply.server.invites import invite
 
     _check_name(args.host, "host")
     config = _config(args)
     ttl = timedelta(hours=args.ttl_hours if args.ttl_hours is not None else config.invite_ttl_hours)
-    token = new_token()
-    expires = datetime.now(UTC) + ttl
     engine = _engine(config)
     try:
         with engine.begin() as conn:
             site = _site(conn, args.site)
-            scope = queries.Scope.site(site.id)
-            if queries.host_by_name(conn, scope, args.host) is not None:
+            if queries.host_by_name(conn, queries.Scope.site(site.id), args.host) is not None:
                 raise UsageError(f"host {args.host!r} is already enrolled in site {args.site!r}")
-            queries.create_invite(
-                conn,
-                scope,
-                hostname=args.host,
-                token_sha256=hashlib.sha256(token.encode()).digest(),
-                expires_at=expires,
-            )
-            queries.audit(
-                conn, actor=_actor(), action="host.invited", scope=scope, detail={"host": args.host}
-            )
+            token, expires = invite(conn, site, args.host, ttl=ttl, actor=_actor())
     finally:
         engine.dispose()
     _print(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -14,6 +13,7 @@ from nixcomply.server.api.deps import BodyDep, ServicesDep
 from nixcomply.server.auth import check_signature, message_of
 from nixcomply.server.db import queries
 from nixcomply.server.errors import ApiError
+from nixcomply.server.invites import token_digest
 from nixcomply.server.verifying import HostKeys
 
 logger = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def enroll(body: EnrollRequest, request: Request, raw: BodyDep, svc: ServicesDep
         keys = HostKeys.load(body.keyring)
     except ValueError as e:
         raise ApiError(422, ErrorCode.BAD_KEYRING, f"keyring: {e}") from None
-    digest = hashlib.sha256(body.token.encode()).digest()
+    digest = token_digest(body.token)
     with svc.engine.begin() as conn:
         invite = queries.burn_invite(conn, token_sha256=digest, hostname=body.hostname, now=now)
         if invite is None:
