@@ -35,6 +35,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from sqlalchemy import create_engine
 
 from nixcomply.evidence import dsse
 from nixcomply.evidence.cosignature import generate_witness
@@ -46,6 +47,7 @@ from nixcomply.model.fleet import EnrollRequest, UploadResponse, b64encode
 from nixcomply.model.outcome import Outcome
 from nixcomply.model.status import ControlStatus
 from nixcomply.server.devdb import PrivateCluster
+from nixcomply.server.invites import invite, site_named
 from nixcomply.uplink.client import Client
 from nixcomply.uplink.outbox import batches, bundle_paths
 
@@ -144,9 +146,6 @@ def start_server(directory: Path, cluster: PrivateCluster) -> tuple[subprocess.P
 
 def tokens(cluster: PrivateCluster, names: Sequence[str]) -> dict[str, str]:
     """Invites made directly in the database (the CLI makes one per process start)."""
-    from sqlalchemy import create_engine
-
-    from nixcomply.server.invites import invite, site_named
 
     engine = create_engine(cluster.url("fleet"))
     try:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from nixcomply.evidence.provision import provision_host_keys
 from nixcomply.heal.config import AlertConfig, HealConfig
 from nixcomply.heal.executor import ExecutionContext
 from nixcomply.host.systemd import Systemd
@@ -119,7 +120,6 @@ class EvidenceKeys:
 
 def write_evidence_keys(directory: Path, host: str = "clinic-01") -> EvidenceKeys:
     """Real Ed25519 keys and the keyring an offline verifier pins (as the sandbox host does)."""
-    from nixcomply.evidence.provision import provision_host_keys
 
     keys = EvidenceKeys(
         directory / "state", directory / "keys" / "signing.key", directory / "keys" / "log.key"

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Final
 
 import pytest
+from sqlalchemy import create_engine
 
+from nixcomply.server.db.migrate import upgrade
 from nixcomply.server.devdb import PrivateCluster, pg_bin
 
 TEMPLATE: Final = "nixcomply_template"
@@ -41,9 +43,6 @@ def pg_cluster() -> Iterator[Cluster]:
 
 
 def _make_template(cluster: Cluster) -> None:
-    from sqlalchemy import create_engine
-
-    from nixcomply.server.db.migrate import upgrade
 
     cluster.psql(f"CREATE DATABASE {TEMPLATE}")
     engine = create_engine(cluster.url(TEMPLATE))

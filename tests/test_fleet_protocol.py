@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from pathlib import Path
 
 import pydantic
 import pytest
@@ -14,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nixcomply.evidence.checkpoint import Checkpoint, NoteError, parse_note
 from nixcomply.evidence.cosignature import (
     WitnessPublicKey,
+    check_newest,
     generate_witness,
     parse_cosignatures,
     parse_witness_key,
@@ -23,7 +25,7 @@ from nixcomply.evidence.cosignature import (
 )
 from nixcomply.evidence.keys import generate
 from nixcomply.model import httpsig
-from nixcomply.model.fleet import UploadRequest
+from nixcomply.model.fleet import TOKEN_PREFIX, UploadRequest, new_token
 from nixcomply.model.httpsig import Message, SignatureError
 
 # RFC 9421 Appendix B.1.4 (test-key-ed25519) and B.2.6.
@@ -212,7 +214,6 @@ def test_cosignature_on_another_checkpoint_or_by_another_witness_fails() -> None
 
 
 def test_witness_keys_round_trip_and_are_checked(tmp_path: object) -> None:
-    from pathlib import Path
 
     assert isinstance(tmp_path, Path)
     witness = generate_witness("w.example/a")
@@ -243,9 +244,6 @@ def test_upload_request_refuses_unknown_fields_and_bad_base64() -> None:
 
 
 def test_check_newest_requires_a_valid_cosignature_on_the_newest_checkpoint(tmp_path: object) -> None:
-    from pathlib import Path
-
-    from nixcomply.evidence.cosignature import check_newest
 
     assert isinstance(tmp_path, Path)
     witness, other = generate_witness("w.example/a"), generate_witness("w.example/b")
@@ -268,7 +266,6 @@ def test_check_newest_requires_a_valid_cosignature_on_the_newest_checkpoint(tmp_
 def test_enrollment_tokens_never_look_like_an_option() -> None:
     """A token is passed as `nixcomply enroll --token T`: one starting with '-' (as random
     base64url may) would be read as an option (seen in CI: 'expected one argument')."""
-    from nixcomply.model.fleet import TOKEN_PREFIX, new_token
 
     tokens = [new_token() for _ in range(2000)]
     assert all(t.startswith(TOKEN_PREFIX) for t in tokens)

@@ -16,6 +16,7 @@ import pytest
 from fixtures_heal import HealWorld
 
 from nixcomply.core import process
+from nixcomply.heal import actions
 from nixcomply.heal.actions import ActionEnv, bounded, send_alert
 from nixcomply.heal.config import AlertConfig
 from nixcomply.heal.executor import ExecutionContext, RunbookRun, StepResult, execute
@@ -74,11 +75,25 @@ def test_run_command_for_real_captures_bounded_output_and_the_exit_status(heal: 
     assert run.reason.endswith("the runbook has no rollback")
 
 
+def sleepers(seconds: str) -> list[int]:
+    """Pids of `sleep SECONDS` processes on this machine."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")[:2]
+        except OSError:
+            continue
+        if proc.name.isdigit() and argv[-1:] == [seconds.encode()] and argv[0].endswith(b"sleep"):
+            found.append(int(proc.name))
+    return found
+
+
 def test_a_command_that_outlives_its_step_timeout_is_killed(heal: HealWorld) -> None:
+    # An hour-long sleep: had the step waited for it instead of killing it, the test would
+    # hang into pytest's timeout rather than pass late.
     ctx = heal.context(config=heal.config(binaries={"sleep": "/bin/sleep"}))
-    started = time.monotonic()
-    s, run = step(heal, "run_command", {"argv": ["sleep", "30"]}, timeout=0.3, ctx=ctx, rollback=True)
-    assert time.monotonic() - started < 10
+    s, run = step(heal, "run_command", {"argv": ["sleep", "3601"]}, timeout=0.3, ctx=ctx, rollback=True)
+    assert sleepers("3601") == [], "the timed-out command was killed, not left running"
     assert not s.ok and s.error is not None and "timed out after 0.3 s" in s.error
     assert run.outcome == RunOutcome.ALERT and run.rollback[0].ok
 
@@ -217,7 +232,6 @@ def test_clean_directory_refuses_a_directory_swapped_for_a_symlink_after_the_che
     cache = heal.allowed / "cache"
     cache.mkdir()
     (heal.outside / "precious").write_text("never removed")
-    from nixcomply.heal import actions
 
     original = actions.clean_directory
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +18,15 @@ import pytest
 from fixtures_heal import HealWorld
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from conftest import DATA, REPO
+from nixcomply.baseline.load import load_baseline
 from nixcomply.errors import InputError
 from nixcomply.heal import guard
 from nixcomply.heal.config import HealConfig
-from nixcomply.heal.executor import execute
+from nixcomply.heal.executor import ExecutionContext, execute
+from nixcomply.heal.rules import load_rules
 from nixcomply.heal.runbook import Runbook, Step, load_runbook
 from nixcomply.model.outcome import RunOutcome
 
@@ -375,7 +379,6 @@ def test_every_shipped_runbook_passes_the_default_guard_in_a_dry_run(rid: str, t
             | {"nft": "/usr/sbin/nft"}
         }
     )
-    from nixcomply.heal.executor import ExecutionContext
 
     runbook = load_runbook(REPO / "runbooks" / f"{rid}.yaml")
     run = execute(runbook, REPRESENTATIVE[rid], ExecutionContext(config=config, root=root), dry_run=True)
@@ -393,7 +396,6 @@ def test_every_shipped_runbook_passes_the_default_guard_in_a_dry_run(rid: str, t
 
 
 def test_the_default_rules_pass_only_parameters_the_runbooks_declare() -> None:
-    from nixcomply.heal.rules import load_rules
 
     runbooks = {p.stem: load_runbook(p) for p in (REPO / "runbooks").glob("RB-*.yaml")}
     rules = load_rules([REPO / "runbooks" / "rules" / "default.yaml"], runbook_ids=frozenset(runbooks))
@@ -420,16 +422,12 @@ def test_the_default_rules_pass_only_parameters_the_runbooks_declare() -> None:
     ],
 )
 def test_heal_config_refuses_what_would_loosen_the_guard(settings: dict[str, Any], message: str) -> None:
-    from pydantic import ValidationError
 
     with pytest.raises(ValidationError, match=re.escape(message)):
         HealConfig.model_validate(settings)
 
 
 def test_heal_config_defaults_cover_the_baseline_critical_services() -> None:
-    from fnmatch import fnmatchcase
-
-    from nixcomply.baseline.load import load_baseline
 
     config = HealConfig()
     assert config.enable

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import re
 
-from conftest import REPO
+import pytest
+
+from conftest import REPO, Cli
+from nixcomply.server.cli import main as server_main
 
 README = (REPO / "README.md").read_text()
 
@@ -42,7 +45,7 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     assert "make test" in commands("sh")
 
 
-def test_every_cli_verb_shown_exists(cli) -> None:  # type: ignore[no-untyped-def]
+def test_every_cli_verb_shown_exists(cli: Cli) -> None:
     shown = [c for c in commands("text") if c.startswith("nixcomply ")]
     assert len(shown) >= 10
     for command in shown:
@@ -68,9 +71,6 @@ def test_make_demo_runs_the_demo_verb_the_tests_exercise() -> None:
 
 
 def test_every_server_verb_shown_exists(capsys) -> None:  # type: ignore[no-untyped-def]
-    import pytest
-
-    from nixcomply.server.cli import main as server_main
 
     shown = [c for c in commands("text") if c.startswith("nixcomply-server ")]
     assert len(shown) >= 8

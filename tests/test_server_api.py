@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 from fixtures_server import FleetHost, Served, counter, make_host
-from sqlalchemy import func, select, text
+from sqlalchemy import event, func, select, text
 
 from nixcomply.evidence.checkpoint import parse_note
 from nixcomply.evidence.cosignature import parse_cosignatures, verify_cosignature
@@ -329,7 +330,6 @@ def test_a_request_from_a_skewed_clock_is_refused(fleet: Served, tmp_path: Path)
 
 
 def test_the_idle_poll_is_one_indexed_statement(fleet: Served, tmp_path: Path) -> None:
-    from sqlalchemy import event
 
     host = enrolled(fleet, tmp_path)
     host.client.log_state()  # warm the key cache
@@ -373,7 +373,6 @@ def test_upload_request_model_rejects_gaps(fleet: Served, tmp_path: Path) -> Non
 def test_every_request_is_audited_and_enrollment_recorded(
     fleet: Served, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import logging
 
     caplog.set_level(logging.INFO, logger="nixcomply.server.audit")
     host = enrolled(fleet, tmp_path)

@@ -15,14 +15,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 from fixtures_evidence import fill, make_keys, open_store, write_keyring
 from fixtures_postgres import Cluster
 from fixtures_server import Served
 from sqlalchemy import create_engine, func, select
+from test_server_api import enrolled
+from test_server_ingest import twin
 
 from nixcomply.evidence.cosignature import Witness
 from nixcomply.server.cli import main
-from nixcomply.server.db.tables import entries, hosts
+from nixcomply.server.db.tables import entries, hosts, metadata
 from nixcomply.uplink import run
 from nixcomply.uplink.client import UplinkError
 
@@ -62,10 +66,6 @@ def test_migrate_an_empty_database(
 
 
 def test_migrations_create_exactly_the_tables_module(pg_url: str) -> None:
-    from alembic.autogenerate import compare_metadata
-    from alembic.migration import MigrationContext
-
-    from nixcomply.server.db.tables import metadata
 
     engine = create_engine(pg_url)
     try:
@@ -163,8 +163,6 @@ def test_the_database_url_and_its_password_are_never_printed(
 def test_status_shows_incidents_with_both_checkpoints(
     fleet: Served, config_file_for: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from test_server_api import enrolled
-    from test_server_ingest import twin
 
     host = enrolled(fleet, tmp_path)
     host.record(3)

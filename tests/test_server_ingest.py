@@ -11,12 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures_evidence import make_keys
+from fixtures_evidence import HOST, fill, make_keys, open_store, write_keyring
 from fixtures_server import FleetHost, Served, make_host
 from sqlalchemy import select
 from test_server_api import enrolled, refused
 
 from nixcomply.evidence import dsse
+from nixcomply.evidence.checkpoint import Checkpoint, parse_checkpoint_text, parse_note
+from nixcomply.evidence.keys import generate
+from nixcomply.evidence.rotation import rotate
+from nixcomply.evidence.statement import KeyRole
 from nixcomply.model.fleet import ErrorCode, UploadEntry, UploadRequest, b64encode
 from nixcomply.server.db import queries
 from nixcomply.server.db.tables import checkpoints, entries, hosts, incidents, statements
@@ -185,11 +189,6 @@ def test_a_bad_consistency_proof_is_refused(fleet: Served, tmp_path: Path) -> No
 
 @pytest.mark.parametrize("role", ["bundle", "log"])
 def test_a_signed_key_rotation_moves_the_servers_keyring(fleet: Served, tmp_path: Path, role: str) -> None:
-    from fixtures_evidence import HOST, fill, open_store, write_keyring
-
-    from nixcomply.evidence.keys import generate
-    from nixcomply.evidence.rotation import rotate
-    from nixcomply.evidence.statement import KeyRole
 
     host = enrolled(fleet, tmp_path)
     host.record(3)
@@ -208,11 +207,6 @@ def test_a_signed_key_rotation_moves_the_servers_keyring(fleet: Served, tmp_path
 
 
 def test_a_rotation_signed_by_the_new_key_only_is_refused(fleet: Served, tmp_path: Path) -> None:
-    from fixtures_evidence import HOST, open_store, write_keyring
-
-    from nixcomply.evidence.keys import generate
-    from nixcomply.evidence.rotation import rotate
-    from nixcomply.evidence.statement import KeyRole
 
     host = enrolled(fleet, tmp_path)
     host.record(2)
@@ -234,8 +228,6 @@ def test_a_rotation_signed_by_the_new_key_only_is_refused(fleet: Served, tmp_pat
 
 
 def test_a_checkpoint_not_signed_by_the_hosts_log_key_is_refused(fleet: Served, tmp_path: Path) -> None:
-    from nixcomply.evidence.checkpoint import Checkpoint, parse_checkpoint_text, parse_note
-    from nixcomply.evidence.keys import generate
 
     host = enrolled(fleet, tmp_path)
     host.record(2)

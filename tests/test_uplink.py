@@ -16,6 +16,7 @@ from fixtures_evidence import Keys, fill, make_keys, open_store, write_keyring
 from fixtures_server import Served, serve
 from sqlalchemy import func, select
 
+from nixcomply.errors import UsageError
 from nixcomply.evidence.checkpoint import parse_note
 from nixcomply.evidence.cosignature import (
     WitnessPublicKey,
@@ -23,9 +24,9 @@ from nixcomply.evidence.cosignature import (
     parse_cosignatures,
     verify_cosignature,
 )
-from nixcomply.server.db.tables import entries
+from nixcomply.server.db.tables import entries, hosts
 from nixcomply.uplink import run
-from nixcomply.uplink.state import MAX_DELAY, UplinkState, backoff
+from nixcomply.uplink.state import MAX_DELAY, Enrollment, UplinkState, backoff
 
 
 @pytest.fixture
@@ -38,7 +39,7 @@ def host_store(tmp_path: Path) -> tuple[Path, Keys]:
     return root, keys
 
 
-def enroll(fleet: Served, root: Path, name: str = "clinic-01") -> run.Enrollment:
+def enroll(fleet: Served, root: Path, name: str = "clinic-01") -> Enrollment:
     return run.enroll(
         root,
         server=fleet.url,
@@ -103,7 +104,6 @@ def test_enroll_then_upload_keeps_cosignatures(fleet: Served, host_store: tuple[
 
 
 def test_enrolling_twice_is_refused(fleet: Served, host_store: tuple[Path, Keys]) -> None:
-    from nixcomply.errors import UsageError
 
     root, _ = host_store
     enroll(fleet, root)
@@ -134,7 +134,9 @@ def test_server_down_for_cycles_then_up_everything_arrives_once_in_order(
     assert lag is not None and (lag.entries, lag.local_size) == (8, 13)
     back = serve(fleet.config, fleet.engine, fleet.witness, port=port)
     try:
-        report = run.upload(root, now=lambda: progress.next_attempt_at + timedelta(seconds=1))  # type: ignore[operator]
+        due = progress.next_attempt_at
+        assert due is not None
+        report = run.upload(root, now=lambda: due + timedelta(seconds=1))
         assert (report.outcome, report.sent, report.accepted_size) == ("uploaded", 8, 13)
         with back.engine.connect() as conn:
             seqs = [
@@ -151,8 +153,6 @@ def test_a_refusal_is_recorded_and_retried_later(fleet: Served, host_store: tupl
     root, _ = host_store
     enroll(fleet, root)
     with fleet.engine.begin() as conn:
-        from nixcomply.server.db.tables import hosts
-
         conn.execute(hosts.update().values(revoked_at=func.now()))
     report = run.upload(root)
     assert (report.outcome, report.code) == ("failed", "revoked")

@@ -9,6 +9,7 @@ message and an exit code (see ``nixcomply.errors``); ``--debug`` adds tracebacks
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -87,7 +88,6 @@ def _group_help(parser: argparse.ArgumentParser) -> Handler:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    import importlib
 
     parser = argparse.ArgumentParser(
         prog="nixcomply",

@@ -22,6 +22,7 @@ spells a number):
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,6 +148,5 @@ class LockHeldError(NixcomplyError):
 
 
 def _show_argv(argv: Sequence[str]) -> str:
-    import shlex
 
     return "'" + shlex.join(argv) + "'"

@@ -25,6 +25,7 @@ import os
 import re
 import stat
 import time
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from nixcomply.evidence.checkpoint import EM_DASH, NoteError, parse_checkpoint_text
+from nixcomply.evidence.checkpoint import EM_DASH, NoteError, parse_checkpoint_text, parse_note
 from nixcomply.evidence.keys import PRIVATE_PREFIX, b64decode_strict, check_key_name
 
 COSIGNATURE_V1: Final = 0x04
@@ -208,7 +209,6 @@ def check_newest(location: Path, witness: WitnessPublicKey, newest: int) -> str 
     packet ``.zip`` at ``location`` lacks a valid cosignature by ``witness``, or None when it
     has one. The cosignature lines live in ``log/cosignatures/<size>`` beside
     ``log/checkpoints/<size>``."""
-    from nixcomply.evidence.checkpoint import parse_note
 
     name = f"{newest:012d}"
     note_path, cos_path = f"log/checkpoints/{name}", f"{COSIGNATURES}/{name}"
@@ -226,8 +226,6 @@ def check_newest(location: Path, witness: WitnessPublicKey, newest: int) -> str 
 
 def _read_member(location: Path, name: str) -> bytes | None:
     if location.is_file():
-        import zipfile
-
         try:
             with zipfile.ZipFile(location) as zf:
                 return zf.read(name)

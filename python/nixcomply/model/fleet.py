@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import secrets
 from enum import StrEnum
 from typing import Annotated, Any, Final
 
@@ -53,7 +54,6 @@ def new_token() -> str:
     """A single-use enrollment token: 32 random bytes, base64url, behind a prefix that says
     what it is and keeps it from ever starting with '-' (a command line would read that as
     an option)."""
-    import secrets
 
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
 

@@ -129,7 +129,8 @@ def run_demo(dir: Path, *, say: Callable[[str], None] = print) -> DemoResult:
             f"   {verified.entries} signed entries, Merkle root and checkpoints "
             + ("verify" if result.evidence_ok else "DO NOT verify: " + "; ".join(result.evidence_errors))
         )
-        from nixcomply.sandbox.fleet import look_again, run_fleet
+        # the fleet part needs the `server` extra (make demo installs it); only the demo loads it
+        from nixcomply.sandbox.fleet import look_again, run_fleet  # noqa: PLC0415
 
         fleet = run_fleet(dir, host, manifest=manifest, version=version, unit=_unit, say=say)
         result.fleet = fleet.as_json()
@@ -158,7 +159,7 @@ def _step(name: str, revision: str, report: CycleReport) -> dict[str, Any]:
 
 
 def _say_report(say: Callable[[str], None], report: CycleReport) -> None:
-    from nixcomply.commands.reconcile import summarise
+    from nixcomply.commands.reconcile import summarise  # noqa: PLC0415 - until it moves beside CycleReport
 
     for line in summarise(report):
         say(f"   {line}")

@@ -22,9 +22,11 @@ import json
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
+
+from sqlalchemy import create_engine
 
 from nixcomply.core import process
 from nixcomply.evidence.cosignature import WitnessPublicKey, check_newest, generate_witness
@@ -35,6 +37,14 @@ from nixcomply.evidence.verify import verify_path
 from nixcomply.reconcile.cycle import Reconciler
 from nixcomply.reconcile.record import origin_for
 from nixcomply.sandbox.machine import SandboxHost
+from nixcomply.server.app import create_app
+from nixcomply.server.config import ServerConfig
+from nixcomply.server.db import queries
+from nixcomply.server.db.migrate import upgrade
+from nixcomply.server.devdb import PrivateCluster, pg_bin
+from nixcomply.server.invites import invite, site_named
+from nixcomply.server.serving import in_thread
+from nixcomply.uplink.run import enroll, upload
 
 SITES: Final = {"clinic-01": "north", "clinic-02": "north", "clinic-03": "south"}
 WITNESS: Final = "evidence.msp.demo/witness"
@@ -89,7 +99,6 @@ class FleetResult:
 
 def _reachable_by_postgres(path: Path) -> bool:
     """Whether the cluster's OS user can reach ``path`` (a home directory is often 0700)."""
-    from nixcomply.server.devdb import PrivateCluster
 
     user = PrivateCluster(path).os_user
     if user is None:
@@ -100,13 +109,6 @@ def _reachable_by_postgres(path: Path) -> bool:
 @contextlib.contextmanager
 def demo_server(directory: Path, result: FleetResult) -> Iterator[Any]:
     """The cluster, the schema, the witness key and the server; all stopped on exit."""
-    from sqlalchemy import create_engine
-
-    from nixcomply.server.app import create_app
-    from nixcomply.server.config import ServerConfig
-    from nixcomply.server.db.migrate import upgrade
-    from nixcomply.server.devdb import PrivateCluster
-    from nixcomply.server.serving import in_thread
 
     directory.mkdir(parents=True, exist_ok=True)
     pg = directory / "pg"
@@ -147,9 +149,6 @@ def demo_server(directory: Path, result: FleetResult) -> Iterator[Any]:
 
 
 def _invite(engine: Any, site: str, host: str) -> str:
-    from datetime import timedelta
-
-    from nixcomply.server.invites import invite, site_named
 
     with engine.begin() as conn:
         token, _expires = invite(conn, site_named(conn, site), host, ttl=timedelta(hours=1), actor="demo")
@@ -157,7 +156,6 @@ def _invite(engine: Any, site: str, host: str) -> str:
 
 
 def _enroll(host: SandboxHost, url: str, token: str) -> None:
-    from nixcomply.uplink.run import enroll
 
     config = host.config
     enroll(
@@ -187,8 +185,6 @@ def run_fleet(
     unit: Callable[[str, str], str],
     say: Say,
 ) -> FleetResult:
-    from nixcomply.server.db import queries
-    from nixcomply.uplink.run import upload
 
     result = FleetResult(server_dir=dir / "server")
     say("6. the fleet: a private PostgreSQL and the MSP's evidence server on 127.0.0.1")
@@ -274,7 +270,6 @@ def look_again(result: FleetResult, first: SandboxHost, say: Say) -> None:
     """Where to look after the demo (its processes have stopped)."""
     pg = result.database_dir or result.server_dir / "pg"
     server = result.server_dir / "server.json"
-    from nixcomply.server.devdb import pg_bin
 
     ctl = pg_bin() / "pg_ctl"
     say(f"  nixcomply evidence verify {first.state_dir} --witness '{result.witness_key}'")

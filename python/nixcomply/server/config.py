@@ -18,6 +18,7 @@ from pydantic import Field
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from nixcomply.core.yamlsource import load_model
 from nixcomply.errors import InputError, UsageError
 from nixcomply.model.base import StrictModel
 from nixcomply.server.verifying import Witness, read_witness_key
@@ -111,7 +112,6 @@ class ServerConfig(StrictModel):
 
 
 def load_config(path: Path) -> ServerConfig:
-    from nixcomply.core.yamlsource import load_model
 
     if not path.exists():
         raise InputError.single(path, "server configuration not found")

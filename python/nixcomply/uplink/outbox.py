@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from nixcomply.core.fsutil import atomic_write, ensure_dir
 from nixcomply.errors import NixcomplyError
 from nixcomply.evidence.cosignature import COSIGNATURES
 from nixcomply.evidence.log import CHECKPOINTS, checkpoint_name, read_leaves
@@ -128,7 +129,6 @@ def batches(
 def store_cosignature(root: Path, size: int, note: bytes, cosignature: str) -> Path:
     """Keep the witness's cosignature beside the checkpoint it signs (``log/cosignatures/
     <size>``), once the checkpoint it names is the host's own, byte for byte."""
-    from nixcomply.core.fsutil import atomic_write, ensure_dir
 
     if checkpoint(root, size) != note:
         raise OutboxError(f"the server cosigned a checkpoint of size {size} that is not this host's")
