@@ -4,6 +4,7 @@
     ./options.nix
     ./baseline.nix
     ./reconciler.nix
+    ./uplink.nix
     ./server.nix
   ];
 }

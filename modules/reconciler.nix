@@ -10,31 +10,6 @@ let
   defaultStateDir = "/var/lib/nixcomply";
 
   bundleCredential = "nixcomply-evidence-bundle-key";
-  tokenCredential = "nixcomply-enroll-token";
-  uplinkUnit = {
-    # The uplink only reads the evidence store and talks HTTP; its own hardening on top of
-    # the reconciler's (it needs none of root's tools).
-    ProtectSystem = "strict";
-    ReadWritePaths = [ cfg.stateDir ];
-    PrivateTmp = true;
-    PrivateDevices = true;
-    ProtectHome = true;
-    NoNewPrivileges = true;
-    ProtectKernelTunables = true;
-    ProtectKernelModules = true;
-    ProtectKernelLogs = true;
-    ProtectControlGroups = true;
-    ProtectClock = true;
-    ProtectHostname = true;
-    RestrictAddressFamilies = [ "AF_UNIX" "AF_INET" "AF_INET6" ];
-    RestrictNamespaces = true;
-    RestrictRealtime = true;
-    RestrictSUIDSGID = true;
-    LockPersonality = true;
-    SystemCallArchitectures = "native";
-    SystemCallFilter = [ "@system-service" ];
-    UMask = "0077";
-  };
   logCredential = "nixcomply-evidence-log-key";
 
   # One file the Python side validates (pydantic, extra keys forbidden).
@@ -100,14 +75,6 @@ in
       {
         assertion = !(lib.hasInfix "\n" (cfg.hostAttribute));
         message = "nixcomply.reconciler.hostAttribute must be a single name.";
-      }
-      {
-        assertion = !cfg.upload.enable || cfg.upload.server != null;
-        message = "nixcomply.reconciler.upload.enable is set but nixcomply.reconciler.upload.server is not: name the evidence server.";
-      }
-      {
-        assertion = !(inStore cfg.upload.tokenFile);
-        message = "nixcomply.reconciler.upload.tokenFile is in the Nix store, which every user can read; give a path outside it.";
       }
       {
         assertion = settingsOverrides == [ ];
@@ -250,43 +217,6 @@ in
         OnCalendar = cfg.schedule.onCalendar;
         RandomizedDelaySec = cfg.schedule.randomizedDelaySec;
         Persistent = cfg.schedule.persistent;
-      };
-    };
-
-    # Uploads between reconcile runs: the uplink's own backoff decides whether an attempt is
-    # due, so a dead server never delays a reconcile and a week offline ends in one catch-up.
-    systemd.services.nixcomply-upload = lib.mkIf cfg.upload.enable {
-      description = "nixcomply: upload evidence to the MSP's server";
-      wants = [ "network-online.target" ];
-      after = [ "network-online.target" "nixcomply-enroll.service" ];
-      serviceConfig = uplinkUnit // {
-        Type = "oneshot";
-        ExecStart = "${lib.getExe cfg.package} upload --config /etc/nixcomply/reconciler.json";
-        # a failed attempt (exit 1) is already scheduled for a retry with backoff; the unit
-        # shows failed until an attempt succeeds, so monitoring sees a server that is down
-        TimeoutStartSec = "30min";
-      };
-    };
-    systemd.timers.nixcomply-upload = lib.mkIf cfg.upload.enable {
-      description = "nixcomply: upload evidence on a schedule";
-      wantedBy = [ "timers.target" ];
-      timerConfig = {
-        OnCalendar = cfg.upload.schedule.onCalendar;
-        RandomizedDelaySec = cfg.upload.schedule.randomizedDelaySec;
-      };
-    };
-    systemd.services.nixcomply-enroll = lib.mkIf (cfg.upload.enable && cfg.upload.tokenFile != null) {
-      description = "nixcomply: enroll with the MSP's evidence server";
-      wantedBy = [ "multi-user.target" ];
-      wants = [ "network-online.target" ];
-      after = [ "network-online.target" ];
-      serviceConfig = uplinkUnit // {
-        Type = "oneshot";
-        RemainAfterExit = true;
-        LoadCredential = [ "${tokenCredential}:${cfg.upload.tokenFile}" ];
-        ExecStart = "${lib.getExe cfg.package} enroll --if-needed --config /etc/nixcomply/reconciler.json";
-        Restart = "on-failure";
-        RestartSec = 60;
       };
     };
 
