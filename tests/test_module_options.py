@@ -49,10 +49,13 @@ def nest(flat: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def rendered_config(cfg: dict[str, Any], nix_env: dict[str, str]) -> dict[str, Any]:
+def rendered_config(
+    cfg: dict[str, Any], nix_env: dict[str, str], module: str = "reconciler-config.nix"
+) -> dict[str, Any]:
+    """What ``modules/<module>`` (options -> JSON file) renders ``cfg`` to."""
     expr = (
         RECURSIVE_UPDATE
-        + f"import {REPO}/modules/reconciler-config.nix {{ lib = {{ inherit recursiveUpdate; }}; }} ({nix_value(cfg)})"
+        + f"import {REPO}/modules/{module} {{ lib = {{ inherit recursiveUpdate; }}; }} ({nix_value(cfg)})"
     )
     r = subprocess.run(
         ["nix-instantiate", "--eval", "--strict", "--json", "-E", expr],
@@ -140,20 +143,7 @@ def server_defaults() -> dict[str, Any]:
 
 
 def rendered_server_config(cfg: dict[str, Any], nix_env: dict[str, str]) -> dict[str, Any]:
-    expr = (
-        RECURSIVE_UPDATE
-        + f"import {REPO}/modules/server-config.nix {{ lib = {{ inherit recursiveUpdate; }}; }} ({nix_value(cfg)})"
-    )
-    r = subprocess.run(
-        ["nix-instantiate", "--eval", "--strict", "--json", "-E", expr],
-        capture_output=True,
-        text=True,
-        env=nix_env,
-        check=False,
-    )
-    assert r.returncode == 0, r.stderr
-    data: dict[str, Any] = json.loads(r.stdout)
-    return data
+    return rendered_config(cfg, nix_env, "server-config.nix")
 
 
 def test_server_options_render_to_a_config_the_server_accepts(nix_env: dict[str, str]) -> None:

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from nixcomply import __version__
-from nixcomply.errors import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, NixcomplyError, UsageError
+from nixcomply.cli import run
+from nixcomply.errors import EXIT_OK, EXIT_USAGE, NixcomplyError, UsageError
 from nixcomply.server.config import DEFAULT_CONFIG, ServerConfig, load_config
 
 logger = logging.getLogger(__name__)
@@ -362,39 +363,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    debug = bool(getattr(args, "debug", False))
-    level = logging.DEBUG if debug else logging.INFO if getattr(args, "verbose", False) else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    handler: Handler | None = getattr(args, "handler", None)
-    if handler is None:
-        parser.print_help(sys.stderr)
-        return EXIT_USAGE
-    try:
-        return handler(args)
-    except NixcomplyError as e:
-        if debug:
-            logger.exception("%s", type(e).__name__)
-        print(f"nixcomply-server: error: {e}", file=sys.stderr)
-        if e.hint:
-            print(f"nixcomply-server: hint: {e.hint}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        return 130
-    except Exception as e:
-        from sqlalchemy.exc import OperationalError
+def _translate(e: Exception) -> NixcomplyError | None:
+    from sqlalchemy.exc import InterfaceError, OperationalError
 
-        if debug:
-            raise
-        if isinstance(e, OperationalError):
-            # Never echo the URL or the driver's message (it may carry the user name).
-            print("nixcomply-server: error: cannot reach the database", file=sys.stderr)
-            return 1
-        print(
-            f"nixcomply-server: internal error: {type(e).__name__}\n"
-            "nixcomply-server: this is a bug; run again with --debug for a traceback",
-            file=sys.stderr,
-        )
-        return EXIT_INTERNAL
+    if isinstance(e, OperationalError | InterfaceError):
+        # never the URL or the driver's message: it may carry the user name
+        return CommandUnavailable("cannot reach the database")
+    return None
+
+
+class CommandUnavailable(NixcomplyError):
+    """Raised when the database cannot be reached. Exit code 1; the message names no host,
+    user or password."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(build_parser(), argv, prog="nixcomply-server", translate=_translate, quiet_internal=True)
