@@ -21,7 +21,8 @@ from nixcomply.evidence.log import read_leaves
 from nixcomply.evidence.merkle import Frontier, Tree
 from nixcomply.evidence.rotation import rotate
 from nixcomply.evidence.statement import KeyRole
-from nixcomply.evidence.verify import Entry, LogPosition, verify_entries
+from nixcomply.evidence.verify import Check, Entry, LogPosition, verify_entries
+from nixcomply.evidence.verify.entries import THREADED_MIN
 
 ATTACHED = "attachments/"
 
@@ -180,3 +181,20 @@ def test_any_flipped_byte_in_an_upload_is_named_first(
     first = result.report.first_error()
     assert first is not None
     assert (first.seq, first.path) == (3 + i, f"entries[{i}]"), result.report.lines()
+
+
+def test_a_large_upload_is_checked_on_threads_with_the_same_verdict(tmp_path: Path, keys: Keys) -> None:
+    with open_store(tmp_path, keys, durable=False) as store:
+        fill(store, THREADED_MIN + 6)
+    n = THREADED_MIN + 6
+    entries = upload(tmp_path, 0, n)
+    result = verify_entries(entries, keys.keyring, start=LogPosition(), checkpoint=checkpoint(tmp_path, n))
+    assert result.ok, result.report.lines()
+    assert [a.seq for a in result.accepted] == list(range(n))
+    env = json.loads(entries[40].envelope)
+    env["signatures"][0]["sig"] = base64.b64encode(bytes(64)).decode()
+    entries[40] = Entry(json.dumps(env).encode(), entries[40].attachments)
+    bad = verify_entries(entries, keys.keyring, start=LogPosition(), checkpoint=checkpoint(tmp_path, n))
+    first = bad.report.first_error()
+    assert first is not None
+    assert (first.seq, first.path, first.check) == (40, "entries[40]", Check.ENTRY)

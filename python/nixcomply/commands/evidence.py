@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from nixcomply.evidence.keys import Signer
     from nixcomply.evidence.log import LogHead
     from nixcomply.evidence.store import EvidenceStore
+    from nixcomply.evidence.verify import Report
 
 
 def _date(text: str) -> date:
@@ -94,6 +95,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="an earlier checkpoint the log must still extend, or the pin.json of an earlier packet "
         "(its keyring is then pinned too)",
     )
+    p.add_argument(
+        "--witness",
+        metavar="VKEY",
+        help="require the witness's cosignature on the newest checkpoint (its verifier key, or a file holding it)",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument(
         "--all-checkpoints",
@@ -109,6 +115,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--to", dest="end", type=_date, required=True, metavar="DATE", help="last day (UTC)")
     p.add_argument("--controls", nargs="+", default=[], metavar="CONTROL", help="only bundles about these")
     p.add_argument("-o", "--output", type=Path, required=True, help="packet .zip to write")
+    p.add_argument(
+        "--witness",
+        metavar="VKEY",
+        help="the witness key to put in the packet (default: that of the server this host is enrolled with)",
+    )
     _store_options(p, keys=False)
 
     p = cli.add_verb(
@@ -219,6 +230,8 @@ def _verify(args: argparse.Namespace) -> int:
         jobs=args.jobs,
         all_checkpoints=args.all_checkpoints,
     )
+    if args.witness is not None:
+        _check_witness(args.path, args.witness, report)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
@@ -233,6 +246,26 @@ def _host_head(path: Path) -> LogHead | None:
     from nixcomply.host.state import read_evidence_head
 
     return read_evidence_head(path) if path.is_dir() else None
+
+
+def _check_witness(path: Path, vkey: str, report: Report) -> None:
+    """Add an error to ``report`` unless the newest checkpoint carries a valid cosignature by
+    the witness (the MSP's server: ``nixcomply-server witness key``)."""
+    from nixcomply.errors import UsageError
+    from nixcomply.evidence.cosignature import check_newest, load_witness_key
+    from nixcomply.evidence.log import COSIGNATURES
+    from nixcomply.evidence.verify import VerifyProblem
+
+    try:
+        witness = load_witness_key(vkey)
+    except ValueError as e:
+        raise UsageError(f"--witness: {e}") from None
+    if report.checkpoint_size == 0:
+        problem: str | None = "no checkpoint to be cosigned"
+    else:
+        problem = check_newest(path, witness, report.checkpoint_size)
+    if problem is not None:
+        report.errors.append(VerifyProblem("error", f"witness {witness.name}: {problem}", None, COSIGNATURES))
 
 
 def _signers(args: argparse.Namespace) -> tuple[Signer, Signer]:
@@ -274,6 +307,7 @@ def _export(args: argparse.Namespace) -> int:
         end=args.end,
         controls=args.controls,
         host_head=_host_head(args.state_dir),
+        witness_key=args.witness or _enrolled_witness(args.state_dir),
     )
     first, end = result.period
     print(
@@ -284,6 +318,14 @@ def _export(args: argparse.Namespace) -> int:
     for w in result.report.warnings[:10]:
         print(f"warning: {w}", file=sys.stderr)
     return EXIT_OK
+
+
+def _enrolled_witness(state_dir: Path) -> str | None:
+    """The witness key of the MSP's server this host is enrolled with, if any."""
+    from nixcomply.uplink.run import overview
+
+    found = overview(state_dir)
+    return found.enrollment.witness_key if found else None
 
 
 def _attest(args: argparse.Namespace) -> int:

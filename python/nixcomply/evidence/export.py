@@ -27,6 +27,7 @@ from typing import Any, Final
 
 from nixcomply.core.fsutil import atomic_write
 from nixcomply.errors import UsageError, VerificationError
+from nixcomply.evidence.cosignature import WITNESS_KEY_FILE, WitnessPublicKey
 from nixcomply.evidence.index import INDEX_FILE, control_index
 from nixcomply.evidence.keyring import Keyring
 from nixcomply.evidence.log import CHECKPOINTS, COSIGNATURES, LEAVES, LogHead, checkpoint_name, read_leaves
@@ -83,6 +84,10 @@ newest checkpoint (the next packet's log must extend it: nothing removed or rewr
 since) and its keyring (trusted from then on; a key change must come with signed rotation
 entries, which every packet carries).
 
+With `--witness witness.vkey` (the key of the IT provider's evidence server, which cosigns every
+checkpoint it accepted; compare it out of band too), verify requires the witness's
+cosignature on the newest checkpoint: the host cannot have shown anyone another history.
+
 Key fingerprints (sha256 of the Ed25519 public key):
 
 {fingerprints}
@@ -136,8 +141,11 @@ def export_packet(
     controls: Sequence[str] = (),
     jobs: int | None = None,
     host_head: LogHead | None = None,
+    witness_key: str | None = None,
 ) -> Exported:
-    """Verify the store, then write the packet for [start, end] to ``out`` (atomically)."""
+    """Verify the store, then write the packet for [start, end] to ``out`` (atomically).
+    The witness's cosignatures of the packed checkpoints go with them, and its verifier key
+    (``witness_key``, the MSP's server's) into ``witness.vkey``."""
     if end < start:
         raise UsageError(f"--to {end} is before --from {start}")
     with read_locked(root):
@@ -152,6 +160,8 @@ def export_packet(
             )
         packed = _pack(root, report, keyring, start=start, end=end, controls=controls)
     files, period = packed.files, packed.period
+    if witness_key is not None:
+        files[WITNESS_KEY_FILE] = (WitnessPublicKey.from_vkey(witness_key).vkey + "\n").encode()
     created = datetime.now(UTC).replace(microsecond=0)
     size = report.checkpoint_size
     packet: dict[str, Any] = {

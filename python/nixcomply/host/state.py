@@ -412,6 +412,13 @@ def read_evidence_head(state_dir: Path) -> LogHead | None:
         except sqlite3.Error:
             continue
         try:
+            # A database the host's State never opened (the uplink's tables alone) has no
+            # meta table: no record, not an error.
+            if (
+                db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()
+                is None
+            ):
+                return None
             row = db.execute("SELECT value FROM meta WHERE key = ?", (EVIDENCE_HEAD,)).fetchone()
         except sqlite3.Error:
             continue

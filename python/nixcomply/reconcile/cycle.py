@@ -16,13 +16,13 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from nixcomply.checks.context import CheckContext
 from nixcomply.checks.finding import Finding
 from nixcomply.core import faults
 from nixcomply.core.lock import StateLock
-from nixcomply.errors import InputError
+from nixcomply.errors import InputError, NixcomplyError
 from nixcomply.evidence.statement import Host
 from nixcomply.evidence.store import EvidenceStore
 from nixcomply.heal.actions import SyncGeneration, SyncResult
@@ -112,6 +112,8 @@ class Reconciler:
                 store = stack.enter_context(record.open_store(self.config))
             run_id = state.start_run("reconcile-dry-run" if dry_run else "reconcile")
             report = self._cycle(state, store, started=started, dry_run=dry_run)
+            if not dry_run and self.config.upload.server and self.config.upload.after_cycle:
+                _upload(self.config)
             if self.config.metrics.enable:
                 self._write_metrics(report, state, store)
             state.finish_run(
@@ -388,6 +390,7 @@ class Reconciler:
             blocked=len(state.blocked_revisions()),
             evidence_seq=tail.seq if tail else None,
             checkpoint_size=tail.checkpoint_size if tail else None,
+            **_upload_metrics(self.config),
         )
         metrics.write(self.config.metrics.path, snapshot)
 
@@ -432,3 +435,35 @@ def _already_recorded(store: EvidenceStore, attempt: Attempt) -> bool:
         )
     except (OSError, ValueError, KeyError, TypeError):
         return False
+
+
+def _upload(config: ReconcilerConfig) -> None:
+    """Send the cycle's evidence to the MSP's server. Never fails the cycle: a failure is
+    logged and retried with backoff (the uplink's own timer tries too), and while backing off
+    no request is made, so a dead server costs a cycle nothing."""
+    from nixcomply.uplink.run import upload
+
+    try:
+        report = upload(
+            config.state_dir,
+            server=config.upload.server,
+            timeout=config.upload.timeout_seconds,
+            max_entries=config.upload.max_batch_entries,
+        )
+    except (NixcomplyError, OSError) as e:
+        logger.warning("upload after the cycle: %s", e)
+        return
+    logger.info("upload after the cycle: %s, server holds %d entries", report.outcome, report.accepted_size)
+
+
+def _upload_metrics(config: ReconcilerConfig) -> dict[str, Any]:
+    from nixcomply.uplink.run import overview
+
+    found = overview(config.state_dir)
+    if found is None:
+        return {}
+    return {
+        "upload_lag_entries": found.lag.entries,
+        "upload_lag_seconds": found.lag.age_seconds(datetime.now(UTC)),
+        "upload_failures": found.failures,
+    }

@@ -37,6 +37,7 @@ class Status(StrictModel):
     checkpoint_size: int | None
     # The newest checkpoint file: what an auditor keeps and passes as --pin-checkpoint.
     pin_checkpoint: str | None = None
+    upload: dict[str, object] | None = None  # nixcomply.uplink.run.Overview.to_json(); None: not enrolled
 
     def lines(self) -> list[str]:
         h = self.host
@@ -83,6 +84,9 @@ class Status(StrictModel):
         out.append(f"evidence   {evidence}")
         if self.pin_checkpoint is not None:
             out.append(f"{'':<11}pin next time: {self.pin_checkpoint}")
+        from nixcomply.uplink.run import describe
+
+        out.extend(describe(self.upload))
         return out
 
 
@@ -101,6 +105,11 @@ def collect(config: ReconcilerConfig) -> Status:
         last_good = state.last_good()
     seq, size = _evidence_tail(config)
     pin = _pin_checkpoint(config, size)
+    from datetime import UTC
+
+    from nixcomply.uplink.run import overview
+
+    uplink = overview(config.state_dir)
     return Status(
         host=host,
         flake=config.flake,
@@ -118,6 +127,7 @@ def collect(config: ReconcilerConfig) -> Status:
         evidence_seq=seq,
         checkpoint_size=size,
         pin_checkpoint=pin,
+        upload=uplink.to_json(datetime.now(UTC)) if uplink else None,
     )
 
 

@@ -61,11 +61,21 @@ from nixcomply.evidence.keyring import Keyring
 from nixcomply.evidence.log import LogHead
 from nixcomply.evidence.packet import PIN_FILE, unpack
 from nixcomply.evidence.verify.directory import Trust, verify_directory
-from nixcomply.evidence.verify.entries import EntriesResult, Entry, LogPosition, verify_entries
+from nixcomply.evidence.verify.entries import Accepted, EntriesResult, Entry, LogPosition, verify_entries
 from nixcomply.evidence.verify.parallel import Progress, default_jobs
-from nixcomply.evidence.verify.report import PinJson, ProblemJson, Rank, Report, ReportJson, VerifyProblem
+from nixcomply.evidence.verify.report import (
+    Check,
+    PinJson,
+    ProblemJson,
+    Rank,
+    Report,
+    ReportJson,
+    VerifyProblem,
+)
 
 __all__ = [
+    "Accepted",
+    "Check",
     "EntriesResult",
     "Entry",
     "LogHead",

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from nixcomply.evidence.cosignature import WITNESS_KEY_FILE
 from nixcomply.evidence.index import INDEX_FILE
 from nixcomply.evidence.log import (
     CHECKPOINTS,
@@ -71,6 +72,7 @@ PACKET_ENTRIES: Final = frozenset(
         PIN_FILE,
         PACKET_KEYRING,
         VERIFY_REPORT,
+        WITNESS_KEY_FILE,  # informational: the auditor passes the witness key with --witness
         "index",
         EVIDENCE_DIR,
         PROOFS_DIR,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 from pathlib import Path
 from typing import Final, Literal, TypedDict
 
@@ -25,6 +25,19 @@ class Rank(IntEnum):
     STORE = 2
 
 
+class Check(StrEnum):
+    """Which kind of check an upload's problem comes from (``verify_entries``), for a caller
+    that answers differently: an entry that is not authentic or not valid, authentic entries
+    that do not continue the log as accepted (a fork), the checkpoint's signature or size,
+    its root against the tree, the consistency proof."""
+
+    ENTRY = "entry"
+    LINK = "link"
+    CHECKPOINT = "checkpoint"
+    ROOT = "root"
+    PROOF = "proof"
+
+
 @dataclass(frozen=True)
 class VerifyProblem:
     severity: ProblemLevel
@@ -32,6 +45,7 @@ class VerifyProblem:
     seq: int | None = None
     path: str | None = None
     rank: Rank = field(default=Rank.BUNDLE, compare=False)
+    check: Check | None = field(default=None, compare=False)
 
     def __str__(self) -> str:
         where = []
@@ -138,9 +152,15 @@ class Report:
     index: dict[int, Indexed] = field(default_factory=dict, repr=False)
 
     def error(
-        self, message: str, *, seq: int | None = None, path: str | None = None, rank: Rank = Rank.BUNDLE
+        self,
+        message: str,
+        *,
+        seq: int | None = None,
+        path: str | None = None,
+        rank: Rank = Rank.BUNDLE,
+        check: Check | None = None,
     ) -> None:
-        self.errors.append(VerifyProblem("error", message, seq, path, rank))
+        self.errors.append(VerifyProblem("error", message, seq, path, rank, check))
 
     def warn(
         self, message: str, *, seq: int | None = None, path: str | None = None, rank: Rank = Rank.BUNDLE
