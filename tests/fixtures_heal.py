@@ -19,14 +19,12 @@ from nixcomply.heal.executor import ExecutionContext
 from nixcomply.host.systemd import Systemd
 
 TEST_UNITS = ["t-*.service"]
-# Real programs of this machine that the tests' runbooks may run.
+# Real programs of this machine that the tests' runbooks may run (the audited ones; a test
+# that needs a program to fail or print points one of these names at /bin/false or echo).
 TEST_BINARIES = {
     "journalctl": "/usr/bin/journalctl",
     "nft": "/usr/sbin/nft",
     "chronyc": "/usr/bin/chronyc",
-    "touch": "/usr/bin/touch",
-    "echo": "/bin/echo",
-    "false": "/bin/false",
 }
 
 
@@ -60,6 +58,18 @@ class HealWorld:
     outside: Path
     alerts: AlertSink
     sleeps: list[float] = field(default_factory=list)
+
+    def marker(self) -> Path:
+        """A directory in the allowed root whose canary file the corpus's first step removes:
+        the canary still there proves that step never ran."""
+        marker = self.allowed / "marker"
+        marker.mkdir(exist_ok=True)
+        (marker / "canary").write_text("removed only if the first step ran\n")
+        return marker
+
+    @staticmethod
+    def touched(marker: Path) -> bool:
+        return not (marker / "canary").exists()
 
     def config(self, **overrides: Any) -> HealConfig:
         settings: dict[str, Any] = {
@@ -122,7 +132,9 @@ def write_evidence_keys(directory: Path, host: str = "clinic-01") -> EvidenceKey
     from nixcomply.evidence.provision import provision_host_keys
 
     keys = EvidenceKeys(
-        directory / "state", directory / "keys" / "signing.key", directory / "keys" / "log.key"
+        directory / "state",
+        directory / "keys" / "signing.key",
+        directory / "keys" / "log.key",
     )
     provision_host_keys(
         host,

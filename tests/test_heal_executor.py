@@ -214,7 +214,7 @@ def test_a_hostile_runbook_leaves_a_real_unit_stopped(
     runbook = load_runbook(DATA / "runbooks" / "hostile" / "RB-HOSTILE-017.yaml")
     run = execute(runbook, {"unit": unit, "marker": str(heal.allowed / "m")}, heal.context(factory))
     assert run.outcome == RunOutcome.REJECTED
-    assert "steps[1] (run_command), argument argv" in run.reason
+    assert "steps[1] (clean_directory), argument path" in run.reason
     assert factory.calls == 0
     state = user_systemd.unit_state(unit)
     assert state.active_state == "inactive" and state.active_enter_timestamp is None

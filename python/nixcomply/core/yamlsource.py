@@ -156,6 +156,12 @@ def problems_from_validation(error: pydantic.ValidationError, source: SourceMap)
                 message = f"unknown field; did you mean {guess[0]!r}?"
             else:
                 message = "unknown field (not allowed here; check the spelling)"
+        elif err["type"] == "value_error":
+            # a validator's own message says what is wrong; the input it got is the whole
+            # object, which says nothing more
+            message = message.removeprefix("Value error, ")
+            if not isinstance(err.get("input"), dict | list):
+                message = f"{message} (got {_short(err['input'])})"
         elif err["type"] != "missing" and "input" in err:
             message = f"{message} (got {_short(err['input'])})"
         problems.append((loc, message))
