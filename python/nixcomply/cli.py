@@ -15,7 +15,14 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 from nixcomply import __version__
-from nixcomply.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, NixcomplyError
+from nixcomply.errors import (
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_PIPE,
+    EXIT_USAGE,
+    HostIOError,
+    NixcomplyError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -117,17 +124,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return code
+    except BrokenPipeError:
+        _discard_stdout()
+        return EXIT_PIPE
     except NixcomplyError as e:
-        if debug:
-            logger.exception("%s", type(e).__name__)
-        print(f"nixcomply: error: {e}", file=sys.stderr)
-        if e.hint:
-            print(f"nixcomply: hint: {e.hint}", file=sys.stderr)
-        return e.exit_code
+        return _report(e, debug=debug)
     except KeyboardInterrupt:
         print("nixcomply: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except OSError as e:
+        # the machine refused something (a full disk, a read-only filesystem, a path that is
+        # a directory or does not exist): the environment's problem, not nixcomply's
+        return _report(HostIOError.from_os_error(e), debug=debug)
     except Exception as e:
         if debug:
             raise
@@ -137,3 +148,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERNAL
+
+
+def _report(e: NixcomplyError, *, debug: bool) -> int:
+    if debug:
+        logger.error("%s", type(e).__name__, exc_info=e)
+    print(f"nixcomply: error: {e}", file=sys.stderr)
+    if e.hint:
+        print(f"nixcomply: hint: {e.hint}", file=sys.stderr)
+    return e.exit_code
+
+
+def _discard_stdout() -> None:
+    """The reader went away (``| head``): end quietly, and keep the interpreter from
+    complaining when it flushes stdout at exit."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass  # stdout is not a real file (a test's capture): nothing to flush at exit
+    finally:
+        os.close(devnull)
