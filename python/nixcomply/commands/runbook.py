@@ -276,12 +276,11 @@ def _sync(config: ReconcilerConfig) -> Any:
     from nixcomply.heal.actions import SyncResult
 
     def sync(timeout: float) -> SyncResult:
-        from nixcomply.commands.reconcile import exit_code
         from nixcomply.reconcile.cycle import Reconciler
 
         report = Reconciler(config).run()
         return SyncResult(
-            ok=exit_code(report) == EXIT_OK,
+            ok=report.exit_code == EXIT_OK,
             detail=f"reconcile: {report.result.outcome.value}: {report.result.detail}",
             data={"outcome": report.result.outcome.value, "evidence_seqs": list(report.evidence_seqs)},
         )

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, assert_never
 
 from pydantic import Field, model_validator
 
@@ -130,27 +130,31 @@ def holds(condition: Condition, finding: Mapping[str, Any]) -> bool:
         return bool((actual is not _MISSING and actual is not None) == expected)
     if actual is _MISSING:
         return op in {Op.NE, Op.NOT_IN}
-    if op == Op.EQ:
-        return bool(actual == expected)
-    if op == Op.NE:
-        return bool(actual != expected)
-    if op == Op.IN:
-        return actual in expected
-    if op == Op.NOT_IN:
-        return actual not in expected
-    if op == Op.CONTAINS:
-        if isinstance(actual, str):
-            return isinstance(expected, str) and expected in actual
-        if isinstance(actual, list | tuple | set | dict):
-            return expected in actual
-        return False
-    if op == Op.REGEX:
-        return isinstance(actual, str) and re.search(expected, actual) is not None
-    if op in {Op.GT, Op.LT}:
-        if isinstance(actual, bool) or not isinstance(actual, int | float):
+    match op:
+        case Op.EQ:
+            return bool(actual == expected)
+        case Op.NE:
+            return bool(actual != expected)
+        case Op.IN:
+            return actual in expected
+        case Op.NOT_IN:
+            return actual not in expected
+        case Op.CONTAINS:
+            if isinstance(actual, str):
+                return isinstance(expected, str) and expected in actual
+            if isinstance(actual, list | tuple | set | dict):
+                return expected in actual
             return False
-        return bool(actual > expected) if op == Op.GT else bool(actual < expected)
-    raise AssertionError(op)  # pragma: no cover
+        case Op.REGEX:
+            return isinstance(actual, str) and re.search(expected, actual) is not None
+        case Op.GT | Op.LT:
+            if isinstance(actual, bool) or not isinstance(actual, int | float):
+                return False
+            return bool(actual > expected) if op == Op.GT else bool(actual < expected)
+        case Op.EXISTS:  # decided above, before a missing field could be compared
+            return bool((actual is not None) == expected)
+        case unreachable:
+            assert_never(unreachable)
 
 
 def matches(rule: Rule, finding: Mapping[str, Any]) -> bool:

@@ -119,8 +119,14 @@ class ReconcilerConfig(StrictModel):
         default_factory=dict,
         description="extra environment for nix, nixos-rebuild, git and liveness commands",
     )
-    build_timeout: float = Field(default=3600, gt=0)
-    activation_timeout: float = Field(default=900, gt=0)
+    build_timeout: float = Field(default=3600, gt=0, le=7 * 86400)
+    activation_timeout: float = Field(default=900, gt=0, le=86400)
+    min_free_bytes: int = Field(
+        default=64 * 2**20,
+        ge=0,
+        le=2**50,
+        description="an activation waits (outcome held) while the state directory has less free space",
+    )
 
     @field_validator("flake")
     @classmethod

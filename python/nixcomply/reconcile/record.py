@@ -13,6 +13,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Final
 
 from nixcomply.checks.finding import Finding
 from nixcomply.errors import CommandError
@@ -23,11 +24,13 @@ from nixcomply.evidence.statement import (
     ControlResult,
     FrameworkRefs,
     GenerationChange,
+    GenerationChangeStatement,
     GenerationRecord,
     GenerationRef,
     HealthCheckResult,
     Host,
     Remediation,
+    Statement,
     Subject,
 )
 from nixcomply.evidence.store import EvidenceStore, Recorded
@@ -38,6 +41,16 @@ from nixcomply.reconcile.config import ReconcilerConfig
 from nixcomply.reconcile.model import ApplyResult, Desired, ExternalChange, HostState, SystemInfo
 
 logger = logging.getLogger(__name__)
+
+
+ATTEMPT_ACTION: Final = "attempt"
+
+
+def recorded_attempt(statement: Statement | None) -> str | None:
+    """The attempt (``revision#count``) a statement nixcomply made records, if it is one."""
+    if not isinstance(statement, GenerationChangeStatement) or statement.predicate.actor != "nixcomply":
+        return None
+    return next((a.detail for a in statement.predicate.actions if a.name == ATTEMPT_ACTION), None)
 
 
 def origin_for(config: ReconcilerConfig) -> str:
@@ -111,8 +124,11 @@ def record_apply(
     now: datetime,
     actor: str = "nixcomply",
     note: str = "",
+    attempt: str | None = None,
 ) -> Recorded | None:
-    """One generation-change statement for a switch, a revert, a failure or a deferral."""
+    """One generation-change statement for a switch, a revert, a failure or a deferral.
+    ``attempt`` (``revision#count``, :attr:`nixcomply.host.state.Attempt.key`) names the
+    attempt it records, so a cycle that crashed after recording is recognised."""
     outcome = result.outcome.evidence
     if outcome is None:
         return None
@@ -126,6 +142,8 @@ def record_apply(
         ActionRecord(name=name, outcome=outcome if name == phases[-1] else Outcome.SUCCESS, duration_s=secs)
         for name, secs in result.durations.items()
     ]
+    if attempt is not None:
+        actions.append(ActionRecord(name=ATTEMPT_ACTION, outcome=outcome, detail=attempt))
     actions.append(ActionRecord(name="result", outcome=outcome, detail=(note + " " + result.detail).strip()))
     predicate = GenerationChange(
         event="generation-change",

@@ -145,7 +145,5 @@ def _step(name: str, revision: str, report: CycleReport) -> dict[str, Any]:
 
 
 def _say_report(say: Callable[[str], None], report: CycleReport) -> None:
-    from nixcomply.commands.reconcile import summarise
-
-    for line in summarise(report):
+    for line in report.lines():
         say(f"   {line}")
