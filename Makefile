@@ -28,9 +28,11 @@ $(VENV)/.installed: python/pyproject.toml
 deps: system-deps $(VENV)/.installed
 
 # The test command (README, CI): unit tests, real-Nix and real-systemd integration tests,
-# linters (ruff, mypy --strict), render freshness and .nix parsing all run inside pytest.
+# linters (ruff, mypy --strict), render freshness and .nix parsing all run inside pytest, one
+# worker per core (pytest-xdist; a module's tests stay together, and the tests that change the
+# machine's shared state take a lock: tests/conftest.py).
 test: deps
-	$(PYTEST) tests
+	$(PYTEST) -n auto --dist loadfile tests
 
 lint: deps
 	$(PYTEST) tests/test_linters.py

@@ -1,5 +1,5 @@
 # The options of nixcomply's baseline support, declared apart from their implementation
-# (modules/baseline.nix). The reconciler's options live in modules/reconciler.nix.
+# (modules/baseline.nix). The reconciler's options live in modules/reconciler-options.nix.
 { lib, ... }:
 let
   inherit (lib) mkOption types literalExpression;

@@ -200,7 +200,8 @@ in
       example = literalExpression ''{ checks.backup = { kind = "restic"; repository = "/mnt/backup/restic"; password_file = "/var/lib/nixcomply-keys/restic"; }; }'';
       description = ''
         Further reconciler settings merged into /etc/nixcomply/reconciler.json (for example the
-        `checks` and `heal` blocks). The reconciler rejects unknown keys, naming the field.
+        `checks` and `heal` blocks). The reconciler rejects unknown keys, naming the field, and
+        a key that one of the options above already sets is an evaluation error: set the option.
       '';
     };
   };

@@ -17,6 +17,27 @@ let
 
   configFile = jsonFormat.generate "nixcomply-reconciler.json" reconcilerConfig;
 
+  # `settings` is merged over what the typed options render; a key both set would let the
+  # freeform block silently win over the option (settings.dry_run over dryRun). Such keys,
+  # as dotted paths: a key that the typed mapping has, unless both sides are attribute sets
+  # (then their keys are compared in turn).
+  typedConfig = import ./reconciler-config.nix { inherit lib; } (cfg // { settings = { }; });
+  overridden =
+    prefix: typed: settings:
+    lib.concatMap (
+      name:
+      let
+        path = prefix ++ [ name ];
+      in
+      if !(builtins.hasAttr name typed) then
+        [ ]
+      else if builtins.isAttrs typed.${name} && builtins.isAttrs settings.${name} then
+        overridden path typed.${name} settings.${name}
+      else
+        [ (builtins.concatStringsSep "." path) ]
+    ) (builtins.attrNames settings);
+  settingsOverrides = overridden [ ] typedConfig cfg.settings;
+
   # the backup check reads restic or borg repositories when the site configures one
   backupKind = cfg.settings.checks.backup.kind or "timestamp";
 
@@ -54,6 +75,10 @@ in
       {
         assertion = !(lib.hasInfix "\n" (cfg.hostAttribute));
         message = "nixcomply.reconciler.hostAttribute must be a single name.";
+      }
+      {
+        assertion = settingsOverrides == [ ];
+        message = "nixcomply.reconciler.settings sets ${builtins.concatStringsSep ", " settingsOverrides}, which the typed nixcomply.reconciler options already set: set the option instead (see the option list in README.md).";
       }
     ]
     ++ keyAssertions;
@@ -133,13 +158,37 @@ in
         RestrictSUIDSGID = true; # setuid wrappers are made by suid-sgid-wrappers.service, not here
         RestrictRealtime = true;
         LockPersonality = true;
+        # The host name is set by activation, which runs in its own transient unit.
+        ProtectHostname = true;
+        # D-Bus and the nix daemon (unix), flake fetches and liveness probes (inet), and the
+        # kernel's netlink interfaces that nft, auditctl and cryptsetup use.
+        RestrictAddressFamilies = [
+          "AF_UNIX"
+          "AF_INET"
+          "AF_INET6"
+          "AF_NETLINK"
+        ];
+        # Nothing here makes namespaces: builds run in the nix daemon, activation in PID 1's
+        # transient unit.
+        RestrictNamespaces = true;
+        # What a service needs (no mount, module loading, swap, reboot, clock or raw I/O
+        # calls); a call outside it fails with EPERM rather than killing the cycle, so a
+        # liveness command that needs more fails its check, visibly.
+        SystemCallFilter = [ "@system-service" ];
+        SystemCallErrorNumber = "EPERM";
         SystemCallArchitectures = "native";
+        # Defence in depth: a process of this unit that gives up root (a liveness command run
+        # as another user) sees only its own processes in /proc; root keeps CAP_SYS_PTRACE,
+        # so the checks still see every process.
+        ProtectProc = "invisible";
         # Not set, on purpose:
         # - PrivateDevices: the encryption check reads block devices (lsblk, cryptsetup status).
         # - PrivateNetwork / IPAddressDeny: the flake is fetched over the network.
         # - CapabilityBoundingSet: auditctl (CAP_AUDIT_CONTROL), nft (CAP_NET_ADMIN) and the
         #   profile switch (file ownership) need root's capabilities.
         # - MemoryDenyWriteExecute: Python and Nix are fine, but liveness commands may not be.
+        # - ProcSubset = "pid": the checks read /proc/sys (sysctl, core_pattern), /proc/modules
+        #   and /proc/cmdline, which it would hide.
       }
       // (
         if daemon then

@@ -2,23 +2,34 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 import pytest
+from hypothesis import settings
 
 from nixcomply.cli import main
 
 pytest_plugins = [
+    "boundary",
     "fixtures_systemd",
     "fixtures_nix",
     "fixtures_reconcile",
     "fixtures_heal",
     "fixtures_evidence",
 ]
+
+# Property tests are derandomized by default ("ci"), so `make test` passes or fails the same
+# way on every run; HYPOTHESIS_PROFILE=dev draws fresh examples each run, for hunting.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.register_profile("dev", derandomize=False, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "tests" / "data"
@@ -32,6 +43,12 @@ NIX_CONFIG = "\n".join(
         "build-users-group =",
     ]
 )
+
+
+# Modules whose tests change this machine's shared state (the kernel's audit rules, /run/sshd,
+# loopback ports picked and then bound); tests marked `host` elsewhere count too.
+HOST_STATE_MODULES: Final = frozenset({"test_checks_integration.py", "test_vm_twins.py"})
+HOST_STATE_LOCK: Final = Path(tempfile.gettempdir()) / "nixcomply-tests-host-state.lock"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -50,6 +67,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.host)
 
 
+@pytest.fixture(autouse=True)
+def _one_at_a_time_on_host_state(request: pytest.FixtureRequest) -> Iterator[None]:
+    """`make test` runs modules in parallel (pytest-xdist, ``--dist loadfile``); the tests that
+    change the machine's shared state take one lock for their duration, so they never overlap
+    with each other, in this run or in another on the same machine."""
+    item = request.node
+    if item.path.name not in HOST_STATE_MODULES and item.get_closest_marker("host") is None:
+        yield
+        return
+    with HOST_STATE_LOCK.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 @dataclass(frozen=True)
 class CliResult:
     code: int
@@ -57,8 +91,12 @@ class CliResult:
     err: str
 
 
+Cli = Callable[..., CliResult]
+"""The ``cli`` fixture: ``cli("evidence", "verify", path)`` (strings or paths)."""
+
+
 @pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]) -> object:
+def cli(capsys: pytest.CaptureFixture[str]) -> Cli:
     """Run ``nixcomply ARGS`` in-process; returns exit code, stdout and stderr."""
 
     def run(*args: str | os.PathLike[str]) -> CliResult:

@@ -4,7 +4,7 @@ results, and the real tools the integration tests need."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -17,7 +17,6 @@ from conftest import DATA
 from nixcomply.baseline.models import Parameters
 from nixcomply.checks.config import ChecksConfig
 from nixcomply.checks.context import FALLBACK_PARAMETERS, CheckContext, GenerationStatus, SystemdLike
-from nixcomply.core.process import Result
 from nixcomply.model.manifest import Manifest
 
 CHECKDATA = DATA / "checks"
@@ -138,12 +137,6 @@ def context(
         generation=generation,
         **extra,
     )
-
-
-def result(
-    stdout: str = "", argv: Sequence[str] = ("tool",), returncode: int = 0, stderr: str = ""
-) -> Result:
-    return Result(argv=tuple(argv), returncode=returncode, stdout=stdout, stderr=stderr, duration=0.01)
 
 
 @dataclass(frozen=True)

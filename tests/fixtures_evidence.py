@@ -29,7 +29,7 @@ from nixcomply.evidence.statement import (
 )
 from nixcomply.evidence.store import EvidenceStore, Recorded
 from nixcomply.model.outcome import Outcome
-from nixcomply.model.status import ControlStatus
+from nixcomply.model.status import ControlStatus, Coverage
 
 ORIGIN = "clinic-01.example/evidence-log"
 HOST = Host(machine_id="3d1219c7c4c5404aaa1f6d2a48adfda4", hostname="clinic-01")
@@ -153,7 +153,7 @@ def attestation(i: int = 0, *, expires: date = date(2099, 1, 1)) -> Attestation:
         outcome=Outcome.SUCCESS,
         control="164.308(a)(5)(i)",
         title="Security awareness and training",
-        coverage="attestation",
+        coverage=Coverage.ATTESTATION,
         attested_by="alice@clinic.example",
         evidence_url="https://docs.clinic.example/training/2026",
         expires=expires,

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from nixcomply.evidence.provision import provision_host_keys
 from nixcomply.heal.config import AlertConfig, HealConfig
 from nixcomply.heal.executor import ExecutionContext
 from nixcomply.host.systemd import Systemd
@@ -21,11 +22,7 @@ from nixcomply.host.systemd import Systemd
 TEST_UNITS = ["t-*.service"]
 # Real programs of this machine that the tests' runbooks may run (the audited ones; a test
 # that needs a program to fail or print points one of these names at /bin/false or echo).
-TEST_BINARIES = {
-    "journalctl": "/usr/bin/journalctl",
-    "nft": "/usr/sbin/nft",
-    "chronyc": "/usr/bin/chronyc",
-}
+TEST_BINARIES = {"journalctl": "/usr/bin/journalctl", "nft": "/usr/sbin/nft", "chronyc": "/usr/bin/chronyc"}
 
 
 class AlertSink:
@@ -129,12 +126,9 @@ class EvidenceKeys:
 
 def write_evidence_keys(directory: Path, host: str = "clinic-01") -> EvidenceKeys:
     """Real Ed25519 keys and the keyring an offline verifier pins (as the sandbox host does)."""
-    from nixcomply.evidence.provision import provision_host_keys
 
     keys = EvidenceKeys(
-        directory / "state",
-        directory / "keys" / "signing.key",
-        directory / "keys" / "log.key",
+        directory / "state", directory / "keys" / "signing.key", directory / "keys" / "log.key"
     )
     provision_host_keys(
         host,

@@ -12,7 +12,6 @@ Revisions (module-scoped, built once):
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -28,11 +27,16 @@ from nixcomply.nixos.tools import Tools
 from nixcomply.reconcile.config import ReconcilerConfig
 from nixcomply.reconcile.cycle import Reconciler
 from nixcomply.reconcile.model import CycleReport
+from nixcomply.sandbox.emulated import Sandbox
 from nixcomply.sandbox.machine import SandboxHost, sandbox_manifest
 
 HOST = "clinic-01"
+
+
 # built "today" from nixpkgs' point of view, so the patch-age check passes unless a test says otherwise
-TODAY = f"26.05.{datetime.now(UTC):%Y%m%d}.0123456"
+def today_version() -> str:
+    """A NixOS version whose nixpkgs date is today (the patch_age check passes on it)."""
+    return f"26.05.{datetime.now(UTC):%Y%m%d}.0123456"
 
 
 def app_unit(command: str) -> str:
@@ -48,7 +52,7 @@ class ReconcileWorld:
     flag: Path
 
     @property
-    def sandbox(self):  # type: ignore[no-untyped-def]
+    def sandbox(self) -> Sandbox:
         return self.host.sandbox
 
     def configure(self, target: str, **settings: Any) -> ReconcilerConfig:
@@ -91,6 +95,7 @@ def reconcile_world(
 ) -> Iterator[ReconcileWorld]:
     base = tmp_path_factory.mktemp("reconcile")
     manifest = rendered_manifest(base, nix_env)
+    today = today_version()
     with SandboxHost.create(base / "host", host=HOST) as host:
         assert host.manager is not None, "CI runs as root: the sandbox gets a real systemd user manager"
         s = host.sandbox
@@ -98,25 +103,25 @@ def reconcile_world(
         revs["good"] = s.commit_generation(
             label="good",
             manifest_json=manifest,
-            nixos_version=TODAY,
+            nixos_version=today,
             units={"app.service": app_unit("/bin/sleep 1000")},
         )
         revs["newer"] = s.commit_generation(
             label="newer",
             manifest_json=manifest,
-            nixos_version=TODAY,
+            nixos_version=today,
             units={"app.service": app_unit("/bin/sleep 1001")},
         )
         revs["broken"] = s.commit_generation(
             label="broken",
             manifest_json=manifest,
-            nixos_version=TODAY,
+            nixos_version=today,
             units={"app.service": app_unit("/bin/false")},
         )
         revs["side"] = s.commit_generation(
             label="side",
             manifest_json=manifest,
-            nixos_version=TODAY,
+            nixos_version=today,
             units={"app.service": app_unit("/bin/sleep 1002")},
             parent=revs["good"],
         )
@@ -125,7 +130,7 @@ def reconcile_world(
         revs["fragile"] = s.commit_generation(
             label="fragile",
             manifest_json=manifest,
-            nixos_version=TODAY,
+            nixos_version=today,
             units={"app.service": app_unit(f"/bin/sh -c 'test -e {flag} && exit 1; exec /bin/sleep 1003'")},
         )
         systems = {name: s.build(rev) for name, rev in revs.items()}
@@ -135,9 +140,11 @@ def reconcile_world(
 @pytest.fixture
 def fresh(reconcile_world: ReconcileWorld) -> ReconcileWorld:
     """The shared world with an empty host and empty state (keys and keyring kept)."""
-    with contextlib.suppress(Exception):
-        reconcile_world.systemctl("stop", "app.service")
-        reconcile_world.systemctl("reset-failed")
+    # systemctl exits 5 for a unit that is not loaded (the previous test left none): expected;
+    # anything else means the user manager is in trouble, and every later test would be wrong
+    for args in (("stop", "app.service"), ("reset-failed",)):
+        r = reconcile_world.systemctl(*args)
+        assert r.returncode in (0, 5), f"cleanup: systemctl {' '.join(args)}: {r.stderr}"
     reconcile_world.sandbox.reset_host()
     state = reconcile_world.host.state_dir
     for child in state.iterdir():

@@ -15,8 +15,10 @@ from typing import Any, Final
 
 import pytest
 
+from nixcomply.baseline import releases
 from nixcomply.baseline.catalog import CHECK_NAMES
 from nixcomply.baseline.models import Baseline
+from nixcomply.baseline.nixattr import format_attr_path, parse_attr_path
 from nixcomply.core.yamlsource import load_model
 
 REPO: Final = Path(__file__).resolve().parent.parent
@@ -52,8 +54,6 @@ def options() -> dict[str, Any]:
 def emitted_paths(control_nixos: dict[str, Any], release: str) -> set[str]:
     """Every option path the renderer can emit for these settings on `release` (both sides of
     an option family whose spelling the evaluation decides)."""
-    from nixcomply.baseline import releases
-    from nixcomply.baseline.nixattr import format_attr_path, parse_attr_path
 
     spelled = releases.spell(
         [(parse_attr_path(p), v) for p, v in control_nixos.items()], releases.release(release)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DATA, REPO
+from conftest import DATA, REPO, Cli
 from nixcomply.baseline.load import load_baseline
 from nixcomply.errors import InputError
 
@@ -66,7 +66,7 @@ def test_broken_baseline_names_line_and_field(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(BROKEN))
-def test_cli_reports_broken_baseline_without_traceback(cli, name: str) -> None:  # type: ignore[no-untyped-def]
+def test_cli_reports_broken_baseline_without_traceback(cli: Cli, name: str) -> None:
     line, field, _ = BROKEN[name]
     r = cli("baseline", "validate", BASELINES / name)
     assert r.code == 2
@@ -86,7 +86,7 @@ def test_all_problems_reported_at_once(tmp_path: Path) -> None:
     assert fields == ["controls[0].remediation", "controls[1].remediation", "controls[1].verify.check"]
 
 
-def test_missing_file_is_input_error(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_missing_file_is_input_error(cli: Cli, tmp_path: Path) -> None:
     r = cli("baseline", "validate", tmp_path / "nope.yaml")
     assert r.code == 2
     assert "nope.yaml: no such file" in r.err
@@ -115,18 +115,18 @@ def test_conflicting_values_between_controls(tmp_path: Path) -> None:
     assert "ssh.password-auth-disabled" in problem.message
 
 
-def test_shipped_baseline_validates(cli) -> None:  # type: ignore[no-untyped-def]
+def test_shipped_baseline_validates(cli: Cli) -> None:
     r = cli("baseline", "validate", REPO / "baseline" / "hipaa-v1.yaml")
     assert r.code == 0, r.err
     assert "ok (hipaa-v1" in r.out
 
 
-def test_shipped_baseline_validates_for_unstable(cli) -> None:  # type: ignore[no-untyped-def]
+def test_shipped_baseline_validates_for_unstable(cli: Cli) -> None:
     r = cli("baseline", "validate", "--nixos-release", "unstable", REPO / "baseline" / "hipaa-v1.yaml")
     assert r.code == 0, r.err
 
 
-def test_unknown_release_is_usage_error(cli) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_release_is_usage_error(cli: Cli) -> None:
     r = cli("baseline", "validate", "--nixos-release", "24.05", BASELINES / "valid-minimal.yaml")
     assert r.code == 2
     assert "unknown NixOS release '24.05'" in r.err

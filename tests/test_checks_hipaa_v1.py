@@ -11,16 +11,16 @@ removed again) and read them back with the real auditctl.
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from unittest import mock
 
 import pytest
-from fixtures_checks import CHECKDATA, context, control, data, manifest, require, result
+from boundary import result
+from fixtures_checks import CHECKDATA, context, control, data, manifest, require
 
 from conftest import REPO
-from nixcomply.baseline.evaluate import manifest_json
+from nixcomply.baseline.evaluate import definitions, manifest_json
 from nixcomply.baseline.load import load_baseline
 from nixcomply.checks import (
     accounts,
@@ -29,6 +29,7 @@ from nixcomply.checks import (
     kernel_cmdline,
     mounts,
     sshd_effective,
+    sysctl,
 )
 from nixcomply.checks.base import expect_problem
 from nixcomply.checks.finding import Finding
@@ -37,12 +38,6 @@ from nixcomply.nixos.tools import Tools
 
 HIPAA = REPO / "baseline" / "hipaa-v1.yaml"
 MODULE = REPO / "modules" / "baselines" / "hipaa-v1.nix"
-
-
-@pytest.fixture
-def run() -> Iterator[mock.MagicMock]:
-    with mock.patch("nixcomply.core.process.run", autospec=True) as patched:
-        yield patched
 
 
 @pytest.fixture(scope="module")
@@ -314,8 +309,6 @@ def test_new_checks_refuse_unknown_expect_keys() -> None:
 
 
 def test_a_router_makes_forwarding_not_applicable(tmp_path: Path, nix_env: dict[str, str]) -> None:
-    from nixcomply.baseline.evaluate import definitions
-    from nixcomply.checks import sysctl
 
     result_ = definitions(
         MODULE,

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from unittest import mock
 
 import pytest
-from fixtures_checks import NOW, FakeSystemd, FakeUnit, context, control, data, manifest, result
+from boundary import argv_of, result
+from fixtures_checks import NOW, FakeSystemd, FakeUnit, context, control, data, manifest
 
 from nixcomply.checks import (
     audit_rules,
@@ -45,16 +45,6 @@ from nixcomply.checks.finding import Finding
 from nixcomply.errors import CommandError, CommandNotFoundError
 
 TIMEOUT = 20.0
-
-
-@pytest.fixture
-def run() -> Iterator[mock.MagicMock]:
-    with mock.patch("nixcomply.core.process.run", autospec=True) as patched:
-        yield patched
-
-
-def argv_of(call: Any) -> list[str]:
-    return [os.fspath(a) for a in call.args[0]]
 
 
 def one(findings: list[Finding]) -> Finding:
@@ -704,10 +694,10 @@ def test_logging_canary(run: mock.MagicMock) -> None:
     def fake(argv: list[str], **kwargs: Any) -> Any:
         if argv[0] == "systemd-cat":
             written.append(kwargs["input"].strip())
-            return result("", argv)
+            return result("", argv=argv)
         token = written[-1]
         entry = {"MESSAGE": token, "SYSLOG_IDENTIFIER": "nixcomply-canary"}
-        return result(json.dumps(entry) + "\n", argv)
+        return result(json.dumps(entry) + "\n", argv=argv)
 
     run.side_effect = fake
     f = one(log_continuity.run(context(systemd=fs), {}))

@@ -1,24 +1,32 @@
 from __future__ import annotations
 
+import argparse
+import re
 import subprocess
 import sys
 
-from nixcomply import __version__
+import pytest
+
+from conftest import REPO, Cli
+from nixcomply import __version__, errors
+from nixcomply import cli as cli_module
+from nixcomply.checks.base import CheckError
+from nixcomply.errors import EXIT_INTERRUPTED, NixcomplyError
 
 
-def test_version(cli) -> None:  # type: ignore[no-untyped-def]
+def test_version(cli: Cli) -> None:
     r = cli("--version")
     assert r.code == 0
     assert r.out.strip() == f"nixcomply {__version__}"
 
 
-def test_no_verb_prints_help_and_exits_2(cli) -> None:  # type: ignore[no-untyped-def]
+def test_no_verb_prints_help_and_exits_2(cli: Cli) -> None:
     r = cli()
     assert r.code == 2
     assert "usage: nixcomply" in r.err
 
 
-def test_unknown_verb_is_usage_error(cli) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_verb_is_usage_error(cli: Cli) -> None:
     r = cli("frobnicate")
     assert r.code == 2
     assert "invalid choice" in r.err
@@ -33,10 +41,6 @@ def test_module_entry_point() -> None:
 
 
 def test_exit_codes_are_one_table_the_readme_states() -> None:
-    import re
-
-    from conftest import REPO
-    from nixcomply import errors
 
     table = {name: value for name, value in vars(errors).items() if name.startswith("EXIT_")}
     assert len(set(table.values())) == len(table), table
@@ -48,12 +52,7 @@ def test_exit_codes_are_one_table_the_readme_states() -> None:
     assert all(f"``{name}``" in doc for name in table), "every code is documented in errors.py"
 
 
-def test_interrupt_exits_130_and_check_errors_are_deliberate(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import argparse
-
-    from nixcomply import cli as cli_module
-    from nixcomply.checks.base import CheckError
-    from nixcomply.errors import EXIT_INTERRUPTED, NixcomplyError
+def test_interrupt_exits_130_and_check_errors_are_deliberate(monkeypatch: pytest.MonkeyPatch) -> None:
 
     def interrupted(_args: argparse.Namespace) -> int:
         raise KeyboardInterrupt

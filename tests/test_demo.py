@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import Cli
 from nixcomply.evidence.verify import verify_path
 
 
-def test_demo_switches_then_reverts_and_verifies(cli, tmp_path: Path, nix_env: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+def test_demo_switches_then_reverts_and_verifies(cli: Cli, tmp_path: Path, nix_env: dict[str, str]) -> None:
     out = tmp_path / "demo"
     r = cli("demo", "--dir", out, "--json")
     assert r.code == 0, r.err
@@ -32,7 +35,6 @@ def test_demo_switches_then_reverts_and_verifies(cli, tmp_path: Path, nix_env: d
 
 def check_metrics(path: Path) -> None:
     """The textfile parses with Prometheus' own parser and carries the last run's figures."""
-    from prometheus_client.parser import text_string_to_metric_families
 
     families = {f.name: f for f in text_string_to_metric_families(path.read_text())}
     value = {f: {tuple(sorted(s.labels.items())): s.value for s in families[f].samples} for f in families}
@@ -52,7 +54,7 @@ def check_metrics(path: Path) -> None:
     assert "nixcomply_suppressed_flaps" in families
 
 
-def test_demo_refuses_a_directory_in_use(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_demo_refuses_a_directory_in_use(cli: Cli, tmp_path: Path) -> None:
     (tmp_path / "something").write_text("keep me")
     r = cli("demo", "--dir", tmp_path)
     assert r.code == 2

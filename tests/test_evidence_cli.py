@@ -6,18 +6,15 @@ from __future__ import annotations
 import json
 import stat
 import zipfile
-from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
 import pytest
 from fixtures_evidence import TOPLEVEL, Keys, attestation, fill, open_store, write_key_files, write_keyring
 
-from conftest import CliResult
+from conftest import Cli, CliResult
 from nixcomply.evidence.keyring import load_keyring
 from nixcomply.evidence.statement import KeyRole
-
-Cli = Callable[..., CliResult]
 
 CONTROLS_MAP = """citation,title,kind,requirement,coverage,controls,checks,evidence
 164.308(a)(5)(i),Security awareness and training,standard,required,attestation,,,signed attestation

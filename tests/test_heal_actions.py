@@ -16,7 +16,7 @@ import pytest
 from fixtures_heal import HealWorld
 
 from nixcomply.core import process
-from nixcomply.heal import programs
+from nixcomply.heal import actions, programs
 from nixcomply.heal.actions import ActionEnv, bounded, send_alert
 from nixcomply.heal.config import AlertConfig
 from nixcomply.heal.executor import ExecutionContext, RunbookRun, StepResult, execute
@@ -43,11 +43,7 @@ def one_step(action: str, params: dict[str, Any], *, timeout: float = 30, rollba
     }
     if rollback:
         data["rollback"] = [
-            {
-                "action": "send_alert",
-                "description": "say",
-                "params": {"message": "rolled back"},
-            }
+            {"action": "send_alert", "description": "say", "params": {"message": "rolled back"}}
         ]
     return Runbook.model_validate(data)
 
@@ -71,17 +67,10 @@ def _program(heal: HealWorld, script: str) -> str:
     return str(path)
 
 
-def test_run_command_runs_the_rebuilt_argv_without_a_shell_or_the_environment(
-    heal: HealWorld,
-) -> None:
+def test_run_command_runs_the_rebuilt_argv_without_a_shell_or_the_environment(heal: HealWorld) -> None:
     result = process.Result(("/usr/bin/journalctl",), 0, "", "", 0.01)
     with mock.patch("nixcomply.core.process.run", autospec=True, return_value=result) as run:
-        s, _ = step(
-            heal,
-            "run_command",
-            {"argv": ["journalctl", "--vacuum-size=2G", "--rotate"]},
-            timeout=7,
-        )
+        s, _ = step(heal, "run_command", {"argv": ["journalctl", "--vacuum-size=2G", "--rotate"]}, timeout=7)
     argv = ("/usr/bin/journalctl", "--vacuum-size=2G", "--rotate")
     run.assert_called_once_with(argv, check=False, timeout=7, env=programs.ENVIRONMENT)
     assert s.ok and s.command == list(argv) and s.exit_code == 0
@@ -99,9 +88,7 @@ def test_a_program_gets_none_of_the_reconcilers_environment(
     assert set(programs.ENVIRONMENT) <= names <= {*programs.ENVIRONMENT, "PWD", "SHLVL", "_"}, names
 
 
-def test_run_command_for_real_captures_bounded_output_and_the_exit_status(
-    heal: HealWorld,
-) -> None:
+def test_run_command_for_real_captures_bounded_output_and_the_exit_status(heal: HealWorld) -> None:
     printer = _program(heal, "i=0; while [ $i -lt 1000 ]; do printf x; i=$((i+1)); done")
     ctx = heal.context(config=heal.config(max_output_bytes=256, binaries={"nft": printer}))
     s, run = step(heal, "run_command", {"argv": ["nft", "list", "ruleset"]}, ctx=ctx)
@@ -112,18 +99,25 @@ def test_run_command_for_real_captures_bounded_output_and_the_exit_status(
     assert run.reason.endswith("the runbook has no rollback")
 
 
+def sleepers(seconds: str) -> list[int]:
+    """Pids of `sleep SECONDS` processes on this machine."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")[:2]
+        except OSError:
+            continue
+        if proc.name.isdigit() and argv[-1:] == [seconds.encode()] and argv[0].endswith(b"sleep"):
+            found.append(int(proc.name))
+    return found
+
+
 def test_a_command_that_outlives_its_step_timeout_is_killed(heal: HealWorld) -> None:
-    ctx = heal.context(config=heal.config(binaries={"chronyc": _program(heal, "exec sleep 30")}))
-    started = time.monotonic()
-    s, run = step(
-        heal,
-        "run_command",
-        {"argv": ["chronyc", "makestep"]},
-        timeout=0.3,
-        ctx=ctx,
-        rollback=True,
-    )
-    assert time.monotonic() - started < 10
+    # An hour-long sleep: had the step waited for it instead of killing it, the test would
+    # hang into pytest's timeout rather than pass late.
+    ctx = heal.context(config=heal.config(binaries={"chronyc": _program(heal, "exec sleep 3601")}))
+    s, run = step(heal, "run_command", {"argv": ["chronyc", "makestep"]}, timeout=0.3, ctx=ctx, rollback=True)
+    assert sleepers("3601") == [], "the timed-out command was killed, not left running"
     assert not s.ok and s.error is not None and "timed out after 0.3 s" in s.error
     assert run.outcome == RunOutcome.ALERT and run.rollback[0].ok
 
@@ -132,11 +126,7 @@ def test_a_command_that_outlives_its_step_timeout_is_killed(heal: HealWorld) -> 
 
 
 def test_an_alert_reaches_the_configured_socket(heal: HealWorld) -> None:
-    s, _ = step(
-        heal,
-        "send_alert",
-        {"message": "disk full on /var; call me", "priority": "warning"},
-    )
+    s, _ = step(heal, "send_alert", {"message": "disk full on /var; call me", "priority": "warning"})
     assert s.ok and s.detail == "alert sent via logger (warning)"
     (message,) = heal.alerts.messages(wait=2)
     assert message.startswith("<12>")  # user.warning
@@ -165,14 +155,7 @@ def test_an_alert_goes_to_the_journal_and_falls_back_to_logger(heal: HealWorld) 
             env=programs.ENVIRONMENT,
         ),
         mock.call(
-            [
-                "logger",
-                "--tag",
-                "nixcomply-alert",
-                "--priority",
-                "user.crit",
-                "--socket-errors=on",
-            ],
+            ["logger", "--tag", "nixcomply-alert", "--priority", "user.crit", "--socket-errors=on"],
             check=False,
             timeout=10,
             input="hello\n",
@@ -203,10 +186,7 @@ def test_capture_state_records_the_ruleset_and_its_hash(heal: HealWorld) -> None
     ) as run:
         s, _ = step(heal, "capture_state", {"ruleset": True})
     run.assert_called_once_with(
-        ["/usr/sbin/nft", "list", "ruleset"],
-        check=True,
-        timeout=30,
-        env=programs.ENVIRONMENT,
+        ["/usr/sbin/nft", "list", "ruleset"], check=True, timeout=30, env=programs.ENVIRONMENT
     )
     assert s.ok and s.output == ruleset
     assert "ruleset sha256 " + hashlib.sha256(ruleset.encode()).hexdigest() in s.detail
@@ -258,27 +238,17 @@ def _tree(base: Path, outside: Path) -> None:
         os.utime(base / rel, (month_ago, month_ago), follow_symlinks=False)
 
 
-def test_clean_directory_with_an_age_removes_only_old_files_and_follows_no_symlink(
-    heal: HealWorld,
-) -> None:
+def test_clean_directory_with_an_age_removes_only_old_files_and_follows_no_symlink(heal: HealWorld) -> None:
     cache = heal.allowed / "cache"
     _tree(cache, heal.outside)
     s, _ = step(heal, "clean_directory", {"path": str(cache), "older_than_days": 7})
     assert s.ok, s.detail
     left = sorted(str(p.relative_to(cache)) for p in cache.rglob("*"))
-    assert left == [
-        "new.log",
-        "sub",
-        "sub/deeper",
-        "sub/deeper/new.bin",
-        "sub/file-link",
-    ]
+    assert left == ["new.log", "sub", "sub/deeper", "sub/deeper/new.bin", "sub/file-link"]
     assert (heal.outside / "precious").read_text() == "never removed"
 
 
-def test_clean_directory_removes_everything_under_it_but_not_itself(
-    heal: HealWorld,
-) -> None:
+def test_clean_directory_removes_everything_under_it_but_not_itself(heal: HealWorld) -> None:
     cache = heal.allowed / "cache"
     _tree(cache, heal.outside)
     s, _ = step(heal, "clean_directory", {"path": str(cache)})
@@ -293,7 +263,6 @@ def test_clean_directory_refuses_a_directory_swapped_for_a_symlink_after_the_che
     cache = heal.allowed / "cache"
     cache.mkdir()
     (heal.outside / "precious").write_text("never removed")
-    from nixcomply.heal import actions
 
     original = actions.clean_directory
 
@@ -322,11 +291,7 @@ def _pair(heal: HealWorld) -> tuple[Path, Path]:
 
 
 def _verify(heal: HealWorld, reference: Path, restored: Path, **extra: str) -> StepResult:
-    s, _ = step(
-        heal,
-        "verify_checksums",
-        {"restored": str(restored), "reference": str(reference), **extra},
-    )
+    s, _ = step(heal, "verify_checksums", {"restored": str(restored), "reference": str(reference), **extra})
     return s
 
 
@@ -343,26 +308,11 @@ def test_identical_trees_match_and_the_result_is_recorded(heal: HealWorld) -> No
 @pytest.mark.parametrize(
     ("damage", "detail"),
     [
-        (
-            lambda r: (r / "a.txt").write_text("alphA"),
-            "0 missing, 0 extra, 1 differing of 2 compared",
-        ),
-        (
-            lambda r: (r / "sub" / "b.bin").unlink(),
-            "1 missing, 0 extra, 0 differing of 1 compared",
-        ),
-        (
-            lambda r: (r / "sub" / "c").write_text("new"),
-            "0 missing, 1 extra, 0 differing of 2 compared",
-        ),
-        (
-            lambda r: ((r / "link").unlink(), (r / "link").symlink_to("/etc/passwd")),
-            "1 differing",
-        ),
-        (
-            lambda r: ((r / "a.txt").unlink(), (r / "a.txt").symlink_to("sub/b.bin")),
-            "1 differing",
-        ),
+        (lambda r: (r / "a.txt").write_text("alphA"), "0 missing, 0 extra, 1 differing of 2 compared"),
+        (lambda r: (r / "sub" / "b.bin").unlink(), "1 missing, 0 extra, 0 differing of 1 compared"),
+        (lambda r: (r / "sub" / "c").write_text("new"), "0 missing, 1 extra, 0 differing of 2 compared"),
+        (lambda r: ((r / "link").unlink(), (r / "link").symlink_to("/etc/passwd")), "1 differing"),
+        (lambda r: ((r / "a.txt").unlink(), (r / "a.txt").symlink_to("sub/b.bin")), "1 differing"),
     ],
 )
 def test_any_difference_fails(heal: HealWorld, damage: Any, detail: str) -> None:

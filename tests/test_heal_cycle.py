@@ -5,20 +5,23 @@ ends in an alert after its rollback; one that keeps dying is suppressed after th
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from fixtures_reconcile import ReconcileWorld
 
+from conftest import Cli
 from nixcomply.host.state import State
 from nixcomply.reconcile.cycle import Reconciler
+from nixcomply.reconcile.model import CycleReport, FindingSummary
 
 
-def remediations(world: ReconcileWorld) -> list[dict[str, object]]:
+def remediations(world: ReconcileWorld) -> list[dict[str, Any]]:
     found = [json.loads(p.read_text()) for p in (world.host.state_dir / "evidence").rglob("statement.json")]
     rem = [s["predicate"] for s in found if s["predicateType"].endswith("/remediation/v1")]
     return sorted(rem, key=lambda p: p["chain"]["seq"])
 
 
-def app_finding(report):  # type: ignore[no-untyped-def]
+def app_finding(report: CycleReport) -> FindingSummary:
     (finding,) = [f for f in report.findings if f.check == "service_health" and "app" in f.message]
     return finding
 
@@ -36,7 +39,7 @@ def test_stopped_service_is_restarted_verified_and_recorded(fresh: ReconcileWorl
     (remediation,) = remediations(fresh)
     assert remediation["runbook"] == "RB-SERVICE-001"
     assert remediation["outcome"] == "success"
-    assert any(a["name"].startswith("restart") or "restart" in a["name"] for a in remediation["actions"])  # type: ignore[union-attr]
+    assert any(a["name"].startswith("restart") or "restart" in a["name"] for a in remediation["actions"])
     assert fresh.verify() == 2  # the remediation and the cycle's check-run
 
     calm = Reconciler(config).run()
@@ -61,7 +64,7 @@ def test_unit_that_will_not_start_ends_in_alert_after_rollback(fresh: ReconcileW
         assert state.suppressed() == {}, "failures are not flaps"
 
 
-def test_a_service_that_keeps_dying_is_suppressed_after_three_heals(fresh: ReconcileWorld, cli) -> None:  # type: ignore[no-untyped-def]
+def test_a_service_that_keeps_dying_is_suppressed_after_three_heals(fresh: ReconcileWorld, cli: Cli) -> None:
     fresh.install("good")
     config = fresh.configure("good")
     decisions = []
@@ -69,7 +72,9 @@ def test_a_service_that_keeps_dying_is_suppressed_after_three_heals(fresh: Recon
         fresh.systemctl("stop", "app.service")
         with State.open(fresh.host.state_dir) as state:
             state.clear_cooldowns()  # as if each rule's cooldown had passed between the stops
-        decisions.append(app_finding(Reconciler(config).run()).decision)
+        decision = app_finding(Reconciler(config).run()).decision
+        assert decision is not None
+        decisions.append(decision)
     assert [d.split(":")[0] for d in decisions[:3]] == ["RB-SERVICE-001"] * 3, decisions
     assert "now suppressed" in decisions[2]
     assert "suppressed since" in decisions[3], decisions[3]
@@ -81,4 +86,4 @@ def test_a_service_that_keeps_dying_is_suppressed_after_three_heals(fresh: Recon
     r = cli("status", "--config", fresh.host.config_path)
     assert "suppressed service_health:RB-SERVICE-001" in r.out
     assert cli("reset", "--config", fresh.host.config_path).code == 0
-    assert app_finding(Reconciler(config).run()).decision.startswith("RB-SERVICE-001: success")  # type: ignore[union-attr]
+    assert (app_finding(Reconciler(config).run()).decision or "").startswith("RB-SERVICE-001: success")

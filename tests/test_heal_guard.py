@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -17,19 +18,16 @@ import pytest
 from fixtures_heal import HealWorld
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from conftest import DATA, REPO
+from nixcomply.baseline.load import load_baseline
 from nixcomply.errors import InputError
 from nixcomply.heal import guard, programs
 from nixcomply.heal.config import HealConfig
-from nixcomply.heal.executor import execute
-from nixcomply.heal.runbook import (
-    Action,
-    Runbook,
-    Step,
-    load_runbook,
-    load_runbook_source,
-)
+from nixcomply.heal.executor import ExecutionContext, execute
+from nixcomply.heal.rules import load_rules
+from nixcomply.heal.runbook import Action, Runbook, Step, load_runbook, load_runbook_source
 from nixcomply.model.outcome import RunOutcome
 
 HOSTILE = DATA / "runbooks" / "hostile"
@@ -43,15 +41,9 @@ AT_LOAD: dict[str, tuple[int, str]] = {
     "RB-HOSTILE-006": (13, "contains whitespace or control characters"),
     "RB-HOSTILE-007": (13, "contains whitespace or control characters"),
     "RB-HOSTILE-008": (13, "rm is not a program runbooks may run"),
-    "RB-HOSTILE-009": (
-        13,
-        "'/usr/bin/touch': name the program (like journalctl), not a path",
-    ),
+    "RB-HOSTILE-009": (13, "'/usr/bin/touch': name the program (like journalctl), not a path"),
     "RB-HOSTILE-010": (15, "refers to ${nobody}, which is not a declared parameter"),
-    "RB-HOSTILE-011": (
-        16,
-        "argument path of clean_directory takes a path, but parameter where is a string",
-    ),
+    "RB-HOSTILE-011": (16, "argument path of clean_directory takes a path, but parameter where is a string"),
     "RB-HOSTILE-012": (13, "restart_service has no argument 'exec'"),
     "RB-HOSTILE-016": (17, "echo is not a program runbooks may run"),
     "RB-HOSTILE-018": (13, "borg is not a program runbooks may run"),
@@ -59,41 +51,20 @@ AT_LOAD: dict[str, tuple[int, str]] = {
     "RB-HOSTILE-020": (14, "a parameter may only fill an option's value"),
     "RB-HOSTILE-021": (13, "'1G --file=/etc/shadow' is not a size"),
     "RB-HOSTILE-022": (13, "'flush ruleset' is not allowed: nft list ruleset"),
-    "RB-HOSTILE-023": (
-        10,
-        "constraints.cooldown_seconds: Input should be a finite number",
-    ),
+    "RB-HOSTILE-023": (10, "constraints.cooldown_seconds: Input should be a finite number"),
 }
 # Refused by the guard whatever the parameters (so `runbook validate` refuses them too):
 # where, and what the message says.
 AT_VALIDATE: dict[str, tuple[str, str]] = {
-    "RB-HOSTILE-005": (
-        "rollback[0] (send_alert), argument message",
-        "2000 characters long; at most 1024",
-    ),
-    "RB-HOSTILE-014": (
-        "steps[1] (restart_service), argument unit",
-        "sshd.service is not on the allowlist",
-    ),
-    "RB-HOSTILE-015": (
-        "steps[1] (clean_directory), argument path",
-        "is not under an allowed root",
-    ),
-    "RB-HOSTILE-017": (
-        "steps[1] (clean_directory), argument path",
-        "is not under an allowed root",
-    ),
+    "RB-HOSTILE-005": ("rollback[0] (send_alert), argument message", "2000 characters long; at most 1024"),
+    "RB-HOSTILE-014": ("steps[1] (restart_service), argument unit", "sshd.service is not on the allowlist"),
+    "RB-HOSTILE-015": ("steps[1] (clean_directory), argument path", "is not under an allowed root"),
+    "RB-HOSTILE-017": ("steps[1] (clean_directory), argument path", "is not under an allowed root"),
 }
 # Refused by the guard for the parameters a run is given.
 AT_RUN: dict[str, tuple[str, str]] = {
-    "RB-HOSTILE-004": (
-        "parameter target (used by steps[1] (clean_directory))",
-        "through a symlink, outside",
-    ),
-    "RB-HOSTILE-013": (
-        "steps[1] (clean_directory), argument path (from ${target})",
-        "is the allowed root",
-    ),
+    "RB-HOSTILE-004": ("parameter target (used by steps[1] (clean_directory))", "through a symlink, outside"),
+    "RB-HOSTILE-013": ("steps[1] (clean_directory), argument path (from ${target})", "is the allowed root"),
 }
 
 
@@ -171,20 +142,14 @@ def test_the_benign_control_does_remove_its_canary(heal: HealWorld) -> None:
     scratch = heal.allowed / "scratch"
     scratch.mkdir()
     (scratch / "old").write_text("x")
-    run = execute(
-        load_runbook(BENIGN),
-        {"marker": str(marker), "scratch": str(scratch)},
-        heal.context(),
-    )
+    run = execute(load_runbook(BENIGN), {"marker": str(marker), "scratch": str(scratch)}, heal.context())
     assert run.outcome == RunOutcome.SUCCESS, run.reason
     assert heal.touched(marker)
     assert list(scratch.iterdir()) == []
     assert set(run.evidence) == {"touched", "listed", "cleaned", "disk"}
 
 
-def test_a_symlinked_path_inside_the_root_that_stays_inside_is_fine(
-    heal: HealWorld,
-) -> None:
+def test_a_symlinked_path_inside_the_root_that_stays_inside_is_fine(heal: HealWorld) -> None:
     real = heal.allowed / "real"
     real.mkdir()
     (heal.allowed / "alias").symlink_to(real)
@@ -225,18 +190,12 @@ def _refusal(runbook: Path, params: dict[str, Any], config: HealConfig) -> str:
     ],
 )
 def test_hostile_unit_parameters(unit: str, message: str, heal: HealWorld) -> None:
-    text = _refusal(
-        SERVICE,
-        {"unit": unit},
-        heal.config(binaries={"journalctl": "/usr/bin/journalctl"}),
-    )
+    text = _refusal(SERVICE, {"unit": unit}, heal.config(binaries={"journalctl": "/usr/bin/journalctl"}))
     assert text.startswith("runbook RB-SERVICE-001, parameter unit (used by preconditions[0] (capture_state)")
     assert message in text
 
 
-def test_missing_unknown_and_wrong_type_parameters_are_all_reported(
-    heal: HealWorld,
-) -> None:
+def test_missing_unknown_and_wrong_type_parameters_are_all_reported(heal: HealWorld) -> None:
     config = heal.config(binaries={"journalctl": "/usr/bin/journalctl"})
     text = _refusal(SERVICE, {"unti": "t-a.service"}, config)
     assert "parameter unti: is not a parameter of this runbook (it takes: unit)" in text
@@ -314,10 +273,7 @@ def test_ints_and_durations_are_bounded() -> None:
     spec = {"type": "int", "description": "n", "minimum": 1, "maximum": 10}
     runbook = _inline({"n": spec, "d": {"type": "duration", "description": "d", "maximum": 3600}})
     config = HealConfig(allowed_roots=[Path("/var/cache")])
-    assert guard.check(runbook, {"n": "7", "d": "15m"}, config).params == {
-        "n": 7,
-        "d": 900,
-    }
+    assert guard.check(runbook, {"n": "7", "d": "15m"}, config).params == {"n": 7, "d": 900}
     for n, d, message in [
         ("0", "1", "0 is out of bounds (1..10)"),
         ("11", "1", "11 is out of bounds"),
@@ -338,13 +294,7 @@ def _inline(params: dict[str, Any]) -> Runbook:
             "severity": "low",
             "description": "built in a test",
             "params": params,
-            "steps": [
-                {
-                    "action": "send_alert",
-                    "description": "say",
-                    "params": {"message": "n=${n} d=${d}"},
-                }
-            ],
+            "steps": [{"action": "send_alert", "description": "say", "params": {"message": "n=${n} d=${d}"}}],
         }
     )
 
@@ -366,48 +316,28 @@ def test_too_many_steps_and_a_too_long_argv_are_refused(heal: HealWorld) -> None
         guard.check(benign, params, heal.config(max_steps=3))
     with pytest.raises(guard.GuardError, match=r"has 5 steps; at most 3 are allowed"):
         guard.check_static(benign, heal.config(max_steps=3))
-    long_argv = _inline(
-        {
-            "n": {"type": "int", "description": "n"},
-            "d": {"type": "int", "description": "d"},
-        }
-    )
+    long_argv = _inline({"n": {"type": "int", "description": "n"}, "d": {"type": "int", "description": "d"}})
     # no form allows that many elements, so only a step built in code, past the schema, can
     # have them; the guard still counts
     step = Step.model_construct(
-        action=Action.RUN_COMMAND,
-        description="long",
-        params={"argv": ["chronyc", "makestep", *["x"] * 40]},
+        action=Action.RUN_COMMAND, description="long", params={"argv": ["chronyc", "makestep", *["x"] * 40]}
     )
     with pytest.raises(guard.GuardError, match=r"has 42 elements; at most 32"):
-        guard.check(
-            long_argv.model_copy(update={"steps": [step]}),
-            {"n": 1, "d": 1},
-            heal.config(),
-        )
+        guard.check(long_argv.model_copy(update={"steps": [step]}), {"n": 1, "d": 1}, heal.config())
 
 
-def test_a_runbook_of_more_steps_than_any_host_allows_is_refused_at_load(
-    tmp_path: Path,
-) -> None:
+def test_a_runbook_of_more_steps_than_any_host_allows_is_refused_at_load(tmp_path: Path) -> None:
     steps = "".join("  - {action: sync_generation, description: again}\n" for _ in range(300))
     path = tmp_path / "RB-MANY-001.yaml"
     path.write_text(
         "id: RB-MANY-001\nname: many\nversion: 1\nseverity: low\ndescription: d\nsteps:\n" + steps
     )
-    with pytest.raises(
-        InputError,
-        match=r"RB-MANY-001.yaml:6: steps: List should have at most 200 items",
-    ):
+    with pytest.raises(InputError, match=r"RB-MANY-001.yaml:6: steps: List should have at most 200 items"):
         load_runbook(path)
 
 
 def test_a_configured_binary_that_does_not_exist_is_refused(heal: HealWorld) -> None:
-    text = _refusal(
-        DISK,
-        _disk(heal),
-        heal.config(binaries={"journalctl": "/nonexistent/journalctl"}),
-    )
+    text = _refusal(DISK, _disk(heal), heal.config(binaries={"journalctl": "/nonexistent/journalctl"}))
     assert "journalctl is configured as /nonexistent/journalctl, which is not an executable file" in text
 
 
@@ -417,10 +347,7 @@ def test_string_parameters_property(value: str) -> None:
     """A string parameter is accepted exactly when it is one non-blank line of printable
     text; a shell never sees it, so no character is forbidden for what it means to one."""
     runbook = _inline(
-        {
-            "n": {"type": "string", "description": "n"},
-            "d": {"type": "string", "description": "d"},
-        }
+        {"n": {"type": "string", "description": "n"}, "d": {"type": "string", "description": "d"}}
     )
     if value.strip() and value.isprintable():
         assert guard.check(runbook, {"n": value, "d": "x"}, HealConfig()).params["n"] == value
@@ -451,10 +378,7 @@ def test_an_option_value_from_a_parameter_is_its_grammar_or_refused(value: str) 
     bound = runbook.model_copy(update={"steps": [step]})
     if value.strip() and value.isprintable() and re.fullmatch(r"[1-9][0-9]{0,11}[KMGT]?", value):
         plan = guard.check(bound, {"n": value, "d": 1}, config)
-        assert plan.steps[0].args["argv"] == (
-            "/usr/bin/journalctl",
-            f"--vacuum-size={value}",
-        )
+        assert plan.steps[0].args["argv"] == ("/usr/bin/journalctl", f"--vacuum-size={value}")
     else:
         with pytest.raises(guard.GuardError):
             guard.check(bound, {"n": value, "d": 1}, config)
@@ -492,10 +416,7 @@ def test_whatever_argv_is_built_every_element_is_an_allowed_word_or_option(
 
 REPRESENTATIVE: dict[str, dict[str, str]] = {
     "RB-BACKUP-001": {"unit": "restic-backups-clinic.service"},
-    "RB-CERT-001": {
-        "acme_unit": "acme-portal.clinic.example.service",
-        "service": "nginx.service",
-    },
+    "RB-CERT-001": {"acme_unit": "acme-portal.clinic.example.service", "service": "nginx.service"},
     "RB-DISK-001": {"path": "/var"},
     "RB-DRIFT-001": {},
     "RB-FIREWALL-001": {},
@@ -532,15 +453,9 @@ def test_every_shipped_runbook_passes_the_default_guard_in_a_dry_run(rid: str, t
             | {"nft": "/usr/sbin/nft"}
         }
     )
-    from nixcomply.heal.executor import ExecutionContext
 
     runbook = load_runbook(REPO / "runbooks" / f"{rid}.yaml")
-    run = execute(
-        runbook,
-        REPRESENTATIVE[rid],
-        ExecutionContext(config=config, root=root),
-        dry_run=True,
-    )
+    run = execute(runbook, REPRESENTATIVE[rid], ExecutionContext(config=config, root=root), dry_run=True)
     assert run.outcome == RunOutcome.PLANNED, run.refusals
     assert len(run.all_steps()) == len(runbook.preconditions) + len(runbook.steps) + len(runbook.rollback)
     for step in run.all_steps():
@@ -555,7 +470,6 @@ def test_every_shipped_runbook_passes_the_default_guard_in_a_dry_run(rid: str, t
 
 
 def test_the_default_rules_pass_only_parameters_the_runbooks_declare() -> None:
-    from nixcomply.heal.rules import load_rules
 
     runbooks = {p.stem: load_runbook(p) for p in (REPO / "runbooks").glob("RB-*.yaml")}
     rules = load_rules([REPO / "runbooks" / "rules" / "default.yaml"], runbook_ids=frozenset(runbooks))
@@ -582,16 +496,12 @@ def test_the_default_rules_pass_only_parameters_the_runbooks_declare() -> None:
     ],
 )
 def test_heal_config_refuses_what_would_loosen_the_guard(settings: dict[str, Any], message: str) -> None:
-    from pydantic import ValidationError
 
     with pytest.raises(ValidationError, match=re.escape(message)):
         HealConfig.model_validate(settings)
 
 
 def test_heal_config_defaults_cover_the_baseline_critical_services() -> None:
-    from fnmatch import fnmatchcase
-
-    from nixcomply.baseline.load import load_baseline
 
     config = HealConfig()
     assert config.enable

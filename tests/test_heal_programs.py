@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from fixtures_heal import HealWorld
 
+from conftest import Cli
 from nixcomply.heal import guard, programs
 from nixcomply.heal.executor import execute
 from nixcomply.heal.runbook import load_runbook
@@ -73,7 +74,7 @@ def script(tmp_path: Path) -> tuple[Path, Path]:
 
 @pytest.mark.parametrize("attack", sorted(ATTACKS))
 def test_an_allowed_program_cannot_be_made_to_run_another(
-    attack: str, script: tuple[Path, Path], heal: HealWorld, cli: object, tmp_path: Path
+    attack: str, script: tuple[Path, Path], heal: HealWorld, cli: Cli, tmp_path: Path
 ) -> None:
     x, marker = script
     argv = [a.format(script=x) for a in ATTACKS[attack]]
@@ -85,7 +86,7 @@ def test_an_allowed_program_cannot_be_made_to_run_another(
     }
     config = heal.config(binaries=binaries)
 
-    validated = cli("runbook", "validate", path)  # type: ignore[operator]
+    validated = cli("runbook", "validate", path)
     assert validated.code == 2, validated.out
     assert f"{path}:" in validated.err and "argv" in validated.err and "Traceback" not in validated.err
 
@@ -99,7 +100,7 @@ def test_an_allowed_program_cannot_be_made_to_run_another(
             }
         )
     )
-    dry = cli("runbook", "run", path, "--dry-run", "--config", settings)  # type: ignore[operator]
+    dry = cli("runbook", "run", path, "--dry-run", "--config", settings)
     assert dry.code == 2 and "argv" in dry.err, dry.out
 
     try:

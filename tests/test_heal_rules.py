@@ -9,7 +9,11 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
+from conftest import REPO
+from nixcomply.baseline.catalog import CHECK_NAMES
+from nixcomply.baseline.load import known_runbook_ids
 from nixcomply.errors import InputError
 from nixcomply.heal.rules import Condition, Op, Rule, decide, holds, load_rules, resolve
 
@@ -200,7 +204,6 @@ def test_duplicate_rule_ids_across_files(tmp_path: Path) -> None:
 
 
 def test_exists_needs_bool_and_in_needs_list() -> None:
-    from pydantic import ValidationError
 
     with pytest.raises(ValidationError, match="true or false"):
         cond("x", "exists", "yes")
@@ -210,9 +213,6 @@ def test_exists_needs_bool_and_in_needs_list() -> None:
 
 
 def test_built_in_rules_cover_every_check() -> None:
-    from conftest import REPO
-    from nixcomply.baseline.catalog import CHECK_NAMES
-    from nixcomply.baseline.load import known_runbook_ids
 
     rules = load_rules((REPO / "runbooks" / "rules").glob("*.yaml"), runbook_ids=known_runbook_ids())
     for check in sorted(CHECK_NAMES):

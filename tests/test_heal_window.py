@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, time, timedelta
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from nixcomply.heal.window import WEEKDAYS, MaintenanceWindow, in_window, next_opening
 
 WEEK = 7 * 24 * 60
 
 
-def window(start: tuple[int, int], end: tuple[int, int], days: list[str] | None = None) -> MaintenanceWindow:
+def window(
+    start: tuple[int, int], end: tuple[int, int], days: Sequence[str] | None = None
+) -> MaintenanceWindow:
     data: dict[str, object] = {"start": time(*start), "end": time(*end)}
     if days is not None:
-        data["days"] = days
+        data["days"] = list(days)
     return MaintenanceWindow.model_validate(data)
 
 
@@ -87,8 +92,6 @@ def test_midnight_crossing_window_belongs_to_the_day_it_opens() -> None:
 
 
 def test_empty_window_and_no_days_are_rejected() -> None:
-    import pytest
-    from pydantic import ValidationError
 
     with pytest.raises(ValidationError, match="would be empty"):
         window((2, 0), (2, 0))

@@ -13,7 +13,8 @@ from unittest import mock
 
 import pytest
 import yaml
-from fixtures_checks import context, control, data, manifest, result
+from boundary import result
+from fixtures_checks import context, control, data, manifest
 
 from conftest import REPO
 from nixcomply.baseline.evaluate import definitions

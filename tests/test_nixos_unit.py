@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from unittest import mock
 
 import pytest
+from boundary import result
 
 from conftest import DATA
 from nixcomply.core import process
@@ -22,17 +22,6 @@ from nixcomply.nixos.tools import Tools
 NIXDATA = DATA / "nix"
 P1 = Path("/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-system-h-26.05")
 P2 = Path("/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-nixos-system-h-26.05")
-
-
-def result(*, stdout: str = "", stderr: str = "", returncode: int = 0) -> process.Result:
-    return process.Result(argv=("x",), returncode=returncode, stdout=stdout, stderr=stderr, duration=0.01)
-
-
-@pytest.fixture
-def run() -> Iterator[mock.MagicMock]:
-    with mock.patch("nixcomply.core.process.run", autospec=True) as m:
-        m.return_value = result()
-        yield m
 
 
 # -- flake references ---------------------------------------------------------------------------

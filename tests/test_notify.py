@@ -170,7 +170,10 @@ def test_watchdog_timeout_kills_and_restarts(user_systemd: Systemd, units: Units
         return state.result == "watchdog"
 
     dead = sd.wait_for(name, killed_by_watchdog, timeout=15)
-    assert dead.sub_state in ("auto-restart", "stop-watchdog", "final-sigterm", "final-watchdog")
+    # seen dying, or (on a loaded machine, RestartSec later) already running again
+    assert dead.sub_state in ("auto-restart", "stop-watchdog", "final-sigterm", "final-watchdog") or (
+        dead.sub_state == "running" and dead.n_restarts == 1
+    ), (dead.sub_state, dead.n_restarts)
 
     def restarted(state: UnitState) -> bool:
         return state.n_restarts == 1 and state.is_active and state.main_pid is not None
@@ -201,7 +204,9 @@ def test_sigterm_stops_cleanly_within_timeout_stop(user_systemd: Systemd, units:
     elapsed = time.monotonic() - start
     state = sd.unit_state(name)
     assert (state.active_state, state.result) == ("inactive", "success")
-    assert elapsed < 4, f"stop took {elapsed:.1f} s, the daemon did not honour SIGTERM"
+    # systemd enforces the bound: a daemon still running at TimeoutStopSec is killed and the
+    # unit's result is "timeout" (the next test shows it), so "success" means SIGTERM ended it
+    assert state.result != "timeout", f"stop took {elapsed:.1f} s, the daemon did not honour SIGTERM"
     assert wait_gone(pid)
 
 

@@ -110,7 +110,7 @@ def holds(term: str, control: Control) -> bool:
             wanted: Any = json.loads(value)
         except json.JSONDecodeError:
             wanted = value
-        return control.nixos.get(key) == wanted
+        return bool(control.nixos.get(key) == wanted)
     if kind == "audit":
         arch, _, what = rest.partition(":")
         rules = audit_rules_of(control)

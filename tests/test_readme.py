@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from conftest import REPO
+from conftest import REPO, Cli
 
 README = (REPO / "README.md").read_text()
 
@@ -42,7 +42,7 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     assert "make test" in commands("sh")
 
 
-def test_every_cli_verb_shown_exists(cli) -> None:  # type: ignore[no-untyped-def]
+def test_every_cli_verb_shown_exists(cli: Cli) -> None:
     shown = [c for c in commands("text") if c.startswith("nixcomply ")]
     assert len(shown) >= 10
     for command in shown:

@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import textwrap
-from typing import Final
+from typing import Any, Final
 
 import pytest
 from fixtures_reconcile import ReconcileWorld
@@ -96,16 +96,14 @@ def killed_at(world: ReconcileWorld, point: FaultPoint) -> None:
     assert child.returncode == -signal.SIGKILL, f"the child should die at {point}: {err.decode()}"
 
 
-def statements(world: ReconcileWorld) -> list[dict[str, object]]:
+def statements(world: ReconcileWorld) -> list[dict[str, Any]]:
     found = [json.loads(p.read_text()) for p in (world.host.state_dir / "evidence").rglob("statement.json")]
-    return sorted(found, key=lambda s: s["predicate"]["chain"]["seq"])  # type: ignore[index]
+    return sorted(found, key=lambda s: s["predicate"]["chain"]["seq"])
 
 
-def generation_changes(world: ReconcileWorld) -> list[dict[str, object]]:
+def generation_changes(world: ReconcileWorld) -> list[dict[str, Any]]:
     return [
-        s["predicate"]  # type: ignore[misc]
-        for s in statements(world)
-        if str(s["predicateType"]).endswith("/generation-change/v1")
+        s["predicate"] for s in statements(world) if str(s["predicateType"]).endswith("/generation-change/v1")
     ]
 
 
@@ -150,14 +148,12 @@ def check_converged(world: ReconcileWorld, target: str, what: str) -> None:
     )
     broken = str(world.systems[BROKEN])
     assert not [
-        c
-        for c in changes
-        if c["outcome"] == "success" and c["generation"]["store_path"] == broken  # type: ignore[index]
+        c for c in changes if c["outcome"] == "success" and c["generation"]["store_path"] == broken
     ], f"{what}: a generation whose critical unit fails was recorded as a success"
-    keys = [next(a["detail"] for a in c["actions"] if a["name"] == "attempt") for c in changes]  # type: ignore[attr-defined]
+    keys = [next(a["detail"] for a in c["actions"] if a["name"] == "attempt") for c in changes]
     assert len(keys) == len(set(keys)), f"{what}: an attempt recorded twice: {keys}"
     target_path = str(world.systems[target])
-    records = [c for c in changes if c["generation"]["store_path"] == target_path]  # type: ignore[index]
+    records = [c for c in changes if c["generation"]["store_path"] == target_path]
     activations = [s for s in logged_test_activations(world) if s == target_path]
     assert len(records) >= len(activations) >= 1, (
         f"{what}: {len(activations)} test activations of the target, {len(records)} records"

@@ -24,6 +24,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from fixtures_reconcile import ReconcileWorld
 
@@ -38,10 +39,10 @@ from nixcomply.reconcile.cycle import Reconciler
 CHILD = "import sys; from nixcomply.cli import main; sys.exit(main(['reconcile', '--config', sys.argv[1]]))"
 
 
-def generation_changes(world: ReconcileWorld) -> list[dict[str, object]]:
+def generation_changes(world: ReconcileWorld) -> list[dict[str, Any]]:
     found = [json.loads(p.read_text()) for p in (world.host.state_dir / "evidence").rglob("statement.json")]
     changes = [s["predicate"] for s in found if s["predicateType"].endswith("/generation-change/v1")]
-    return sorted(changes, key=lambda p: p["chain"]["seq"])  # type: ignore[index]
+    return sorted(changes, key=lambda p: p["chain"]["seq"])
 
 
 def main_pid(world: ReconcileWorld, unit: str = "app.service") -> str:
@@ -63,7 +64,7 @@ def kill_mid_test(world: ReconcileWorld, target: str, tmp_path: Path) -> None:
     try:
         deadline = time.monotonic() + 120
         while not hold.exists():
-            assert child.poll() is None, f"the reconcile ended before the hold: {child.stderr.read()!r}"  # type: ignore[union-attr]
+            assert child.poll() is None, f"the reconcile ended before the hold: {child.communicate()[1]!r}"
             assert time.monotonic() < deadline, "the activation never reached the hold"
             time.sleep(0.02)
     finally:
@@ -92,11 +93,11 @@ def test_a_killed_test_activation_of_a_broken_revision_is_undone_not_switched(
     assert not [c for c in changes if c["outcome"] == "success"], "a broken generation was signed success"
     interrupted, gated = changes
     assert interrupted["outcome"] == "reverted" and interrupted["actor"] == "nixcomply"
-    result = interrupted["actions"][-1]["detail"]  # type: ignore[index]
+    result = interrupted["actions"][-1]["detail"]
     assert "(recovered)" in result and "interrupted during testing, before its health gate passed" in result
     assert "re-activated the boot default" in result
-    assert gated["outcome"] == "reverted" and "health gate failed" in gated["actions"][-1]["detail"]  # type: ignore[index]
-    attempts = [next(a["detail"] for a in c["actions"] if a["name"] == "attempt") for c in changes]  # type: ignore[index, union-attr]
+    assert gated["outcome"] == "reverted" and "health gate failed" in gated["actions"][-1]["detail"]
+    attempts = [next(a["detail"] for a in c["actions"] if a["name"] == "attempt") for c in changes]
     assert attempts == [f"{fresh.revs['broken']}#1", f"{fresh.revs['broken']}#2"], "one record per activation"
     with State.open(fresh.host.state_dir) as state:
         attempt = state.attempt(fresh.revs["broken"])

@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 import os
 import stat
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from fixtures_reconcile import ReconcileWorld
 
+from conftest import Cli
 from nixcomply.host.state import State
 from nixcomply.model.outcome import ApplyOutcome, PlanKind
 from nixcomply.nixos import generations, system
@@ -23,13 +26,13 @@ def running(world: ReconcileWorld) -> tuple[Path | None, Path | None]:
     return system.current_system(root), generations.profile_target(root)
 
 
-def statements(world: ReconcileWorld) -> list[dict[str, object]]:
+def statements(world: ReconcileWorld) -> list[dict[str, Any]]:
     """Every statement in the evidence store, oldest first."""
     found = [json.loads(p.read_text()) for p in (world.host.state_dir / "evidence").rglob("statement.json")]
     return sorted(found, key=lambda s: s["predicate"]["chain"]["seq"])
 
 
-def entries(world: ReconcileWorld) -> list[dict[str, object]]:
+def entries(world: ReconcileWorld) -> list[dict[str, Any]]:
     """The generation-change predicates (switches, reverts, outside changes), oldest first."""
     return [s["predicate"] for s in statements(world) if s["predicateType"].endswith("/generation-change/v1")]
 
@@ -93,11 +96,11 @@ def test_drift_is_tested_gated_switched_and_signed(fresh: ReconcileWorld) -> Non
     (predicate,) = entries(fresh)
     assert predicate["outcome"] == "success"
     assert predicate["actor"] == "nixcomply"
-    assert predicate["generation"]["store_path"] == str(fresh.systems["newer"])  # type: ignore[index]
-    assert predicate["generation"]["previous"]["number"] == 1  # type: ignore[index]
-    assert predicate["generation"]["configuration_revision"] == fresh.revs["newer"]  # type: ignore[index]
-    assert [c["name"] for c in predicate["health_gate"]][:1] == ["activation"]  # type: ignore[index]
-    assert predicate["policy_digest"].startswith("sha256:")  # type: ignore[union-attr]
+    assert predicate["generation"]["store_path"] == str(fresh.systems["newer"])
+    assert predicate["generation"]["previous"]["number"] == 1
+    assert predicate["generation"]["configuration_revision"] == fresh.revs["newer"]
+    assert [c["name"] for c in predicate["health_gate"]][:1] == ["activation"]
+    assert predicate["policy_digest"].startswith("sha256:")
     verified(fresh)
 
     again = fresh.reconcile("newer")
@@ -107,12 +110,13 @@ def test_drift_is_tested_gated_switched_and_signed(fresh: ReconcileWorld) -> Non
     verified(fresh)
 
 
-def test_failed_health_gate_reverts_and_blocks_until_reset(fresh: ReconcileWorld, cli) -> None:  # type: ignore[no-untyped-def]
+def test_failed_health_gate_reverts_and_blocks_until_reset(fresh: ReconcileWorld, cli: Cli) -> None:
     fresh.install("newer")
     report = fresh.reconcile("broken")
     assert report.result.outcome == ApplyOutcome.REVERTED, report.result.detail
     assert "health gate failed" in report.result.detail
-    failed = [c.name for c in report.result.gate.checks if not c.ok]  # type: ignore[union-attr]
+    assert report.result.gate is not None
+    failed = [c.name for c in report.result.gate.checks if not c.ok]
     assert "unit:app.service" in failed
     # the boot default never moved, and the last good generation runs again
     assert running(fresh) == (fresh.systems["newer"], fresh.systems["newer"])
@@ -155,7 +159,8 @@ def test_failing_liveness_command_reverts(fresh: ReconcileWorld) -> None:
         },
     )
     assert report.result.outcome == ApplyOutcome.REVERTED
-    (check,) = [c for c in report.result.gate.checks if c.name == "liveness:portal"]  # type: ignore[union-attr]
+    assert report.result.gate is not None
+    (check,) = [c for c in report.result.gate.checks if c.name == "liveness:portal"]
     assert not check.ok
     assert "exited with status 7" in check.detail
     assert running(fresh) == (fresh.systems["good"], fresh.systems["good"])
@@ -221,7 +226,6 @@ def test_dry_run_builds_but_activates_nothing(fresh: ReconcileWorld) -> None:
 
 
 def test_outside_the_maintenance_window_is_deferred(fresh: ReconcileWorld) -> None:
-    from datetime import datetime, timedelta
 
     fresh.install("good")
     soon = datetime.now().astimezone() + timedelta(hours=2)
@@ -233,7 +237,7 @@ def test_outside_the_maintenance_window_is_deferred(fresh: ReconcileWorld) -> No
     assert running(fresh) == (fresh.systems["good"], fresh.systems["good"])
 
 
-def test_cli_plan_status_and_reconcile(fresh: ReconcileWorld, cli) -> None:  # type: ignore[no-untyped-def]
+def test_cli_plan_status_and_reconcile(fresh: ReconcileWorld, cli: Cli) -> None:
     fresh.install("good")
     fresh.configure("newer")
     config = fresh.host.config_path
@@ -264,7 +268,7 @@ def test_cli_plan_status_and_reconcile(fresh: ReconcileWorld, cli) -> None:  # t
     assert status["last_outcome"] == "nothing"
 
 
-def test_bad_config_is_a_clear_error(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_bad_config_is_a_clear_error(cli: Cli, tmp_path: Path) -> None:
     bad = tmp_path / "reconciler.json"
     bad.write_text(
         json.dumps(
@@ -281,7 +285,7 @@ def test_bad_config_is_a_clear_error(cli, tmp_path: Path) -> None:  # type: igno
     assert "missing.json: no such file" in r.err
 
 
-def test_missing_evidence_key_stops_before_anything_changes(fresh: ReconcileWorld, cli) -> None:  # type: ignore[no-untyped-def]
+def test_missing_evidence_key_stops_before_anything_changes(fresh: ReconcileWorld, cli: Cli) -> None:
     fresh.install("good")
     config = json.loads(fresh.host.config_path.read_text())
     config["evidence"]["signing_key"] = str(fresh.host.dir / "keys" / "nope.key")

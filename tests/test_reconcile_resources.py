@@ -19,6 +19,7 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fixtures_reconcile import ReconcileWorld
@@ -65,10 +66,10 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", mount], check=True)
 
 
-def generation_changes(state_dir: Path) -> list[dict[str, object]]:
+def generation_changes(state_dir: Path) -> list[dict[str, Any]]:
     found = [json.loads(p.read_text()) for p in (state_dir / "evidence").rglob("statement.json")]
     changes = [s["predicate"] for s in found if s["predicateType"].endswith("/generation-change/v1")]
-    return sorted(changes, key=lambda p: p["chain"]["seq"])  # type: ignore[index]
+    return sorted(changes, key=lambda p: p["chain"]["seq"])
 
 
 def on_small_disk(world: ReconcileWorld, disk: Path, target: str) -> Path:
@@ -120,11 +121,11 @@ def test_an_activation_whose_first_records_fail_on_a_full_disk_is_recorded_later
         for line in log.read_text().splitlines()
         if line.startswith("test ") and line.split()[1] != line.split()[2]
     ]
-    records = [c for c in changes if c["generation"]["store_path"] == target_path]  # type: ignore[index]
+    records = [c for c in changes if c["generation"]["store_path"] == target_path]
     assert len(records) >= activations.count(target_path) >= 2, (activations, changes)
-    keys = [next(a["detail"] for a in c["actions"] if a["name"] == "attempt") for c in records]  # type: ignore[attr-defined]
+    keys = [next(a["detail"] for a in c["actions"] if a["name"] == "attempt") for c in records]
     assert len(keys) == len(set(keys))
-    assert "(recovered)" in records[0]["actions"][-1]["detail"]  # type: ignore[index]
+    assert "(recovered)" in records[0]["actions"][-1]["detail"]
 
 
 def test_an_activation_waits_while_the_state_directory_has_too_little_room(fresh: ReconcileWorld) -> None:

@@ -11,11 +11,12 @@ from typing import Any
 
 import pytest
 
-from conftest import DATA, REPO
+from conftest import DATA, REPO, Cli
 from nixcomply.baseline import releases
 from nixcomply.baseline.evaluate import definitions
 from nixcomply.baseline.load import LoadedBaseline, load_baseline
 from nixcomply.baseline.render import control_settings, render
+from nixcomply.checks.context import parameters_of
 from nixcomply.errors import InputError
 from nixcomply.model.manifest import Manifest
 from nixcomply.nixos.tools import Tools
@@ -206,12 +207,12 @@ def test_rendered_module_parses(release: str, tmp_path: Path, nix_env: dict[str,
     ("output", "release"),
     [("modules/baselines/hipaa-v1.nix", "26.05"), ("modules/baselines/hipaa-v1.unstable.nix", "unstable")],
 )
-def test_committed_modules_are_fresh(cli, output: str, release: str) -> None:  # type: ignore[no-untyped-def]
+def test_committed_modules_are_fresh(cli: Cli, output: str, release: str) -> None:
     r = cli("render", HIPAA, "--nixos-release", release, "-o", REPO / output, "--check")
     assert r.code == 0, r.err
 
 
-def test_check_detects_stale_output(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_check_detects_stale_output(cli: Cli, tmp_path: Path) -> None:
     out = tmp_path / "out.nix"
     assert cli("render", MINIMAL, "-o", out).code == 0
     assert cli("render", MINIMAL, "-o", out, "--check").code == 0
@@ -222,13 +223,13 @@ def test_check_detects_stale_output(cli, tmp_path: Path) -> None:  # type: ignor
     assert "-      services.openssh.settings.PasswordAuthentication = true;" in r.err
 
 
-def test_render_to_stdout(cli) -> None:  # type: ignore[no-untyped-def]
+def test_render_to_stdout(cli: Cli) -> None:
     r = cli("render", MINIMAL)
     assert r.code == 0
     assert '(lib.mkIf (applies "ssh.password-auth-disabled") {' in r.out
 
 
-def test_check_without_output_is_usage_error(cli) -> None:  # type: ignore[no-untyped-def]
+def test_check_without_output_is_usage_error(cli: Cli) -> None:
     r = cli("render", MINIMAL, "--check")
     assert r.code == 2
     assert "--check needs -o" in r.err
@@ -252,13 +253,12 @@ def test_every_baseline_is_listed_for_both_releases(nix_env: dict[str, str]) -> 
         assert sorted(releases_listed) == sorted(releases.RELEASES)
 
 
-def test_json_schema_is_fresh(cli) -> None:  # type: ignore[no-untyped-def]
+def test_json_schema_is_fresh(cli: Cli) -> None:
     r = cli("baseline", "schema", "-o", REPO / "baseline" / "baseline.schema.json", "--check")
     assert r.code == 0, r.err
 
 
 def test_site_parameters_override_the_baselines(tmp_path: Path, nix_env: dict[str, str]) -> None:
-    from nixcomply.checks.context import parameters_of
 
     loaded = load_baseline(HIPAA)
     module = rendered_file(tmp_path, loaded, "26.05")

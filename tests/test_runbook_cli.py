@@ -12,6 +12,7 @@ from fixtures_heal import TEST_BINARIES, EvidenceKeys, HealWorld, write_evidence
 from conftest import DATA, REPO
 from nixcomply.evidence.verify import verify_path
 from nixcomply.heal.executor import RunbookRun
+from nixcomply.reconcile.config import DEFAULT_CONFIG
 
 RUNBOOKS = sorted(p.stem for p in (REPO / "runbooks").glob("RB-*.yaml"))
 BENIGN = DATA / "runbooks" / "RB-BENIGN-001.yaml"
@@ -106,7 +107,6 @@ def test_a_dry_run_lists_each_step_with_resolved_params(cli: Any, heal: HealWorl
 
 
 def test_a_dry_run_with_the_default_configuration(cli: Any) -> None:
-    from nixcomply.reconcile.config import DEFAULT_CONFIG
 
     if DEFAULT_CONFIG.exists():
         pytest.fail(f"{DEFAULT_CONFIG} exists on this machine; the test needs the built-in defaults")

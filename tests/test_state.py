@@ -11,6 +11,7 @@ import textwrap
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -94,10 +95,11 @@ def test_closing_an_attempt_stores_the_observation_in_the_same_transaction(tmp_p
         assert good is not None and good["store_path"] == "/nix/store/e"
         # a failing write inside the transaction leaves both as they were
         state.begin_attempt(rev, "/nix/store/f")
+        unserialisable: Any = object()
         with pytest.raises(TypeError):
             state.end_attempt(
-                rev, AttemptOutcome.SUCCESS, "x", observation=obs, last_good=LastGood(6, object(), rev)
-            )  # type: ignore[arg-type]
+                rev, AttemptOutcome.SUCCESS, "x", observation=obs, last_good=LastGood(6, unserialisable, rev)
+            )
         attempt = state.attempt(rev)
         assert attempt is not None and attempt.interrupted and state.observation() == obs
 

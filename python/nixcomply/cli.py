@@ -9,7 +9,9 @@ message and an exit code (see ``nixcomply.errors``); ``--debug`` adds tracebacks
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Final
@@ -94,7 +96,6 @@ def _group_help(parser: argparse.ArgumentParser) -> Handler:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    import importlib
 
     parser = argparse.ArgumentParser(
         prog="nixcomply",
@@ -162,8 +163,6 @@ def _report(e: NixcomplyError, *, debug: bool) -> int:
 def _discard_stdout() -> None:
     """The reader went away (``| head``): end quietly, and keep the interpreter from
     complaining when it flushes stdout at exit."""
-    import os
-
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, sys.stdout.fileno())

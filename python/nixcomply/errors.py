@@ -28,6 +28,8 @@ spells a number):
 from __future__ import annotations
 
 import errno
+import os
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,8 +159,6 @@ class HostIOError(NixcomplyError):
 
     @classmethod
     def from_os_error(cls, e: OSError, doing: str | None = None) -> HostIOError:
-        import os
-
         what = e.strerror or (os.strerror(e.errno) if e.errno else type(e).__name__)
         where = f"{e.filename}: " if e.filename is not None else ""
         hint = _IO_HINTS.get(e.errno or 0)
@@ -185,6 +185,5 @@ _IO_HINTS: Final = {
 
 
 def _show_argv(argv: Sequence[str]) -> str:
-    import shlex
 
     return "'" + shlex.join(argv) + "'"

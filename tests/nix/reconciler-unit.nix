@@ -2,7 +2,7 @@
 # and the NixOS options it reads (nixpkgs is not available on the test machines). The
 # reconciler's options take their declared defaults (modules/reconciler-options.nix), updated
 # by `options`; mkIf and mkMerge are interpreted as the module system does. Result: what the
-# tests look at in the service and its tmpfiles rules.
+# tests look at in the service, its tmpfiles rules, and the messages of failing assertions.
 { options ? { } }:
 let
   inherit (builtins) attrNames concatMap foldl' isAttrs isFunction listToAttrs map mapAttrs;
@@ -78,4 +78,6 @@ in
   readWritePaths = service.ReadWritePaths;
   stateDirectory = service.StateDirectory;
   tmpfiles = evaluated.systemd.tmpfiles.settings."10-nixcomply";
+  hardening = removeAttrs service [ "ExecStart" "LoadCredential" "ReadWritePaths" "StateDirectory" ];
+  failedAssertions = map (a: a.message) (builtins.filter (a: !a.assertion) evaluated.assertions);
 }

@@ -20,6 +20,8 @@ from nixcomply.baseline import releases
 from nixcomply.baseline.load import LoadedBaseline
 from nixcomply.baseline.models import AssertionKind, Control
 from nixcomply.baseline.nixattr import format_attr_path, nix_string, nix_value, parse_attr_path
+from nixcomply.core.fsutil import atomic_write_text
+from nixcomply.core.paths import data_dir
 from nixcomply.model.manifest import MANIFEST_SCHEMA
 
 FRAMEWORK_LABELS: Final = (
@@ -159,7 +161,6 @@ def render(loaded: LoadedBaseline, *, release: str | None = None) -> str:
 
 def render_to(loaded: LoadedBaseline, output: Path, *, release: str | None = None) -> bool:
     """Write the module to ``output`` if it changed; return whether it changed."""
-    from nixcomply.core.fsutil import atomic_write_text
 
     text = render(loaded, release=release)
     try:
@@ -175,7 +176,6 @@ def _display(path: Path) -> str:
     """The baseline's path as the generated header names it: relative to nixcomply's data
     directory when it lies there, else its file name; never dependent on the working
     directory, so the committed module is the same wherever it is rendered."""
-    from nixcomply.core.paths import data_dir
 
     try:
         return str(path.resolve().relative_to(data_dir().resolve()))

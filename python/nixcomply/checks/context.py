@@ -18,8 +18,10 @@ from typing import Final, Protocol
 
 from pydantic import ValidationError
 
+from nixcomply.baseline.load import load_baseline
 from nixcomply.baseline.models import Parameters
 from nixcomply.checks.config import ChecksConfig
+from nixcomply.core.paths import default_baseline
 from nixcomply.core.yamlsource import SourceMap, problems_from_validation
 from nixcomply.errors import InputError
 from nixcomply.host.systemd import SystemdFactory
@@ -164,12 +166,9 @@ def parameters_of(manifest: Manifest | None, *, origin: Path | None = None) -> P
 
 
 def default_parameters() -> Parameters:
-    from nixcomply.core.paths import default_baseline
 
     path = default_baseline()
     if path.exists():
-        from nixcomply.baseline.load import load_baseline
-
         try:
             return load_baseline(path).baseline.parameters
         except InputError as e:

@@ -23,6 +23,7 @@ from pydantic import AwareDatetime, Field, ValidationError
 from nixcomply.checks.base import CheckError, CheckSpec, Controls, Outputs, Verdict, age_text, per_control
 from nixcomply.checks.context import CheckContext
 from nixcomply.checks.finding import Finding
+from nixcomply.core.fsutil import atomic_write_text, ensure_dir
 from nixcomply.model.base import StrictModel
 
 NAME: Final = "restore_test"
@@ -53,7 +54,6 @@ def parse_result(text: str) -> RestoreTestResult:
 
 def write_result(path: Path, result: RestoreTestResult) -> None:
     """Record a restore test's outcome atomically (the runbook executor calls this)."""
-    from nixcomply.core.fsutil import atomic_write_text, ensure_dir
 
     ensure_dir(path.parent)
     atomic_write_text(path, result.model_dump_json() + "\n")

@@ -23,21 +23,21 @@ if TYPE_CHECKING:
 
 
 class Verb(StrEnum):
-    """The reconciler's verbs and what each may do to the host."""
+    """The reconciler's verbs.
+
+    What each may do is decided where it is done, not by flags here: the state lock is taken
+    around each operation that writes the state (``Reconciler.plan`` and ``run`` take it per
+    cycle, so a daemon holds it only while a cycle runs; ``reset`` takes it itself), and a
+    systemd connection is made only by the steps that need one (``plan`` builds its
+    ``Reconciler`` without). The ``activates``/``writes_state`` flags that once stood here
+    were read by nothing.
+    """
 
     PLAN = "plan"
     RECONCILE = "reconcile"
     DAEMON = "daemon"
     STATUS = "status"
     RESET = "reset"
-
-    @property
-    def activates(self) -> bool:
-        return self in {Verb.RECONCILE, Verb.DAEMON}
-
-    @property
-    def writes_state(self) -> bool:
-        return self in {Verb.RECONCILE, Verb.DAEMON, Verb.RESET, Verb.PLAN}
 
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:

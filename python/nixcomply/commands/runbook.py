@@ -17,14 +17,14 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, assert_never
 
 from nixcomply.cli import add_group, add_verb
 from nixcomply.errors import EXIT_FAILURE, EXIT_OK, InputError, Problem, UsageError
 
 if TYPE_CHECKING:
     from nixcomply.heal.config import HealConfig
-    from nixcomply.heal.executor import RunbookRun
+    from nixcomply.heal.executor import RunbookRun, StepOutcome
     from nixcomply.heal.runbook import Runbook
     from nixcomply.host.systemd import Systemd, SystemdFactory
     from nixcomply.reconcile.config import ReconcilerConfig
@@ -288,12 +288,26 @@ def _sync(config: ReconcilerConfig) -> Any:
     return sync
 
 
+def _mark(outcome: StepOutcome) -> str:
+    from nixcomply.heal.executor import StepOutcome
+
+    match outcome:
+        case StepOutcome.SUCCESS:
+            return "ok  "
+        case StepOutcome.FAILED:
+            return "FAIL"
+        case StepOutcome.PLANNED:
+            return "plan"
+        case _:
+            assert_never(outcome)
+
+
 def describe_run(run: RunbookRun) -> list[str]:
     lines = [f"{run.runbook} v{run.version}: {run.name}"]
     if run.params:
         lines.append("parameters: " + ", ".join(f"{k}={v}" for k, v in run.params.items()))
     for step in run.all_steps():
-        mark = {"success": "ok  ", "failed": "FAIL", "planned": "plan"}[step.outcome.value]
+        mark = _mark(step.outcome)
         head = f"  {mark} {step.section}[{step.index}] {step.action.value}"
         if step.would is not None:
             lines.append(f"{head}: {step.description}")

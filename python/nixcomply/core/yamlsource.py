@@ -8,6 +8,7 @@ values that point at the offending line.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,7 +139,6 @@ def problems_from_validation(error: pydantic.ValidationError, source: SourceMap)
     A misspelt field shows up twice in pydantic (an unknown field and a missing one); the two
     are reported once, as the unknown field with the likely intended name.
     """
-    import difflib
 
     errors = [
         (tuple(p for p in e["loc"] if not _is_union_tag(p)), e) for e in error.errors(include_url=False)

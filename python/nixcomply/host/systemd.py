@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import importlib.util
 import logging
 import re
 import time
@@ -30,7 +31,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Final, Self, TypeAlias, TypeVar
+from typing import Any, Final, Self, TypeAlias, TypeVar, assert_never
 
 from nixcomply.errors import EXIT_USAGE, NixcomplyError, UsageError
 
@@ -208,12 +209,17 @@ class JobAction(enum.StrEnum):
 
     @property
     def method(self) -> bytes:
-        return {
-            JobAction.START: b"StartUnit",
-            JobAction.STOP: b"StopUnit",
-            JobAction.RESTART: b"RestartUnit",
-            JobAction.RELOAD_OR_RESTART: b"ReloadOrRestartUnit",
-        }[self]
+        match self:
+            case JobAction.START:
+                return b"StartUnit"
+            case JobAction.STOP:
+                return b"StopUnit"
+            case JobAction.RESTART:
+                return b"RestartUnit"
+            case JobAction.RELOAD_OR_RESTART:
+                return b"ReloadOrRestartUnit"
+            case _:
+                assert_never(self)
 
 
 @dataclass(frozen=True)
@@ -250,7 +256,6 @@ def connector_if_installed(
 ) -> SystemdFactory[Systemd] | None:
     """:func:`connector`, or None when pystemd is not installed (the runtime checks that
     need systemd then report errors instead of each failing to connect)."""
-    import importlib.util
 
     if importlib.util.find_spec("pystemd") is None:
         return None
@@ -302,8 +307,9 @@ class Systemd:
         if self._bus is not None:
             return
         try:
-            from pystemd import dbusexc
-            from pystemd.dbuslib import DBus, DBusAddress
+            # pystemd is optional (extra `systemd`): imported only when a connection opens
+            from pystemd import dbusexc  # noqa: PLC0415
+            from pystemd.dbuslib import DBus, DBusAddress  # noqa: PLC0415
         except ImportError as e:
             raise SystemdUnavailableError(
                 f"pystemd is not available ({e})",
@@ -558,7 +564,7 @@ class Systemd:
         *,
         unit: str | None = None,
     ) -> Any:
-        from pystemd.dbuslib import apply_signature
+        from pystemd.dbuslib import apply_signature  # noqa: PLC0415 - optional, see open()
 
         bus = self._connected()
         call_args = apply_signature(signature, list(args)) if signature else []

@@ -24,7 +24,12 @@ from typing import Any, Final, Self
 import yaml
 
 from nixcomply.baseline.catalog import CHECK_NAMES
+from nixcomply.baseline.evaluate import manifest_json
+from nixcomply.baseline.load import load_baseline
+from nixcomply.baseline.render import render
 from nixcomply.core.fsutil import atomic_write_text
+from nixcomply.core.paths import default_baseline
+from nixcomply.core.yamlsource import load_yaml
 from nixcomply.errors import NixcomplyError
 from nixcomply.evidence.provision import provision_host_keys
 from nixcomply.heal.config import DEFAULT_BINARIES
@@ -193,11 +198,6 @@ def sandbox_manifest(
     """The manifest a sandbox generation carries: the shipped hipaa-v1 baseline with the
     sandbox's own critical services (site policy: its app, not sshd or chronyd, which it does
     not run), rendered and evaluated by the real nix, with the exceptions a sandbox needs."""
-    from nixcomply.baseline.evaluate import manifest_json
-    from nixcomply.baseline.load import load_baseline
-    from nixcomply.baseline.render import render
-    from nixcomply.core.paths import default_baseline
-    from nixcomply.core.yamlsource import load_yaml
 
     data, _ = load_yaml(default_baseline())
     data["parameters"]["critical_services"] = list(critical_services)

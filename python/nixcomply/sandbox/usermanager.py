@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Final, Self
 
 from nixcomply.core import process
 from nixcomply.core.fsutil import atomic_write_text, ensure_dir
-from nixcomply.host.systemd import SystemdUnavailableError, validate_unit_name
+from nixcomply.host.systemd import SystemdUnavailableError, connector, validate_unit_name
 
 if TYPE_CHECKING:
     from nixcomply.host.systemd import Systemd
@@ -364,7 +364,6 @@ class UserManager:
 
     def connector(self) -> Callable[[], Systemd]:
         """Connections to this manager, for whatever takes a systemd factory."""
-        from nixcomply.host.systemd import connector
 
         return connector(bus_address=self.bus_address)
 
