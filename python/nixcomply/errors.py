@@ -158,9 +158,10 @@ class HostIOError(NixcomplyError):
     exit_code = EXIT_IO
 
     @classmethod
-    def from_os_error(cls, e: OSError, doing: str | None = None) -> HostIOError:
+    def from_os_error(cls, e: OSError, doing: str | None = None, *, path: Path | None = None) -> HostIOError:
         what = e.strerror or (os.strerror(e.errno) if e.errno else type(e).__name__)
-        where = f"{e.filename}: " if e.filename is not None else ""
+        name = e.filename if e.filename is not None else path
+        where = f"{name}: " if name is not None else ""
         hint = _IO_HINTS.get(e.errno or 0)
         return cls(f"{where}{doing + ': ' if doing else ''}{what}", hint=hint)
 

@@ -73,7 +73,11 @@ class RuleAction(StrictModel):
     params: dict[str, str] = Field(
         default_factory=dict, description="runbook parameters; ${finding.<field>} refers to the finding"
     )
-    alert: str | None = Field(default=None, min_length=1, description="alert text instead of a runbook")
+    alert: str | None = Field(
+        default=None,
+        min_length=1,
+        description="alert text instead of a runbook; ${finding.<field>} refers to the finding",
+    )
 
     @model_validator(mode="after")
     def _one(self) -> RuleAction:
@@ -179,7 +183,8 @@ def decide(rules: Sequence[Rule], finding: Mapping[str, Any]) -> Decision | None
     for rule in sorted(rules, key=lambda r: r.priority):  # sorted() is stable: file order breaks ties
         if matches(rule, finding):
             params = {k: _expand(v, finding) for k, v in rule.action.params.items()}
-            return Decision(rule=rule, runbook=rule.action.runbook, params=params, alert=rule.action.alert)
+            alert = None if rule.action.alert is None else _expand(rule.action.alert, finding)
+            return Decision(rule=rule, runbook=rule.action.runbook, params=params, alert=alert)
     return None
 
 
@@ -216,13 +221,19 @@ def load_rules(paths: Iterable[Path], *, runbook_ids: frozenset[str]) -> list[Ru
 
 
 def _param_problems(rule: Rule, source: SourceMap, where: tuple[str | int, ...]) -> list[Problem]:
+    """Every ``${...}`` of the rule's parameters and alert text must name a finding field."""
+    templates: list[tuple[tuple[str | int, ...], str]] = [
+        ((*where, "action", "params", name), template) for name, template in rule.action.params.items()
+    ]
+    if rule.action.alert is not None:
+        templates.append(((*where, "action", "alert"), rule.action.alert))
     out = []
-    for name, template in rule.action.params.items():
+    for loc, template in templates:
         for ref in PARAM_REF.findall(template):
             if not ref.startswith("finding.") or not FIELD_PATH.match(ref.removeprefix("finding.")):
                 out.append(
                     source.problem(
-                        (*where, "action", "params", name),
+                        loc,
                         f"rule {rule.id}: ${{{ref}}} must refer to a finding field as ${{finding.<field>}}",
                     )
                 )

@@ -53,7 +53,7 @@ from nixcomply.reconcile.model import (
 )
 from nixcomply.reconcile.observe import external_change, observation_of, observe
 from nixcomply.reconcile.plan import LockedTarget, decide, desired_state
-from nixcomply.reconcile.respond import Healer
+from nixcomply.reconcile.respond import Healer, load_policy
 from nixcomply.reconcile.settle import Settlement, settlement
 
 if TYPE_CHECKING:
@@ -83,6 +83,7 @@ class RuntimeResult:
     findings: list[Finding]
     summaries: list[FindingSummary]
     seqs: list[int]
+    policy_problems: list[str]
 
 
 @dataclass(frozen=True)
@@ -250,6 +251,7 @@ class _Cycle:
             result=result,
             evidence_seqs=self.seqs,
             findings=checked.summaries,
+            policy_problems=checked.policy_problems,
         )
 
     def policy(self, host: HostState) -> str | None:
@@ -431,7 +433,8 @@ class _Cycle:
             )
 
         runtime.record_ruleset(check_context(), host, state, force=switched)
-        findings = runtime.check(check_context(), state)
+        loaded = load_policy()
+        findings = [*runtime.check(check_context(), state), *loaded.findings()]
         policy = self.policy(host)
         healer = Healer(
             config=config,
@@ -445,7 +448,7 @@ class _Cycle:
             sync_generation=self._sync_generation(host, in_sync=in_sync),
             now=lambda: datetime.now(UTC),
         )
-        healed = healer.heal(findings)
+        healed = healer.heal(findings, loaded)
         self.seqs.extend(healed.seqs)
         if store is not None:
             self.seqs.append(
@@ -464,6 +467,7 @@ class _Cycle:
             findings=findings,
             summaries=[runtime.summary(f, healed.decisions.get(i)) for i, f in enumerate(findings)],
             seqs=list(healed.seqs),
+            policy_problems=[str(p) for p in loaded.problems],
         )
 
     def _sync_generation(self, host: HostState, *, in_sync: bool) -> SyncGeneration:

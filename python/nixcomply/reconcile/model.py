@@ -166,6 +166,9 @@ class CycleReport(StrictModel):
     result: ApplyResult
     evidence_seqs: list[int] = Field(default_factory=list)
     findings: list[FindingSummary] = Field(default_factory=list)
+    policy_problems: list[str] = Field(
+        default_factory=list, description="runbook and rules files that did not load (each is ignored)"
+    )
     error: str | None = None
 
     @property
@@ -176,12 +179,14 @@ class CycleReport(StrictModel):
 
     @property
     def exit_code(self) -> int:
-        """1 when the target was reverted, failed, held back, refused or blocked, or a check
-        needs attention that no heal settled; else 0 (in sync, switched, deferred, dry run)."""
+        """1 when the target was reverted, failed, held back, refused or blocked, or a runbook
+        or rules file did not load; else 0 (in sync, switched, deferred, dry run)."""
         if self.result.outcome.needs_attention:
             return EXIT_FAILURE
         if self.plan is not None and self.plan.kind.needs_attention:
             return EXIT_FAILURE
+        if self.policy_problems:
+            return EXIT_FAILURE  # healing runs without the files that did not load
         return EXIT_OK
 
     def lines(self) -> list[str]:
@@ -205,6 +210,8 @@ class CycleReport(StrictModel):
                 if f.status.needs_attention:
                     decided = f" -> {f.decision}" if f.decision else ""
                     lines.append(f"  {f.status:<5} {f.check}: {f.message}{decided}")
+        for problem in self.policy_problems:
+            lines.append(f"policy:  ignored, does not load: {problem}")
         if r.outcome == ApplyOutcome.SUCCESS and self.host.need_reboot:
             lines.append(f"reboot needed for: {', '.join(self.host.need_reboot)}")
         if self.evidence_seqs:
