@@ -6,7 +6,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PYTEST := $(BIN)/python -m pytest -c python/pyproject.toml --rootdir=.
 APT_PACKAGES := nix-bin libsystemd-dev pkg-config git \
-  openssh-server nftables iptables auditd chrony cryptsetup-bin restic borgbackup sudo kmod shellcheck
+  openssh-server nftables iptables auditd chrony cryptsetup-bin restic borgbackup sudo kmod shellcheck \
+  postgresql
 
 .PHONY: all test lint demo render deps system-deps bench campaign clean
 
@@ -22,7 +23,7 @@ system-deps:
 $(VENV)/.installed: python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e 'python[test,systemd]'
+	$(BIN)/pip install -q -e 'python[test,systemd,server]'
 	touch $@
 
 deps: system-deps $(VENV)/.installed

@@ -2,12 +2,13 @@
 { pkgs, self }:
 let
   nixcomply = self.packages.${pkgs.stdenv.hostPlatform.system}.default;
-  app = name: description: text: {
+  nixcomply-server = self.packages.${pkgs.stdenv.hostPlatform.system}.nixcomply-server;
+  app = name: description: text: runtime: {
     type = "app";
     program = pkgs.lib.getExe (
       pkgs.writeShellApplication {
         inherit name text;
-        runtimeInputs = [ nixcomply ];
+        runtimeInputs = [ runtime ];
       }
     );
     meta = { inherit description; };
@@ -21,11 +22,15 @@ rec {
       plan|status|reset|daemon|reconcile|apply) exec nixcomply "$@" ;;
       *) exec nixcomply reconcile "$@" ;;
     esac
-  '';
+  '' nixcomply;
   # Renders the baseline shipped with the package unless a BASELINE argument is given:
   # `nix run .#render -- -o modules/baselines/hipaa-v1.nix`.
   render = app "nixcomply-render" "Render a nixcomply baseline into a NixOS module" ''
     exec nixcomply render "$@"
-  '';
+  '' nixcomply;
+  # `nix run .#server -- serve --config server.json`, `-- host invite --site S --host H`, ...
+  server = app "nixcomply-server" "The MSP's evidence server and its operator verbs" ''
+    exec nixcomply-server "$@"
+  '' nixcomply-server;
   default = reconcile;
 }

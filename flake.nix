@@ -17,10 +17,14 @@
       nixosModules.nixcomply = import ./modules/flake-module.nix { inherit self; };
       nixosModules.default = self.nixosModules.nixcomply;
 
-      overlays.default = final: _prev: { nixcomply = final.callPackage ./python/package.nix { }; };
+      overlays.default = final: _prev: {
+        nixcomply = final.callPackage ./python/package.nix { };
+        nixcomply-server = final.callPackage ./python/package.nix { withServer = true; };
+      };
 
       packages = eachSystem (pkgs: {
         nixcomply = pkgs.callPackage ./python/package.nix { };
+        nixcomply-server = pkgs.callPackage ./python/package.nix { withServer = true; };
         default = self.packages.${pkgs.stdenv.hostPlatform.system}.nixcomply;
       });
 

@@ -4,5 +4,7 @@
     ./options.nix
     ./baseline.nix
     ./reconciler.nix
+    ./uplink.nix
+    ./server.nix
   ];
 }

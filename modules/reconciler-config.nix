@@ -28,4 +28,7 @@ lib.recursiveUpdate {
   metrics = {
     inherit (cfg.metrics) enable path;
   };
+  upload = {
+    server = if cfg.upload.enable then cfg.upload.server else null;
+  };
 } cfg.settings

@@ -194,6 +194,38 @@ in
       };
     };
 
+    upload = {
+      enable = mkEnableOption "uploads of this host's evidence to the MSP's evidence server (`nixcomply-server`), after every reconcile run and from their own timer";
+      server = mkOption {
+        type = types.nullOr (types.strMatching "https?://[^[:space:]]+");
+        default = null;
+        example = "https://evidence.msp.example";
+        description = "URL of the evidence server; the host refuses to upload anywhere else.";
+      };
+      tokenFile = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "/run/keys/nixcomply-enroll-token";
+        description = ''
+          A single-use enrollment token (`nixcomply-server host invite`). When set,
+          `nixcomply-enroll.service` enrolls the host at boot unless it is enrolled already.
+          Delivered with `LoadCredential`; it must not be in the Nix store.
+        '';
+      };
+      schedule = {
+        onCalendar = mkOption {
+          type = types.str;
+          default = "*:0/5";
+          description = "When the upload timer retries between reconcile runs (its backoff decides whether an attempt is due).";
+        };
+        randomizedDelaySec = mkOption {
+          type = types.str;
+          default = "1m";
+          description = "Random delay added to each upload timer run.";
+        };
+      };
+    };
+
     settings = mkOption {
       type = jsonFormat.type;
       default = { };

@@ -1,10 +1,13 @@
-# nixcomply as a Python application (the flake's `packages.<system>.default`).
+# nixcomply as a Python application (the flake's `packages.<system>.default`), and with
+# `withServer = true` the MSP's evidence server (`packages.<system>.nixcomply-server`: the
+# same package with the `server` extra's dependencies and `nixcomply-server` as its program).
 {
   lib,
   stdenv,
   python3Packages,
   nix,
   git,
+  withServer ? false,
 }:
 let
   version = builtins.head (
@@ -12,7 +15,7 @@ let
   );
 in
 python3Packages.buildPythonApplication {
-  pname = "nixcomply";
+  pname = if withServer then "nixcomply-server" else "nixcomply";
   inherit version;
   pyproject = true;
 
@@ -35,7 +38,15 @@ python3Packages.buildPythonApplication {
       cryptography
     ]
     # the systemd adapter (health gate, service checks, runbook actions) talks D-Bus through pystemd
-    ++ lib.optional stdenv.hostPlatform.isLinux pystemd;
+    ++ lib.optional stdenv.hostPlatform.isLinux pystemd
+    # the `server` extra of pyproject.toml
+    ++ lib.optionals withServer [
+      fastapi
+      uvicorn
+      sqlalchemy
+      psycopg
+      alembic
+    ];
 
   # Baselines and runbooks are data the CLI reads at run time.
   postInstall = ''
@@ -61,12 +72,12 @@ python3Packages.buildPythonApplication {
   # The test suite needs the real nix and a systemd user manager, which the build sandbox does
   # not have; the flake's `checks.<system>.python-unit` runs the part that works there.
   doCheck = false;
-  pythonImportsCheck = [ "nixcomply" ];
+  pythonImportsCheck = [ "nixcomply" ] ++ lib.optional withServer "nixcomply.server.app";
 
   meta = {
     description = "NixOS-native compliance baselines, health-gated reconciliation and signed evidence";
     license = lib.licenses.mit;
-    mainProgram = "nixcomply";
+    mainProgram = if withServer then "nixcomply-server" else "nixcomply";
     platforms = lib.platforms.linux;
   };
 }

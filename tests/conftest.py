@@ -23,6 +23,8 @@ pytest_plugins = [
     "fixtures_reconcile",
     "fixtures_heal",
     "fixtures_evidence",
+    "fixtures_postgres",
+    "fixtures_server",
 ]
 
 # Property tests are derandomized by default ("ci"), so `make test` passes or fails the same
@@ -54,7 +56,7 @@ HOST_STATE_LOCK: Final = Path(tempfile.gettempdir()) / "nixcomply-tests-host-sta
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark tests by the real components they need, from the fixtures they use (or their
     module), so the Nix build sandbox (no nix store, no systemd, not root, none of the host's
-    tools) can deselect them: `-m "not nix and not systemd and not host and not lint"`."""
+    tools) can deselect them: `-m "not nix and not systemd and not host and not lint and not postgres"`."""
     for item in items:
         names = getattr(item, "fixturenames", ())
         if "nix_env" in names:
@@ -63,6 +65,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.systemd)
         if item.path.name == "test_linters.py":
             item.add_marker(pytest.mark.lint)
+        if "pg_cluster" in names:
+            item.add_marker(pytest.mark.postgres)
         if item.path.name == "test_checks_integration.py":
             item.add_marker(pytest.mark.host)
 

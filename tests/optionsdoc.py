@@ -20,6 +20,7 @@ END = "<!-- options:end -->"
 MODULES = [
     ("modules/options.nix", ["nixcomply"]),
     ("modules/reconciler-options.nix", ["nixcomply", "reconciler"]),
+    ("modules/server-options.nix", ["services", "nixcomply-server"]),
 ]
 NIX_CONFIG = (
     "experimental-features = nix-command flakes\nsandbox = false\nsubstituters =\nbuild-users-group ="

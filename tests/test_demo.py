@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import Cli
 from nixcomply.evidence.verify import verify_path
+from nixcomply.server.devdb import PrivateCluster
 
 
 def test_demo_switches_then_reverts_and_verifies(cli: Cli, tmp_path: Path, nix_env: dict[str, str]) -> None:
@@ -31,6 +34,31 @@ def test_demo_switches_then_reverts_and_verifies(cli: Cli, tmp_path: Path, nix_e
     assert r.code == 0
     assert "blocked" in r.out
     check_metrics(out / "host" / "metrics" / "nixcomply.prom")
+    check_fleet(summary["fleet"], out, cli)
+
+
+def check_fleet(fleet: dict[str, Any], out: Path, cli: Any) -> None:
+    """Three hosts in two sites uploaded everything, cosigned; the packet verifies with the
+    witness; the demo's PostgreSQL and server are stopped."""
+
+    assert fleet["ok"], fleet
+    assert {name: (h["site"], h["witness_ok"]) for name, h in fleet["hosts"].items()} == {
+        "clinic-01": ("north", True),
+        "clinic-02": ("north", True),
+        "clinic-03": ("south", True),
+    }
+    assert all(h["accepted"] == h["entries"] >= 2 for h in fleet["hosts"].values())
+    assert fleet["incidents"] == 0
+    assert fleet["checkpoints"] >= 3
+    witness = fleet["witness_key"]
+    r = cli("evidence", "verify", out / "host" / "state", "--witness", witness)
+    assert r.code == 0, r.out
+    r = cli("evidence", "verify", fleet["packet"], "--witness", witness)
+    assert r.code == 0, r.out
+    database = Path(fleet["database"])
+    assert not PrivateCluster(database).running(), "the demo leaves no database running"
+    if not database.is_relative_to(out):  # kept in /tmp: pytest's directories are 0700
+        shutil.rmtree(database)
 
 
 def check_metrics(path: Path) -> None:

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from conftest import REPO
 from nixcomply.baseline.nixattr import nix_value
 from nixcomply.reconcile.config import ReconcilerConfig
+from nixcomply.server.config import ServerConfig
 
 RECURSIVE_UPDATE = (
     "let recursiveUpdate = a: b: a // builtins.mapAttrs (n: v: "
@@ -48,10 +49,13 @@ def nest(flat: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def rendered_config(cfg: dict[str, Any], nix_env: dict[str, str]) -> dict[str, Any]:
+def rendered_config(
+    cfg: dict[str, Any], nix_env: dict[str, str], module: str = "reconciler-config.nix"
+) -> dict[str, Any]:
+    """What ``modules/<module>`` (options -> JSON file) renders ``cfg`` to."""
     expr = (
         RECURSIVE_UPDATE
-        + f"import {REPO}/modules/reconciler-config.nix {{ lib = {{ inherit recursiveUpdate; }}; }} ({nix_value(cfg)})"
+        + f"import {REPO}/modules/{module} {{ lib = {{ inherit recursiveUpdate; }}; }} ({nix_value(cfg)})"
     )
     r = subprocess.run(
         ["nix-instantiate", "--eval", "--strict", "--json", "-E", expr],
@@ -126,3 +130,43 @@ def test_a_misspelt_setting_is_refused_naming_the_field(nix_env: dict[str, str])
     data = rendered_config(cfg, nix_env)
     with pytest.raises(ValidationError, match="heath_gate"):
         ReconcilerConfig.model_validate(data)
+
+
+def server_defaults() -> dict[str, Any]:
+    prefix = "services.nixcomply-server."
+    flat = {
+        o["name"][len(prefix) :]: o["defaultValue"]
+        for o in all_options()
+        if o["name"].startswith(prefix) and o["hasDefault"] and o["name"] != prefix + "package"
+    }
+    return nest(flat)
+
+
+def rendered_server_config(cfg: dict[str, Any], nix_env: dict[str, str]) -> dict[str, Any]:
+    return rendered_config(cfg, nix_env, "server-config.nix")
+
+
+def test_server_options_render_to_a_config_the_server_accepts(nix_env: dict[str, str]) -> None:
+
+    cfg = server_defaults()
+    cfg["witness"] = {"name": "evidence.msp.example/witness", "keyFile": "/var/lib/keys/witness.key"}
+    config = ServerConfig.model_validate(rendered_server_config(cfg, nix_env))
+    assert config.database.url == "postgresql+psycopg:///nixcomply-server?host=/run/postgresql"
+    assert (config.listen.host, config.listen.port) == ("127.0.0.1", 8443)
+    assert config.migrate_on_start is True
+    # the path only (the unit reads the key as a credential); never the key itself
+    assert str(config.witness.key_file) == "/var/lib/keys/witness.key"
+    external = {**cfg, "database": {**cfg["database"], "createLocally": False, "urlFile": "/run/keys/db"}}
+    external["settings"] = {"clock_skew_seconds": 120}
+    config = ServerConfig.model_validate(rendered_server_config(external, nix_env))
+    assert config.database.url is None
+    assert config.clock_skew_seconds == 120
+
+
+def test_upload_options_render_into_the_reconciler_config(nix_env: dict[str, str]) -> None:
+    cfg = defaults()
+    cfg.update({"flake": "git+https://git.example/f"})
+    assert ReconcilerConfig.model_validate(rendered_config(cfg, nix_env)).upload.server is None
+    cfg["upload"].update({"enable": True, "server": "https://evidence.msp.example"})
+    config = ReconcilerConfig.model_validate(rendered_config(cfg, nix_env))
+    assert config.upload.server == "https://evidence.msp.example"

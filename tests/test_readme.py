@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from conftest import REPO, Cli
+from nixcomply.server.cli import main as server_main
 
 README = (REPO / "README.md").read_text()
 
@@ -65,6 +68,18 @@ def test_make_demo_runs_the_demo_verb_the_tests_exercise() -> None:
     recipe = makefile.split("\ndemo:", 1)[1].split("\n\n", 1)[0]
     assert "nixcomply demo --dir .demo" in recipe
     assert (REPO / "tests" / "test_demo.py").exists()
+
+
+def test_every_server_verb_shown_exists(capsys) -> None:  # type: ignore[no-untyped-def]
+
+    shown = [c for c in commands("text") if c.startswith("nixcomply-server ")]
+    assert len(shown) >= 8
+    for command in shown:
+        words = [w for w in command.split()[1:3] if re.fullmatch(r"[a-z]+", w)]
+        with pytest.raises(SystemExit) as e:
+            server_main([*words, "--help"])
+        assert e.value.code == 0, f"`{command}` from the README does not parse"
+    capsys.readouterr()
 
 
 def test_the_package_tree_lists_every_folder() -> None:

@@ -23,7 +23,7 @@ from typing import Any, Final
 import pytest
 from fixtures_reconcile import ReconcileWorld
 
-from nixcomply.core.faults import FaultPoint
+from nixcomply.core.faults import CYCLE_POINTS, FaultPoint
 from nixcomply.host.state import AttemptOutcome, State
 from nixcomply.model.outcome import PlanKind
 from nixcomply.nixos import generations, system
@@ -168,7 +168,7 @@ CASES = (
 
 
 def test_every_fault_point_is_in_the_campaign() -> None:
-    assert set(POINTS) == set(REPRESENTATIVE) == set(FaultPoint)
+    assert set(POINTS) == set(REPRESENTATIVE) == CYCLE_POINTS
     assert all(target in POINTS[point] for point, target in REPRESENTATIVE.items())
 
 

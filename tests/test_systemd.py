@@ -296,7 +296,9 @@ def test_wait_for_predicate(user_systemd: Systemd, units: Units) -> None:
     user_systemd.start(name, timeout=10)
 
     def exited_with_failure(state: UnitState) -> bool:
-        return state.result == "exit-code"
+        # ActiveState and Result come from two property reads (Unit, Service): Result can
+        # already say exit-code while the ActiveState read just before still said active.
+        return state.is_failed and state.result == "exit-code"
 
     state = user_systemd.wait_for(name, exited_with_failure, timeout=10)
     assert state.is_failed

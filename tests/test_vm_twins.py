@@ -36,10 +36,28 @@ from nixcomply.nixos.tools import Tools
 CHECKS = REPO / "checks"
 SCENARIOS = sorted(p.name for p in CHECKS.glob("*.nix") if p.name not in {"default.nix", "lib.nix"})
 RECONCILE = ["heal-service.nix", "reconcile-revert.nix", "reconcile-switch.nix"]
+# fleet scenarios (a server node and host nodes) -> the twin that runs the same story here
+FLEET = {"fleet-upload.nix": "tests/test_fleet_scenario.py"}
 
 
 def test_every_scenario_has_a_twin() -> None:
-    assert sorted(["baseline-hipaa.nix", *RECONCILE]) == SCENARIOS
+    assert sorted(["baseline-hipaa.nix", *RECONCILE, *FLEET]) == SCENARIOS
+
+
+@pytest.mark.parametrize("name", sorted(FLEET))
+def test_fleet_scenarios_and_their_twins_name_each_other(name: str) -> None:
+    twin = REPO / FLEET[name]
+    assert twin.exists()
+    assert FLEET[name] in (CHECKS / name).read_text(), f"{name} does not name its twin"
+    assert f"checks/{name}" in twin.read_text(), f"{twin.name} does not name its scenario"
+    # every unit the script starts is one nixcomply's modules define
+    modules = "".join(p.read_text() for p in (REPO / "modules").glob("*.nix"))
+    started = re.findall(r"systemctl (?:start|restart) ([a-z0-9.-]+)\.service", (CHECKS / name).read_text())
+    assert started
+    for unit in started:
+        assert f"systemd.services.{unit} = " in modules, (
+            f"{name} starts {unit}.service, which no module defines"
+        )
 
 
 # -- baseline-hipaa: the script itself, against the rendered configuration --------------------------

@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 Handler = Callable[[argparse.Namespace], int]
 
 # The verb groups, in the order `nixcomply --help` lists them.
-COMMAND_MODULES: Final = ("reconcile", "check", "runbook", "baseline", "evidence", "demo")
+COMMAND_MODULES: Final = ("reconcile", "check", "runbook", "baseline", "evidence", "uplink", "demo")
 
 
 def common_options() -> argparse.ArgumentParser:
@@ -116,7 +116,21 @@ def setup_logging(*, debug: bool, verbose: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    return run(build_parser(), argv, prog="nixcomply")
+
+
+def run(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    *,
+    prog: str,
+    translate: Callable[[Exception], NixcomplyError | None] | None = None,
+    quiet_internal: bool = False,
+) -> int:
+    """Parse ``argv``, run the verb's handler and turn every error into its one-line message
+    and exit code (``nixcomply.errors``); ``--debug`` adds tracebacks. ``translate`` may turn
+    a foreign exception into a deliberate error (the server: an unreachable database);
+    ``quiet_internal`` leaves an internal error's message out (it may hold a secret)."""
     args = parser.parse_args(argv)
     debug = bool(getattr(args, "debug", False))
     setup_logging(debug=debug, verbose=bool(getattr(args, "verbose", False)))
@@ -125,38 +139,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
-        code = handler(args)
-        sys.stdout.flush()  # a closed pipe shows here, not at exit
-        return code
+        try:
+            code = handler(args)
+            sys.stdout.flush()  # a closed pipe shows here, not at exit
+            return code
+        except NixcomplyError:
+            raise
+        except Exception as e:
+            deliberate = translate(e) if translate is not None else None
+            if deliberate is None:
+                raise
+            raise deliberate from e
     except BrokenPipeError:
         _discard_stdout()
         return EXIT_PIPE
     except NixcomplyError as e:
-        return _report(e, debug=debug)
+        return _report(e, debug=debug, prog=prog)
     except KeyboardInterrupt:
-        print("nixcomply: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except OSError as e:
         # the machine refused something (a full disk, a read-only filesystem, a path that is
         # a directory or does not exist): the environment's problem, not nixcomply's
-        return _report(HostIOError.from_os_error(e), debug=debug)
+        return _report(HostIOError.from_os_error(e), debug=debug, prog=prog)
     except Exception as e:
         if debug:
             raise
+        what = type(e).__name__ if quiet_internal else f"{type(e).__name__}: {e}"
         print(
-            f"nixcomply: internal error: {type(e).__name__}: {e}\n"
-            "nixcomply: this is a bug; run again with --debug for a traceback and report it",
+            f"{prog}: internal error: {what}\n"
+            f"{prog}: this is a bug; run again with --debug for a traceback and report it",
             file=sys.stderr,
         )
         return EXIT_INTERNAL
 
 
-def _report(e: NixcomplyError, *, debug: bool) -> int:
+def _report(e: NixcomplyError, *, debug: bool, prog: str) -> int:
     if debug:
         logger.error("%s", type(e).__name__, exc_info=e)
-    print(f"nixcomply: error: {e}", file=sys.stderr)
+    print(f"{prog}: error: {e}", file=sys.stderr)
     if e.hint:
-        print(f"nixcomply: hint: {e.hint}", file=sys.stderr)
+        print(f"{prog}: hint: {e.hint}", file=sys.stderr)
     return e.exit_code
 
 

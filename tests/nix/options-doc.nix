@@ -21,7 +21,9 @@ let
     ints = {
       positive = mkType "positive" "positive integer, meaning >0" { };
       unsigned = mkType "unsigned" "unsigned integer, meaning >=0" { };
+      between = lo: hi: mkType "between" "integer between ${toString lo} and ${toString hi} (both inclusive)" { };
     };
+    port = mkType "port" "16 bit unsigned integer; between 0 and 65535 (both inclusive)" { };
     nullOr = wrap "nullOr" "null or ";
     listOf = wrap "listOf" "list of ";
     nonEmptyListOf = wrap "nonEmptyListOf" "non-empty list of ";

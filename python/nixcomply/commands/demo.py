@@ -34,4 +34,4 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(json.dumps(result.as_json(), indent=2, default=str))
     else:
         result = run_demo(directory)
-    return EXIT_OK if result.evidence_ok else EXIT_FAILURE
+    return EXIT_OK if result.ok else EXIT_FAILURE

@@ -21,6 +21,7 @@ from nixcomply.errors import EXIT_OK, EXIT_WARNINGS
 if TYPE_CHECKING:
     from nixcomply.evidence.keys import Signer
     from nixcomply.evidence.store import EvidenceStore
+    from nixcomply.evidence.verify import Report
 
 
 def _date(text: str) -> date:
@@ -79,6 +80,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("path", type=Path, metavar="DIR", help="store root, packet directory or packet .zip")
     p.add_argument("--keyring", type=Path, help="the pinned keyring (default: DIR/keyring.json)")
     p.add_argument("--pin-checkpoint", type=Path, help="an earlier checkpoint the log must still extend")
+    p.add_argument(
+        "--witness",
+        metavar="VKEY",
+        help="require the witness's cosignature on the newest checkpoint (its verifier key, or a file holding it)",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument(
         "--all-checkpoints",
@@ -93,6 +99,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--to", dest="end", type=_date, required=True, metavar="DATE", help="last day (UTC)")
     p.add_argument("--controls", nargs="+", default=[], metavar="CONTROL", help="only bundles about these")
     p.add_argument("-o", "--output", type=Path, required=True, help="packet .zip to write")
+    p.add_argument(
+        "--witness",
+        metavar="VKEY",
+        help="the witness key to put in the packet (default: that of the server this host is enrolled with)",
+    )
     _store_options(p, keys=False)
 
     p = cli.add_verb(
@@ -207,12 +218,33 @@ def _verify(args: argparse.Namespace) -> int:
         jobs=args.jobs,
         all_checkpoints=args.all_checkpoints,
     )
+    if args.witness is not None:
+        _check_witness(args.path, args.witness, report)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
         for line in report.lines():
             print(line)
     return report.exit_code
+
+
+def _check_witness(path: Path, vkey: str, report: Report) -> None:
+    """Add an error to ``report`` unless the newest checkpoint carries a valid cosignature by
+    the witness (the MSP's server: ``nixcomply-server witness key``)."""
+    from nixcomply.errors import UsageError
+    from nixcomply.evidence.cosignature import COSIGNATURES, check_newest, load_witness_key
+    from nixcomply.evidence.verify import VerifyProblem
+
+    try:
+        witness = load_witness_key(vkey)
+    except ValueError as e:
+        raise UsageError(f"--witness: {e}") from None
+    if report.checkpoint_size == 0:
+        problem: str | None = "no checkpoint to be cosigned"
+    else:
+        problem = check_newest(path, witness, report.checkpoint_size)
+    if problem is not None:
+        report.errors.append(VerifyProblem("error", f"witness {witness.name}: {problem}", None, COSIGNATURES))
 
 
 def _signers(args: argparse.Namespace) -> tuple[Signer, Signer]:
@@ -240,7 +272,13 @@ def _export(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.state_dir}: no evidence store here")
     keyring = load_keyring(_keyring_path(args))
     result = export_packet(
-        args.state_dir, keyring, args.output, start=args.start, end=args.end, controls=args.controls
+        args.state_dir,
+        keyring,
+        args.output,
+        start=args.start,
+        end=args.end,
+        controls=args.controls,
+        witness_key=args.witness or _enrolled_witness(args.state_dir),
     )
     print(
         f"wrote {result.path}: {result.bundles} bundles from {args.start} to {args.end}, "
@@ -249,6 +287,14 @@ def _export(args: argparse.Namespace) -> int:
     for w in result.report.warnings[:10]:
         print(f"warning: {w}", file=sys.stderr)
     return EXIT_OK
+
+
+def _enrolled_witness(state_dir: Path) -> str | None:
+    """The witness key of the MSP's server this host is enrolled with, if any."""
+    from nixcomply.uplink.run import overview
+
+    found = overview(state_dir)
+    return found.enrollment.witness_key if found else None
 
 
 def _attest(args: argparse.Namespace) -> int:

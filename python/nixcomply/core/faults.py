@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from enum import StrEnum
+from typing import Final
 
 
 class FaultPoint(StrEnum):
-    """Every point a crash test may kill a cycle at, in the order a cycle passes them."""
+    """Every point a crash test may kill nixcomply at: a cycle's, in the order a cycle passes
+    them, then the server's."""
 
     SETTLING = "settling"  # an interrupted attempt's test activation is being undone
     SETTLED = "settled"  # the boot default runs again; the interrupted attempt is not yet recorded
@@ -28,6 +30,12 @@ class FaultPoint(StrEnum):
     RECORDED = "recorded"  # the outcome is in evidence; the attempt is not closed yet
     CLOSED = "closed"  # the attempt is closed together with what the host looks like now
     CHECKED = "checked"  # the runtime checks and heals ran and are recorded
+    # the fleet server's
+    INGEST_STORED = "ingest.stored"  # an upload is written, its transaction not yet committed
+
+
+# The points a reconcile cycle passes (the SIGKILL campaign kills at each of them).
+CYCLE_POINTS: Final = frozenset(p for p in FaultPoint if p is not FaultPoint.INGEST_STORED)
 
 
 HOOK: Callable[[FaultPoint], None] | None = None

@@ -15,6 +15,8 @@ the whole store (an export of evidence that does not verify is refused), then wr
     log/leaves                      every leaf hash of that tree (32 bytes each), so the root
                                     and any earlier checkpoint can be recomputed
     log/checkpoints/<size>          the newest checkpoint and those written during the period
+    log/cosignatures/<size>         the witness's cosignatures of those checkpoints, when uploaded
+    witness.vkey                    the witness's verifier key (the MSP's server), when enrolled
 
 ``packet.json``::
 
@@ -43,6 +45,7 @@ from typing import Final
 from nixcomply.core.fsutil import atomic_write
 from nixcomply.errors import UsageError, VerificationError
 from nixcomply.evidence import dsse
+from nixcomply.evidence.cosignature import COSIGNATURES, WITNESS_KEY_FILE, WitnessPublicKey
 from nixcomply.evidence.index import INDEX_FILE, control_index
 from nixcomply.evidence.keyring import Keyring
 from nixcomply.evidence.log import CHECKPOINTS, LEAVES, checkpoint_name, read_leaves
@@ -124,7 +127,10 @@ passed with warnings (for example an attestation that has expired), 1 that somet
 altered or is missing (the first bad bundle is named), 2 that the command could not run.
 `nixcomply` runs from its flake: `nix run github:<org>/nixcomply -- evidence verify ...`.
 With `--pin-checkpoint FILE`, verify also proves that the log still extends a checkpoint
-you kept from an earlier packet (nothing was removed or rewritten since).
+you kept from an earlier packet (nothing was removed or rewritten since). With
+`--witness witness.vkey` (the key of the IT provider's evidence server, which cosigns every
+checkpoint it accepted; compare it out of band too), verify requires the witness's
+cosignature on the newest checkpoint: the host cannot have shown anyone another history.
 
 Key fingerprints (sha256 of the Ed25519 public key):
 
@@ -166,8 +172,11 @@ def export_packet(
     end: date,
     controls: Sequence[str] = (),
     jobs: int | None = None,
+    witness_key: str | None = None,
 ) -> Exported:
-    """Verify the store, then write the packet for [start, end] to ``out`` (atomically)."""
+    """Verify the store, then write the packet for [start, end] to ``out`` (atomically).
+    The witness's cosignatures of the packed checkpoints go with them, and its verifier key
+    (``witness_key``, the MSP's server's) into ``witness.vkey``."""
     if end < start:
         raise UsageError(f"--to {end} is before --from {start}")
     report = verify(root, keyring, jobs=jobs)
@@ -197,6 +206,11 @@ def export_packet(
     for cp in sorted(sizes):
         rel = f"{CHECKPOINTS}/{checkpoint_name(cp)}"
         files[rel] = (root / rel).read_bytes()
+        cosigned = root / COSIGNATURES / checkpoint_name(cp)
+        if cosigned.is_file():
+            files[f"{COSIGNATURES}/{checkpoint_name(cp)}"] = cosigned.read_bytes()
+    if witness_key is not None:
+        files[WITNESS_KEY_FILE] = (WitnessPublicKey.from_vkey(witness_key).vkey + "\n").encode()
     files[LEAVES] = b"".join(leaves)
     files["keyring.json"] = keyring.to_bytes()
     files["verify-report.json"] = (json.dumps(report.to_json(), indent=2) + "\n").encode()

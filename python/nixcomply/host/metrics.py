@@ -50,6 +50,10 @@ class Snapshot:
     blocked: int = 0
     evidence_seq: int | None = None
     checkpoint_size: int | None = None
+    # the uplink to the MSP's server (None: not enrolled)
+    upload_lag_entries: int | None = None
+    upload_lag_seconds: float | None = None
+    upload_failures: int | None = None
 
 
 def _escape(value: str) -> str:
@@ -163,6 +167,25 @@ def render(s: Snapshot) -> str:
         "tree size of the newest signed checkpoint",
         [({}, s.checkpoint_size or 0)],
     )
+    if s.upload_lag_entries is not None:
+        w.metric(
+            "nixcomply_upload_lag_entries",
+            "gauge",
+            "evidence entries the MSP's server does not hold yet",
+            [({}, s.upload_lag_entries)],
+        )
+        w.metric(
+            "nixcomply_upload_lag_seconds",
+            "gauge",
+            "age of the oldest entry the server does not hold yet (0: none)",
+            [({}, s.upload_lag_seconds or 0.0)],
+        )
+        w.metric(
+            "nixcomply_upload_failures",
+            "gauge",
+            "consecutive failed upload attempts",
+            [({}, s.upload_failures or 0)],
+        )
     return "\n".join(w.lines) + "\n"
 
 

@@ -22,6 +22,7 @@ from nixcomply.heal.config import HealConfig
 from nixcomply.heal.window import MaintenanceWindow
 from nixcomply.host.systemd import Systemd, SystemdFactory, connector, connector_if_installed
 from nixcomply.model.base import StrictModel
+from nixcomply.uplink.settings import UploadSettings
 
 DEFAULT_CONFIG: Final = Path("/etc/nixcomply/reconciler.json")
 
@@ -119,6 +120,9 @@ class ReconcilerConfig(StrictModel):
     environment: dict[str, str] = Field(
         default_factory=dict,
         description="extra environment for nix, nixos-rebuild, git and liveness commands",
+    )
+    upload: UploadSettings = Field(
+        default_factory=UploadSettings, description="uploads to the MSP's evidence server (nixcomply.uplink)"
     )
     build_timeout: float = Field(default=3600, gt=0, le=7 * 86400)
     activation_timeout: float = Field(default=900, gt=0, le=86400)

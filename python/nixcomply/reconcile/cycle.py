@@ -22,14 +22,14 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from nixcomply.checks.context import CheckContext
 from nixcomply.checks.finding import Finding
 from nixcomply.core import faults
 from nixcomply.core.faults import FaultPoint
 from nixcomply.core.lock import StateLock
-from nixcomply.errors import CommandError, InputError
+from nixcomply.errors import CommandError, InputError, NixcomplyError
 from nixcomply.evidence.store import EvidenceStore
 from nixcomply.heal.actions import SyncGeneration, SyncResult
 from nixcomply.host.state import Attempt, AttemptOutcome, AttemptPhase, LastGood, State
@@ -139,6 +139,8 @@ class Reconciler:
                 store.check_keys()  # both keys can sign before anything changes
             run_id = state.start_run("reconcile-dry-run" if dry_run else "reconcile")
             report = _Cycle(self, state, store, dry_run=dry_run, started=started).run()
+            if not dry_run and self.config.upload.server and self.config.upload.after_cycle:
+                _upload(self.config)
             if self.config.metrics.enable:
                 self._write_metrics(report, state, store)
             state.finish_run(
@@ -175,6 +177,7 @@ class Reconciler:
             blocked=len(state.blocked_revisions()),
             evidence_seq=tail.seq if tail else None,
             checkpoint_size=tail.checkpoint_size if tail else None,
+            **_upload_metrics(self.config),
         )
         metrics.write(self.config.metrics.path, snapshot)
 
@@ -489,3 +492,35 @@ class _Cycle:
             )
 
         return sync
+
+
+def _upload(config: ReconcilerConfig) -> None:
+    """Send the cycle's evidence to the MSP's server. Never fails the cycle: a failure is
+    logged and retried with backoff (the uplink's own timer tries too), and while backing off
+    no request is made, so a dead server costs a cycle nothing."""
+    from nixcomply.uplink.run import upload
+
+    try:
+        report = upload(
+            config.state_dir,
+            server=config.upload.server,
+            timeout=config.upload.timeout_seconds,
+            max_entries=config.upload.max_batch_entries,
+        )
+    except (NixcomplyError, OSError) as e:
+        logger.warning("upload after the cycle: %s", e)
+        return
+    logger.info("upload after the cycle: %s, server holds %d entries", report.outcome, report.accepted_size)
+
+
+def _upload_metrics(config: ReconcilerConfig) -> dict[str, Any]:
+    from nixcomply.uplink.run import overview
+
+    found = overview(config.state_dir)
+    if found is None:
+        return {}
+    return {
+        "upload_lag_entries": found.lag.entries,
+        "upload_lag_seconds": found.lag.age_seconds(datetime.now(UTC)),
+        "upload_failures": found.failures,
+    }

@@ -35,6 +35,7 @@ class Status(StrictModel):
     last_good: dict[str, object] | None
     evidence_seq: int | None
     checkpoint_size: int | None
+    upload: dict[str, object] | None = None  # nixcomply.uplink.run.Overview.to_json(); None: not enrolled
 
     def lines(self) -> list[str]:
         h = self.host
@@ -79,6 +80,9 @@ class Status(StrictModel):
         if self.checkpoint_size is not None:
             evidence += f", checkpoint size {self.checkpoint_size}"
         out.append(f"evidence   {evidence}")
+        from nixcomply.uplink.run import describe
+
+        out.extend(describe(self.upload))
         return out
 
 
@@ -96,6 +100,11 @@ def collect(config: ReconcilerConfig) -> Status:
         }
         last_good = state.last_good()
     seq, size = _evidence_tail(config)
+    from datetime import UTC
+
+    from nixcomply.uplink.run import overview
+
+    uplink = overview(config.state_dir)
     return Status(
         host=host,
         flake=config.flake,
@@ -112,6 +121,7 @@ def collect(config: ReconcilerConfig) -> Status:
         last_good=last_good,
         evidence_seq=seq,
         checkpoint_size=size,
+        upload=uplink.to_json(datetime.now(UTC)) if uplink else None,
     )
 
 

@@ -1,0 +1,2 @@
+"""The MSP's evidence server (``nixcomply-server``): FastAPI over PostgreSQL. Never imports
+host runtime; its dependencies are the ``server`` extra."""

@@ -1,0 +1,265 @@
+"""The host's uplink: enrollment, upload passes from the log's own unacknowledged suffix,
+backoff persisted in the state database, lag, and the `nixcomply enroll|upload` verbs,
+against the real server over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import random
+import zipfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fixtures_evidence import Keys, fill, make_keys, open_store, write_keyring
+from fixtures_server import Served, serve
+from sqlalchemy import func, select
+
+from nixcomply.errors import UsageError
+from nixcomply.evidence.checkpoint import parse_note
+from nixcomply.evidence.cosignature import (
+    WitnessPublicKey,
+    generate_witness,
+    parse_cosignatures,
+    verify_cosignature,
+)
+from nixcomply.server.db.tables import entries, hosts
+from nixcomply.uplink import run
+from nixcomply.uplink.state import MAX_DELAY, Enrollment, UplinkState, backoff
+
+
+@pytest.fixture
+def host_store(tmp_path: Path) -> tuple[Path, Keys]:
+    root = tmp_path / "state"
+    keys = make_keys()
+    with open_store(root, keys) as store:
+        fill(store, 5)
+    write_keyring(root, keys)
+    return root, keys
+
+
+def enroll(fleet: Served, root: Path, name: str = "clinic-01") -> Enrollment:
+    return run.enroll(
+        root,
+        server=fleet.url,
+        token=fleet.invite("north", name),
+        hostname=name,
+        machine_id="ab" * 16,
+        origin="clinic-01.example/evidence-log",
+    )
+
+
+def server_entries(fleet: Served) -> int:
+    with fleet.engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(entries)).scalar_one())
+
+
+def test_backoff_grows_with_jitter_up_to_a_cap() -> None:
+    rng = random.Random(1)
+    waits = [backoff(n, rng=rng) for n in range(1, 12)]
+    assert 15 <= waits[0] <= 30
+    assert 30 <= waits[1] <= 60
+    assert all(w <= MAX_DELAY for w in waits)
+    assert waits[-1] >= MAX_DELAY / 2
+    assert len({round(w, 6) for w in waits}) == len(waits)  # jittered
+
+
+def test_counter_and_backoff_survive_a_restart(tmp_path: Path) -> None:
+    with UplinkState.open(tmp_path) as state:
+        first = state.next_counter()
+        assert state.next_counter() > first
+        now = datetime(2026, 3, 1, tzinfo=UTC)
+        due = state.failed(now, "server down")
+        state.failed(now, "server down")
+    with UplinkState.open(tmp_path) as state:
+        assert state.next_counter() > first + 1
+        progress = state.progress()
+        assert progress.failures == 2
+        assert progress.next_attempt_at is not None and progress.next_attempt_at > due - timedelta(seconds=1)
+        assert progress.last_error == "server down"
+        state.succeeded(now)
+        assert state.progress().failures == 0
+        assert state.progress().next_attempt_at is None
+
+
+def test_enroll_then_upload_keeps_cosignatures(fleet: Served, host_store: tuple[Path, Keys]) -> None:
+    root, _keys = host_store
+    enrollment = enroll(fleet, root)
+    assert enrollment.witness_key == fleet.witness.public.vkey
+    assert (root / "uplink" / "transport.key").stat().st_mode & 0o777 == 0o600
+    report = run.upload(root)
+    assert (report.outcome, report.sent, report.accepted_size) == ("uploaded", 5, 5)
+    assert report.cosigned == [5]
+    cos = (root / "log" / "cosignatures" / "000000000005").read_text()
+    note = (root / "log" / "checkpoints" / "000000000005").read_bytes()
+    verify_cosignature(
+        parse_note(note).text, parse_cosignatures(cos), WitnessPublicKey.from_vkey(enrollment.witness_key)
+    )
+    again = run.upload(root)
+    assert (again.outcome, again.sent) == ("up-to-date", 0)
+    lag = run.lag(root)
+    assert lag is not None and lag.entries == 0
+    assert server_entries(fleet) == 5
+
+
+def test_enrolling_twice_is_refused(fleet: Served, host_store: tuple[Path, Keys]) -> None:
+
+    root, _ = host_store
+    enroll(fleet, root)
+    with pytest.raises(UsageError, match="already enrolled"):
+        enroll(fleet, root)
+
+
+def test_server_down_for_cycles_then_up_everything_arrives_once_in_order(
+    fleet: Served, host_store: tuple[Path, Keys]
+) -> None:
+    root, keys = host_store
+    enroll(fleet, root)
+    assert run.upload(root).outcome == "uploaded"
+    port = fleet.port
+    fleet.stop()
+    clock = [datetime.now(UTC)]
+    for _cycle in range(4):  # four reconcile cycles while the server is down
+        with open_store(root, keys) as store:
+            fill(store, 2)
+        report = run.upload(root, force=True, now=lambda: clock[0])
+        assert report.outcome == "failed", report
+        assert report.next_attempt_at is not None
+        clock[0] += timedelta(seconds=1)
+        assert run.upload(root, now=lambda: clock[0]).outcome == "waiting"
+    progress = UplinkState.open(root).progress()
+    assert progress.failures == 4
+    lag = run.lag(root)
+    assert lag is not None and (lag.entries, lag.local_size) == (8, 13)
+    back = serve(fleet.config, fleet.engine, fleet.witness, port=port)
+    try:
+        due = progress.next_attempt_at
+        assert due is not None
+        report = run.upload(root, now=lambda: due + timedelta(seconds=1))
+        assert (report.outcome, report.sent, report.accepted_size) == ("uploaded", 8, 13)
+        with back.engine.connect() as conn:
+            seqs = [
+                r[0]
+                for r in conn.execute(select(entries.c.seq).order_by(entries.c.received_at, entries.c.seq))
+            ]
+        assert seqs == list(range(13))
+        assert UplinkState.open(root).progress().failures == 0
+    finally:
+        back.stop()
+
+
+def test_a_refusal_is_recorded_and_retried_later(fleet: Served, host_store: tuple[Path, Keys]) -> None:
+    root, _ = host_store
+    enroll(fleet, root)
+    with fleet.engine.begin() as conn:
+        conn.execute(hosts.update().values(revoked_at=func.now()))
+    report = run.upload(root)
+    assert (report.outcome, report.code) == ("failed", "revoked")
+    assert UplinkState.open(root).progress().last_error is not None
+    assert server_entries(fleet) == 0
+
+
+def test_not_enrolled_does_nothing(tmp_path: Path) -> None:
+    assert run.upload(tmp_path).outcome == "not-enrolled"
+    assert run.lag(tmp_path) is None
+
+
+def test_lag_counts_entries_and_the_age_of_the_oldest(fleet: Served, host_store: tuple[Path, Keys]) -> None:
+    root, keys = host_store
+    enroll(fleet, root)
+    run.upload(root)
+    with open_store(root, keys) as store:
+        fill(store, 3)
+    lag = run.lag(root)
+    assert lag is not None
+    assert (lag.entries, lag.accepted_size, lag.local_size) == (3, 5, 8)
+    assert lag.oldest_unsent is not None
+    assert lag.age_seconds(lag.oldest_unsent + timedelta(minutes=5)) == 300
+
+
+@pytest.fixture
+def reconciler_config(host_store: tuple[Path, Keys], tmp_path: Path) -> Path:
+    root, _ = host_store
+    path = tmp_path / "reconciler.json"
+    origin = {"origin": "clinic-01.example/evidence-log"}
+    config = {
+        "flake": "git+file:///srv/fleet",
+        "host": "clinic-01",
+        "state_dir": str(root),
+        "evidence": origin,
+    }
+    path.write_text(json.dumps(config))
+    return path
+
+
+def test_enroll_and_upload_verbs(fleet: Served, reconciler_config: Path, cli: object) -> None:
+    assert callable(cli)
+    token = fleet.invite("north", "clinic-01")
+    r = cli("enroll", "--config", reconciler_config, "--server", fleet.url, "--token", token)
+    assert r.code == 0, r.err
+    assert "enrolled as north/clinic-01" in r.out
+    r = cli("upload", "--config", reconciler_config, "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["accepted_size"] == 5
+    r = cli("enroll", "--config", reconciler_config, "--server", fleet.url, "--token", token)
+    assert r.code == 2
+    assert "already enrolled" in r.err
+
+
+def test_verify_witness_requires_the_servers_cosignature_on_the_newest_checkpoint(
+    fleet: Served, host_store: tuple[Path, Keys], tmp_path: Path, cli: Any
+) -> None:
+    root, keys = host_store
+    vkey = fleet.witness.public.vkey
+    enroll(fleet, root)
+    r = cli("evidence", "verify", root, "--witness", vkey)
+    assert r.code == 1, "nothing was cosigned yet"
+    assert "not cosigned by a witness" in r.out
+    run.upload(root)
+    r = cli("evidence", "verify", root, "--witness", vkey)
+    assert r.code == 0, r.out
+    other = generate_witness("msp.example/witness").public.vkey
+    r = cli("evidence", "verify", root, "--witness", other)
+    assert r.code == 1
+    assert "not cosigned by witness msp.example/witness" in r.out
+    # a newer entry that the server has not cosigned yet
+    with open_store(root, keys) as store:
+        fill(store, 1)
+    assert cli("evidence", "verify", root, "--witness", vkey).code == 1
+    run.upload(root)
+    assert cli("evidence", "verify", root, "--witness", vkey).code == 0
+    # the packet carries the cosignatures and the witness key the host enrolled with
+    packet = tmp_path / "packet.zip"
+    r = cli(
+        "evidence", "export", "--state-dir", root, "--from", "2026-01-01", "--to", "2026-12-31", "-o", packet
+    )
+    assert r.code == 0, r.err
+    with zipfile.ZipFile(packet) as zf:
+        names = set(zf.namelist())
+        assert zf.read("witness.vkey").decode().strip() == vkey
+    assert "log/cosignatures/000000000006" in names
+    key_file = tmp_path / "witness.vkey"
+    key_file.write_text(vkey + "\n")
+    r = cli("evidence", "verify", packet, "--witness", key_file)
+    assert r.code == 0, r.out
+    r = cli("evidence", "verify", packet, "--witness", other)
+    assert r.code == 1
+    r = cli("evidence", "verify", packet, "--witness", "not-a-key")
+    assert r.code == 2
+
+
+def test_enroll_errors_are_clear(
+    fleet: Served, reconciler_config: Path, cli: Any, host_store: tuple[Path, Keys]
+) -> None:
+    r = cli("enroll", "--config", reconciler_config, "--server", "not-a-url", "--token", "x" * 20)
+    assert (r.code, "is not an http(s) URL" in r.err) == (2, True), r.err
+    r = cli("enroll", "--config", reconciler_config, "--server", "http://127.0.0.1:1", "--token", "x" * 20)
+    assert r.code == 1
+    assert "127.0.0.1:1" in r.err
+    r = cli("enroll", "--config", reconciler_config, "--server", fleet.url, "--token", "x" * 20)
+    assert r.code == 1
+    assert "invalid-token" in r.err
+    assert "Traceback" not in r.err
+    root, _ = host_store
+    assert run.upload(root).outcome == "not-enrolled", "a refused enrollment enrolls nothing"
