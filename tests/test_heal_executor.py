@@ -19,10 +19,10 @@ from nixcomply.evidence.keys import read_private_key
 from nixcomply.evidence.statement import Host
 from nixcomply.evidence.store import EvidenceStore
 from nixcomply.evidence.verify import verify_path
-from nixcomply.heal.actions import SyncResult
 from nixcomply.heal.executor import RunbookRun, execute
 from nixcomply.heal.remediation import record_remediation
 from nixcomply.heal.runbook import Runbook, load_runbook
+from nixcomply.heal.sync import SyncResult
 from nixcomply.host.systemd import Systemd
 from nixcomply.model.outcome import RunOutcome
 from nixcomply.sandbox.usermanager import UserManager

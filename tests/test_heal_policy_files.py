@@ -18,9 +18,12 @@ import pytest
 from fixtures_reconcile import ReconcileWorld
 
 from conftest import REPO
+from nixcomply.core.memo import file_stamp
 from nixcomply.errors import InputError
 from nixcomply.heal.rules import Op, decide, load_rules
 from nixcomply.heal.runbook import load_runbook
+from nixcomply.host.state import State
+from nixcomply.reconcile import respond
 from nixcomply.reconcile.cycle import Reconciler
 from nixcomply.reconcile.respond import POLICY_CHECK, load_policy
 
@@ -125,3 +128,27 @@ def test_a_rule_whose_alert_refers_to_anything_but_a_finding_field_is_refused(tm
         InputError, match=r"rules.yaml:5: rules\[0\]\.action\.alert: rule L1-X-001: \$\{host.name\}"
     ):
         load_rules([rules], runbook_ids=frozenset())
+
+
+def test_a_run_remembers_the_parsed_policy_until_a_file_changes(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A timer-driven reconciler is a new process every cycle: the parsed runbooks and rules
+    are kept in the state database by (device, inode, mtime, size) instead of parsing YAML
+    each time (12, performance)."""
+    path = data_dir / "runbooks" / "RB-SERVICE-001.yaml"
+    with State.open(tmp_path / "state") as state:
+        assert load_policy(memo=state).runbooks["RB-SERVICE-001"].name.startswith("Restart")
+        key = f"runbook:{path}"
+        stamp = file_stamp(path)
+        assert stamp is not None
+        remembered = state.recall(key, stamp)
+        assert remembered is not None
+        # what a new process finds: its own caches empty, the memo from the last run
+        monkeypatch.setattr(respond, "_RUNBOOKS", {})
+        state.memorise(key, stamp, remembered.replace("Restart a critical service", "Remembered"))
+        assert load_policy(memo=state).runbooks["RB-SERVICE-001"].name.startswith("Remembered")
+        monkeypatch.setattr(respond, "_RUNBOOKS", {})
+        with path.open("a") as f:
+            f.write("# changed\n")
+        assert load_policy(memo=state).runbooks["RB-SERVICE-001"].name.startswith("Restart")

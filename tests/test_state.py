@@ -17,7 +17,16 @@ import pytest
 
 from nixcomply.core.lock import StateLock
 from nixcomply.errors import LockHeldError
-from nixcomply.host.state import AttemptOutcome, AttemptPhase, LastGood, Observation, State, StateError, now
+from nixcomply.host.state import (
+    SCHEMA_VERSION,
+    AttemptOutcome,
+    AttemptPhase,
+    LastGood,
+    Observation,
+    State,
+    StateError,
+    now,
+)
 
 
 def test_runs_round_trip(tmp_path: Path) -> None:
@@ -137,12 +146,28 @@ def test_wal_mode_and_schema_version(tmp_path: Path) -> None:
     State.open(tmp_path).close()
     db = sqlite3.connect(tmp_path / "state.db")
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
     db.execute("PRAGMA user_version=99")
     db.commit()
     db.close()
     with pytest.raises(StateError, match="newer nixcomply"):
         State.open(tmp_path)
+
+
+def test_a_schema_1_database_gains_the_memo_and_keeps_its_attempts(tmp_path: Path) -> None:
+    rev = "f" * 40
+    with State.open(tmp_path) as state:
+        state.begin_attempt(rev, "/nix/store/f")
+    db = sqlite3.connect(tmp_path / "state.db")
+    db.execute("DROP TABLE memo")
+    db.execute("PRAGMA user_version=1")
+    db.commit()
+    db.close()
+    with State.open(tmp_path) as state:
+        assert state.attempt(rev) is not None
+        assert state.recall("k", "s") is None
+        state.memorise("k", "s", "v")
+        assert state.recall("k", "s") == "v" and state.recall("k", "other") is None
 
 
 def test_corrupt_database_is_a_clear_error(tmp_path: Path) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -25,8 +24,6 @@ from nixcomply.errors import (
     HostIOError,
     NixcomplyError,
 )
-
-logger = logging.getLogger(__name__)
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -111,11 +108,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def setup_logging(*, debug: bool, verbose: bool) -> None:
+    import logging  # noqa: PLC0415 - not needed by `nixcomply --version`
+
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    given = sys.argv[1:] if argv is None else list(argv)
+    if given == ["--version"]:
+        # answered before the verbs' modules load and their parsers are built: a script
+        # asking for the version pays for the interpreter and this module only
+        print(f"nixcomply {__version__}")
+        return 0
     return run(build_parser(), argv, prog="nixcomply")
 
 
@@ -176,7 +181,9 @@ def run(
 
 def _report(e: NixcomplyError, *, debug: bool, prog: str) -> int:
     if debug:
-        logger.error("%s", type(e).__name__, exc_info=e)
+        import logging  # noqa: PLC0415 - see setup_logging
+
+        logging.getLogger(__name__).error("%s", type(e).__name__, exc_info=e)
     print(f"{prog}: error: {e}", file=sys.stderr)
     if e.hint:
         print(f"{prog}: hint: {e.hint}", file=sys.stderr)

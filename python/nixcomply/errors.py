@@ -31,9 +31,8 @@ import errno
 import os
 import shlex
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Final
+from typing import ClassVar, Final, NamedTuple
 
 EXIT_OK: Final = 0
 EXIT_FAILURE: Final = 1
@@ -67,9 +66,10 @@ class UsageError(NixcomplyError):
     exit_code = EXIT_USAGE
 
 
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with an input file: where (file, line, field) and what was expected."""
+class Problem(NamedTuple):
+    """One thing wrong with an input file: where (file, line, field) and what was expected.
+    (A named tuple, not a dataclass: this module loads with every command, and dataclasses
+    costs ``nixcomply --version`` a third of its start.)"""
 
     file: Path | None
     line: int | None

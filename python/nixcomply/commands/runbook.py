@@ -273,7 +273,7 @@ def _systemd(config: ReconcilerConfig | None) -> SystemdFactory[Systemd] | None:
 
 def _sync(config: ReconcilerConfig) -> Any:
     """RB-DRIFT-001's callback: one reconcile cycle, as ``nixcomply reconcile`` runs it."""
-    from nixcomply.heal.actions import SyncResult
+    from nixcomply.heal.sync import SyncResult
 
     def sync(timeout: float) -> SyncResult:
         from nixcomply.reconcile.cycle import Reconciler

@@ -36,6 +36,7 @@ from nixcomply.errors import CommandError, NixcomplyError
 from nixcomply.heal.config import HealConfig
 from nixcomply.heal.programs import ENVIRONMENT
 from nixcomply.heal.runbook import Action
+from nixcomply.heal.sync import SyncGeneration
 from nixcomply.host.systemd import Systemd, UnitState
 
 logger = logging.getLogger(__name__)
@@ -48,18 +49,6 @@ _RUNNING: Final = frozenset({"active", "activating", "deactivating", "reloading"
 
 class StepTimeoutError(NixcomplyError):
     """Raised by an action that did not finish within its step's ``timeout``."""
-
-
-@dataclass(frozen=True)
-class SyncResult:
-    """What the caller's ``sync_generation`` callback reports (the reconciler's cycle)."""
-
-    ok: bool
-    detail: str
-    data: Mapping[str, JsonValue] = field(default_factory=dict)
-
-
-SyncGeneration = Callable[[float], SyncResult]
 
 
 @dataclass(frozen=True)

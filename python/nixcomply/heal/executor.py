@@ -43,17 +43,10 @@ from pydantic import Field, JsonValue
 
 from nixcomply.errors import NixcomplyError
 from nixcomply.heal import guard
-from nixcomply.heal.actions import (
-    ACTIONS,
-    ActionEnv,
-    ActionResult,
-    SyncGeneration,
-    bounded,
-    describe,
-    send_alert,
-)
+from nixcomply.heal.actions import ACTIONS, ActionEnv, ActionResult, bounded, describe, send_alert
 from nixcomply.heal.config import HealConfig
 from nixcomply.heal.runbook import Action, OnFailure, Precondition, Runbook
+from nixcomply.heal.sync import SyncGeneration
 from nixcomply.host.systemd import Systemd, SystemdFactory
 from nixcomply.model.base import StrictModel
 from nixcomply.model.outcome import RunOutcome

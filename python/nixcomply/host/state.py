@@ -11,6 +11,7 @@ cooldowns. Every write is one transaction with ``synchronous=FULL``.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +23,9 @@ from typing import Any, Final
 
 from nixcomply.errors import HostIOError, NixcomplyError
 
-SCHEMA_VERSION: Final = 1
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION: Final = 2
 
 
 class AttemptPhase(StrEnum):
@@ -105,6 +108,16 @@ CREATE TABLE cooldowns (
   failures INTEGER NOT NULL DEFAULT 0
 );
 """
+# Schema 2: what a run may remember from the last (nixcomply.core.memo).
+_MEMO: Final = """
+CREATE TABLE memo (
+  key TEXT PRIMARY KEY,          -- what: runbook:<path>, store:nixos-version:<path>, ...
+  stamp TEXT NOT NULL,           -- the file's dev:ino:mtime:size, or 'immutable'
+  value TEXT NOT NULL
+);
+"""
+# version found -> statements that bring it to SCHEMA_VERSION
+_MIGRATIONS: Final = {0: _SCHEMA + _MEMO, 1: _MEMO}
 
 
 class StateError(NixcomplyError):
@@ -211,8 +224,8 @@ class State:
             db.execute("PRAGMA foreign_keys=ON")
             with _transaction(db, path):  # IMMEDIATE: two first openers cannot both create the schema
                 version = db.execute("PRAGMA user_version").fetchone()[0]
-                if version == 0:
-                    for statement in _SCHEMA.split(";"):
+                if version in _MIGRATIONS:
+                    for statement in _MIGRATIONS[version].split(";"):
                         if statement.strip():
                             db.execute(statement)
                     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -408,6 +421,24 @@ class State:
 
     def value(self, key: str) -> Any:
         return self._get(f"value:{key}")
+
+    # what a run remembers from the last (nixcomply.core.memo.Memo) ---------------------------
+
+    def recall(self, key: str, stamp: str) -> str | None:
+        row = self._db.execute("SELECT stamp, value FROM memo WHERE key = ?", (key,)).fetchone()
+        return str(row[1]) if row is not None and row[0] == stamp else None
+
+    def memorise(self, key: str, stamp: str, value: str) -> None:
+        """Remember ``value``; a full disk only costs the memory (it is computed again)."""
+        try:
+            with _transaction(self._db, self.path):
+                self._db.execute(
+                    "INSERT INTO memo (key, stamp, value) VALUES (?, ?, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET stamp = excluded.stamp, value = excluded.value",
+                    (key, stamp, value),
+                )
+        except HostIOError as e:
+            logger.warning("not remembering %s: %s", key, e)
 
     # heals, flap suppression, cooldowns ---------------------------------------------------------
 

@@ -29,9 +29,10 @@ from nixcomply.checks.finding import Finding
 from nixcomply.core import faults
 from nixcomply.core.faults import FaultPoint
 from nixcomply.core.lock import StateLock
+from nixcomply.core.memo import Memo
 from nixcomply.errors import CommandError, InputError, NixcomplyError
 from nixcomply.evidence.store import EvidenceStore
-from nixcomply.heal.actions import SyncGeneration, SyncResult
+from nixcomply.heal.sync import SyncGeneration, SyncResult
 from nixcomply.host.state import Attempt, AttemptOutcome, AttemptPhase, LastGood, State
 from nixcomply.model.manifest import Manifest, read_manifest
 from nixcomply.model.outcome import ApplyOutcome, PlanKind
@@ -112,8 +113,8 @@ class Reconciler:
     def context(self) -> applying.Context:
         return applying.Context(config=self.config, root=self.root, tools=self.tools, systemd=self.systemd)
 
-    def observe(self) -> HostState:
-        return observe(self.root, tools=self.tools, hostname=self.config.host)
+    def observe(self, memo: Memo | None = None) -> HostState:
+        return observe(self.root, tools=self.tools, hostname=self.config.host, memo=memo)
 
     # -- plan ------------------------------------------------------------------------------
 
@@ -220,7 +221,7 @@ class _Cycle:
         self.identity = record.host_identity(self.reconciler.root.path, config.host)
 
     def run(self) -> CycleReport:
-        host = self.reconciler.observe()
+        host = self.reconciler.observe(self.state)
         interrupted = [] if self.dry_run else self.state.in_progress()
         external = self.notice(host, interrupted)
         target = desired_state(self.config, tools=self.tools)
@@ -231,7 +232,7 @@ class _Cycle:
         result = applying.apply(
             plan, host, self.state, self.reconciler.context(), dry_run=self.dry_run, now=datetime.now(UTC)
         )
-        after = self.reconciler.observe() if result.outcome.changed_host else host
+        after = self.reconciler.observe(self.state) if result.outcome.changed_host else host
         self.record_and_close(plan, result, before=host, after=after, target=target)
         faults.point(FaultPoint.CLOSED)
 
@@ -290,6 +291,7 @@ class _Cycle:
                 policy_digest=self.policy(host),
                 tools=self.tools,
                 now=datetime.now(UTC),
+                memo=self.state,
             )
             self.seqs.append(recorded.seq)
         return external
@@ -322,7 +324,7 @@ class _Cycle:
             faults.point(FaultPoint.SETTLING)
             outcome, detail, durations = self._reactivate_boot_default(detail)
             faults.point(FaultPoint.SETTLED)
-            host = self.reconciler.observe()
+            host = self.reconciler.observe(self.state)
         result = ApplyResult(
             outcome=outcome,
             detail=detail,
@@ -343,6 +345,7 @@ class _Cycle:
                 now=datetime.now(UTC),
                 note="(recovered)",
                 attempt=attempt.key,
+                memo=self.state,
             )
             if recorded is not None:
                 self.seqs.append(recorded.seq)
@@ -398,6 +401,7 @@ class _Cycle:
                 tools=self.tools,
                 now=datetime.now(UTC),
                 attempt=result.attempt,
+                memo=self.state,
             )
             if recorded is not None:
                 self.seqs.append(recorded.seq)
@@ -436,7 +440,7 @@ class _Cycle:
             )
 
         runtime.record_ruleset(check_context(), host, state, force=switched)
-        loaded = load_policy()
+        loaded = load_policy(memo=self.state)
         findings = [*runtime.check(check_context(), state), *loaded.findings()]
         policy = self.policy(host)
         healer = Healer(
@@ -464,6 +468,7 @@ class _Cycle:
                     policy_digest=policy,
                     tools=self.tools,
                     now=datetime.now(UTC),
+                    memo=state,
                 ).seq
             )
         return RuntimeResult(
@@ -514,6 +519,8 @@ def _upload(config: ReconcilerConfig) -> None:
 
 
 def _upload_metrics(config: ReconcilerConfig) -> dict[str, Any]:
+    if config.upload.server is None:
+        return {}  # uploads are off: no lag to report, and the uplink (HTTP, TLS) stays unloaded
     from nixcomply.uplink.run import overview
 
     found = overview(config.state_dir)

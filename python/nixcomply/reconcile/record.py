@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Final
 
 from nixcomply.checks.finding import Finding
+from nixcomply.core.memo import IMMUTABLE, Memo
 from nixcomply.errors import CommandError
 from nixcomply.evidence.keys import BUNDLE_CREDENTIAL, LOG_CREDENTIAL, load_signer
 from nixcomply.evidence.statement import (
@@ -71,8 +72,26 @@ def host_identity(root: Path, hostname: str) -> Host:
     return Host(machine_id=local.machine_id, hostname=hostname)
 
 
-def nar_sha256(path: str, tools: Tools) -> str | None:
-    """sha256 (hex) of the store path's NAR serialisation, from ``nix path-info --json``."""
+# A store path's NAR hash never changes: asked of nix once per process.
+_NAR_SHA256: dict[str, str] = {}
+
+
+def nar_sha256(path: str, tools: Tools, memo: Memo | None = None) -> str | None:
+    """sha256 (hex) of the store path's NAR serialisation, from ``nix path-info --json``
+    (once per process; with ``memo``, once per host)."""
+    known = _NAR_SHA256.get(path) or (memo.recall(f"store:nar-sha256:{path}", IMMUTABLE) if memo else None)
+    if known is not None:
+        _NAR_SHA256[path] = known
+        return known
+    digest = _nar_sha256(path, tools)
+    if digest is not None:
+        _NAR_SHA256[path] = digest
+        if memo is not None:
+            memo.memorise(f"store:nar-sha256:{path}", IMMUTABLE, digest)
+    return digest
+
+
+def _nar_sha256(path: str, tools: Tools) -> str | None:
     try:
         result = tools.run([tools.nix, "path-info", "--json", path], timeout=60)
         info = json.loads(result.stdout)
@@ -86,10 +105,10 @@ def nar_sha256(path: str, tools: Tools) -> str | None:
     return None
 
 
-def _subject(path: str | None, tools: Tools) -> list[Subject]:
+def _subject(path: str | None, tools: Tools, memo: Memo | None) -> list[Subject]:
     if path is None:
         return []
-    digest = nar_sha256(path, tools)
+    digest = nar_sha256(path, tools, memo)
     if digest is None:
         return []
     return [Subject(name=path, digest={"sha256": digest})]
@@ -125,6 +144,7 @@ def record_apply(
     actor: str = "nixcomply",
     note: str = "",
     attempt: str | None = None,
+    memo: Memo | None = None,
 ) -> Recorded | None:
     """One generation-change statement for a switch, a revert, a failure or a deferral.
     ``attempt`` (``revision#count``, :attr:`nixcomply.host.state.Attempt.key`) names the
@@ -164,7 +184,7 @@ def record_apply(
     attachments = {"result.json": result.model_dump_json(indent=2).encode()}
     if result.gate is not None:
         attachments["health-gate.json"] = result.gate.model_dump_json(indent=2).encode()
-    return store.append(predicate, subjects=_subject(subject_path, tools), attachments=attachments)
+    return store.append(predicate, subjects=_subject(subject_path, tools, memo), attachments=attachments)
 
 
 def record_external(
@@ -177,6 +197,7 @@ def record_external(
     policy_digest: str | None,
     tools: Tools,
     now: datetime,
+    memo: Memo | None = None,
 ) -> Recorded:
     """A generation change made outside nixcomply, recorded with actor ``external``."""
     path = after.current.store_path if after.current else change.after_current or ""
@@ -191,7 +212,7 @@ def record_external(
         generation=_generation(after.current, path, None, None),
     )
     attachments = {"external-change.json": change.model_dump_json(indent=2).encode()}
-    return store.append(predicate, subjects=_subject(path or None, tools), attachments=attachments)
+    return store.append(predicate, subjects=_subject(path or None, tools, memo), attachments=attachments)
 
 
 def record_check_run(
@@ -204,6 +225,7 @@ def record_check_run(
     policy_digest: str | None,
     tools: Tools,
     now: datetime,
+    memo: Memo | None = None,
 ) -> Recorded:
     """One check-run statement: every control's status as observed in this cycle, with the
     raw command outputs attached (the store scrubs PHI from them before signing)."""
@@ -225,7 +247,7 @@ def record_check_run(
             [f.model_dump(mode="json") for f in findings], indent=2, sort_keys=True
         ).encode()
     }
-    subjects = _subject(current.store_path, tools) if current else []
+    subjects = _subject(current.store_path, tools, memo) if current else []
     return store.append(predicate, subjects=subjects, attachments=attachments)
 
 

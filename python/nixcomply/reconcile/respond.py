@@ -15,27 +15,29 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from nixcomply.checks.context import CheckContext
 from nixcomply.checks.finding import Finding
 from nixcomply.checks.registry import run_checks
+from nixcomply.core.memo import Memo, file_stamp
 from nixcomply.core.paths import runbooks_dir
 from nixcomply.errors import InputError, NixcomplyError, Problem
 from nixcomply.evidence.statement import Host
 from nixcomply.evidence.store import EvidenceStore
 from nixcomply.heal import policy
-from nixcomply.heal.actions import ActionEnv, SyncGeneration, send_alert
-from nixcomply.heal.executor import ExecutionContext, RunbookRun, execute
-from nixcomply.heal.remediation import record_remediation
-from nixcomply.heal.rules import Condition, Decision, Op, Rule, RuleAction, decide, load_rules
+from nixcomply.heal.rules import Condition, Decision, Op, Rule, RuleAction, RuleFile, decide, load_rules
 from nixcomply.heal.runbook import Runbook, load_runbook
+from nixcomply.heal.sync import SyncGeneration
 from nixcomply.host.state import State
 from nixcomply.model.outcome import RunOutcome
 from nixcomply.model.severity import Severity
 from nixcomply.model.status import FindingStatus
 from nixcomply.reconcile import record
 from nixcomply.reconcile.config import ReconcilerConfig
+
+if TYPE_CHECKING:
+    from nixcomply.heal.executor import RunbookRun
 
 logger = logging.getLogger(__name__)
 
@@ -106,25 +108,91 @@ def _stat_key(path: Path) -> _Key | None:
     return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
 
 
-def _runbook(path: Path) -> Runbook:
-    key = _stat_key(path)
-    cached = _RUNBOOKS.get(path)
-    if key is not None and cached is not None and cached[0] == key:
+_RULES: dict[tuple[Path, frozenset[str]], tuple[_Key, list[Rule] | InputError]] = {}
+
+
+def _runbook(path: Path, memo: Memo | None) -> Runbook:
+    def load() -> Runbook:
+        return _remembered(
+            memo,
+            f"runbook:{path}",
+            path,
+            lambda: load_runbook(path),
+            restore=Runbook.model_validate_json,
+            keep=Runbook.model_dump_json,
+        )
+
+    return _cached(_RUNBOOKS, path, path, load)
+
+
+def _rules(path: Path, runbook_ids: frozenset[str], memo: Memo | None) -> list[Rule]:
+    def load() -> list[Rule]:
+        key = f"rules:{path}:{','.join(sorted(runbook_ids))}"
+        found = _remembered(
+            memo,
+            key,
+            path,
+            lambda: RuleFile(rules=load_rules([path], runbook_ids=runbook_ids)),
+            restore=RuleFile.model_validate_json,
+            keep=RuleFile.model_dump_json,
+        )
+        return found.rules
+
+    return _cached(_RULES, (path, runbook_ids), path, load)
+
+
+def _remembered(
+    memo: Memo | None,
+    key: str,
+    path: Path,
+    load: Callable[[], M],
+    *,
+    restore: Callable[[str], M],
+    keep: Callable[[M], str],
+) -> M:
+    """What ``load()`` gave the last run for this file, if it has not changed since (the
+    parsed runbook as JSON, validated again: a fraction of parsing its YAML); a refusal is
+    never remembered."""
+    stamp = file_stamp(path)
+    if memo is not None and stamp is not None:
+        value = memo.recall(key, stamp)
+        if value is not None:
+            try:
+                return restore(value)
+            except ValueError:
+                logger.info("the remembered %s no longer validates; reading the file again", key)
+    loaded = load()
+    if memo is not None and stamp is not None:
+        memo.memorise(key, stamp, keep(loaded))
+    return loaded
+
+
+T = TypeVar("T")
+K = TypeVar("K")
+M = TypeVar("M")
+
+
+def _cached(cache: dict[K, tuple[_Key, T | InputError]], key: K, path: Path, load: Callable[[], T]) -> T:
+    """``load()``, or what it gave last time if ``path`` has not changed since (a refusal
+    too: a bad file is not parsed again every cycle)."""
+    stat_key = _stat_key(path)
+    cached = cache.get(key)
+    if stat_key is not None and cached is not None and cached[0] == stat_key:
         if isinstance(cached[1], InputError):
             raise cached[1]
         return cached[1]
     try:
-        loaded: Runbook | InputError = load_runbook(path)
+        loaded: T | InputError = load()
     except InputError as e:
         loaded = e
-    if key is not None:
-        _RUNBOOKS[path] = (key, loaded)
+    if stat_key is not None:
+        cache[key] = (stat_key, loaded)
     if isinstance(loaded, InputError):
         raise loaded
     return loaded
 
 
-def load_policy(directory: Path | None = None) -> Policy:
+def load_policy(directory: Path | None = None, *, memo: Memo | None = None) -> Policy:
     """The rules and runbooks shipped with nixcomply (or in ``directory``). A file that does
     not load is left out and named in ``problems``; a rule that names a runbook which does
     not load still loads, and finds it broken when it decides."""
@@ -135,14 +203,14 @@ def load_policy(directory: Path | None = None) -> Policy:
     paths = sorted(directory.glob("RB-*.yaml"))
     for path in paths:
         try:
-            runbooks[path.stem] = _runbook(path)
+            runbooks[path.stem] = _runbook(path, memo)
         except InputError as e:
             problems.extend(e.problems)
             broken[path.stem] = str(e.problems[0])
     rules: list[Rule] = [POLICY_RULE]
     for path in sorted((directory / "rules").glob("*.yaml")):
         try:
-            rules.extend(load_rules([path], runbook_ids=frozenset(p.stem for p in paths)))
+            rules.extend(_rules(path, frozenset(p.stem for p in paths), memo))
         except InputError as e:
             problems.extend(e.problems)
     return Policy(rules=rules, runbooks=runbooks, problems=problems, broken=broken)
@@ -239,6 +307,10 @@ class Healer:
             return f"{runbook.id} not run: {verdict.reason}"
         if not self.config.heal.enable:
             return f"{runbook.id} not run: healing is disabled (heal.enable = false)"
+        # the executor loads only when a runbook runs: most cycles run none (import cost, 12)
+        from nixcomply.heal.executor import ExecutionContext, execute  # noqa: PLC0415
+        from nixcomply.heal.remediation import record_remediation  # noqa: PLC0415
+
         ctx = ExecutionContext(
             config=self.config.heal,
             systemd=self.systemd,
@@ -282,6 +354,8 @@ class Healer:
         return verify
 
     def _alert(self, message: str) -> bool:
+        from nixcomply.heal.actions import ActionEnv, send_alert  # noqa: PLC0415 - see _act
+
         def no_systemd() -> Any:
             raise NixcomplyError("alerts do not use systemd")
 
