@@ -9,7 +9,7 @@ APT_PACKAGES := nix-bin libsystemd-dev pkg-config git \
   openssh-server nftables iptables auditd chrony cryptsetup-bin restic borgbackup sudo kmod shellcheck \
   postgresql
 
-.PHONY: all test fuzz lint demo render deps system-deps bench clean
+.PHONY: all test fuzz lint demo render deps system-deps bench campaign clean
 
 all: test
 
@@ -55,6 +55,11 @@ render: deps
 # The whole cycle on a sandbox host (render, switch, revert, verify); kept in .demo/ for a look.
 demo: deps
 	rm -rf .demo && $(BIN)/nixcomply demo --dir .demo
+
+# The SIGKILL campaign at full width: every fault point over every revision that reaches it,
+# and NIXCOMPLY_CAMPAIGN_TRIALS (default 40) random kills; `make test` runs a subset.
+campaign: deps
+	NIXCOMPLY_CAMPAIGN=1 $(PYTEST) tests/test_reconcile_faults.py
 
 # Every bench prints its figures; a missed target fails the target at the end, not midway.
 bench: deps

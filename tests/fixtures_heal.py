@@ -20,15 +20,9 @@ from nixcomply.heal.executor import ExecutionContext
 from nixcomply.host.systemd import Systemd
 
 TEST_UNITS = ["t-*.service"]
-# Real programs of this machine that the tests' runbooks may run.
-TEST_BINARIES = {
-    "journalctl": "/usr/bin/journalctl",
-    "nft": "/usr/sbin/nft",
-    "chronyc": "/usr/bin/chronyc",
-    "touch": "/usr/bin/touch",
-    "echo": "/bin/echo",
-    "false": "/bin/false",
-}
+# Real programs of this machine that the tests' runbooks may run (the audited ones; a test
+# that needs a program to fail or print points one of these names at /bin/false or echo).
+TEST_BINARIES = {"journalctl": "/usr/bin/journalctl", "nft": "/usr/sbin/nft", "chronyc": "/usr/bin/chronyc"}
 
 
 class AlertSink:
@@ -61,6 +55,18 @@ class HealWorld:
     outside: Path
     alerts: AlertSink
     sleeps: list[float] = field(default_factory=list)
+
+    def marker(self) -> Path:
+        """A directory in the allowed root whose canary file the corpus's first step removes:
+        the canary still there proves that step never ran."""
+        marker = self.allowed / "marker"
+        marker.mkdir(exist_ok=True)
+        (marker / "canary").write_text("removed only if the first step ran\n")
+        return marker
+
+    @staticmethod
+    def touched(marker: Path) -> bool:
+        return not (marker / "canary").exists()
 
     def config(self, **overrides: Any) -> HealConfig:
         settings: dict[str, Any] = {

@@ -8,7 +8,9 @@ the machine it runs on, and the host's extras would become the server's dependen
   verifier, statements, the store's formats), ``baseline`` (controls and the controls map,
   for reports), ``cli`` (the command-line frame) and the package root (``__version__``);
   never host runtime (``HOST_RUNTIME``) and never ``uplink`` (the host's side);
-* ``nixcomply.uplink`` may import the same; never host runtime and never ``server``.
+* ``nixcomply.uplink`` may import the same; never host runtime and never ``server``;
+* ``nixcomply.sandbox`` (the demo host) never imports ``commands``: the verbs use the
+  sandbox, not the other way round.
 
 "Import" means what Python would load: every ``import``/``from`` statement at any depth (a
 lazy import in a function still runs), relative imports resolved, and
@@ -30,6 +32,9 @@ HOST_RUNTIME: Final = ("host", "reconcile", "heal", "nixos", "checks", "sandbox"
 FORBIDDEN: Final = {
     "server": (*HOST_RUNTIME, "uplink"),
     "uplink": (*HOST_RUNTIME, "server"),
+    # the verbs sit on top: what they print belongs to the models (CycleReport.lines), so the
+    # demo never reaches back into the command line
+    "sandbox": ("commands",),
 }
 
 

@@ -16,7 +16,7 @@ import pytest
 from fixtures_heal import HealWorld
 
 from nixcomply.core import process
-from nixcomply.heal import actions
+from nixcomply.heal import actions, programs
 from nixcomply.heal.actions import ActionEnv, bounded, send_alert
 from nixcomply.heal.config import AlertConfig
 from nixcomply.heal.executor import ExecutionContext, RunbookRun, StepResult, execute
@@ -58,19 +58,43 @@ def step(heal: HealWorld, action: str, params: dict[str, Any], **kw: Any) -> tup
 # -- run_command -----------------------------------------------------------------------------
 
 
-def test_run_command_runs_the_allowlisted_path_without_a_shell(heal: HealWorld) -> None:
-    result = process.Result(("/bin/echo",), 0, "hi\n", "", 0.01)
+def _program(heal: HealWorld, script: str) -> str:
+    """A stand-in for a program's binary (heal.binaries says where a program lives; what it
+    is asked to do is still the audited argv)."""
+    path = heal.tmp / "program.sh"
+    path.write_text(f"#!/bin/sh\n{script}\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_run_command_runs_the_rebuilt_argv_without_a_shell_or_the_environment(heal: HealWorld) -> None:
+    result = process.Result(("/usr/bin/journalctl",), 0, "", "", 0.01)
     with mock.patch("nixcomply.core.process.run", autospec=True, return_value=result) as run:
-        s, _ = step(heal, "run_command", {"argv": ["echo", "--flag=a b", "x.y:z", 42]}, timeout=7)
-    run.assert_called_once_with(("/bin/echo", "--flag=a b", "x.y:z", "42"), check=False, timeout=7)
-    assert s.ok and s.command == ["/bin/echo", "--flag=a b", "x.y:z", "42"] and s.exit_code == 0
+        s, _ = step(heal, "run_command", {"argv": ["journalctl", "--vacuum-size=2G", "--rotate"]}, timeout=7)
+    argv = ("/usr/bin/journalctl", "--vacuum-size=2G", "--rotate")
+    run.assert_called_once_with(argv, check=False, timeout=7, env=programs.ENVIRONMENT)
+    assert s.ok and s.command == list(argv) and s.exit_code == 0
+
+
+def test_a_program_gets_none_of_the_reconcilers_environment(
+    heal: HealWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BORG_RSH", "/bin/sh -c id")
+    monkeypatch.setenv("LD_PRELOAD", "/tmp/evil.so")
+    ctx = heal.context(config=heal.config(binaries={"nft": _program(heal, "env")}))
+    s, _ = step(heal, "run_command", {"argv": ["nft", "list", "ruleset"]}, ctx=ctx)
+    assert s.ok
+    names = {line.partition("=")[0] for line in s.output.splitlines()}
+    assert set(programs.ENVIRONMENT) <= names <= {*programs.ENVIRONMENT, "PWD", "SHLVL", "_"}, names
 
 
 def test_run_command_for_real_captures_bounded_output_and_the_exit_status(heal: HealWorld) -> None:
-    ctx = heal.context(config=heal.config(max_output_bytes=256))
-    s, run = step(heal, "run_command", {"argv": ["echo", "x" * 1000]}, ctx=ctx)
-    assert s.ok and s.output.startswith("x" * 256) and "745 more bytes not kept" in s.output
-    s, run = step(heal, "run_command", {"argv": ["false"]})
+    printer = _program(heal, "i=0; while [ $i -lt 1000 ]; do printf x; i=$((i+1)); done")
+    ctx = heal.context(config=heal.config(max_output_bytes=256, binaries={"nft": printer}))
+    s, run = step(heal, "run_command", {"argv": ["nft", "list", "ruleset"]}, ctx=ctx)
+    assert s.ok and s.output.startswith("x" * 256) and "744 more bytes not kept" in s.output
+    ctx = heal.context(config=heal.config(binaries={"nft": "/bin/false"}))
+    s, run = step(heal, "run_command", {"argv": ["nft", "list", "ruleset"]}, ctx=ctx)
     assert not s.ok and s.exit_code == 1 and run.outcome == RunOutcome.FAILED
     assert run.reason.endswith("the runbook has no rollback")
 
@@ -91,8 +115,8 @@ def sleepers(seconds: str) -> list[int]:
 def test_a_command_that_outlives_its_step_timeout_is_killed(heal: HealWorld) -> None:
     # An hour-long sleep: had the step waited for it instead of killing it, the test would
     # hang into pytest's timeout rather than pass late.
-    ctx = heal.context(config=heal.config(binaries={"sleep": "/bin/sleep"}))
-    s, run = step(heal, "run_command", {"argv": ["sleep", "3601"]}, timeout=0.3, ctx=ctx, rollback=True)
+    ctx = heal.context(config=heal.config(binaries={"chronyc": _program(heal, "exec sleep 3601")}))
+    s, run = step(heal, "run_command", {"argv": ["chronyc", "makestep"]}, timeout=0.3, ctx=ctx, rollback=True)
     assert sleepers("3601") == [], "the timed-out command was killed, not left running"
     assert not s.ok and s.error is not None and "timed out after 0.3 s" in s.error
     assert run.outcome == RunOutcome.ALERT and run.rollback[0].ok
@@ -124,13 +148,18 @@ def test_an_alert_goes_to_the_journal_and_falls_back_to_logger(heal: HealWorld) 
     assert result.ok and result.data["via"] == "logger"
     assert run.call_args_list == [
         mock.call(
-            ["systemd-cat", "-t", "nixcomply-alert", "-p", "crit"], check=False, timeout=10, input="hello\n"
+            ["systemd-cat", "-t", "nixcomply-alert", "-p", "crit"],
+            check=False,
+            timeout=10,
+            input="hello\n",
+            env=programs.ENVIRONMENT,
         ),
         mock.call(
             ["logger", "--tag", "nixcomply-alert", "--priority", "user.crit", "--socket-errors=on"],
             check=False,
             timeout=10,
             input="hello\n",
+            env=programs.ENVIRONMENT,
         ),
     ]
 
@@ -156,7 +185,9 @@ def test_capture_state_records_the_ruleset_and_its_hash(heal: HealWorld) -> None
         return_value=process.Result(("nft",), 0, ruleset, "", 0.01),
     ) as run:
         s, _ = step(heal, "capture_state", {"ruleset": True})
-    run.assert_called_once_with(["/usr/sbin/nft", "list", "ruleset"], check=True, timeout=30)
+    run.assert_called_once_with(
+        ["/usr/sbin/nft", "list", "ruleset"], check=True, timeout=30, env=programs.ENVIRONMENT
+    )
     assert s.ok and s.output == ruleset
     assert "ruleset sha256 " + hashlib.sha256(ruleset.encode()).hexdigest() in s.detail
 

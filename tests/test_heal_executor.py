@@ -19,10 +19,10 @@ from nixcomply.evidence.keys import read_private_key
 from nixcomply.evidence.statement import Host
 from nixcomply.evidence.store import EvidenceStore
 from nixcomply.evidence.verify import verify_path
-from nixcomply.heal.actions import SyncResult
 from nixcomply.heal.executor import RunbookRun, execute
 from nixcomply.heal.remediation import record_remediation
-from nixcomply.heal.runbook import load_runbook
+from nixcomply.heal.runbook import Runbook, load_runbook
+from nixcomply.heal.sync import SyncResult
 from nixcomply.host.systemd import Systemd
 from nixcomply.model.outcome import RunOutcome
 from nixcomply.sandbox.usermanager import UserManager
@@ -214,7 +214,7 @@ def test_a_hostile_runbook_leaves_a_real_unit_stopped(
     runbook = load_runbook(DATA / "runbooks" / "hostile" / "RB-HOSTILE-017.yaml")
     run = execute(runbook, {"unit": unit, "marker": str(heal.allowed / "m")}, heal.context(factory))
     assert run.outcome == RunOutcome.REJECTED
-    assert "steps[1] (run_command), argument argv" in run.reason
+    assert "steps[1] (clean_directory), argument path" in run.reason
     assert factory.calls == 0
     state = user_systemd.unit_state(unit)
     assert state.active_state == "inactive" and state.active_enter_timestamp is None
@@ -368,3 +368,36 @@ def test_verification_results_are_judged(value: object, ok: bool, heal: HealWorl
     run = execute(DRIFT, {}, heal.context(sync_generation=sync), verify=lambda: value)
     assert run.verification is not None and run.verification.ok is ok
     assert run.outcome == (RunOutcome.SUCCESS if ok else RunOutcome.FAILED)
+
+
+def test_an_unknown_on_failure_never_runs_the_steps_after_a_failed_precondition(heal: HealWorld) -> None:
+    """A value this code does not know (a newer runbook format, a Runbook built in code past
+    the schema) stops the run like ``abort``: the steps after the failed precondition never run."""
+    marker = heal.marker()
+    runbook = Runbook.model_validate(
+        {
+            "id": "RB-ONFAIL-001",
+            "name": "precondition fails",
+            "version": 1,
+            "severity": "low",
+            "description": "a precondition that cannot pass",
+            "params": {"marker": {"type": "path", "description": "canary dir"}},
+            "preconditions": [
+                {
+                    "action": "check_disk_space",
+                    "description": "needs a disk that is 100% free",
+                    "params": {"path": "/", "min_free_percent": 100},
+                }
+            ],
+            "steps": [
+                {"action": "clean_directory", "description": "must not run", "params": {"path": "${marker}"}}
+            ],
+        }
+    )
+    odd = runbook.preconditions[0].model_copy(update={"on_failure": "retry-forever"})
+    run = execute(
+        runbook.model_copy(update={"preconditions": [odd]}), {"marker": str(marker)}, heal.context()
+    )
+    assert run.outcome == RunOutcome.FAILED and run.steps == [], run.reason
+    assert "nothing was changed" in run.reason
+    assert not heal.touched(marker)

@@ -61,7 +61,7 @@ def test_a_run_is_recorded_with_steps_controls_and_scrubbed_outputs(heal: HealWo
     scratch = heal.allowed / "scratch"
     scratch.mkdir()
     (scratch / "old").write_text("x")
-    params = {"marker": str(heal.allowed / "marker"), "scratch": str(scratch)}
+    params = {"marker": str(heal.marker()), "scratch": str(scratch)}
     run = execute(
         BENIGN, params, heal.context(), verify=lambda: {"status": "pass", "observed": {"used_percent": 40.0}}
     )
@@ -88,14 +88,15 @@ def test_a_run_is_recorded_with_steps_controls_and_scrubbed_outputs(heal: HealWo
     ] == ["SC-5"]
     names = [a["name"] for a in p["actions"]]
     assert names == [
-        "steps.0.run_command",
-        "steps.1.clean_directory",
-        "steps.2.check_disk_space",
+        "steps.0.clean_directory",
+        "steps.1.run_command",
+        "steps.2.clean_directory",
+        "steps.3.check_disk_space",
         "verification",
     ]
-    touch = p["actions"][0]
-    assert touch["command"] == ["/usr/bin/touch", params["marker"]] and touch["exit_code"] == 0
-    assert touch["outcome"] == "success" and touch["duration_s"] >= 0 and touch["started_at"]
+    listed = p["actions"][1]
+    assert listed["command"] == ["/usr/sbin/nft", "list", "ruleset"] and listed["exit_code"] == 0
+    assert listed["outcome"] == "success" and listed["duration_s"] >= 0 and listed["started_at"]
 
     attachments = {f.name: f.read_text() for f in (recorded.path / "attachments").iterdir()}
     assert set(attachments) == {"runbook-run.json", "finding-df.txt"}
@@ -108,13 +109,13 @@ def test_a_run_is_recorded_with_steps_controls_and_scrubbed_outputs(heal: HealWo
 
 
 def test_failed_and_refused_runs_are_recorded_too(heal: HealWorld) -> None:
-    runbook = load_runbook(DATA / "runbooks" / "hostile" / "RB-HOSTILE-008.yaml")
-    refused = execute(runbook, {"marker": str(heal.allowed / "m")}, heal.context())
+    runbook = load_runbook(DATA / "runbooks" / "hostile" / "RB-HOSTILE-014.yaml")
+    refused = execute(runbook, {"marker": str(heal.marker())}, heal.context())
     scratch = heal.allowed / "scratch"
     scratch.mkdir()
     failed = execute(
         BENIGN,
-        {"marker": str(heal.allowed / "m"), "scratch": str(scratch)},
+        {"marker": str(heal.marker()), "scratch": str(scratch)},
         heal.context(),
         verify=lambda: False,
     )
@@ -131,7 +132,7 @@ def test_failed_and_refused_runs_are_recorded_too(heal: HealWorld) -> None:
         second = record_remediation(store, failed, host=HOST, finding=Finding())
     p = json.loads((first.path / "statement.json").read_text())["predicate"]
     assert p["outcome"] == "rejected" and p["actions"][0]["name"] == "guard"
-    assert "rm is not on the binary allowlist" in p["actions"][0]["detail"]
+    assert "sshd.service is not on the allowlist" in p["actions"][0]["detail"]
     assert p["controls"][0]["status"] == "unknown"
     p = json.loads((second.path / "statement.json").read_text())["predicate"]
     assert p["outcome"] == "failed" and p["controls"][0]["status"] == "fail"

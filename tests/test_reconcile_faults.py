@@ -1,22 +1,68 @@
-"""Fault injection: the reconciler is SIGKILLed after each step of an apply; the next run
-converges (the host runs and boots the target), the evidence verifies, and exactly one
-signed record of the switch exists: nothing lost, nothing recorded twice."""
+"""The SIGKILL campaign: the reconciler is killed at every named fault point, and at random
+moments, over a healthy and a broken revision. Every trial must end converged (the healthy
+revision running and the boot default; the broken one reverted and blocked), with the
+evidence log verifying, exactly one record per activation (no attempt recorded twice, every
+test activation the sandbox logged has a record), no change of its own recorded as someone
+else's, and never a "success" for a generation whose critical unit fails.
+
+``make test`` runs every fault point over the revisions that reach it and a few seeded
+random kills; ``make campaign`` runs many more random kills (``NIXCOMPLY_CAMPAIGN_TRIALS``).
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import random
 import signal
 import subprocess
 import sys
 import textwrap
+from typing import Any, Final
 
 import pytest
 from fixtures_reconcile import ReconcileWorld
 
-from nixcomply.host.state import State
+from nixcomply.core.faults import CYCLE_POINTS, FaultPoint
+from nixcomply.host.state import AttemptOutcome, State
 from nixcomply.model.outcome import PlanKind
 from nixcomply.nixos import generations, system
 from nixcomply.reconcile.cycle import Reconciler
+
+HEALTHY: Final = "newer"
+BROKEN: Final = "broken"
+# The fault points and the revisions whose cycle passes them.
+POINTS: Final[dict[FaultPoint, tuple[str, ...]]] = {
+    FaultPoint.SETTLING: (HEALTHY, BROKEN),
+    FaultPoint.SETTLED: (HEALTHY, BROKEN),
+    FaultPoint.BUILT: (HEALTHY, BROKEN),
+    FaultPoint.TESTED: (HEALTHY, BROKEN),
+    FaultPoint.GATING: (HEALTHY, BROKEN),
+    FaultPoint.GATED: (HEALTHY, BROKEN),
+    FaultPoint.SWITCHED: (HEALTHY,),
+    FaultPoint.REVERTED: (BROKEN,),
+    FaultPoint.RECORDED: (HEALTHY, BROKEN),
+    FaultPoint.CLOSED: (HEALTHY, BROKEN),
+    FaultPoint.CHECKED: (HEALTHY, BROKEN),
+}
+# make test: every fault point once, over the revision whose failure there matters most;
+# make campaign (NIXCOMPLY_CAMPAIGN=1): every point over every revision that reaches it.
+REPRESENTATIVE: Final[dict[FaultPoint, str]] = {
+    FaultPoint.SETTLING: BROKEN,
+    FaultPoint.SETTLED: HEALTHY,
+    FaultPoint.BUILT: HEALTHY,
+    FaultPoint.TESTED: BROKEN,
+    FaultPoint.GATING: BROKEN,
+    FaultPoint.GATED: HEALTHY,
+    FaultPoint.SWITCHED: HEALTHY,
+    FaultPoint.REVERTED: BROKEN,
+    FaultPoint.RECORDED: HEALTHY,
+    FaultPoint.CLOSED: HEALTHY,
+    FaultPoint.CHECKED: BROKEN,
+}
+FULL: Final = os.environ.get("NIXCOMPLY_CAMPAIGN") == "1"
+TRIALS: Final = int(os.environ.get("NIXCOMPLY_CAMPAIGN_TRIALS", "40" if FULL else "3"))
+LONGEST_CYCLE: Final = 3.0  # seconds; random kills land anywhere in a cycle this long
 
 CHILD = textwrap.dedent(
     """
@@ -28,81 +74,132 @@ CHILD = textwrap.dedent(
         if name == sys.argv[1]:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    faults.HOOK = die
+    if sys.argv[1]:
+        faults.HOOK = die
     sys.exit(main(["reconcile", "--config", sys.argv[2]]))
     """
 )
 
 
-def predicates(world: ReconcileWorld) -> list[dict[str, object]]:
-    """The generation-change predicates, oldest first (check-run entries are left out)."""
+def reconcile_child(world: ReconcileWorld, point: str = "") -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD, point, str(world.host.config_path)],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def killed_at(world: ReconcileWorld, point: FaultPoint) -> None:
+    child = reconcile_child(world, point)
+    _, err = child.communicate()
+    assert child.returncode == -signal.SIGKILL, f"the child should die at {point}: {err.decode()}"
+
+
+def statements(world: ReconcileWorld) -> list[dict[str, Any]]:
     found = [json.loads(p.read_text()) for p in (world.host.state_dir / "evidence").rglob("statement.json")]
-    changes = [s["predicate"] for s in found if s["predicateType"].endswith("/generation-change/v1")]
-    return sorted(changes, key=lambda p: p["chain"]["seq"])
+    return sorted(found, key=lambda s: s["predicate"]["chain"]["seq"])
 
 
-@pytest.mark.parametrize("step", ["built", "tested", "gating", "gated", "switched", "recorded"])
-def test_killed_after_each_step_converges_with_evidence_intact(fresh: ReconcileWorld, step: str) -> None:
+def generation_changes(world: ReconcileWorld) -> list[dict[str, Any]]:
+    return [
+        s["predicate"] for s in statements(world) if str(s["predicateType"]).endswith("/generation-change/v1")
+    ]
+
+
+def logged_test_activations(world: ReconcileWorld) -> list[str]:
+    """The systems the sandbox test-activated while they were not its boot default."""
+    log = world.sandbox.root.path / "activations.log"
+    lines = log.read_text().splitlines() if log.exists() else []
+    return [
+        system
+        for action, system, boot in (line.split() for line in lines)
+        if action == "test" and system != boot
+    ]
+
+
+def converge(world: ReconcileWorld, target: str, *, cycles: int = 5) -> None:
+    config = world.configure(target)
+    for _ in range(cycles):
+        report = Reconciler(config).run()
+        with State.open(world.host.state_dir) as state:
+            settled = state.in_progress() == []
+        if settled and report.plan is not None and report.plan.kind in (PlanKind.IN_SYNC, PlanKind.BLOCKED):
+            return
+    pytest.fail(f"no convergence towards {target} within {cycles} cycles: {report.plan}")
+
+
+def check_converged(world: ReconcileWorld, target: str, what: str) -> None:
+    root = world.sandbox.root
+    expected = world.systems[target if target == HEALTHY else "good"]
+    assert system.current_system(root) == expected, what
+    assert generations.profile_target(root) == expected, what
+    with State.open(world.host.state_dir) as state:
+        assert state.in_progress() == [], what
+        attempt = state.attempt(world.revs[target])
+        assert attempt is not None, what
+        wanted = AttemptOutcome.SUCCESS if target == HEALTHY else AttemptOutcome.REVERTED
+        assert attempt.outcome == wanted, f"{what}: {attempt}"
+
+    assert world.verify() == len(statements(world)), what
+    changes = generation_changes(world)
+    assert not [c for c in changes if c["event"] != "generation-change"], (
+        f"{what}: own change taken as external"
+    )
+    broken = str(world.systems[BROKEN])
+    assert not [
+        c for c in changes if c["outcome"] == "success" and c["generation"]["store_path"] == broken
+    ], f"{what}: a generation whose critical unit fails was recorded as a success"
+    keys = [next(a["detail"] for a in c["actions"] if a["name"] == "attempt") for c in changes]
+    assert len(keys) == len(set(keys)), f"{what}: an attempt recorded twice: {keys}"
+    target_path = str(world.systems[target])
+    records = [c for c in changes if c["generation"]["store_path"] == target_path]
+    activations = [s for s in logged_test_activations(world) if s == target_path]
+    assert len(records) >= len(activations) >= 1, (
+        f"{what}: {len(activations)} test activations of the target, {len(records)} records"
+    )
+
+
+CASES = (
+    [(point, target) for point, targets in POINTS.items() for target in targets]
+    if FULL
+    else list(REPRESENTATIVE.items())
+)
+
+
+def test_every_fault_point_is_in_the_campaign() -> None:
+    assert set(POINTS) == set(REPRESENTATIVE) == CYCLE_POINTS
+    assert all(target in POINTS[point] for point, target in REPRESENTATIVE.items())
+
+
+@pytest.mark.parametrize(("point", "target"), CASES, ids=[f"{p.value}-{t}" for p, t in CASES])
+def test_killed_at_a_fault_point_converges(fresh: ReconcileWorld, point: FaultPoint, target: str) -> None:
     fresh.install("good")
-    config = fresh.configure("newer")
-    child = subprocess.run(
-        [sys.executable, "-c", CHILD, step, str(fresh.host.config_path)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert child.returncode == -signal.SIGKILL, f"the child should die at {step}: {child.stderr}"
-    root = fresh.sandbox.root
-    # whatever the step, the boot default is the old generation until the switch
-    if step in {"built", "tested", "gating", "gated"}:
-        assert generations.profile_target(root) == fresh.systems["good"]
-
-    report = Reconciler(config).run()
-    assert report.external is None, report.external
-    assert system.current_system(root) == fresh.systems["newer"]
-    assert generations.profile_target(root) == fresh.systems["newer"]
-    assert fresh.verify() >= 1
-
-    switches = [p for p in predicates(fresh) if p["outcome"] == "success"]
-    assert len(switches) == 1, f"exactly one record of the switch after a kill at {step}: {switches}"
-    assert switches[0]["generation"]["store_path"] == str(fresh.systems["newer"])  # type: ignore[index]
-    with State.open(fresh.host.state_dir) as state:
-        assert state.in_progress() == []
-        attempt = state.attempt(fresh.revs["newer"])
-        assert attempt is not None
-        assert attempt.outcome == "success"
-
-    settled = Reconciler(config).run()
-    assert settled.plan is not None
-    assert settled.plan.kind == PlanKind.IN_SYNC
-    assert len(predicates(fresh)) == len(switches)
+    fresh.configure(target)
+    if point in (FaultPoint.SETTLING, FaultPoint.SETTLED):
+        killed_at(fresh, FaultPoint.TESTED)  # an interrupted attempt for the next run to settle
+    killed_at(fresh, point)
+    converge(fresh, target)
+    check_converged(fresh, target, f"killed at {point}")
 
 
-@pytest.mark.parametrize("step", ["tested", "gated", "reverted", "recorded"])
-def test_killed_around_a_revert_still_ends_reverted_and_recorded_once(
-    fresh: ReconcileWorld, step: str
-) -> None:
-    fresh.install("newer")
-    config = fresh.configure("broken")
-    child = subprocess.run(
-        [sys.executable, "-c", CHILD, step, str(fresh.host.config_path)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert child.returncode == -signal.SIGKILL, child.stderr
-    root = fresh.sandbox.root
-    assert generations.profile_target(root) == fresh.systems["newer"], "the boot default never moves"
-
-    report = Reconciler(config).run()
-    assert report.external is None
-    assert system.current_system(root) == fresh.systems["newer"]
-    assert generations.profile_target(root) == fresh.systems["newer"]
-    reverts = [p for p in predicates(fresh) if p["outcome"] == "reverted"]
-    assert len(reverts) == 1, f"exactly one record of the revert after a kill at {step}"
-    assert fresh.verify() >= len(predicates(fresh))
-    with State.open(fresh.host.state_dir) as state:
-        attempt = state.attempt(fresh.revs["broken"])
-        assert attempt is not None
-        assert attempt.blocked
-    assert Reconciler(config).run().plan.kind == PlanKind.BLOCKED  # type: ignore[union-attr]
+@pytest.mark.parametrize("seed", range(TRIALS))
+def test_killed_at_a_random_moment_converges(fresh: ReconcileWorld, seed: int) -> None:
+    """The whole process group is killed (the reconciler and whatever it runs: nix,
+    nixos-rebuild, switch-to-configuration, systemctl), at a moment drawn from a seeded
+    generator, so a failure replays."""
+    rng = random.Random(seed)
+    target = rng.choice((HEALTHY, BROKEN))
+    delay = rng.uniform(0.05, LONGEST_CYCLE)
+    fresh.install("good")
+    fresh.configure(target)
+    child = reconcile_child(fresh)
+    try:
+        child.wait(timeout=delay)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+    assert child.stderr is not None
+    child.stderr.close()
+    converge(fresh, target)
+    check_converged(fresh, target, f"seed {seed}: {target}, killed after {delay:.3f} s")

@@ -137,14 +137,14 @@ def test_bad_parameters_exit_2_without_a_traceback(
 
 
 def test_a_hostile_runbook_file_is_refused_and_its_first_step_never_runs(cli: Any, heal: HealWorld) -> None:
-    marker = heal.allowed / "marker"
-    for name in ("RB-HOSTILE-002", "RB-HOSTILE-016", "RB-HOSTILE-001"):
+    marker = heal.marker()
+    for name in ("RB-HOSTILE-002", "RB-HOSTILE-016", "RB-HOSTILE-001", "RB-HOSTILE-018", "RB-HOSTILE-014"):
         r = cli(
             "runbook", "run", DATA / "runbooks" / "hostile" / f"{name}.yaml", "--param", f"marker={marker}",
             "--config", write_config(heal),
         )  # fmt: skip
         assert r.code == 2 and "Traceback" not in r.err
-        assert not marker.exists()
+        assert not heal.touched(marker)
     r = cli("runbook", "run", "RB-NOPE-001")
     assert r.code == 2 and "no runbook RB-NOPE-001 in" in r.err
 
@@ -157,7 +157,8 @@ def test_a_manual_run_is_recorded_with_the_technician_as_actor(
     scratch = heal.allowed / "scratch"
     scratch.mkdir()
     (scratch / "junk").write_text("x")
-    params = ["--param", f"marker={heal.allowed / 'marker'}", "--param", f"scratch={scratch}"]
+    marker = heal.marker()
+    params = ["--param", f"marker={marker}", "--param", f"scratch={scratch}"]
     monkeypatch.setenv("SUDO_USER", "alice")
 
     r = cli("runbook", "run", BENIGN, *params, "--config", config, "--dry-run")
@@ -167,7 +168,7 @@ def test_a_manual_run_is_recorded_with_the_technician_as_actor(
     r = cli("runbook", "run", BENIGN, *params, "--config", config)
     assert r.code == 0, r.err
     assert "outcome: success" in r.out and "evidence: entry 0 (" in r.out
-    assert not (scratch / "junk").exists() and (heal.allowed / "marker").exists()
+    assert not (scratch / "junk").exists() and heal.touched(marker)
     (statement,) = keys.state_dir.glob("evidence/*/*/*/*/statement.json")
     predicate = json.loads(statement.read_text())["predicate"]
     assert predicate["actor"] == "alice" and predicate["runbook"] == "RB-BENIGN-001"
@@ -180,11 +181,12 @@ def test_a_failing_run_exits_1_and_without_keys_says_it_is_not_recorded(cli: Any
     failing = heal.tmp / "RB-FAIL-001.yaml"
     failing.write_text(
         "id: RB-FAIL-001\nname: fails\nversion: 1\nseverity: low\ndescription: fails\n"
-        "steps:\n  - {action: run_command, description: fail, params: {argv: ['false']}}\n"
+        "steps:\n  - {action: run_command, description: fail, params: {argv: [nft, list, ruleset]}}\n"
         "rollback:\n  - {action: send_alert, description: tell, params: {message: it failed}}\n"
     )
-    r = cli("runbook", "run", failing, "--config", write_config(heal))
-    assert r.code == 1
+    config = write_config(heal, binaries={"nft": "/bin/false"})  # the program fails
+    r = cli("runbook", "run", failing, "--config", config)
+    assert r.code == 1, r.err
     assert "nixcomply: warning: no evidence keys configured: this run is not recorded" in r.err
     assert "  FAIL steps[0] run_command (" in r.out and "false exited with status 1" in r.out
     assert "  ok   rollback[0] send_alert (" in r.out

@@ -11,12 +11,22 @@ import textwrap
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from nixcomply.core.lock import StateLock
 from nixcomply.errors import LockHeldError
-from nixcomply.host.state import Observation, State, StateError, now
+from nixcomply.host.state import (
+    SCHEMA_VERSION,
+    AttemptOutcome,
+    AttemptPhase,
+    LastGood,
+    Observation,
+    State,
+    StateError,
+    now,
+)
 
 
 def test_runs_round_trip(tmp_path: Path) -> None:
@@ -42,7 +52,7 @@ def test_reverted_revision_is_blocked_until_reset(tmp_path: Path) -> None:
         state.begin_attempt(rev, "/nix/store/x-nixos-system")
         attempt = state.attempt(rev)
         assert attempt is not None and attempt.interrupted and not attempt.blocked
-        state.end_attempt(rev, "reverted", "sshd.service failed")
+        state.end_attempt(rev, AttemptOutcome.REVERTED, "sshd.service failed")
     with State.open(tmp_path) as state:  # survives reopening
         attempt = state.attempt(rev)
         assert attempt is not None and attempt.blocked and attempt.detail == "sshd.service failed"
@@ -55,11 +65,52 @@ def test_attempt_count_increments(tmp_path: Path) -> None:
     rev = "b" * 40
     with State.open(tmp_path) as state:
         state.begin_attempt(rev, "/nix/store/1")
-        state.set_phase(rev, "gating")
+        state.set_phase(rev, AttemptPhase.GATING)
         state.begin_attempt(rev, "/nix/store/2")
         attempt = state.attempt(rev)
         assert attempt is not None
         assert (attempt.count, attempt.toplevel, attempt.phase) == (2, "/nix/store/2", "testing")
+
+
+def test_an_interrupted_attempt_does_not_block_its_revision(tmp_path: Path) -> None:
+    rev = "d" * 40
+    with State.open(tmp_path) as state:
+        assert state.begin_attempt(rev, "/nix/store/d").key == f"{rev}#1"
+        state.set_phase(rev, AttemptPhase.UNDOING, detail="interrupted during testing")
+        state.end_attempt(rev, AttemptOutcome.INTERRUPTED, "interrupted during testing")
+        attempt = state.attempt(rev)
+        assert attempt is not None and not attempt.blocked and not attempt.interrupted
+        assert state.blocked_revisions() == [] and state.begin_attempt(rev, "/nix/store/d").key == f"{rev}#2"
+
+
+def test_closing_an_attempt_stores_the_observation_in_the_same_transaction(tmp_path: Path) -> None:
+    """12.3: a closed attempt beside an observation from before it would make the next cycle
+    take nixcomply's own switch for someone else's."""
+    rev = "e" * 40
+    obs = Observation("/nix/store/e", "/nix/store/b", 5, rev, now())
+    with State.open(tmp_path) as state:
+        state.set_observation(Observation("/nix/store/b", "/nix/store/b", 4, "b" * 40, now()))
+        state.begin_attempt(rev, "/nix/store/e")
+        state.end_attempt(
+            rev,
+            AttemptOutcome.SUCCESS,
+            "switched",
+            observation=obs,
+            last_good=LastGood(5, "/nix/store/e", rev),
+        )
+    with State.open(tmp_path) as state:
+        assert state.observation() == obs
+        good = state.last_good()
+        assert good is not None and good["store_path"] == "/nix/store/e"
+        # a failing write inside the transaction leaves both as they were
+        state.begin_attempt(rev, "/nix/store/f")
+        unserialisable: Any = object()
+        with pytest.raises(TypeError):
+            state.end_attempt(
+                rev, AttemptOutcome.SUCCESS, "x", observation=obs, last_good=LastGood(6, unserialisable, rev)
+            )
+        attempt = state.attempt(rev)
+        assert attempt is not None and attempt.interrupted and state.observation() == obs
 
 
 def test_toplevels_observation_last_good(tmp_path: Path) -> None:
@@ -95,12 +146,28 @@ def test_wal_mode_and_schema_version(tmp_path: Path) -> None:
     State.open(tmp_path).close()
     db = sqlite3.connect(tmp_path / "state.db")
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
     db.execute("PRAGMA user_version=99")
     db.commit()
     db.close()
     with pytest.raises(StateError, match="newer nixcomply"):
         State.open(tmp_path)
+
+
+def test_a_schema_1_database_gains_the_memo_and_keeps_its_attempts(tmp_path: Path) -> None:
+    rev = "f" * 40
+    with State.open(tmp_path) as state:
+        state.begin_attempt(rev, "/nix/store/f")
+    db = sqlite3.connect(tmp_path / "state.db")
+    db.execute("DROP TABLE memo")
+    db.execute("PRAGMA user_version=1")
+    db.commit()
+    db.close()
+    with State.open(tmp_path) as state:
+        assert state.attempt(rev) is not None
+        assert state.recall("k", "s") is None
+        state.memorise("k", "s", "v")
+        assert state.recall("k", "s") == "v" and state.recall("k", "other") is None
 
 
 def test_corrupt_database_is_a_clear_error(tmp_path: Path) -> None:

@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Final
 
 from nixcomply import __version__
-from nixcomply.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, NixcomplyError
-
-logger = logging.getLogger(__name__)
+from nixcomply.errors import (
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_PIPE,
+    EXIT_USAGE,
+    HostIOError,
+    NixcomplyError,
+)
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -103,11 +108,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def setup_logging(*, debug: bool, verbose: bool) -> None:
+    import logging  # noqa: PLC0415 - not needed by `nixcomply --version`
+
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    given = sys.argv[1:] if argv is None else list(argv)
+    if given == ["--version"]:
+        # answered before the verbs' modules load and their parsers are built: a script
+        # asking for the version pays for the interpreter and this module only
+        print(f"nixcomply {__version__}")
+        return 0
     return run(build_parser(), argv, prog="nixcomply")
 
 
@@ -132,7 +145,9 @@ def run(
         return EXIT_USAGE
     try:
         try:
-            return handler(args)
+            code = handler(args)
+            sys.stdout.flush()  # a closed pipe shows here, not at exit
+            return code
         except NixcomplyError:
             raise
         except Exception as e:
@@ -140,16 +155,18 @@ def run(
             if deliberate is None:
                 raise
             raise deliberate from e
+    except BrokenPipeError:
+        _discard_stdout()
+        return EXIT_PIPE
     except NixcomplyError as e:
-        if debug:
-            logger.exception("%s", type(e).__name__)
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        if e.hint:
-            print(f"{prog}: hint: {e.hint}", file=sys.stderr)
-        return e.exit_code
+        return _report(e, debug=debug, prog=prog)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except OSError as e:
+        # the machine refused something (a full disk, a read-only filesystem, a path that is
+        # a directory or does not exist): the environment's problem, not nixcomply's
+        return _report(HostIOError.from_os_error(e), debug=debug, prog=prog)
     except Exception as e:
         if debug:
             raise
@@ -160,3 +177,26 @@ def run(
             file=sys.stderr,
         )
         return EXIT_INTERNAL
+
+
+def _report(e: NixcomplyError, *, debug: bool, prog: str) -> int:
+    if debug:
+        import logging  # noqa: PLC0415 - see setup_logging
+
+        logging.getLogger(__name__).error("%s", type(e).__name__, exc_info=e)
+    print(f"{prog}: error: {e}", file=sys.stderr)
+    if e.hint:
+        print(f"{prog}: hint: {e.hint}", file=sys.stderr)
+    return e.exit_code
+
+
+def _discard_stdout() -> None:
+    """The reader went away (``| head``): end quietly, and keep the interpreter from
+    complaining when it flushes stdout at exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass  # stdout is not a real file (a test's capture): nothing to flush at exit
+    finally:
+        os.close(devnull)

@@ -15,26 +15,34 @@ spells a number):
   argument);
 * 3 (``EXIT_WARNINGS``): success with warnings (for example an attestation that expired);
 * 70 (``EXIT_INTERNAL``, sysexits' EX_SOFTWARE): an internal error, a bug in nixcomply;
+* 74 (``EXIT_IO``, EX_IOERR): the machine refused what nixcomply needed of it: a full disk,
+  a read-only filesystem, a missing directory, a directory where a file belongs, no
+  permission. Nothing is wrong with the input; the message names the path;
 * 75 (``EXIT_TEMPFAIL``, EX_TEMPFAIL): temporarily unavailable (another reconciler holds
   the lock); retry later;
-* 130 (``EXIT_INTERRUPTED``, 128 + SIGINT): interrupted by Ctrl-C.
+* 130 (``EXIT_INTERRUPTED``, 128 + SIGINT): interrupted by Ctrl-C;
+* 141 (``EXIT_PIPE``, 128 + SIGPIPE): the reader of the output went away
+  (``nixcomply ... | head``); nothing is printed about it, as other Unix tools do.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import shlex
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Final
+from typing import ClassVar, Final, NamedTuple
 
 EXIT_OK: Final = 0
 EXIT_FAILURE: Final = 1
 EXIT_USAGE: Final = 2
 EXIT_WARNINGS: Final = 3
 EXIT_INTERNAL: Final = 70
+EXIT_IO: Final = 74
 EXIT_TEMPFAIL: Final = 75
 EXIT_INTERRUPTED: Final = 130
+EXIT_PIPE: Final = 141
 
 
 class NixcomplyError(Exception):
@@ -58,9 +66,10 @@ class UsageError(NixcomplyError):
     exit_code = EXIT_USAGE
 
 
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with an input file: where (file, line, field) and what was expected."""
+class Problem(NamedTuple):
+    """One thing wrong with an input file: where (file, line, field) and what was expected.
+    (A named tuple, not a dataclass: this module loads with every command, and dataclasses
+    costs ``nixcomply --version`` a third of its start.)"""
 
     file: Path | None
     line: int | None
@@ -140,11 +149,40 @@ class VerificationError(NixcomplyError):
     a Merkle root that does not match. Exit code 1; the message names the first bad item."""
 
 
+class HostIOError(NixcomplyError):
+    """Raised when the machine refuses an operation nixcomply needs (a full disk, a read-only
+    filesystem, a missing or wrong kind of path, no permission), or would soon: too little
+    free space to record what an activation does. Exit code 74; the message names the path
+    and what the system said. :func:`from_os_error` builds one from an ``OSError``."""
+
+    exit_code = EXIT_IO
+
+    @classmethod
+    def from_os_error(cls, e: OSError, doing: str | None = None, *, path: Path | None = None) -> HostIOError:
+        what = e.strerror or (os.strerror(e.errno) if e.errno else type(e).__name__)
+        name = e.filename if e.filename is not None else path
+        where = f"{name}: " if name is not None else ""
+        hint = _IO_HINTS.get(e.errno or 0)
+        return cls(f"{where}{doing + ': ' if doing else ''}{what}", hint=hint)
+
+
 class LockHeldError(NixcomplyError):
     """Raised when another nixcomply process holds the state directory's lock. Exit code 75
     (try again later); the message names the lock file and the holder's pid when known."""
 
     exit_code = EXIT_TEMPFAIL
+
+
+# errno -> what to do about it
+_IO_HINTS: Final = {
+    errno.ENOSPC: "free space on that filesystem (or move the state directory) and run again",
+    errno.EDQUOT: "the disk quota is exhausted; free space and run again",
+    errno.EROFS: "the filesystem is mounted read-only; nixcomply needs to write there",
+    errno.EISDIR: "give a file name, not a directory",
+    errno.ENOTDIR: "a component of the path is a file, not a directory",
+    errno.ENOENT: "create the directory first, or give another path",
+    errno.EACCES: "run as a user that may write there (the reconciler runs as root)",
+}
 
 
 def _show_argv(argv: Sequence[str]) -> str:

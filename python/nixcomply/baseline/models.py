@@ -9,6 +9,7 @@ renderer maps them to the option names of the NixOS release it targets
 
 from __future__ import annotations
 
+import math
 import re
 from enum import StrEnum
 from typing import Annotated, Any, Final
@@ -104,8 +105,33 @@ class Requirement(StrictModel):
     message: NonEmptyStr
 
 
+# Nix integers are signed 64-bit: a larger number cannot be rendered for evaluation.
+NIX_INT_MIN: Final = -(2**63)
+NIX_INT_MAX: Final = 2**63 - 1
+NixInt = Annotated[int, Field(ge=NIX_INT_MIN, le=NIX_INT_MAX)]
+
+
+def _nix_value(value: Any) -> Any:
+    """Refuse what Nix cannot hold: integers beyond 64 bits, NaN and infinities (in lists and
+    attribute sets too)."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, bool) or v is None or isinstance(v, str):
+            continue
+        if isinstance(v, int) and not NIX_INT_MIN <= v <= NIX_INT_MAX:
+            raise ValueError(f"{v} does not fit in a Nix integer (signed 64-bit)")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"{v} is not a number Nix can hold")
+        if isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, dict):
+            stack.extend(v.values())
+    return value
+
+
 # JSON-compatible values a NixOS option can be given from YAML.
-NixValue = None | bool | int | float | str | list[Any] | dict[str, Any]
+NixValue = Annotated[bool | int | float | str | list[Any] | dict[str, Any] | None, AfterValidator(_nix_value)]
 
 
 def _attr_path(value: str) -> str:
@@ -155,21 +181,21 @@ class Control(StrictModel):
 class Parameters(StrictModel):
     """Site policy knobs the runtime checks and the reconciler read from the manifest."""
 
-    backup_max_age_hours: int = Field(gt=0, description="newest backup may be at most this old")
-    restore_test_max_age_days: int = Field(gt=0, description="last successful restore test")
-    time_max_drift_seconds: float = Field(gt=0, description="allowed clock offset")
-    critical_patch_max_age_days: int = Field(gt=0, description="running nixpkgs revision age")
+    backup_max_age_hours: NixInt = Field(gt=0, description="newest backup may be at most this old")
+    restore_test_max_age_days: NixInt = Field(gt=0, description="last successful restore test")
+    time_max_drift_seconds: float = Field(gt=0, allow_inf_nan=False, description="allowed clock offset")
+    critical_patch_max_age_days: NixInt = Field(gt=0, description="running nixpkgs revision age")
     critical_services: list[NonEmptyStr] = Field(
         min_length=1, description="systemd units that must be active"
     )
     disk_usage_max_percent: int = Field(default=85, gt=0, le=100)
-    exception_warn_days: int = Field(
+    exception_warn_days: NixInt = Field(
         default=14, ge=0, description="warn this long before an exception expires"
     )
-    generation_max_drift_hours: int = Field(
+    generation_max_drift_hours: NixInt = Field(
         default=24, gt=0, description="how long a host may run other than the approved revision"
     )
-    av_signature_max_age_days: int = Field(default=7, gt=0)
+    av_signature_max_age_days: NixInt = Field(default=7, gt=0)
     router: bool = Field(
         default=False, description="the host forwards packets between networks (controls with unless: router)"
     )
@@ -178,7 +204,7 @@ class Parameters(StrictModel):
 class Baseline(StrictModel):
     id: str = Field(pattern=r"^[a-z][a-z0-9-]*-v\d+$", description="baseline id, e.g. hipaa-v1")
     title: NonEmptyStr
-    version: int = Field(ge=1, description="bumped on every change of a control's meaning")
+    version: NixInt = Field(ge=1, description="bumped on every change of a control's meaning")
     nixos_release: str = Field(pattern=r"^\d{2}\.(05|11)$", description="release the option names target")
     description: str = ""
     parameters: Parameters

@@ -20,7 +20,7 @@ from nixcomply.baseline import releases
 from nixcomply.baseline.load import LoadedBaseline
 from nixcomply.baseline.models import AssertionKind, Control
 from nixcomply.baseline.nixattr import format_attr_path, nix_string, nix_value, parse_attr_path
-from nixcomply.core.fsutil import atomic_write_text
+from nixcomply.core.fsutil import write_output
 from nixcomply.core.paths import data_dir
 from nixcomply.model.manifest import MANIFEST_SCHEMA
 
@@ -160,16 +160,10 @@ def render(loaded: LoadedBaseline, *, release: str | None = None) -> str:
 
 
 def render_to(loaded: LoadedBaseline, output: Path, *, release: str | None = None) -> bool:
-    """Write the module to ``output`` if it changed; return whether it changed."""
-
-    text = render(loaded, release=release)
-    try:
-        if output.read_text(encoding="utf-8") == text:
-            return False
-    except FileNotFoundError:
-        pass
-    atomic_write_text(output, text)
-    return True
+    """Write the module to ``output`` if it changed; return whether it changed (see
+    :func:`nixcomply.core.fsutil.write_output`: regular files atomically, devices and FIFOs
+    as a stream, symlinks and directories refused)."""
+    return write_output(output, render(loaded, release=release).encode("utf-8"))
 
 
 def _display(path: Path) -> str:

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from nixcomply.baseline.load import load_baseline
 from nixcomply.baseline.models import Parameters
 from nixcomply.checks.config import ChecksConfig
+from nixcomply.core.memo import Memo, file_stamp
 from nixcomply.core.paths import default_baseline
 from nixcomply.core.yamlsource import SourceMap, problems_from_validation
 from nixcomply.errors import InputError
@@ -136,15 +137,17 @@ class CheckContext:
         attestations: tuple[AttestationSummary, ...] = (),
         previous_restarts: Mapping[str, int] | None = None,
         now: datetime | None = None,
+        memo: Memo | None = None,
     ) -> CheckContext:
         """A context for the host under ``root``: the manifest of its running system
-        (``<root>/run/current-system/etc/nixcomply/manifest.json``) and its parameters."""
+        (``<root>/run/current-system/etc/nixcomply/manifest.json``) and its parameters
+        (``memo``: where the shipped baseline's parameters may be remembered)."""
         current = root.joinpath(*CURRENT_SYSTEM.parts[1:])
         manifest = read_manifest(current) if current.exists() else None
         return cls(
             root=root,
             manifest=manifest,
-            parameters=parameters_of(manifest, origin=current),
+            parameters=parameters_of(manifest, origin=current, memo=memo),
             now=now or datetime.now(UTC),
             config=config or ChecksConfig(),
             systemd_factory=systemd_factory,
@@ -154,7 +157,9 @@ class CheckContext:
         )
 
 
-def parameters_of(manifest: Manifest | None, *, origin: Path | None = None) -> Parameters:
+def parameters_of(
+    manifest: Manifest | None, *, origin: Path | None = None, memo: Memo | None = None
+) -> Parameters:
     """The manifest's parameters, or the shipped baseline's, or :data:`FALLBACK_PARAMETERS`."""
     if manifest is not None:
         try:
@@ -162,15 +167,37 @@ def parameters_of(manifest: Manifest | None, *, origin: Path | None = None) -> P
         except ValidationError as e:
             where = SourceMap(origin or Path("manifest.json"))
             raise InputError(problems_from_validation(e, where)) from None
-    return default_parameters()
+    return default_parameters(memo)
 
 
-def default_parameters() -> Parameters:
+# (path, st_dev, st_ino, st_mtime_ns, st_size) -> the shipped baseline's parameters
+_DEFAULTS: dict[tuple[Path, int, int, int, int], Parameters] = {}
 
+
+def default_parameters(memo: Memo | None = None) -> Parameters:
+    """The shipped baseline's parameters, read again only when the file changed (kept in
+    this process, and in ``memo`` for the next run)."""
     path = default_baseline()
-    if path.exists():
+    try:
+        st = path.stat()
+    except OSError:
+        return FALLBACK_PARAMETERS
+    key = (path, st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+    if key in _DEFAULTS:
+        return _DEFAULTS[key]
+    stamp = file_stamp(path)
+    remembered = memo.recall(f"baseline-parameters:{path}", stamp) if memo is not None and stamp else None
+    if remembered is not None:
         try:
-            return load_baseline(path).baseline.parameters
-        except InputError as e:
-            logger.warning("cannot read the shipped baseline's parameters (%s); using built-in values", e)
-    return FALLBACK_PARAMETERS
+            _DEFAULTS[key] = Parameters.model_validate_json(remembered)
+            return _DEFAULTS[key]
+        except ValidationError:
+            pass
+    try:
+        _DEFAULTS[key] = load_baseline(path).baseline.parameters
+    except InputError as e:
+        logger.warning("cannot read the shipped baseline's parameters (%s); using built-in values", e)
+        return FALLBACK_PARAMETERS
+    if memo is not None and stamp:
+        memo.memorise(f"baseline-parameters:{path}", stamp, _DEFAULTS[key].model_dump_json())
+    return _DEFAULTS[key]

@@ -83,15 +83,26 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def _check_fresh(output: Path, expected: str, fix: str) -> int:
+    """Compare ``output`` with what rendering gives. Only a regular file is read (never a
+    symlink, a FIFO or a device), at most a little more than the expected size, and a diff
+    is shown only of a file nixcomply generated: a stale check never echoes another file."""
     import difflib
 
-    try:
-        current = output.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        current = ""
+    from nixcomply.core.yamlsource import read_text
+
+    if output.is_symlink():
+        raise UsageError(f"{output}: is a symbolic link; --check compares a regular file only")
+    current = read_text(output, limit=len(expected.encode()) * 2 + 4096) if output.exists() else ""
     if current == expected:
         print(f"{output}: up to date", file=sys.stderr)
         return EXIT_OK
+    if current and current[:24] != expected[:24]:
+        print(
+            f"nixcomply: error: {output} is not a file `{fix}` generates (it does not begin like one); "
+            "not showing its content",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
     diff = list(
         difflib.unified_diff(
             current.splitlines(keepends=True),
@@ -165,7 +176,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
     if args.output is None:
         sys.stdout.write(text)
     else:
-        from nixcomply.core.fsutil import atomic_write_text
+        from nixcomply.core.fsutil import write_output
 
-        atomic_write_text(args.output, text)
+        write_output(args.output, text.encode("utf-8"))
     return EXIT_OK

@@ -47,13 +47,17 @@ def _load_config(path: Path) -> tuple[ChecksConfig, dict[str, Any]]:
     """The checks configuration from ``path`` (a full reconciler configuration, validated as
     one, or a checks configuration alone), and the reconciler settings this verb uses."""
     from nixcomply.checks.config import ChecksConfig
-    from nixcomply.core.yamlsource import load_yaml, validate
+    from nixcomply.core.yamlsource import load_json_model, load_yaml, parse_json, read_text, validate
     from nixcomply.reconcile.config import ReconcilerConfig
 
+    if path.suffix == ".json":
+        data, _ = parse_json(read_text(path), path)
+        if isinstance(data, dict) and "flake" in data:
+            config, _ = load_json_model(ReconcilerConfig, path)
+            return config.checks, {"root": config.root, **config.systemd.model_dump()}
+        checks, _ = load_json_model(ChecksConfig, path)
+        return checks, {}
     data, source = load_yaml(path)
-    if isinstance(data, dict) and "flake" in data:
-        config = validate(ReconcilerConfig, data, source)
-        return config.checks, {"root": config.root, **config.systemd.model_dump()}
     return validate(ChecksConfig, data if data is not None else {}, source), {}
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 from nixcomply.cli import add_verb
@@ -26,6 +25,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    import tempfile  # not at the top: `nixcomply --version` must not pay for it (random)
+
     from nixcomply.sandbox.demo import run_demo
 
     directory = args.dir or Path(tempfile.mkdtemp(prefix="nixcomply-demo-"))

@@ -20,7 +20,6 @@ from nixcomply.errors import EXIT_FAILURE, EXIT_OK
 
 if TYPE_CHECKING:
     from nixcomply.reconcile.config import ReconcilerConfig
-    from nixcomply.reconcile.model import CycleReport
 
 
 class Verb(StrEnum):
@@ -130,44 +129,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_OK if report.plan.kind == PlanKind.IN_SYNC else EXIT_FAILURE
 
 
-def summarise(report: CycleReport) -> list[str]:
-    from nixcomply.model.outcome import ApplyOutcome
-
-    lines = []
-    if report.external is not None:
-        lines.append(f"noticed: {report.external.description}")
-    if report.plan is not None:
-        lines.append(f"plan:    {report.plan.kind.value}: {report.plan.reason}")
-    r = report.result
-    lines.append(f"outcome: {r.outcome.value}: {r.detail}")
-    if r.gate is not None:
-        for c in r.gate.checks:
-            lines.append(f"  gate {'ok  ' if c.ok else 'FAIL'} {c.name}: {c.detail}")
-    if report.findings:
-        counts: dict[str, int] = {}
-        for f in report.findings:
-            counts[f.status] = counts.get(f.status, 0) + 1
-        lines.append("checks:  " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
-        for f in report.findings:
-            if f.status.needs_attention:
-                decided = f" -> {f.decision}" if f.decision else ""
-                lines.append(f"  {f.status:<5} {f.check}: {f.message}{decided}")
-    if r.outcome == ApplyOutcome.SUCCESS and report.host.need_reboot:
-        lines.append(f"reboot needed for: {', '.join(report.host.need_reboot)}")
-    if report.evidence_seqs:
-        lines.append(f"evidence: entries {', '.join(str(s) for s in report.evidence_seqs)}")
-    return lines
-
-
-def exit_code(report: CycleReport) -> int:
-
-    if report.result.outcome.failed:
-        return EXIT_FAILURE
-    if report.plan is not None and report.plan.kind.needs_attention:
-        return EXIT_FAILURE
-    return EXIT_OK
-
-
 def cmd_reconcile(args: argparse.Namespace) -> int:
     from nixcomply.reconcile.cycle import Reconciler
 
@@ -175,8 +136,8 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(report.model_dump(mode="json"))
     else:
-        print("\n".join(summarise(report)))
-    return exit_code(report)
+        print("\n".join(report.lines()))
+    return report.exit_code
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:

@@ -34,9 +34,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     group = add_group(subparsers, "runbook", help="validate, list and run remediation runbooks")
 
     validate = add_verb(
-        group, "validate", cmd_validate, help="validate runbook files (errors name file:line)"
+        group,
+        "validate",
+        cmd_validate,
+        help="validate runbook files (errors name file:line)",
+        description=(
+            "Validate runbook files: the schema, and everything the guard would refuse before a\n"
+            "run whatever parameters it is given (the allowed programs and their options, the\n"
+            "step count, literal units and paths against the host's allowlists)."
+        ),
     )
     validate.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    _config_arg(validate)
 
     listing = add_verb(group, "list", cmd_list, help="list the runbooks")
     _dir_arg(listing)
@@ -57,15 +66,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     run.add_argument("runbook", metavar="ID|FILE", help="RB-SERVICE-001, or a runbook file")
     run.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="a runbook parameter")
     run.add_argument("--dry-run", action="store_true", help="say what would run; execute nothing")
-    run.add_argument(
+    _config_arg(run)
+    _dir_arg(run)
+    run.add_argument("--json", action="store_true", help="print the run as JSON")
+
+
+def _config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "--config",
         type=Path,
         default=None,
         metavar="FILE",
         help="reconciler configuration (default: /etc/nixcomply/reconciler.json when it exists)",
     )
-    _dir_arg(run)
-    run.add_argument("--json", action="store_true", help="print the run as JSON")
 
 
 def _dir_arg(parser: argparse.ArgumentParser) -> None:
@@ -84,12 +97,17 @@ def _runbooks_dir(given: Path | None) -> Path:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from nixcomply.heal.runbook import load_runbook
+    from nixcomply.heal import guard
+    from nixcomply.heal.runbook import load_runbook_source
 
+    config, heal = load_heal_config(args.config)
+    # without a host's configuration, what exists on this machine is not judged
+    root = config.root if config is not None else None
     problems: list[Problem] = []
     for path in args.files:
         try:
-            runbook = load_runbook(path)
+            runbook, source = load_runbook_source(path)
+            guard.check_static(runbook, heal, root=root, source=source)
         except InputError as e:
             problems.extend(e.problems)
             continue
@@ -255,15 +273,14 @@ def _systemd(config: ReconcilerConfig | None) -> SystemdFactory[Systemd] | None:
 
 def _sync(config: ReconcilerConfig) -> Any:
     """RB-DRIFT-001's callback: one reconcile cycle, as ``nixcomply reconcile`` runs it."""
-    from nixcomply.heal.actions import SyncResult
+    from nixcomply.heal.sync import SyncResult
 
     def sync(timeout: float) -> SyncResult:
-        from nixcomply.commands.reconcile import exit_code
         from nixcomply.reconcile.cycle import Reconciler
 
         report = Reconciler(config).run()
         return SyncResult(
-            ok=exit_code(report) == EXIT_OK,
+            ok=report.exit_code == EXIT_OK,
             detail=f"reconcile: {report.result.outcome.value}: {report.result.detail}",
             data={"outcome": report.result.outcome.value, "evidence_seqs": list(report.evidence_seqs)},
         )

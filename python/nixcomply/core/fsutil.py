@@ -8,9 +8,13 @@ survives a power cut.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 import tempfile
 from pathlib import Path
+
+from nixcomply.errors import HostIOError
 
 
 def fsync_dir(directory: Path) -> None:
@@ -63,3 +67,86 @@ def ensure_dir(path: Path, *, mode: int = 0o755) -> Path:
             directory.mkdir(mode=mode)
         fsync_dir(directory.parent)
     return path
+
+
+def write_output(path: Path, data: bytes) -> bool:
+    """Write a command's output file (``render -o``); return whether its content changed.
+
+    A regular file (or a new one in an existing directory) is replaced atomically, after
+    comparing at most ``len(data) + 1`` bytes of it, so an unchanged file is left alone. A
+    character device or a FIFO (``/dev/stdout``, ``/dev/null``, a pipe) is written through
+    as a stream, never replaced and never read. A symlink, a directory, a block device or a
+    socket is refused: replacing or following one as root would destroy what it names or
+    write where nobody meant to. Failures are a :class:`~nixcomply.errors.HostIOError`
+    (exit 74) naming the path.
+    """
+    try:
+        st: os.stat_result | None = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise HostIOError.from_os_error(e) from None
+    if st is None:
+        parent = path.parent
+        if not parent.is_dir():
+            raise HostIOError(
+                f"{path}: the directory {parent} does not exist", hint="create it first, or give another path"
+            )
+    elif stat.S_ISLNK(st.st_mode):
+        raise HostIOError(
+            f"{path}: is a symbolic link; refusing to replace or follow it", hint="give the path it points to"
+        )
+    elif stat.S_ISDIR(st.st_mode):
+        raise HostIOError(f"{path}: is a directory", hint="give a file name, not a directory")
+    elif stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode):
+        _stream(path, data)
+        return True
+    elif not stat.S_ISREG(st.st_mode):
+        raise HostIOError(f"{path}: is not a regular file (a block device or a socket); refusing to write it")
+    elif st.st_size == len(data) and _same(path, data):
+        return False
+    try:
+        atomic_write(path, data)
+    except OSError as e:
+        raise HostIOError.from_os_error(e, path=path) from None
+    return True
+
+
+def _same(path: Path, data: bytes) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        chunks: list[bytes] = []
+        size = 0
+        while size <= len(data):
+            chunk = os.read(fd, len(data) + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks) == data
+    finally:
+        os.close(fd)
+
+
+def _stream(path: Path, data: bytes) -> None:
+    """Write through a character device or FIFO (no reader on a FIFO: refused, not waited on)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno == errno.ENXIO:
+            raise HostIOError(f"{path}: a FIFO nobody reads; not waiting for a reader") from None
+        raise HostIOError.from_os_error(e, path=path) from None
+    try:
+        os.set_blocking(fd, True)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    except OSError as e:
+        raise HostIOError.from_os_error(e, path=path) from None
+    finally:
+        os.close(fd)

@@ -4,21 +4,42 @@ PyYAML forgets where values came from and silently keeps the last of two equal k
 module loads with a loader that remembers the line of every key and list item, refuses
 duplicate keys, and turns a pydantic ``ValidationError`` into :class:`~nixcomply.errors.Problem`
 values that point at the offending line.
+
+Every input is hostile until loaded. A file is read only when it is a regular file (a FIFO or
+a device could block or never end) and at most :data:`MAX_BYTES` long; a document may nest
+at most :data:`MAX_DEPTH` levels, use at most :data:`MAX_ALIASES` aliases and build at most
+:data:`MAX_NODES` values, counting every expansion of an alias (a 342-byte "billion laughs"
+expands to a billion). Each limit is an :class:`~nixcomply.errors.InputError` naming the
+file, never a hang, a ``RecursionError`` or memory without bound. YAML is parsed by libyaml
+(PyYAML's C parser) when it is installed, else by the pure-Python one, with the same limits:
+the depth and alias counts are taken from the parser's events, which are flat, before
+anything is built. JSON is parsed as JSON (:func:`parse_json`): no comments, no trailing
+commas, no duplicate keys, no ``NaN`` or ``Infinity``, and models are validated strictly.
 """
 
 from __future__ import annotations
 
 import difflib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import os
+import re
+import stat
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, Final, TypeVar
 
 import pydantic
 import yaml
 
 from nixcomply.errors import InputError, Problem
+
+MAX_BYTES: Final = 4 * 2**20
+MAX_DEPTH: Final = 64
+MAX_ALIASES: Final = 256
+MAX_NODES: Final = 200_000
+# libyaml when PyYAML was built with it (10x faster), the pure-Python parser otherwise
+_BASE_LOADER: Final[type[yaml.SafeLoader]] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 Loc = tuple[str | int, ...]
 M = TypeVar("M", bound=pydantic.BaseModel)
@@ -46,6 +67,12 @@ class SourceMap:
         return Problem(file=self.file, line=self.line_of(loc), field=format_loc(loc), message=message)
 
 
+# A key is shown in a location as it is when it looks like one (field names, NixOS option
+# paths, unit names); anything else (a line of /etc/shadow read as a key) is described, not
+# echoed: an error must not show the content of a file that is not what it claims to be.
+_SHOWN_KEY: Final = re.compile(r'^[A-Za-z0-9_.@+/" -]{1,128}$')
+
+
 def format_loc(loc: Sequence[str | int]) -> str:
     """``("controls", 3, "severity")`` -> ``controls[3].severity``."""
     out = ""
@@ -53,35 +80,59 @@ def format_loc(loc: Sequence[str | int]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += f".{part}" if out else str(part)
+            shown = str(part) if _SHOWN_KEY.match(str(part)) else f"<a key of {len(str(part))} characters>"
+            out += f".{shown}" if out else shown
     return out
 
 
-class _LineLoader(yaml.SafeLoader):
-    """SafeLoader that builds plain Python values and records a line for every path."""
+class _LineLoader(_BASE_LOADER):  # type: ignore[valid-type,misc]
+    """A safe loader that builds plain Python values and records a line for every path."""
 
 
-def _construct(loader: _LineLoader, node: yaml.Node, path: Loc, lines: dict[Loc, int]) -> Any:
+class _Budget:
+    """How many values a document may still build (alias expansions included)."""
+
+    def __init__(self, file: Path) -> None:
+        self.file = file
+        self.left = MAX_NODES
+
+    def spend(self, node: yaml.Node) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise InputError.single(
+                self.file,
+                f"the document builds more than {MAX_NODES} values (aliases that expand without end?)",
+                line=node.start_mark.line + 1,
+            )
+
+
+def _construct(
+    loader: _LineLoader, node: yaml.Node, path: Loc, lines: dict[Loc, int], budget: _Budget
+) -> Any:
+    budget.spend(node)
     lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)
         result: dict[Any, Any] = {}
         for key_node, value_node in node.value:
+            budget.spend(key_node)
             key = loader.construct_object(key_node, deep=True)
             if not isinstance(key, str | int | float | bool) or key is None:
-                raise _DuplicateOrBadKey(key_node.start_mark.line + 1, path, f"unsupported key {key!r}")
+                raise _DuplicateOrBadKey(
+                    key_node.start_mark.line + 1, path, f"unsupported key {format_loc([str(key)])}"
+                )
             if key in result:
                 raise _DuplicateOrBadKey(
                     key_node.start_mark.line + 1,
                     path,
-                    f"duplicate key {key!r} (first given on line {lines[(*path, str(key))]})",
+                    f"duplicate key {format_loc([str(key)])!r} (first given on line {lines[(*path, str(key))]})",
                 )
             child = (*path, str(key))
             lines[child] = key_node.start_mark.line + 1
-            result[key] = _construct(loader, value_node, child, lines)
+            result[key] = _construct(loader, value_node, child, lines, budget)
         return result
     if isinstance(node, yaml.SequenceNode):
-        return [_construct(loader, item, (*path, i), lines) for i, item in enumerate(node.value)]
+        return [_construct(loader, item, (*path, i), lines, budget) for i, item in enumerate(node.value)]
     return loader.construct_object(node, deep=True)
 
 
@@ -93,28 +144,102 @@ class _DuplicateOrBadKey(Exception):
         self.message = message
 
 
-def read_text(path: Path) -> str:
-    """Read a user-given text file, turning I/O errors into an :class:`InputError`."""
+def read_bytes(path: Path, *, limit: int = MAX_BYTES) -> bytes:
+    """Read a user-given file: a regular file only (a FIFO, socket or device is refused
+    without waiting on it), at most ``limit`` bytes; any failure is an :class:`InputError`
+    that names the file and never shows its content."""
     try:
-        return path.read_text(encoding="utf-8")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except FileNotFoundError:
         raise InputError.single(path, "no such file") from None
-    except IsADirectoryError:
-        raise InputError.single(path, "is a directory, expected a file") from None
-    except UnicodeDecodeError as e:
-        raise InputError.single(path, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
     except OSError as e:
         raise InputError.single(path, f"cannot read: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise InputError.single(path, "is a directory, expected a file")
+        if not stat.S_ISREG(st.st_mode):
+            raise InputError.single(
+                path,
+                f"is not a regular file but a {_kind(st.st_mode)}: refused (reading it could block or never end)",
+            )
+        if st.st_size > limit:
+            raise InputError.single(path, f"is {st.st_size} bytes; at most {limit} are read")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            chunk = os.read(fd, min(1 << 20, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as e:
+        raise InputError.single(path, f"cannot read: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > limit:
+        raise InputError.single(path, f"grew past {limit} bytes while it was read")
+    return data
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+    ):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def read_text(path: Path, *, limit: int = MAX_BYTES) -> str:
+    """Read a user-given text file (see :func:`read_bytes`), UTF-8."""
+    data = read_bytes(path, limit=limit)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError.single(path, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def _check_events(text: str, file: Path) -> None:
+    """Refuse a document that nests or aliases too much, from its flat event stream,
+    before anything is built (composing and building recurse, the events do not)."""
+    depth = aliases = nodes = 0
+    for event in yaml.parse(text, Loader=_BASE_LOADER):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            nodes += 1
+            if depth > MAX_DEPTH:
+                raise InputError.single(file, f"nested more than {MAX_DEPTH} levels deep", line=_line(event))
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+        elif isinstance(event, yaml.ScalarEvent):
+            nodes += 1
+        elif isinstance(event, yaml.AliasEvent):
+            aliases += 1
+            if aliases > MAX_ALIASES:
+                raise InputError.single(file, f"uses more than {MAX_ALIASES} aliases", line=_line(event))
+        if nodes > MAX_NODES:
+            raise InputError.single(file, f"has more than {MAX_NODES} values", line=_line(event))
+
+
+def _line(event: yaml.Event) -> int | None:
+    mark = event.start_mark
+    return None if mark is None else mark.line + 1
 
 
 def parse_yaml(text: str, file: Path) -> tuple[Any, SourceMap]:
     """Parse one YAML document from ``text``; return the data and its source map."""
     lines: dict[Loc, int] = {}
     try:
+        _check_events(text, file)
         loader = _LineLoader(text)
         try:
             node = loader.get_single_node()
-            data = None if node is None else _construct(loader, node, (), lines)
+            data = None if node is None else _construct(loader, node, (), lines, _Budget(file))
         finally:
             loader.dispose()
     except _DuplicateOrBadKey as e:
@@ -126,6 +251,8 @@ def parse_yaml(text: str, file: Path) -> tuple[Any, SourceMap]:
         raise InputError([Problem(file, line, "", f"invalid YAML: {what}")]) from None
     except yaml.YAMLError as e:
         raise InputError([Problem(file, None, "", f"invalid YAML: {e}")]) from None
+    except RecursionError:
+        raise InputError.single(file, f"nested more than {MAX_DEPTH} levels deep") from None
     return data, SourceMap(file=file, lines=lines)
 
 
@@ -134,110 +261,112 @@ def load_yaml(path: Path) -> tuple[Any, SourceMap]:
     return parse_yaml(read_text(path), path)
 
 
+class _Duplicate(Exception):
+    pass
+
+
+class _NotJson(Exception):
+    pass
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _Duplicate(key)
+        result[key] = value
+    return result
+
+
+def _no_constant(name: str) -> Any:
+    raise _NotJson(name)
+
+
+def _depth(data: Any) -> int:
+    """How deep ``data`` nests (iteratively: it may nest deeper than Python recurses)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, level = stack.pop()
+        if isinstance(value, dict | list):
+            deepest = max(deepest, level)
+            if deepest > MAX_DEPTH:
+                return deepest
+            stack.extend((v, level + 1) for v in (value.values() if isinstance(value, dict) else value))
+    return deepest
+
+
+class _LazyLines(Mapping[Loc, int]):
+    """The lines of a JSON document's values, found (by the YAML loader: JSON is YAML)
+    only when an error needs one: reading a valid file costs no second parse."""
+
+    def __init__(self, text: str, file: Path) -> None:
+        self._text = text
+        self._file = file
+        self._lines: dict[Loc, int] | None = None
+
+    def _load(self) -> dict[Loc, int]:
+        if self._lines is None:
+            try:
+                self._lines = dict(parse_yaml(self._text, self._file)[1].lines)
+            except InputError:
+                self._lines = {}
+        return self._lines
+
+    def __getitem__(self, key: Loc) -> int:
+        return self._load()[key]
+
+    def __iter__(self) -> Iterator[Loc]:
+        return iter(self._load())
+
+    def __len__(self) -> int:
+        return len(self._load())
+
+
 def parse_json(text: str, file: Path) -> tuple[Any, SourceMap]:
-    """Parse a JSON document strictly (no YAML leniency: no comments, no unquoted strings,
-    no duplicate keys); return the data and the line of every key and list item."""
-    parser = _JsonLines(text, file)
-    data = parser.value(parser.skip(0), ())
-    end = parser.skip(data[1])
-    if end != len(text):
-        parser.fail(end, "unexpected text after the JSON document")
-    return data[0], SourceMap(file=file, lines=parser.lines)
+    """Parse a JSON document strictly: no comments, trailing commas, duplicate keys, ``NaN``
+    or ``Infinity``; nesting bounded like YAML's. Problems name file and line."""
+    source = SourceMap(file=file, lines=_LazyLines(text, file))
+    try:
+        data = json.loads(text, object_pairs_hook=_pairs, parse_constant=_no_constant)
+    except json.JSONDecodeError as e:
+        raise InputError.single(file, f"invalid JSON: {e.msg} (column {e.colno})", line=e.lineno) from None
+    except _Duplicate as e:
+        problem = _first_problem(text, file)
+        raise InputError([problem or Problem(file, None, "", f"invalid JSON: duplicate key {e}")]) from None
+    except _NotJson as e:
+        raise InputError.single(
+            file, f"invalid JSON: {e} is not a JSON number", line=_token_line(text, str(e))
+        ) from None
+    except RecursionError:
+        raise InputError.single(file, f"nested more than {MAX_DEPTH} levels deep") from None
+    if _depth(data) > MAX_DEPTH:
+        raise InputError.single(file, f"nested more than {MAX_DEPTH} levels deep")
+    return data, source
+
+
+def _first_problem(text: str, file: Path) -> Problem | None:
+    try:
+        parse_yaml(text, file)
+    except InputError as e:
+        return e.problems[0]
+    return None
+
+
+def _token_line(text: str, token: str) -> int | None:
+    m = re.search(rf"(?<![\w\"]){re.escape(token)}(?![\w\"])", text)
+    return None if m is None else text.count("\n", 0, m.start()) + 1
 
 
 def load_json_model(model: type[M], path: Path) -> tuple[M, SourceMap]:
-    """Load a JSON file and validate it as ``model`` (problems name file, line and field)."""
-    data, source = parse_json(read_text(path), path)
-    return validate(model, data, source), source
-
-
-class _JsonLines:
-    """A small recursive-descent JSON reader that remembers lines; objects and arrays are
-    walked here, everything else (strings, numbers, literals) is decoded by the standard
-    library's ``raw_decode``."""
-
-    def __init__(self, text: str, file: Path) -> None:
-
-        self.text = text
-        self.file = file
-        self.lines: dict[Loc, int] = {}
-        self._scalar = json.JSONDecoder().raw_decode
-
-    def line(self, pos: int) -> int:
-        return self.text.count("\n", 0, pos) + 1
-
-    def fail(self, pos: int, message: str, path: Loc = ()) -> NoReturn:
-        raise InputError([Problem(self.file, self.line(pos), format_loc(path), f"invalid JSON: {message}")])
-
-    def skip(self, pos: int) -> int:
-        text = self.text
-        while pos < len(text) and text[pos] in " \t\r\n":
-            pos += 1
-        return pos
-
-    def value(self, pos: int, path: Loc) -> tuple[Any, int]:
-
-        self.lines.setdefault(path, self.line(pos))
-        text = self.text
-        if pos >= len(text):
-            self.fail(pos, "unexpected end of the document", path)
-        c = text[pos]
-        if c == "{":
-            return self._object(pos + 1, path)
-        if c == "[":
-            items: list[Any] = []
-            pos = self.skip(pos + 1)
-            if text.startswith("]", pos):
-                return items, pos + 1
-            while True:
-                item, pos = self.value(self.skip(pos), (*path, len(items)))
-                items.append(item)
-                pos = self.skip(pos)
-                if text.startswith("]", pos):
-                    return items, pos + 1
-                if not text.startswith(",", pos):
-                    self.fail(pos, "expected ',' or ']'", path)
-                pos += 1
-        try:
-            scalar: tuple[Any, int] = self._scalar(text, pos)
-        except json.JSONDecodeError as e:
-            self.fail(e.pos, e.msg, path)
-        return scalar
-
-    def _key(self, pos: int, path: Loc) -> tuple[str, int]:
-
-        try:
-            key, end = self._scalar(self.text, pos)
-        except json.JSONDecodeError as e:
-            self.fail(e.pos, e.msg, path)
-        return str(key), end
-
-    def _object(self, pos: int, path: Loc) -> tuple[dict[str, Any], int]:
-        text = self.text
-        result: dict[str, Any] = {}
-        pos = self.skip(pos)
-        if text.startswith("}", pos):
-            return result, pos + 1
-        while True:
-            if not text.startswith('"', pos):
-                self.fail(pos, "expected a quoted key", path)
-            key_pos = pos
-            key, pos = self._key(pos, path)
-            if key in result:
-                self.fail(
-                    key_pos, f"duplicate key {key!r} (first given on line {self.lines[(*path, key)]})", path
-                )
-            self.lines[(*path, key)] = self.line(key_pos)
-            pos = self.skip(pos)
-            if not text.startswith(":", pos):
-                self.fail(pos, "expected ':' after the key", path)
-            result[key], pos = self.value(self.skip(pos + 1), (*path, key))
-            pos = self.skip(pos)
-            if text.startswith("}", pos):
-                return result, pos + 1
-            if not text.startswith(",", pos):
-                self.fail(pos, "expected ',' or '}'", path)
-            pos = self.skip(pos + 1)
+    """Load a JSON file and validate it as ``model`` strictly (``"yes"`` is not a boolean,
+    ``"90"`` not a number); problems name file, line and field."""
+    text = read_text(path)
+    _, source = parse_json(text, path)
+    try:
+        return model.model_validate_json(text, strict=True), source
+    except pydantic.ValidationError as e:
+        raise InputError(problems_from_validation(e, source)) from None
 
 
 def problems_from_validation(error: pydantic.ValidationError, source: SourceMap) -> list[Problem]:
@@ -263,8 +392,10 @@ def problems_from_validation(error: pydantic.ValidationError, source: SourceMap)
                 message = f"unknown field; did you mean {guess[0]!r}?"
             else:
                 message = "unknown field (not allowed here; check the spelling)"
-        elif err["type"] != "missing" and "input" in err:
-            message = f"{message} (got {_short(err['input'])})"
+        elif err["type"] == "value_error":
+            message = message.removeprefix("Value error, ")
+        if err["type"] not in ("missing", "extra_forbidden") and "input" in err:
+            message += _got(loc, err["input"])
         problems.append((loc, message))
     return [source.problem(loc, message) for loc, message in problems if loc not in absorbed]
 
@@ -293,6 +424,16 @@ def raise_problems(problems: Iterable[Problem]) -> None:
 def _is_union_tag(part: str | int) -> bool:
     # pydantic inserts the member type of a union ("bool", "function-after[...]") into loc
     return isinstance(part, str) and (part in {"str", "int", "float", "bool", "list", "dict"} or "[" in part)
+
+
+def _got(loc: Loc, value: Any) -> str:
+    """`` (got 'tape')`` for a short value of one field. Never for the whole document, an
+    object or list (it says nothing more than the message), or text of several lines: the
+    file given may not be what it claims to be (``/etc/shadow`` behind a symlink), and an
+    error must not show its content."""
+    if not loc or isinstance(value, dict | list) or (isinstance(value, str) and "\n" in value):
+        return f" (got {type(value).__name__})" if not isinstance(value, dict | list) else ""
+    return f" (got {_short(value)})"
 
 
 def _short(value: Any) -> str:

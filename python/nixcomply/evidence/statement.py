@@ -32,6 +32,7 @@ compact JSON, one line, in the models' field order; ``jq . statement.json`` show
 
 from __future__ import annotations
 
+import functools
 import re
 import socket
 from collections.abc import Mapping, Sequence
@@ -382,9 +383,15 @@ Statement = (
     | AttestationStatement
     | KeyRotationStatement
 )
-STATEMENT_ADAPTER: Final[TypeAdapter[Statement]] = TypeAdapter(
-    Annotated[Statement, Field(discriminator="predicate_type")]
-)
+
+
+@functools.cache
+def _statement_adapter() -> TypeAdapter[Statement]:
+    """Built on first use, not at import: its schemas for every statement kind cost ~4 MB of
+    memory that a reconcile cycle, which only writes statements, never needs."""
+    return TypeAdapter(Annotated[Statement, Field(discriminator="predicate_type")])
+
+
 _STATEMENT_CLASS: Final[Mapping[type[Predicate], type[_Statement]]] = {
     GenerationChange: GenerationChangeStatement,
     Remediation: RemediationStatement,
@@ -417,7 +424,7 @@ def statement_bytes(statement: Statement) -> bytes:
 
 def parse_statement(payload: bytes) -> Statement:
     """Validate a statement's bytes (raises pydantic ``ValidationError``)."""
-    return STATEMENT_ADAPTER.validate_json(payload)
+    return _statement_adapter().validate_json(payload)
 
 
 def _scrub_value(value: Any, scrubber: Scrubber, counts: list[Mapping[str, int]]) -> Any:

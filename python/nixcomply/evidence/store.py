@@ -55,8 +55,10 @@ from nixcomply.evidence.statement import (
     Chain,
     KeyRole,
     Predicate,
+    Statement,
     Subject,
     make_statement,
+    parse_statement,
     scrub_free_text,
     statement_bytes,
 )
@@ -211,6 +213,25 @@ class EvidenceStore:
             state.last.envelope_sha256,
             state.size,
         )
+
+    def tail_statement(self) -> Statement | None:
+        """The newest entry's statement, parsed; None for an empty store or one whose newest
+        statement cannot be read back (that is for ``evidence verify`` to report)."""
+        last = self.tail()
+        if last is None:
+            return None
+        try:
+            return parse_statement((last.path / STATEMENT_FILE).read_bytes())
+        except (OSError, ValueError) as e:
+            logger.warning("cannot read back the newest evidence statement (%s): %s", last.path, e)
+            return None
+
+    def check_keys(self) -> None:
+        """Raise :class:`StoreError` unless both keys may sign the next entry (the keyring
+        lists the bundle key and the log key, valid for it): a caller that is about to change
+        something checks first, so it never acts and then cannot record what it did."""
+        with self.locked():
+            self._check_keys(self.log.read_state().size)
 
     # -- appending ---------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """The runbook actions: one function per :class:`~nixcomply.heal.runbook.Action`.
 
 Each takes the arguments :mod:`nixcomply.heal.guard` checked and typed (units allowlisted,
-paths resolved inside the allowed roots, argv with an absolute allowlisted binary) and an
+paths resolved inside the allowed roots, an argv rebuilt by the program's audited builder
+with its absolute path) and an
 :class:`ActionEnv`, and returns an :class:`ActionResult`: whether the step did what it
 promised, one line saying so, data for evidence and the output it captured. Expected
 failures (a job that failed, a unit that did not come up, a checksum that differs) are
@@ -9,7 +10,8 @@ results with ``ok=False``; errors that stop an action (systemd unreachable, a co
 found, a step timeout) are raised and the executor records them as a failed step.
 
 Nothing here runs a shell, follows a symlink while removing or hashing files, or imports
-the reconciler: ``sync_generation`` calls back into whoever runs the runbook.
+the reconciler: ``sync_generation`` calls back into whoever runs the runbook. Every program
+runs with the fixed environment of :data:`nixcomply.heal.programs.ENVIRONMENT`.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, assert_never
 
 from pydantic import JsonValue
 
@@ -32,7 +34,9 @@ from nixcomply.core import process
 from nixcomply.core.fsutil import atomic_write_text, ensure_dir
 from nixcomply.errors import CommandError, NixcomplyError
 from nixcomply.heal.config import HealConfig
+from nixcomply.heal.programs import ENVIRONMENT
 from nixcomply.heal.runbook import Action
+from nixcomply.heal.sync import SyncGeneration
 from nixcomply.host.systemd import Systemd, UnitState
 
 logger = logging.getLogger(__name__)
@@ -45,18 +49,6 @@ _RUNNING: Final = frozenset({"active", "activating", "deactivating", "reloading"
 
 class StepTimeoutError(NixcomplyError):
     """Raised by an action that did not finish within its step's ``timeout``."""
-
-
-@dataclass(frozen=True)
-class SyncResult:
-    """What the caller's ``sync_generation`` callback reports (the reconciler's cycle)."""
-
-    ok: bool
-    detail: str
-    data: Mapping[str, JsonValue] = field(default_factory=dict)
-
-
-SyncGeneration = Callable[[float], SyncResult]
 
 
 @dataclass(frozen=True)
@@ -118,7 +110,7 @@ def unit_data(state: UnitState) -> dict[str, JsonValue]:
 
 def run_command(args: Mapping[str, Any], env: ActionEnv) -> ActionResult:
     argv: tuple[str, ...] = args["argv"]
-    result = process.run(argv, check=False, timeout=env.timeout)
+    result = process.run(argv, check=False, timeout=env.timeout, env=ENVIRONMENT)
     output = result.stdout + (("\n" if result.stdout and result.stderr else "") + result.stderr)
     data: dict[str, JsonValue] = {
         "argv": list(argv),
@@ -146,7 +138,9 @@ def send_alert(args: Mapping[str, Any], env: ActionEnv) -> ActionResult:
     data: dict[str, JsonValue] = {"tag": cfg.tag, "priority": priority, "message": message}
     for argv in attempts:
         try:
-            result = process.run(argv, check=False, timeout=min(env.timeout, 30), input=message + "\n")
+            result = process.run(
+                argv, check=False, timeout=min(env.timeout, 30), input=message + "\n", env=ENVIRONMENT
+            )
         except CommandError as e:
             errors.append(str(e))
             continue
@@ -288,7 +282,7 @@ def capture_state(args: Mapping[str, Any], env: ActionEnv) -> ActionResult:
 
 def _capture(argv: list[str], env: ActionEnv) -> tuple[str, str | None]:
     try:
-        result = process.run(argv, check=True, timeout=env.timeout)
+        result = process.run(argv, check=True, timeout=env.timeout, env=ENVIRONMENT)
     except CommandError as e:
         return "", str(e)
     return result.stdout, None
@@ -572,4 +566,5 @@ def describe(action: Action, args: Mapping[str, Any], config: HealConfig, timeou
             days = args.get("older_than_days")
             which = "everything" if days is None else f"files older than {days} days"
             return f"remove {which} under {args['path']} (not the directory itself; symlinks not followed)"
-    raise AssertionError(action)  # pragma: no cover
+        case unreachable:
+            assert_never(unreachable)

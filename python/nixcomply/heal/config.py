@@ -3,8 +3,9 @@ configuration).
 
 A runbook names its actions; this configuration bounds what those actions can reach. Units
 must match an allowlisted glob, paths must resolve inside an allowed root, ``run_command``
-may only run a binary listed here by name (executed by the absolute path given here, never
-through a shell), and every output kept for evidence is bounded. Defaults fit a NixOS host
+may only run one of the audited programs of :mod:`nixcomply.heal.programs`, in one of its
+allowed forms, from the absolute path given here (never through a shell), and every output
+kept for evidence is bounded. Defaults fit a NixOS host
 with the hipaa-v1 baseline; a host lists what differs (its backup unit, its ACME names).
 """
 
@@ -54,7 +55,9 @@ DEFAULT_ROOTS: Final = (
     "/var/lib/nixcomply/restore-test",
     "/var/backup",
 )
-DEFAULT_BINARIES: Final = ("chronyc", "journalctl", "restic", "borg", "nft")
+# Where the audited programs (nixcomply.heal.programs) live; a name listed here that has no
+# audited argv builder is never run.
+DEFAULT_BINARIES: Final = ("chronyc", "journalctl", "nft")
 
 
 class AlertConfig(StrictModel):
@@ -86,7 +89,7 @@ class HealConfig(StrictModel):
     )
     binaries: dict[str, str] = Field(
         default_factory=lambda: {name: f"{SYSTEM_BIN}/{name}" for name in DEFAULT_BINARIES},
-        description="run_command's allowlist: bare name -> absolute path executed",
+        description="where the audited programs live: bare name -> absolute path executed",
     )
     alert: AlertConfig = Field(default_factory=AlertConfig)
     max_steps: int = Field(default=32, ge=1, le=200, description="preconditions + steps + rollback")

@@ -37,23 +37,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, assert_never
 
 from pydantic import Field, JsonValue
 
 from nixcomply.errors import NixcomplyError
 from nixcomply.heal import guard
-from nixcomply.heal.actions import (
-    ACTIONS,
-    ActionEnv,
-    ActionResult,
-    SyncGeneration,
-    bounded,
-    describe,
-    send_alert,
-)
+from nixcomply.heal.actions import ACTIONS, ActionEnv, ActionResult, bounded, describe, send_alert
 from nixcomply.heal.config import HealConfig
 from nixcomply.heal.runbook import Action, OnFailure, Precondition, Runbook
+from nixcomply.heal.sync import SyncGeneration
 from nixcomply.host.systemd import Systemd, SystemdFactory
 from nixcomply.model.base import StrictModel
 from nixcomply.model.outcome import RunOutcome
@@ -305,9 +298,11 @@ class _Runner:
             result = self._run(b)
             if result.ok:
                 continue
-            assert isinstance(b.step, Precondition)
             why = f"precondition {b.label} failed: {result.error or result.detail}"
-            match b.step.on_failure:
+            # a failed precondition always stops the run: whatever on_failure says (or a value
+            # this code does not know), the steps after it never run
+            on_failure = b.step.on_failure if isinstance(b.step, Precondition) else OnFailure.ABORT
+            match on_failure:
                 case OnFailure.ABORT:
                     return RunOutcome.FAILED, f"{why}; nothing was changed"
                 case OnFailure.ALERT:
@@ -315,6 +310,11 @@ class _Runner:
                     return RunOutcome.ALERT, f"{why}; a person must look"
                 case OnFailure.SKIP:
                     return RunOutcome.REJECTED, f"does not apply: {why}"
+                case unknown:
+                    if TYPE_CHECKING:  # mypy proves the cases above cover every OnFailure
+                        assert_never(unknown)
+                    logger.error("%s: unknown on_failure %r: stopping", self.runbook.id, unknown)
+                    return RunOutcome.FAILED, f"{why}; nothing was changed"
 
         ran: dict[int, guard.BoundStep] = {}
         failure: StepResult | None = None

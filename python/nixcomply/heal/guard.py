@@ -15,13 +15,20 @@ The rules, by kind of value:
   that leads out is caught) and inside one of the ``allowed_roots``; the directory
   ``clean_directory`` empties must lie strictly below a root, never be the root;
 * mount (``check_disk_space``): absolute, no ``..``, existing; only measured, so not confined;
-* string and every argv element: no shell metacharacters (``;|&$`<>(){}*?[]~!'"\\``), no
-  control characters (newline, tab, NUL...), not blank, bounded; a string *parameter* may
-  not start with ``-`` (it must not turn into an option);
-* ``run_command``: ``argv[0]`` is a bare name listed in ``binaries`` and is replaced by the
-  absolute path configured there, which must be an executable file; the argv is never
-  given to a shell;
+* string and every argv element: no control characters (newline, tab, NUL...), not blank,
+  bounded; what a string may then become is decided by where it goes, never by a list of
+  characters: an alert's one line of text, one of a choice's values, or an option value
+  whose grammar the argv builder checks;
+* ``run_command``: the argv is rebuilt by :func:`nixcomply.heal.programs.build` (the
+  program's allowed forms and typed option values, nothing else), ``argv[0]`` is replaced
+  by the absolute path ``binaries`` gives the program, which must be an executable file;
+  the argv is never given to a shell and the program gets a fixed environment;
 * int and duration: whole numbers within bounds.
+
+:func:`check_static` applies every rule that does not depend on the parameters given (the
+step count, literal arguments, parameter defaults, the allowlists): ``runbook validate``
+runs it, and :func:`check` runs it first, so validation refuses whatever a run refuses for
+reasons in the runbook itself.
 
 An empty string given for a parameter counts as not given (rules substitute ``""`` for a
 finding field that is missing), so the default applies or, when required, it is missing.
@@ -29,20 +36,20 @@ finding field that is missing), so the default applies or, when required, it is 
 
 from __future__ import annotations
 
-import functools
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, assert_never
 
 from pydantic import JsonValue
 
-from nixcomply.core.yamlsource import format_loc
-from nixcomply.errors import UsageError
+from nixcomply.core.yamlsource import Loc, SourceMap, format_loc
+from nixcomply.errors import InputError, Problem
+from nixcomply.heal import programs
 from nixcomply.heal.config import BINARY_NAME, HealConfig
 from nixcomply.heal.runbook import (
     ACTION_ARGS,
@@ -57,7 +64,6 @@ from nixcomply.heal.runbook import (
 )
 from nixcomply.host.systemd import InvalidUnitNameError, validate_unit_name
 
-METACHARACTERS: Final = frozenset(";|&$`<>(){}*?[]~!'\"\\")
 MAX_PATH: Final = 4096
 _INT: Final = re.compile(r"^-?\d{1,18}$")
 _DURATION: Final = re.compile(r"^(\d{1,9})([smhd]?)$")
@@ -70,35 +76,35 @@ class Section(StrEnum):
     ROLLBACK = "rollback"
 
 
-@dataclass(frozen=True)
-class Refusal:
-    """One reason a run is refused: which runbook, where, which parameter, why."""
+@dataclass
+class _Refusals:
+    """The refusals of one check, each naming the runbook, where, the parameter or argument,
+    and (when the runbook's source is known) its file and line."""
 
     runbook: str
-    where: str | None
-    param: str | None
-    message: str
+    source: SourceMap | None = None
+    found: list[Problem] = field(default_factory=list)
 
-    def __str__(self) -> str:
-        parts = [f"runbook {self.runbook}"]
-        if self.where:
-            parts.append(self.where)
-        if self.param:
-            parts.append(self.param)
-        return ", ".join(parts) + f": {self.message}"
-
-
-class GuardError(UsageError):
-    """Raised by :func:`check` when a runbook run would touch something it may not, or was
-    given bad parameters. Nothing has run. Exit code 2; the message lists every refusal."""
-
-    def __init__(self, refusals: Sequence[Refusal]) -> None:
-        self.refusals = tuple(refusals)
-        if len(self.refusals) == 1:
-            message = str(self.refusals[0])
+    def add(self, where: str | None, param: str | None, message: str, loc: Loc = ()) -> None:
+        field_ = ", ".join(p for p in (f"runbook {self.runbook}", where, param) if p)
+        if self.source is None:
+            self.found.append(Problem(None, None, field_, message))
         else:
-            message = "\n".join([f"{len(self.refusals)} problems:", *(f"  {r}" for r in self.refusals)])
-        super().__init__(message)
+            self.found.append(Problem(self.source.file, self.source.line_of(loc), field_, message))
+
+    def raise_any(self) -> None:
+        if self.found:
+            raise GuardError(self.found)
+
+
+class GuardError(InputError):
+    """Raised by :func:`check` and :func:`check_static` when a runbook run would touch
+    something it may not, or was given bad parameters. Nothing has run. Exit code 2; the
+    message lists every refusal (each names the runbook, the step and the argument)."""
+
+    @property
+    def refusals(self) -> tuple[Problem, ...]:
+        return self.problems
 
 
 @dataclass(frozen=True)
@@ -139,6 +145,53 @@ class _Bad(Exception):
     """A value was refused; the message says why (the caller adds where)."""
 
 
+def check_static(
+    runbook: Runbook, config: HealConfig, *, root: Path | None = Path("/"), source: SourceMap | None = None
+) -> None:
+    """Raise :class:`GuardError` for everything :func:`check` would refuse whatever
+    parameters it is given: too many steps, problems between the runbook's parts, literal
+    arguments and parameter defaults the allowlists and limits refuse. With the runbook's
+    ``source``, every refusal names its file and line. ``root=None`` checks away from the
+    host: what exists there (programs, mounts, symlinks) is not looked at."""
+    refusals = _Refusals(runbook.id, source)
+    _runbook_problems(runbook, config, root, refusals, defaults=True)
+    for section, index, step in _steps(runbook):
+        _bind(step, _Scope(None, set(), config, root, refusals, section, index))
+    refusals.raise_any()
+
+
+def _steps(runbook: Runbook) -> list[tuple[Section, int, Step]]:
+    return [(s, i, step) for s in Section for i, step in enumerate(getattr(runbook, s.value))]
+
+
+def _runbook_problems(
+    runbook: Runbook, config: HealConfig, root: Path | None, refusals: _Refusals, *, defaults: bool
+) -> None:
+    """The problems of the runbook as a whole (with ``defaults``, also every parameter
+    default that would be refused where it is used)."""
+    total = len(runbook.preconditions) + len(runbook.steps) + len(runbook.rollback)
+    if total > config.max_steps:
+        refusals.add(
+            None, None, f"has {total} steps; at most {config.max_steps} are allowed (heal.max_steps)"
+        )
+    for loc, message in runbook.semantic_problems():
+        refusals.add(format_loc(loc), None, message, loc)
+    for name in sorted(runbook.referenced_params() - set(runbook.params)):
+        users = _users(runbook, name)
+        refusals.add(users[0] if users else None, f"parameter {name}", "is referred to but not declared")
+    if not defaults:
+        return
+    for name, spec in runbook.params.items():
+        if spec.default is None or spec.default == "":
+            continue
+        try:
+            _param(spec.default, spec, config, root)
+        except _Bad as e:
+            refusals.add(
+                None, _param_label(runbook, name), f"default {_show(spec.default)}: {e}", ("params", name)
+            )
+
+
 def check(
     runbook: Runbook, given: Mapping[str, object], config: HealConfig, *, root: Path = Path("/")
 ) -> BoundRunbook:
@@ -148,50 +201,35 @@ def check(
     ``root`` is the host root paths are taken relative to (``/`` on a host; a sandbox
     uses a directory): ``/var/cache`` means ``root/var/cache``.
     """
-    refusals: list[Refusal] = []
-
-    def refuse(where: str | None, param: str | None, message: str) -> None:
-        refusals.append(Refusal(runbook.id, where, param, message))
-
-    total = len(runbook.preconditions) + len(runbook.steps) + len(runbook.rollback)
-    if total > config.max_steps:
-        refuse(None, None, f"has {total} steps; at most {config.max_steps} are allowed (heal.max_steps)")
-    for loc, message in runbook.semantic_problems():
-        refuse(format_loc(loc), None, message)
-    for name in sorted(runbook.referenced_params() - set(runbook.params)):
-        users = _users(runbook, name)
-        refuse(users[0] if users else None, f"parameter {name}", "is referred to but not declared")
-
+    refusals = _Refusals(runbook.id)
+    _runbook_problems(runbook, config, root, refusals, defaults=False)
     params: dict[str, str | int] = {}
     bad_params: set[str] = set()
     for name in sorted(set(given) - set(runbook.params)):
         known = ", ".join(sorted(runbook.params)) or "none"
-        refuse(None, f"parameter {name}", f"is not a parameter of this runbook (it takes: {known})")
+        refusals.add(None, f"parameter {name}", f"is not a parameter of this runbook (it takes: {known})")
     for name, spec in runbook.params.items():
         value = given.get(name)
         if value is None or value == "":
             if spec.default is None:
                 if spec.required:
-                    refuse(None, _param_label(runbook, name), "is required but was not given")
+                    refusals.add(None, _param_label(runbook, name), "is required but was not given")
                     bad_params.add(name)
                 continue
             value = spec.default
         try:
             params[name] = _param(value, spec, config, root)
         except _Bad as e:
-            refuse(None, _param_label(runbook, name), f"{_show(value)}: {e}")
+            refusals.add(None, _param_label(runbook, name), f"{_show(value)}: {e}")
             bad_params.add(name)
 
     sections: dict[Section, list[BoundStep]] = {s: [] for s in Section}
-    for section in Section:
-        for index, step in enumerate(getattr(runbook, section.value)):
-            where = f"{section.value}[{index}] ({step.action.value})"
-            bound = _bind(step, _Scope(params, bad_params, config, root, functools.partial(refuse, where)))
-            if bound is not None:
-                args, shown = bound
-                sections[section].append(BoundStep(section, index, step, args, shown))
-    if refusals:
-        raise GuardError(refusals)
+    for section, index, step in _steps(runbook):
+        bound = _bind(step, _Scope(params, bad_params, config, root, refusals, section, index))
+        if bound is not None:
+            args, shown = bound
+            sections[section].append(BoundStep(section, index, step, args, shown))
+    refusals.raise_any()
     return BoundRunbook(
         runbook=runbook,
         params=params,
@@ -204,7 +242,7 @@ def check(
 # -- parameters ------------------------------------------------------------------------------
 
 
-def _param(value: object, spec: ParamSpec, config: HealConfig, root: Path) -> str | int:
+def _param(value: object, spec: ParamSpec, config: HealConfig, root: Path | None) -> str | int:
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise _Bad(f"must be a string or a whole number, not {type(value).__name__}")
     if isinstance(value, str) and len(value) > spec.max_length:
@@ -214,22 +252,19 @@ def _param(value: object, spec: ParamSpec, config: HealConfig, root: Path) -> st
             return _int(value, spec.bounds())
         case ParamType.DURATION:
             return _duration(value, spec.bounds())
-    text = str(value)
-    match spec.type:
         case ParamType.UNIT:
-            return _unit(text, config)
+            return _unit(str(value), config)
         case ParamType.PATH:
-            _confine(text, config, root, strictly_inside=False)
-            return os.path.normpath(text)
+            _confine(str(value), config, root, strictly_inside=False)
+            return os.path.normpath(str(value))
         case ParamType.MOUNT:
-            _mount(text, root)
-            return os.path.normpath(text)
+            _mount(str(value), root)
+            return os.path.normpath(str(value))
         case ParamType.STRING:
-            _safe(text)
-            if text.startswith("-"):
-                raise _Bad("must not start with '-' (it could be read as an option)")
-            return text
-    raise AssertionError(spec.type)  # pragma: no cover
+            _line(str(value))
+            return str(value)
+        case unreachable:
+            assert_never(unreachable)
 
 
 def _users(runbook: Runbook, name: str) -> list[str]:
@@ -260,46 +295,62 @@ def _strings(value: Any) -> list[str]:
 
 @dataclass(frozen=True)
 class _Scope:
-    params: Mapping[str, str | int]
+    """``params`` None: only the literal arguments are checked (:func:`check_static`)."""
+
+    params: Mapping[str, str | int] | None
     bad_params: set[str]
     config: HealConfig
-    root: Path
-    refuse: Callable[[str, str], None]
+    root: Path | None
+    refusals: _Refusals
+    section: Section
+    index: int
 
 
 def _bind(step: Step, scope: _Scope) -> tuple[dict[str, Any], dict[str, JsonValue]] | None:
-    params, bad_params, config, refuse = scope.params, scope.bad_params, scope.config, scope.refuse
+    bad_params, config = scope.bad_params, scope.config
+
+    def refuse(arg: str, label: str, message: str) -> None:
+        where = f"{scope.section.value}[{scope.index}] ({step.action.value})"
+        scope.refusals.add(where, label, message, (scope.section.value, scope.index, "params", arg))
+
     args: dict[str, Any] = {}
     shown: dict[str, JsonValue] = {}
     ok = True
     specs = ACTION_ARGS[step.action]
     for name in step.params:
         if name not in specs:  # the schema refuses these; a Runbook built in code might not
-            refuse(f"argument {name}", f"{step.action.value} has no such argument")
+            refuse(name, f"argument {name}", f"{step.action.value} has no such argument")
             ok = False
     for name, spec in specs.items():
         if name not in step.params:
             if spec.required:
-                refuse(f"argument {name}", "is required")
+                refuse(name, f"argument {name}", "is required")
                 ok = False
             args[name] = spec.default
             continue
         raw = step.params[name]
         refs = sorted({m for v in _strings(raw) for m in PARAM_REF.findall(v)})
         label = f"argument {name}" + (f" (from {', '.join('${' + r + '}' for r in refs)})" if refs else "")
+        if scope.params is None:
+            if refs:
+                ok = False  # known only once the parameters are given
+                continue
+            params: Mapping[str, str | int] = {}
+        else:
+            params = scope.params
         if any(r in bad_params for r in refs):
             ok = False  # already reported against the parameter
             continue
         missing = [r for r in refs if r not in params]
         if missing:
-            refuse(label, f"refers to {', '.join(missing)}, which was not given and has no default")
+            refuse(name, label, f"refers to {', '.join(missing)}, which was not given and has no default")
             ok = False
             continue
         try:
             value = _substitute(raw, params)
             args[name], shown[name] = _arg(spec, value, config, scope.root)
         except _Bad as e:
-            refuse(label, str(e))
+            refuse(name, label, str(e))
             ok = False
     if step.action == Action.CAPTURE_STATE and ok:
         needs = (["nft"] if args.get("ruleset") else []) + (
@@ -307,9 +358,10 @@ def _bind(step: Step, scope: _Scope) -> tuple[dict[str, Any], dict[str, JsonValu
         )
         for binary in needs:
             try:
-                _binary(binary, config)
+                _binary(binary, config, on_host=scope.root is not None)
             except _Bad as e:
-                refuse(f"argument {'ruleset' if binary == 'nft' else 'journal_lines'}", str(e))
+                arg = "ruleset" if binary == "nft" else "journal_lines"
+                refuse(arg, f"argument {arg}", str(e))
                 ok = False
     return (args, shown) if ok else None
 
@@ -326,7 +378,7 @@ def _substitute(value: Any, params: Mapping[str, str | int]) -> Any:
     return value
 
 
-def _arg(spec: ArgSpec, value: Any, config: HealConfig, root: Path) -> tuple[Any, JsonValue]:
+def _arg(spec: ArgSpec, value: Any, config: HealConfig, root: Path | None) -> tuple[Any, JsonValue]:
     match spec.kind:
         case ArgKind.UNIT:
             unit = _unit(_text(value), config)
@@ -348,7 +400,7 @@ def _arg(spec: ArgSpec, value: Any, config: HealConfig, root: Path) -> tuple[Any
                 raise _Bad(f"contains the control character {bad!r}; an alert is one line")
             return text, text
         case ArgKind.ARGV:
-            argv = _argv(value, config)
+            argv = _argv(value, config, on_host=root is not None)
             return argv, list(argv)
         case ArgKind.INT:
             number = _int(value, spec.bounds)
@@ -362,7 +414,8 @@ def _arg(spec: ArgSpec, value: Any, config: HealConfig, root: Path) -> tuple[Any
             if text not in spec.choices:
                 raise _Bad(f"{_show(text)} is not one of {', '.join(spec.choices)}")
             return text, text
-    raise AssertionError(spec.kind)  # pragma: no cover
+        case unreachable:
+            assert_never(unreachable)
 
 
 def _text(value: Any) -> str:
@@ -379,16 +432,15 @@ def _show(value: object) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _safe(text: str) -> None:
-    """Refuse what a shell, a terminal or a log line could misread."""
+def _line(text: str) -> None:
+    """One line of printable text: what a terminal or a log line cannot misread. What the
+    text may become beyond that is decided where it goes (an option value's grammar, a
+    choice, a unit name, a path), never by a list of forbidden characters."""
     if not text.strip():
         raise _Bad("is empty or only whitespace")
     bad = next((c for c in text if not c.isprintable()), None)
     if bad is not None:
         raise _Bad(f"contains the control character {bad!r}")
-    meta = next((c for c in text if c in METACHARACTERS), None)
-    if meta is not None:
-        raise _Bad(f"contains the shell metacharacter {meta!r}")
 
 
 def _unit(text: str, config: HealConfig) -> str:
@@ -404,7 +456,7 @@ def _unit(text: str, config: HealConfig) -> str:
 def _absolute(text: str) -> None:
     if len(text) > MAX_PATH:
         raise _Bad(f"is {len(text)} characters long; a path has at most {MAX_PATH}")
-    _safe(text)
+    _line(text)
     if not text.startswith("/"):
         raise _Bad("must be an absolute path")
     if ".." in text.split("/"):
@@ -415,12 +467,14 @@ def _host(text: str, root: Path) -> str:
     return os.path.normpath(os.path.join(root, text.lstrip("/")))
 
 
-def _confine(text: str, config: HealConfig, root: Path, *, strictly_inside: bool) -> Path:
-    """The resolved host path of ``text`` if it lies inside an allowed root."""
+def _confine(text: str, config: HealConfig, root: Path | None, *, strictly_inside: bool) -> Path:
+    """The resolved host path of ``text`` if it lies inside an allowed root (away from the
+    host, ``root=None``: the path as written)."""
     _absolute(text)
-    host = _host(text, root)
-    real = os.path.realpath(host)
-    roots = [(r, os.path.realpath(_host(str(r), root))) for r in config.allowed_roots]
+    resolve = os.path.realpath if root is not None else os.path.normpath
+    host = _host(text, root or Path("/"))
+    real = resolve(host)
+    roots = [(r, resolve(_host(str(r), root or Path("/")))) for r in config.allowed_roots]
     for given_root, real_root in roots:
         if real == real_root:
             if strictly_inside:
@@ -431,14 +485,16 @@ def _confine(text: str, config: HealConfig, root: Path, *, strictly_inside: bool
         if real.startswith(real_root.rstrip("/") + "/"):
             return Path(real)
     listed = ", ".join(str(r) for r, _ in roots) or "none"
-    lexical = [_host(str(r), root) for r in config.allowed_roots]
+    lexical = [_host(str(r), root or Path("/")) for r in config.allowed_roots]
     if any(host == r or host.startswith(r.rstrip("/") + "/") for r in lexical):
         raise _Bad(f"resolves to {real} through a symlink, outside the allowed roots ({listed})")
     raise _Bad(f"is not under an allowed root (heal.allowed_roots: {listed})")
 
 
-def _mount(text: str, root: Path) -> Path:
+def _mount(text: str, root: Path | None) -> Path:
     _absolute(text)
+    if root is None:
+        return Path(os.path.normpath(text))
     host = _host(text, root)
     if not os.path.exists(host):
         raise _Bad("does not exist")
@@ -466,20 +522,25 @@ def _duration(value: object, bounds: tuple[int, int]) -> int:
     return _int(value, bounds)
 
 
-def _binary(name: str, config: HealConfig) -> str:
+def _binary(name: str, config: HealConfig, *, on_host: bool = True) -> str:
+    """The configured path of an audited program (:data:`nixcomply.heal.programs.PROGRAMS`)."""
     if not BINARY_NAME.match(name):
         raise _Bad(f"{_show(name)}: the program must be a bare name listed in heal.binaries, not a path")
+    try:
+        programs.program_of(name)
+    except programs.ArgvError as e:
+        raise _Bad(str(e)) from None
     path = config.binaries.get(name)
     if path is None:
         listed = ", ".join(sorted(config.binaries)) or "none"
         raise _Bad(f"{name} is not on the binary allowlist (heal.binaries: {listed})")
     real = os.path.realpath(path)
-    if not os.path.isfile(real) or not os.access(real, os.X_OK):
+    if on_host and (not os.path.isfile(real) or not os.access(real, os.X_OK)):
         raise _Bad(f"{name} is configured as {path}, which is not an executable file here")
     return path
 
 
-def _argv(value: Any, config: HealConfig) -> tuple[str, ...]:
+def _argv(value: Any, config: HealConfig, *, on_host: bool = True) -> tuple[str, ...]:
     if not isinstance(value, list) or not value:
         raise _Bad("must be a non-empty list")
     if len(value) > config.max_argv:
@@ -490,9 +551,14 @@ def _argv(value: Any, config: HealConfig) -> tuple[str, ...]:
             text = _text(element)
             if len(text) > config.max_arg_length:
                 raise _Bad(f"is {len(text)} characters long; at most {config.max_arg_length} are allowed")
-            _safe(text)
+            _line(text)
         except _Bad as e:
             raise _Bad(f"argv[{i}] {_show(element)}: {e}") from None
         out.append(text)
-    out[0] = _binary(out[0], config)
-    return tuple(out)
+    if not BINARY_NAME.match(out[0]):
+        raise _Bad(f"{_show(out[0])}: the program must be a bare name listed in heal.binaries, not a path")
+    try:
+        built = programs.build(out)
+    except programs.ArgvError as e:
+        raise _Bad(str(e)) from None
+    return (_binary(built[0], config, on_host=on_host), *built[1:])

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, assert_never
 
 from pydantic import Field, model_validator
 
@@ -73,7 +73,11 @@ class RuleAction(StrictModel):
     params: dict[str, str] = Field(
         default_factory=dict, description="runbook parameters; ${finding.<field>} refers to the finding"
     )
-    alert: str | None = Field(default=None, min_length=1, description="alert text instead of a runbook")
+    alert: str | None = Field(
+        default=None,
+        min_length=1,
+        description="alert text instead of a runbook; ${finding.<field>} refers to the finding",
+    )
 
     @model_validator(mode="after")
     def _one(self) -> RuleAction:
@@ -130,27 +134,31 @@ def holds(condition: Condition, finding: Mapping[str, Any]) -> bool:
         return bool((actual is not _MISSING and actual is not None) == expected)
     if actual is _MISSING:
         return op in {Op.NE, Op.NOT_IN}
-    if op == Op.EQ:
-        return bool(actual == expected)
-    if op == Op.NE:
-        return bool(actual != expected)
-    if op == Op.IN:
-        return actual in expected
-    if op == Op.NOT_IN:
-        return actual not in expected
-    if op == Op.CONTAINS:
-        if isinstance(actual, str):
-            return isinstance(expected, str) and expected in actual
-        if isinstance(actual, list | tuple | set | dict):
-            return expected in actual
-        return False
-    if op == Op.REGEX:
-        return isinstance(actual, str) and re.search(expected, actual) is not None
-    if op in {Op.GT, Op.LT}:
-        if isinstance(actual, bool) or not isinstance(actual, int | float):
+    match op:
+        case Op.EQ:
+            return bool(actual == expected)
+        case Op.NE:
+            return bool(actual != expected)
+        case Op.IN:
+            return actual in expected
+        case Op.NOT_IN:
+            return actual not in expected
+        case Op.CONTAINS:
+            if isinstance(actual, str):
+                return isinstance(expected, str) and expected in actual
+            if isinstance(actual, list | tuple | set | dict):
+                return expected in actual
             return False
-        return bool(actual > expected) if op == Op.GT else bool(actual < expected)
-    raise AssertionError(op)  # pragma: no cover
+        case Op.REGEX:
+            return isinstance(actual, str) and re.search(expected, actual) is not None
+        case Op.GT | Op.LT:
+            if isinstance(actual, bool) or not isinstance(actual, int | float):
+                return False
+            return bool(actual > expected) if op == Op.GT else bool(actual < expected)
+        case Op.EXISTS:  # decided above, before a missing field could be compared
+            return bool((actual is not None) == expected)
+        case unreachable:
+            assert_never(unreachable)
 
 
 def matches(rule: Rule, finding: Mapping[str, Any]) -> bool:
@@ -175,7 +183,8 @@ def decide(rules: Sequence[Rule], finding: Mapping[str, Any]) -> Decision | None
     for rule in sorted(rules, key=lambda r: r.priority):  # sorted() is stable: file order breaks ties
         if matches(rule, finding):
             params = {k: _expand(v, finding) for k, v in rule.action.params.items()}
-            return Decision(rule=rule, runbook=rule.action.runbook, params=params, alert=rule.action.alert)
+            alert = None if rule.action.alert is None else _expand(rule.action.alert, finding)
+            return Decision(rule=rule, runbook=rule.action.runbook, params=params, alert=alert)
     return None
 
 
@@ -212,13 +221,19 @@ def load_rules(paths: Iterable[Path], *, runbook_ids: frozenset[str]) -> list[Ru
 
 
 def _param_problems(rule: Rule, source: SourceMap, where: tuple[str | int, ...]) -> list[Problem]:
+    """Every ``${...}`` of the rule's parameters and alert text must name a finding field."""
+    templates: list[tuple[tuple[str | int, ...], str]] = [
+        ((*where, "action", "params", name), template) for name, template in rule.action.params.items()
+    ]
+    if rule.action.alert is not None:
+        templates.append(((*where, "action", "alert"), rule.action.alert))
     out = []
-    for name, template in rule.action.params.items():
+    for loc, template in templates:
         for ref in PARAM_REF.findall(template):
             if not ref.startswith("finding.") or not FIELD_PATH.match(ref.removeprefix("finding.")):
                 out.append(
                     source.problem(
-                        (*where, "action", "params", name),
+                        loc,
                         f"rule {rule.id}: ${{{ref}}} must refer to a finding field as ${{finding.<field>}}",
                     )
                 )

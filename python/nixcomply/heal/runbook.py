@@ -31,6 +31,8 @@ from pydantic import Field, model_validator
 
 from nixcomply.core.yamlsource import SourceMap, load_model
 from nixcomply.errors import InputError
+from nixcomply.heal import programs
+from nixcomply.host.systemd import InvalidUnitNameError, validate_unit_name
 from nixcomply.model.base import StrictModel
 from nixcomply.model.severity import Severity
 
@@ -59,7 +61,7 @@ class ParamType(StrEnum):
     UNIT = "unit"  # a systemd unit name (grammar + allowlist)
     PATH = "path"  # a path confined to the configured allowed roots
     MOUNT = "mount"  # an existing absolute path whose filesystem is only measured (statvfs)
-    STRING = "string"  # no shell metacharacters, bounded length
+    STRING = "string"  # one line of printable text, bounded; typed further where it is used
     INT = "int"
     DURATION = "duration"  # seconds (90, "90s", "15m", "2h", "1d")
 
@@ -111,7 +113,7 @@ class ArgKind(StrEnum):
     PATH = "path"  # resolved, confined to the allowed roots
     MOUNT = "mount"  # existing absolute path, only measured
     TEXT = "text"  # one line of free text (an alert), never part of an argv
-    ARGV = "argv"  # [allowlisted binary, safe strings...]
+    ARGV = "argv"  # [audited program, one of its forms] (nixcomply.heal.programs)
     INT = "int"
     BOOL = "bool"
     CHOICE = "choice"
@@ -134,7 +136,11 @@ PRIORITIES: Final = ("emerg", "alert", "crit", "err", "warning", "notice", "info
 # What each action accepts. Anything else in a step's params is an error at load time.
 ACTION_ARGS: Final[Mapping[Action, Mapping[str, ArgSpec]]] = {
     Action.RUN_COMMAND: {
-        "argv": ArgSpec(ArgKind.ARGV, "[binary on heal.binaries, arguments...]; never a shell", required=True)
+        "argv": ArgSpec(
+            ArgKind.ARGV,
+            "[program, words and options one of its forms allows] (nixcomply.heal.programs); never a shell",
+            required=True,
+        )
     },
     Action.RESTART_SERVICE: {"unit": ArgSpec(ArgKind.UNIT, "unit to restart", required=True)},
     Action.START_UNIT: {"unit": ArgSpec(ArgKind.UNIT, "unit to start", required=True)},
@@ -194,15 +200,25 @@ _COMPATIBLE: Final[Mapping[ArgKind, frozenset[ParamType]]] = {
     ArgKind.CHOICE: frozenset({ParamType.STRING}),
     ArgKind.BOOL: frozenset(),
     ArgKind.TEXT: frozenset(ParamType),
-    ArgKind.ARGV: frozenset(ParamType),
+    ArgKind.ARGV: frozenset(),  # a list: its elements may only fill option values
 }
+
+# The largest values a runbook may give itself (a host's heal block may lower some).
+MAX_STEPS: Final = 200
+MAX_COOLDOWN_SECONDS: Final = 30 * 86400
 
 
 class Constraints(StrictModel):
     max_retries: int = Field(default=0, ge=0, le=10)
-    retry_delay_seconds: float = Field(default=5, ge=0, le=3600)
+    retry_delay_seconds: float = Field(default=5, ge=0, le=3600, allow_inf_nan=False)
     requires_maintenance_window: bool = False
-    cooldown_seconds: float = Field(default=900, ge=0, description="wait at least this long between runs")
+    cooldown_seconds: float = Field(
+        default=900,
+        ge=0,
+        le=MAX_COOLDOWN_SECONDS,
+        allow_inf_nan=False,
+        description="wait at least this long between runs",
+    )
 
 
 class Step(StrictModel):
@@ -212,7 +228,7 @@ class Step(StrictModel):
         default=None, pattern=r"^[a-z][a-z0-9_-]*$", max_length=64, description="for rollback's undoes"
     )
     params: dict[str, Any] = Field(default_factory=dict)
-    timeout: float = Field(default=60, gt=0, le=3600)
+    timeout: float = Field(default=60, gt=0, le=3600, allow_inf_nan=False)
     evidence_key: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9_]*$")
     continue_on_failure: bool = False
     undoes: str | None = Field(default=None, description="rollback only: the name of the step this reverses")
@@ -241,9 +257,9 @@ class Runbook(StrictModel):
     )
     params: dict[str, ParamSpec] = Field(default_factory=dict)
     constraints: Constraints = Field(default_factory=Constraints)
-    preconditions: list[Precondition] = Field(default_factory=list)
-    steps: list[Step] = Field(min_length=1)
-    rollback: list[Step] = Field(default_factory=list)
+    preconditions: list[Precondition] = Field(default_factory=list, max_length=MAX_STEPS)
+    steps: list[Step] = Field(min_length=1, max_length=MAX_STEPS)
+    rollback: list[Step] = Field(default_factory=list, max_length=MAX_STEPS)
     evidence_required: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -331,6 +347,8 @@ def static_arg_problems(action: Action, params: Mapping[str, Any]) -> list[str]:
                 problems.append(f"argument {arg} must be a non-empty list of strings")
             elif not all(isinstance(v, str | int) and not isinstance(v, bool) for v in value):
                 problems.append(f"argument {arg} must list strings only")
+            else:
+                problems.extend(f"argument {arg}: {p}" for p in programs.static_problems(value))
         elif spec.kind == ArgKind.INT:
             if isinstance(value, bool) or not isinstance(value, int | str):
                 problems.append(f"argument {arg} must be a whole number")
@@ -340,8 +358,22 @@ def static_arg_problems(action: Action, params: Mapping[str, Any]) -> list[str]:
                 problems.append(f"argument {arg} must be a whole number")
         elif not isinstance(value, str):
             problems.append(f"argument {arg} must be a string")
-        elif spec.kind == ArgKind.CHOICE and not PARAM_REF.search(value) and value not in spec.choices:
+        elif PARAM_REF.search(value):
+            continue  # checked by the guard once the parameters are known
+        elif spec.kind == ArgKind.CHOICE and value not in spec.choices:
             problems.append(f"argument {arg} must be one of {', '.join(spec.choices)}")
+        elif spec.kind == ArgKind.UNIT:
+            try:
+                validate_unit_name(value)
+            except InvalidUnitNameError as e:
+                problems.append(f"argument {arg}: {e}")
+        elif spec.kind in (ArgKind.PATH, ArgKind.MOUNT):
+            if not value.startswith("/") or ".." in value.split("/"):
+                problems.append(f"argument {arg} must be an absolute path without '..'")
+            elif not value.isprintable():
+                problems.append(f"argument {arg} contains a control character")
+        elif spec.kind == ArgKind.TEXT and (not value.strip() or not value.isprintable()):
+            problems.append(f"argument {arg} must be one line of printable text")
     if action == Action.CAPTURE_STATE and "unit" not in params and params.get("ruleset") is not True:
         problems.append("capture_state needs a unit or ruleset: true")
     return problems
@@ -359,6 +391,11 @@ def _refs(value: Any) -> set[str]:
 
 def load_runbook(path: Path) -> Runbook:
     """Load and check one runbook file; ``InputError`` names file, line and field."""
+    return load_runbook_source(path)[0]
+
+
+def load_runbook_source(path: Path) -> tuple[Runbook, SourceMap]:
+    """:func:`load_runbook`, with where each value sits (for the guard's refusals)."""
     runbook, source = load_model(Runbook, path)
     problems = [source.problem(loc, message) for loc, message in runbook.semantic_problems()]
     if runbook.id != path.stem:
@@ -367,7 +404,7 @@ def load_runbook(path: Path) -> Runbook:
         problems.append(_ref_problem(source, runbook, name))
     if problems:
         raise InputError(problems)
-    return runbook
+    return runbook, source
 
 
 def _ref_problem(source: SourceMap, runbook: Runbook, name: str) -> Any:

@@ -11,21 +11,57 @@ cooldowns. Every write is one transaction with ``synchronous=FULL``.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final
 
-from nixcomply.errors import NixcomplyError
+from nixcomply.errors import HostIOError, NixcomplyError
 from nixcomply.evidence.log import LogHead
-from nixcomply.model.outcome import ApplyOutcome
 
-SCHEMA_VERSION: Final = 1
-# An attempt that ended in one of these is blocked (the revision is not retried).
-_FAILED_OUTCOMES: Final = frozenset(o.value for o in ApplyOutcome if o.failed)
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION: Final = 2
+
+
+class AttemptPhase(StrEnum):
+    """Where an attempt at a revision is (the ``attempts.phase`` column). An attempt that is
+    not ``done`` was interrupted; the next cycle settles it from what the host shows."""
+
+    PREPARING = (
+        "preparing"  # an activation nobody gated is undone before the test (nothing of the target runs)
+    )
+    TESTING = "testing"  # `nixos-rebuild test` runs or ran; the health gate has not passed
+    GATING = "gating"  # the health gate runs
+    SWITCHING = "switching"  # the gate passed; `nixos-rebuild switch` runs
+    REVERTING = "reverting"  # the gate failed: the boot default is being re-activated (``detail`` says why)
+    UNDOING = (
+        "undoing"  # the attempt was interrupted before its gate passed: the boot default is re-activated
+    )
+    DONE = "done"  # the outcome is recorded in evidence
+
+
+class AttemptOutcome(StrEnum):
+    """How an attempt ended (the ``attempts.outcome`` column; NULL while it runs)."""
+
+    SUCCESS = "success"  # tested, gated, switched
+    REVERTED = "reverted"  # the gate failed; the boot default runs again
+    FAILED = "failed"  # activation failed and could not be undone cleanly
+    INTERRUPTED = "interrupted"  # a crash cut it short before its gate passed; undone, tried again
+
+    @property
+    def blocks(self) -> bool:
+        """A reverted or failed revision is not retried until it changes or is reset; an
+        interrupted one was never judged, so it is."""
+        return self in (AttemptOutcome.REVERTED, AttemptOutcome.FAILED)
+
+
+_BLOCKING: Final = tuple(o.value for o in AttemptOutcome if o.blocks)
 
 _SCHEMA: Final = """
 CREATE TABLE runs (
@@ -39,8 +75,8 @@ CREATE TABLE runs (
 CREATE TABLE attempts (
   revision TEXT PRIMARY KEY,
   toplevel TEXT,
-  phase TEXT NOT NULL,          -- building, testing, gating, switching, done
-  outcome TEXT,                 -- success, reverted, failed (NULL while in progress)
+  phase TEXT NOT NULL,          -- AttemptPhase: testing, gating, switching, reverting, done
+  outcome TEXT,                 -- AttemptOutcome: success, reverted, failed, interrupted (NULL while in progress)
   count INTEGER NOT NULL DEFAULT 0,
   updated_at TEXT NOT NULL,
   detail TEXT NOT NULL DEFAULT ''
@@ -73,6 +109,16 @@ CREATE TABLE cooldowns (
   failures INTEGER NOT NULL DEFAULT 0
 );
 """
+# Schema 2: what a run may remember from the last (nixcomply.core.memo).
+_MEMO: Final = """
+CREATE TABLE memo (
+  key TEXT PRIMARY KEY,          -- what: runbook:<path>, store:nixos-version:<path>, ...
+  stamp TEXT NOT NULL,           -- the file's dev:ino:mtime:size, or 'immutable'
+  value TEXT NOT NULL
+);
+"""
+# version found -> statements that bring it to SCHEMA_VERSION
+_MIGRATIONS: Final = {0: _SCHEMA + _MEMO, 1: _MEMO}
 
 
 EVIDENCE_HEAD: Final = "evidence_head"
@@ -106,10 +152,13 @@ class Run:
 
 @dataclass(frozen=True)
 class Attempt:
+    """``count`` numbers the attempts at this revision: with the revision it names one
+    attempt, which evidence carries so a crashed cycle's record is recognised."""
+
     revision: str
     toplevel: str | None
-    phase: str
-    outcome: str | None
+    phase: AttemptPhase
+    outcome: AttemptOutcome | None
     count: int
     updated_at: datetime
     detail: str
@@ -117,11 +166,39 @@ class Attempt:
     @property
     def blocked(self) -> bool:
         """A reverted or failed revision is not retried until it changes or is reset."""
-        return self.outcome in _FAILED_OUTCOMES
+        return self.outcome is not None and self.outcome.blocks
 
     @property
     def interrupted(self) -> bool:
         return self.outcome is None
+
+    @property
+    def key(self) -> str:
+        return f"{self.revision}#{self.count}"
+
+
+_ATTEMPT_COLUMNS: Final = "revision, toplevel, phase, outcome, count, updated_at, detail"
+
+
+def _attempt(row: Any) -> Attempt:
+    return Attempt(
+        row[0],
+        row[1],
+        AttemptPhase(row[2]),
+        None if row[3] is None else AttemptOutcome(row[3]),
+        row[4],
+        _dt(row[5]),
+        row[6],
+    )
+
+
+@dataclass(frozen=True)
+class LastGood:
+    """The generation the host last switched to after a passed health gate."""
+
+    generation: int | None
+    store_path: str
+    revision: str | None
 
 
 @dataclass(frozen=True)
@@ -149,10 +226,10 @@ class State:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA foreign_keys=ON")
-            with _transaction(db):  # IMMEDIATE: two first openers cannot both create the schema
+            with _transaction(db, path):  # IMMEDIATE: two first openers cannot both create the schema
                 version = db.execute("PRAGMA user_version").fetchone()[0]
-                if version == 0:
-                    for statement in _SCHEMA.split(";"):
+                if version in _MIGRATIONS:
+                    for statement in _MIGRATIONS[version].split(";"):
                         if statement.strip():
                             db.execute(statement)
                     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -161,6 +238,11 @@ class State:
                     f"{path} was written by a newer nixcomply (schema {version}, this one knows {SCHEMA_VERSION})",
                     hint="upgrade nixcomply; do not delete the state database",
                 )
+        except sqlite3.OperationalError as e:
+            refused = _refused(e, path)
+            if isinstance(refused, HostIOError):
+                raise refused from None
+            raise StateError(f"cannot open state database {path}: {e}") from None
         except sqlite3.DatabaseError as e:
             raise StateError(f"cannot open state database {path}: {e}") from None
         return cls(db, path)
@@ -177,13 +259,13 @@ class State:
     # runs -------------------------------------------------------------------------------
 
     def start_run(self, kind: str) -> int:
-        with _transaction(self._db):
+        with _transaction(self._db, self.path):
             cur = self._db.execute("INSERT INTO runs (started_at, kind) VALUES (?, ?)", (_ts(now()), kind))
         assert cur.lastrowid is not None
         return cur.lastrowid
 
     def finish_run(self, run_id: int, outcome: str, summary: dict[str, Any]) -> None:
-        with _transaction(self._db):
+        with _transaction(self._db, self.path):
             self._db.execute(
                 "UPDATE runs SET finished_at = ?, outcome = ?, summary = ? WHERE id = ?",
                 (_ts(now()), outcome, json.dumps(summary, sort_keys=True, default=str), run_id),
@@ -202,54 +284,83 @@ class State:
 
     def attempt(self, revision: str) -> Attempt | None:
         row = self._db.execute(
-            "SELECT revision, toplevel, phase, outcome, count, updated_at, detail FROM attempts WHERE revision = ?",
+            f"SELECT {_ATTEMPT_COLUMNS} FROM attempts WHERE revision = ?",  # noqa: S608
             (revision,),
         ).fetchone()
-        return None if row is None else Attempt(row[0], row[1], row[2], row[3], row[4], _dt(row[5]), row[6])
+        return None if row is None else _attempt(row)
 
-    def begin_attempt(self, revision: str, toplevel: str) -> None:
-        with _transaction(self._db):
+    def begin_attempt(
+        self, revision: str, toplevel: str, *, phase: AttemptPhase = AttemptPhase.TESTING
+    ) -> Attempt:
+        """Open an attempt right before it changes anything (``testing``: its test activation;
+        ``preparing``: undoing an activation nobody gated first)."""
+        with _transaction(self._db, self.path):
             self._db.execute(
                 "INSERT INTO attempts (revision, toplevel, phase, outcome, count, updated_at) "
-                "VALUES (?, ?, 'testing', NULL, 1, ?) "
-                "ON CONFLICT (revision) DO UPDATE SET toplevel = excluded.toplevel, phase = 'testing', "
+                "VALUES (?, ?, ?, NULL, 1, ?) "
+                "ON CONFLICT (revision) DO UPDATE SET toplevel = excluded.toplevel, phase = excluded.phase, "
                 "outcome = NULL, count = count + 1, updated_at = excluded.updated_at, detail = ''",
-                (revision, toplevel, _ts(now())),
+                (revision, toplevel, phase.value, _ts(now())),
+            )
+            attempt = self.attempt(revision)
+        assert attempt is not None
+        return attempt
+
+    def set_phase(self, revision: str, phase: AttemptPhase, detail: str | None = None) -> None:
+        """Move an open attempt on; ``detail`` (why it reverts) replaces the recorded one."""
+        with _transaction(self._db, self.path):
+            self._db.execute(
+                "UPDATE attempts SET phase = ?, detail = coalesce(?, detail), updated_at = ? WHERE revision = ?",
+                (phase.value, detail, _ts(now()), revision),
             )
 
-    def set_phase(self, revision: str, phase: str) -> None:
-        with _transaction(self._db):
+    def end_attempt(
+        self,
+        revision: str,
+        outcome: AttemptOutcome,
+        detail: str = "",
+        *,
+        observation: Observation | None = None,
+        last_good: LastGood | None = None,
+    ) -> None:
+        """Close an attempt once its outcome is in evidence; with ``observation`` (what the
+        host looks like now) and ``last_good``, in the same transaction, so a crash can never
+        leave a closed attempt beside an observation from before it (the next cycle would
+        take nixcomply's own switch for someone else's)."""
+        with _transaction(self._db, self.path):
             self._db.execute(
-                "UPDATE attempts SET phase = ?, updated_at = ? WHERE revision = ?",
-                (phase, _ts(now()), revision),
+                "UPDATE attempts SET phase = ?, outcome = ?, detail = ?, updated_at = ? WHERE revision = ?",
+                (AttemptPhase.DONE.value, outcome.value, detail, _ts(now()), revision),
             )
-
-    def end_attempt(self, revision: str, outcome: str, detail: str = "") -> None:
-        with _transaction(self._db):
-            self._db.execute(
-                "UPDATE attempts SET phase = 'done', outcome = ?, detail = ?, updated_at = ? WHERE revision = ?",
-                (outcome, detail, _ts(now()), revision),
-            )
+            if observation is not None:
+                self.set_observation(observation)
+            if last_good is not None:
+                self.set_last_good(
+                    generation=last_good.generation,
+                    store_path=last_good.store_path,
+                    revision=last_good.revision,
+                )
 
     def in_progress(self) -> list[Attempt]:
         """Attempts that never reached an outcome: nixcomply was interrupted during them."""
         rows = self._db.execute(
-            "SELECT revision, toplevel, phase, outcome, count, updated_at, detail FROM attempts "
-            "WHERE outcome IS NULL ORDER BY updated_at"
+            f"SELECT {_ATTEMPT_COLUMNS} FROM attempts WHERE outcome IS NULL ORDER BY updated_at"  # noqa: S608
         ).fetchall()
-        return [Attempt(r[0], r[1], r[2], r[3], r[4], _dt(r[5]), r[6]) for r in rows]
+        return [_attempt(r) for r in rows]
 
     def blocked_revisions(self) -> list[Attempt]:
+        marks = ", ".join("?" for _ in _BLOCKING)
         rows = self._db.execute(
-            "SELECT revision, toplevel, phase, outcome, count, updated_at, detail FROM attempts "
-            "WHERE outcome IN ('reverted', 'failed') ORDER BY updated_at"
+            f"SELECT {_ATTEMPT_COLUMNS} FROM attempts WHERE outcome IN ({marks}) ORDER BY updated_at",  # noqa: S608
+            _BLOCKING,
         ).fetchall()
-        return [Attempt(r[0], r[1], r[2], r[3], r[4], _dt(r[5]), r[6]) for r in rows]
+        return [_attempt(r) for r in rows]
 
     def clear_attempts(self, revision: str | None = None) -> int:
-        with _transaction(self._db):
+        with _transaction(self._db, self.path):
             if revision is None:
-                cur = self._db.execute("DELETE FROM attempts WHERE outcome IN ('reverted', 'failed')")
+                marks = ", ".join("?" for _ in _BLOCKING)
+                cur = self._db.execute(f"DELETE FROM attempts WHERE outcome IN ({marks})", _BLOCKING)  # noqa: S608
             else:
                 cur = self._db.execute("DELETE FROM attempts WHERE revision = ?", (revision,))
         return cur.rowcount
@@ -257,7 +368,7 @@ class State:
     # toplevel each revision built to (a no-op cycle needs no build) --------------------------
 
     def remember_toplevel(self, revision: str, toplevel: str) -> None:
-        with _transaction(self._db):
+        with _transaction(self._db, self.path):
             self._db.execute(
                 "INSERT INTO toplevels (revision, toplevel, recorded_at) VALUES (?, ?, ?) "
                 "ON CONFLICT (revision) DO UPDATE SET toplevel = excluded.toplevel, recorded_at = excluded.recorded_at",
@@ -275,7 +386,7 @@ class State:
         return None if row is None else json.loads(row[0])
 
     def _set(self, key: str, value: Any) -> None:
-        with _transaction(self._db):
+        with _transaction(self._db, self.path):
             self._db.execute(
                 "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (key, json.dumps(value, sort_keys=True)),
@@ -317,7 +428,7 @@ class State:
     def record_evidence_head(self, head: LogHead) -> None:
         """Record how far the evidence log reached; never backwards (``evidence verify``
         fails a log shorter than this, and the store refuses to append to one)."""
-        with _transaction(self._db):
+        with _transaction(self._db, self.path):
             current = self.evidence_head()
             if current is None or head.size >= current.size:
                 self._set(EVIDENCE_HEAD, head.to_json())
@@ -328,10 +439,28 @@ class State:
     def value(self, key: str) -> Any:
         return self._get(f"value:{key}")
 
+    # what a run remembers from the last (nixcomply.core.memo.Memo) ---------------------------
+
+    def recall(self, key: str, stamp: str) -> str | None:
+        row = self._db.execute("SELECT stamp, value FROM memo WHERE key = ?", (key,)).fetchone()
+        return str(row[1]) if row is not None and row[0] == stamp else None
+
+    def memorise(self, key: str, stamp: str, value: str) -> None:
+        """Remember ``value``; a full disk only costs the memory (it is computed again)."""
+        try:
+            with _transaction(self._db, self.path):
+                self._db.execute(
+                    "INSERT INTO memo (key, stamp, value) VALUES (?, ?, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET stamp = excluded.stamp, value = excluded.value",
+                    (key, stamp, value),
+                )
+        except HostIOError as e:
+            logger.warning("not remembering %s: %s", key, e)
+
     # heals, flap suppression, cooldowns ---------------------------------------------------------
 
     def record_heal(self, check: str, runbook: str, outcome: str, at: datetime | None = None) -> None:
-        with _transaction(self._db):
+        with _transaction(self._db, self.path):
             self._db.execute(
                 "INSERT INTO heals (check_name, runbook, outcome, at) VALUES (?, ?, ?, ?)",
                 (check, runbook, outcome, _ts(at or now())),
@@ -349,7 +478,7 @@ class State:
         return {str(r[0]): int(r[1]) for r in rows}
 
     def suppress(self, key: str, reason: str, at: datetime | None = None) -> None:
-        with _transaction(self._db):
+        with _transaction(self._db, self.path):
             self._db.execute(
                 "INSERT INTO suppressed (key, since, reason) VALUES (?, ?, ?) ON CONFLICT (key) DO NOTHING",
                 (key, _ts(at or now()), reason),
@@ -360,7 +489,7 @@ class State:
         return {r[0]: (_dt(r[1]), r[2]) for r in rows}
 
     def clear_suppressed(self, key: str | None = None) -> int:
-        with _transaction(self._db):
+        with _transaction(self._db, self.path):
             if key is None:
                 cur = self._db.execute("DELETE FROM suppressed")
             else:
@@ -372,7 +501,7 @@ class State:
         return None if row is None else (_dt(row[0]), int(row[1]))
 
     def set_cooldown(self, key: str, until: datetime, failures: int) -> None:
-        with _transaction(self._db):
+        with _transaction(self._db, self.path):
             self._db.execute(
                 "INSERT INTO cooldowns (key, until, failures) VALUES (?, ?, ?) "
                 "ON CONFLICT (key) DO UPDATE SET until = excluded.until, failures = excluded.failures",
@@ -380,7 +509,7 @@ class State:
             )
 
     def clear_cooldowns(self) -> int:
-        with _transaction(self._db):
+        with _transaction(self._db, self.path):
             return self._db.execute("DELETE FROM cooldowns").rowcount
 
 
@@ -432,15 +561,37 @@ def read_evidence_head(state_dir: Path) -> LogHead | None:
 
 
 @contextmanager
-def _transaction(db: sqlite3.Connection) -> Iterator[None]:
-    """An explicit transaction (the connection is in autocommit mode otherwise)."""
+def _transaction(db: sqlite3.Connection, path: Path) -> Iterator[None]:
+    """An explicit transaction (the connection is in autocommit mode otherwise). The
+    machine refusing the write (a full disk, a read-only filesystem) is a
+    :class:`~nixcomply.errors.HostIOError` naming the database, not an internal error."""
     if db.in_transaction:
         yield
         return
-    db.execute("BEGIN IMMEDIATE")
     try:
-        yield
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+    except sqlite3.OperationalError as e:
+        raise _refused(e, path) from None
+
+
+def _refused(e: sqlite3.OperationalError, path: Path) -> NixcomplyError:
+    code = getattr(e, "sqlite_errorcode", None)
+    if code == sqlite3.SQLITE_FULL:
+        return HostIOError(
+            f"{path}: cannot write the state database: the disk is full",
+            hint="free space on that filesystem and run again; nothing was lost",
+        )
+    if code == sqlite3.SQLITE_READONLY:
+        return HostIOError(
+            f"{path}: cannot write the state database: it is read-only (a read-only filesystem?)",
+            hint="nixcomply needs to write its state directory",
+        )
+    if code in (sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN):
+        return HostIOError(f"{path}: cannot write the state database: {e}")
+    return StateError(f"{path}: {e}")

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import enum
 import functools
+import importlib.machinery
 import importlib.util
 import logging
 import re
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
@@ -308,6 +310,7 @@ class Systemd:
             return
         try:
             # pystemd is optional (extra `systemd`): imported only when a connection opens
+            _low_level_pystemd()
             from pystemd import dbusexc  # noqa: PLC0415
             from pystemd.dbuslib import DBus, DBusAddress  # noqa: PLC0415
         except ImportError as e:
@@ -585,6 +588,25 @@ class Systemd:
                 f"{method.decode()}{f' of {unit}' if unit else ''} failed on {self.where}: {_dbus_message(e)}",
                 unit=unit,
             ) from None
+
+
+def _low_level_pystemd() -> None:
+    """Make ``import pystemd.dbuslib`` load only pystemd's D-Bus layer. pystemd's package
+    ``__init__`` also imports its high-level ``systemd1``/``machine1`` objects and with them
+    lxml, ~4 MB of a cycle's memory that nixcomply never uses (it calls the manager through
+    ``dbuslib`` alone, see the module docstring). The package's directory is registered as
+    a bare package, so its submodules import as usual; an application that imported pystemd
+    itself keeps its own."""
+    if "pystemd" in sys.modules:
+        return
+    spec = importlib.util.find_spec("pystemd")
+    if spec is None or spec.submodule_search_locations is None:
+        return  # not installed: the import that follows says so
+    package = importlib.util.module_from_spec(
+        importlib.machinery.ModuleSpec("pystemd", None, is_package=True)
+    )
+    package.__path__ = list(spec.submodule_search_locations)
+    sys.modules["pystemd"] = package
 
 
 def _has_active_state(wanted: str, state: UnitState) -> bool:

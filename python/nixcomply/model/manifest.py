@@ -80,13 +80,24 @@ def parse_manifest(text: str, origin: Path) -> Manifest:
         raise InputError(problems_from_validation(e, SourceMap(origin))) from None
 
 
+# A manifest inside the Nix store never changes: read once per process.
+_STORE: Final = Path("/nix/store")
+_READ: dict[Path, Manifest | None] = {}
+
+
 def read_manifest(system: Path) -> Manifest | None:
     """The manifest inside the system toplevel ``system``, or None if it carries none."""
     path = system / MANIFEST_PATH
+    resolved = path.resolve()
+    if resolved in _READ:
+        return _READ[resolved]
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
     except OSError as e:
         raise InputError.single(path, f"cannot read: {e.strerror}") from None
-    return parse_manifest(text, path)
+    manifest = parse_manifest(text, path)
+    if resolved.is_relative_to(_STORE):
+        _READ[resolved] = manifest
+    return manifest

@@ -41,6 +41,7 @@ class ApplyOutcome(StrEnum):
     REVERTED = "reverted"
     FAILED = "failed"
     DEFERRED = "deferred"
+    HELD = "held"  # what activating needs is missing (room for state and evidence): nothing activated
     DRY_RUN = "dry-run"
     NOTHING = "nothing"  # in sync, refused or blocked: no activation
 
@@ -55,6 +56,11 @@ class ApplyOutcome(StrEnum):
         """The target did not become the running system: the revision is blocked until it
         changes or is reset, and the cycle exits 1."""
         return self in (ApplyOutcome.REVERTED, ApplyOutcome.FAILED)
+
+    @property
+    def needs_attention(self) -> bool:
+        """The cycle exits 1: the target failed, or was held back for a reason a person fixes."""
+        return self.failed or self is ApplyOutcome.HELD
 
     @property
     def evidence(self) -> Outcome | None:

@@ -1,30 +1,41 @@
 """Apply a drift plan: test, health gate, then switch, or revert.
 
 ``nixos-rebuild test --store-path P`` activates P without touching the boot default, so a
-crash anywhere before the switch leaves the host booting the last good generation; the next
-cycle sees an activation pending and decides again. When the gate fails, the generation the
-profile still points at is re-activated (``switch-to-configuration test``) and the attempt is
-recorded as ``reverted``, which blocks that revision until it changes or is reset.
+crash anywhere before the switch leaves the host booting the last good generation. When the
+gate fails, the generation the profile still points at is re-activated
+(``switch-to-configuration test``) and the attempt is recorded as ``reverted``, which blocks
+that revision until it changes or is reset.
 
-The attempt is opened here and closed by the caller once the outcome is in evidence, so a
-crash between the two is found and recorded on the next cycle instead of lost.
+An activation is only ever finished by switching after *this* attempt's gate passed on it.
+A system that is active but not the boot default when an attempt starts (a test activation
+made by hand, or one nobody gated) is undone first: the boot default is re-activated, so
+every unit whose definition the target changes is restarted by the target's own test and
+the gate judges processes the target started.
+
+Before anything is activated the state directory must have room for what the attempt will
+write (``min_free_bytes``): an activation whose outcome cannot be recorded is worse than one
+that waits (outcome ``held``). The attempt is opened here, with each phase durable before it
+starts, and closed by the caller once the outcome is in evidence; a crash at any point is
+settled by the next cycle from what the host shows (:mod:`nixcomply.reconcile.settle`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from nixcomply.core import faults
+from nixcomply.core.faults import FaultPoint
 from nixcomply.errors import CommandError
 from nixcomply.heal.window import in_window, next_opening
-from nixcomply.host.state import State
+from nixcomply.host.state import AttemptPhase, State
 from nixcomply.host.systemd import SystemdFactory
 from nixcomply.model.outcome import ApplyOutcome, PlanKind
-from nixcomply.nixos import generations
+from nixcomply.nixos import generations, system
 from nixcomply.nixos.rebuild import RebuildAction, nixos_rebuild, switch_to_configuration
 from nixcomply.nixos.root import Root
 from nixcomply.nixos.tools import Tools
@@ -42,6 +53,10 @@ class Context:
     tools: Tools
     systemd: SystemdFactory[health.GateSystemd] | None
 
+    @property
+    def unit_dir(self) -> str:
+        return health.USER_UNITS if self.config.systemd.user_mode else health.SYSTEM_UNITS
+
 
 class _Timer:
     def __init__(self) -> None:
@@ -49,6 +64,25 @@ class _Timer:
 
     def measure(self, name: str, started: float) -> None:
         self.durations[name] = round(time.monotonic() - started, 3)
+
+
+def free_space_problem(config: ReconcilerConfig) -> str | None:
+    """Why the state directory cannot take an attempt's records now, or None: less than
+    ``min_free_bytes`` free for the state database and the evidence store (both live
+    there), or almost no inodes left."""
+    try:
+        vfs = os.statvfs(config.state_dir)
+    except OSError as e:
+        return f"cannot measure {config.state_dir}: {e.strerror}"
+    free = vfs.f_bavail * vfs.f_frsize
+    if free < config.min_free_bytes:
+        return (
+            f"{config.state_dir} has {free // 1024} KiB free; an activation waits until the state "
+            f"database and the evidence store have {config.min_free_bytes // 1024} KiB (min_free_bytes)"
+        )
+    if vfs.f_files and vfs.f_favail < 1000:
+        return f"{config.state_dir} has {vfs.f_favail} inodes free; evidence bundles need files"
+    return None
 
 
 def apply(
@@ -78,114 +112,164 @@ def apply(
             target_path=plan.target_path,
             generation_before=generation_before,
         )
-
-    timer = _Timer()
-    rev = plan.target_revision
-
-    def revert(why: str, gate: GateResult | None) -> ApplyResult:
-        state.set_phase(rev, "reverting")
-        return _revert(
-            ctx, target=target, why=why, gate=gate, timer=timer, generation_before=generation_before
-        )
-
-    state.begin_attempt(rev, str(target))
-    faults.point("built")
-    failed_before = health.failed_units(ctx.systemd)
-
-    started = time.monotonic()
-    try:
-        activation = nixos_rebuild(
-            RebuildAction.TEST, target, tools=ctx.tools, timeout=ctx.config.activation_timeout
-        )
-    except CommandError as e:
-        timer.measure("test", started)
-        return revert(f"`nixos-rebuild test` failed: {e}", None)
-    timer.measure("test", started)
-    faults.point("tested")
-
-    state.set_phase(rev, "gating")
-    started = time.monotonic()
-    result = health.run_gate(
-        ctx.config.health_gate,
-        activation=activation,
-        failed_before=failed_before,
-        systemd=ctx.systemd,
-        env=dict(ctx.tools.extra_env),
-    )
-    timer.measure("gate", started)
-    faults.point("gated")
-    if not result.ok:
-        failed = "; ".join(f"{c.name}: {c.detail}" for c in result.checks if not c.ok)
-        return revert(f"health gate failed: {failed}", result)
-
-    state.set_phase(rev, "switching")
-    started = time.monotonic()
-    try:
-        switched = nixos_rebuild(
-            RebuildAction.SWITCH, target, tools=ctx.tools, timeout=ctx.config.activation_timeout
-        )
-    except CommandError as e:
-        timer.measure("switch", started)
-        return revert(f"`nixos-rebuild switch` failed: {e}", result)
-    timer.measure("switch", started)
-    faults.point("switched")
-    after = generations.current_generation(ctx.root)
-    note = " (switch-to-configuration reported failed units while switching)" if switched.units_failed else ""
-    return ApplyResult(
-        outcome=ApplyOutcome.SUCCESS,
-        detail=f"tested, health gate passed, switched to {target}{note}",
-        target_path=str(target),
-        gate=result,
-        durations=timer.durations,
-        generation_before=generation_before,
-        generation_after=after.number if after else None,
-    )
-
-
-def _revert(
-    ctx: Context,
-    *,
-    target: Path,
-    why: str,
-    gate: GateResult | None,
-    timer: _Timer,
-    generation_before: int | None,
-) -> ApplyResult:
-    """Re-activate what the profile (the boot default) still points at."""
-    logger.warning("reverting: %s", why)
-    good = generations.profile_target(ctx.root)
-    started = time.monotonic()
-    if good is None:
+    room = free_space_problem(ctx.config)
+    if room is not None:
+        logger.error("not activating %s: %s", target, room)
         return ApplyResult(
-            outcome=ApplyOutcome.FAILED,
-            detail=why + "; the host has no profile generation to revert to",
-            target_path=str(target),
-            gate=gate,
-            durations=timer.durations,
+            outcome=ApplyOutcome.HELD,
+            detail=f"nothing was activated: {room}",
+            target_path=plan.target_path,
             generation_before=generation_before,
         )
-    try:
-        switch_to_configuration(
-            good, RebuildAction.TEST, tools=ctx.tools, timeout=ctx.config.activation_timeout
-        )
-    except CommandError as e:
-        timer.measure("revert", started)
+    return _Attempt(ctx, state, plan.target_revision, target, generation_before).run(host)
+
+
+class _Attempt:
+    """One attempt at a revision: open it, undo an ungated activation, test, gate, switch or
+    revert. Each phase is made durable before it starts."""
+
+    def __init__(
+        self, ctx: Context, state: State, revision: str, target: Path, generation_before: int | None
+    ) -> None:
+        self.ctx = ctx
+        self.state = state
+        self.revision = revision
+        self.target = target
+        self.generation_before = generation_before
+        self.timer = _Timer()
+        self.key: str | None = None
+
+    def result(self, outcome: ApplyOutcome, detail: str, gate: GateResult | None = None) -> ApplyResult:
         return ApplyResult(
-            outcome=ApplyOutcome.FAILED,
-            detail=f"{why}; re-activating {good} failed too: {e}",
-            target_path=str(target),
+            outcome=outcome,
+            detail=detail,
+            attempt=self.key,
+            target_path=str(self.target),
             gate=gate,
-            durations=timer.durations,
-            generation_before=generation_before,
+            durations=self.timer.durations,
+            generation_before=self.generation_before,
+            generation_after=self.generation_before if outcome == ApplyOutcome.REVERTED else None,
         )
-    timer.measure("revert", started)
-    faults.point("reverted")
-    return ApplyResult(
-        outcome=ApplyOutcome.REVERTED,
-        detail=f"{why}; re-activated {good} (the boot default was never changed)",
-        target_path=str(target),
-        gate=gate,
-        durations=timer.durations,
-        generation_before=generation_before,
-        generation_after=generation_before,
-    )
+
+    def run(self, host: HostState) -> ApplyResult:
+        ungated = host.activation_pending
+        self.key = self.state.begin_attempt(
+            self.revision, str(self.target), phase=AttemptPhase.PREPARING if ungated else AttemptPhase.TESTING
+        ).key
+        if ungated:
+            undo_failed = self._undo_ungated(host)
+            if undo_failed is not None:
+                return undo_failed
+            self.state.set_phase(self.revision, AttemptPhase.TESTING)
+        faults.point(FaultPoint.BUILT)
+        failed_before = health.failed_units(self.ctx.systemd)
+        previous = system.current_system(self.ctx.root)
+
+        began = datetime.now(UTC)
+        started = time.monotonic()
+        try:
+            activation = nixos_rebuild(
+                RebuildAction.TEST,
+                self.target,
+                tools=self.ctx.tools,
+                timeout=self.ctx.config.activation_timeout,
+            )
+        except CommandError as e:
+            self.timer.measure("test", started)
+            return self._revert(f"`nixos-rebuild test` failed: {e}", None)
+        self.timer.measure("test", started)
+        faults.point(FaultPoint.TESTED)
+
+        self.state.set_phase(self.revision, AttemptPhase.GATING)
+        started = time.monotonic()
+        gate = health.run_gate(
+            self.ctx.config.health_gate,
+            activation=health.Activation(activation, self.target, previous, began, self.ctx.unit_dir),
+            failed_before=failed_before,
+            systemd=self.ctx.systemd,
+            env=dict(self.ctx.tools.extra_env),
+        )
+        self.timer.measure("gate", started)
+        faults.point(FaultPoint.GATED)
+        if not gate.ok:
+            failed = "; ".join(f"{c.name}: {c.detail}" for c in gate.checks if not c.ok)
+            return self._revert(f"health gate failed: {failed}", gate)
+
+        self.state.set_phase(self.revision, AttemptPhase.SWITCHING)
+        started = time.monotonic()
+        try:
+            switched = nixos_rebuild(
+                RebuildAction.SWITCH,
+                self.target,
+                tools=self.ctx.tools,
+                timeout=self.ctx.config.activation_timeout,
+            )
+        except CommandError as e:
+            self.timer.measure("switch", started)
+            return self._revert(f"`nixos-rebuild switch` failed: {e}", gate)
+        self.timer.measure("switch", started)
+        faults.point(FaultPoint.SWITCHED)
+        after = generations.current_generation(self.ctx.root)
+        note = (
+            " (switch-to-configuration reported failed units while switching)"
+            if switched.units_failed
+            else ""
+        )
+        return ApplyResult(
+            outcome=ApplyOutcome.SUCCESS,
+            detail=f"tested, health gate passed, switched to {self.target}{note}",
+            attempt=self.key,
+            target_path=str(self.target),
+            gate=gate,
+            durations=self.timer.durations,
+            generation_before=self.generation_before,
+            generation_after=after.number if after else None,
+        )
+
+    def _undo_ungated(self, host: HostState) -> ApplyResult | None:
+        """Re-activate the boot default before testing: what runs now was activated without
+        a gate nixcomply saw pass. None when done, else the failed result."""
+        good = generations.profile_target(self.ctx.root)
+        current = host.current.store_path if host.current else None
+        logger.warning(
+            "%s is active but not the boot default: re-activating %s before testing", current, good
+        )
+        if good is None:
+            return self.result(ApplyOutcome.FAILED, "the host has no profile generation to start from")
+        started = time.monotonic()
+        try:
+            switch_to_configuration(
+                good, RebuildAction.TEST, tools=self.ctx.tools, timeout=self.ctx.config.activation_timeout
+            )
+        except CommandError as e:
+            self.timer.measure("undo", started)
+            return self.result(
+                ApplyOutcome.FAILED,
+                f"{current} was active without a passed gate; re-activating the boot default {good} "
+                f"before testing failed: {e}",
+            )
+        self.timer.measure("undo", started)
+        return None
+
+    def _revert(self, why: str, gate: GateResult | None) -> ApplyResult:
+        """Re-activate what the profile (the boot default) still points at."""
+        self.state.set_phase(self.revision, AttemptPhase.REVERTING, detail=why)
+        logger.warning("reverting: %s", why)
+        good = generations.profile_target(self.ctx.root)
+        if good is None:
+            return self.result(
+                ApplyOutcome.FAILED, why + "; the host has no profile generation to revert to", gate
+            )
+        started = time.monotonic()
+        try:
+            switch_to_configuration(
+                good, RebuildAction.TEST, tools=self.ctx.tools, timeout=self.ctx.config.activation_timeout
+            )
+        except CommandError as e:
+            self.timer.measure("revert", started)
+            return self.result(ApplyOutcome.FAILED, f"{why}; re-activating {good} failed too: {e}", gate)
+        self.timer.measure("revert", started)
+        faults.point(FaultPoint.REVERTED)
+        return self.result(
+            ApplyOutcome.REVERTED, f"{why}; re-activated {good} (the boot default was never changed)", gate
+        )

@@ -1,9 +1,10 @@
 """The reconciler's configuration: one JSON file, ``/etc/nixcomply/reconciler.json``.
 
 The NixOS module (modules/reconciler.nix) renders its options into this file; the sandbox
-host writes one of its own. It is validated here with ``extra="forbid"``, so a typo in the
-module's freeform ``settings`` or a stale option is an error that names the field, not a
-setting silently ignored.
+host writes one of its own. It is read as JSON and validated strictly with
+``extra="forbid"``, so a typo in the module's freeform ``settings``, a stale option or a
+value of the wrong type (``"dry_run": "yes"``) is an error that names the field, not a
+setting silently ignored or guessed.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pydantic import Field, field_validator
 
 from nixcomply.checks.config import ChecksConfig
 from nixcomply.core.paths import DEFAULT_STATE_DIR
-from nixcomply.core.yamlsource import load_model
+from nixcomply.core.yamlsource import load_json_model
 from nixcomply.heal.config import HealConfig
 from nixcomply.heal.window import MaintenanceWindow
 from nixcomply.host.systemd import Systemd, SystemdFactory, connector, connector_if_installed
@@ -123,8 +124,14 @@ class ReconcilerConfig(StrictModel):
     upload: UploadSettings = Field(
         default_factory=UploadSettings, description="uploads to the MSP's evidence server (nixcomply.uplink)"
     )
-    build_timeout: float = Field(default=3600, gt=0)
-    activation_timeout: float = Field(default=900, gt=0)
+    build_timeout: float = Field(default=3600, gt=0, le=7 * 86400)
+    activation_timeout: float = Field(default=900, gt=0, le=86400)
+    min_free_bytes: int = Field(
+        default=64 * 2**20,
+        ge=0,
+        le=2**50,
+        description="an activation waits (outcome held) while the state directory has less free space",
+    )
 
     @field_validator("flake")
     @classmethod
@@ -136,6 +143,7 @@ class ReconcilerConfig(StrictModel):
 
 
 def load_config(path: Path) -> ReconcilerConfig:
-    """Read the reconciler configuration; errors name the file and field (exit 2)."""
-    config, _ = load_model(ReconcilerConfig, path)
+    """Read the reconciler configuration as strict JSON (no trailing commas, ``"yes"`` is
+    not a boolean, no ``Infinity``); errors name the file, line and field (exit 2)."""
+    config, _ = load_json_model(ReconcilerConfig, path)
     return config

@@ -1,11 +1,16 @@
-"""One reconcile cycle, end to end: lock, observe, notice outside changes, finish interrupted
+"""One reconcile cycle, end to end: lock, observe, notice outside changes, settle interrupted
 work, decide, apply, record evidence, remember.
 
-Ordering matters for crash safety. An attempt is opened before anything is activated and
-closed only after its outcome is in signed evidence; an interrupted attempt is found on the
-next cycle and settled from what the host shows (the switch completed, or the host still
-boots the old generation and the plan decides again). Nothing is recorded twice and nothing
-acknowledged is lost.
+Ordering matters for crash safety. Both evidence keys are checked before anything changes
+(a key the keyring does not list would otherwise be found after the switch). An attempt is
+opened before anything is activated and closed only after its outcome is in signed
+evidence, together with what the host looked like afterwards (one transaction), so the next
+cycle never takes nixcomply's own switch for someone else's. An interrupted attempt is found
+on the next cycle and settled from what the host shows (:mod:`nixcomply.reconcile.settle`):
+nothing is recorded twice, nothing acknowledged is lost, and every activation is recorded.
+
+A cycle in phases (:class:`_Cycle`): observe and notice outside changes; settle interrupted
+attempts; decide and apply; record and close; the runtime checks and their heals.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,14 +27,16 @@ from typing import TYPE_CHECKING, Any
 from nixcomply.checks.context import CheckContext
 from nixcomply.checks.finding import Finding
 from nixcomply.core import faults
+from nixcomply.core.faults import FaultPoint
 from nixcomply.core.lock import StateLock
-from nixcomply.errors import InputError, NixcomplyError
-from nixcomply.evidence.statement import Host
+from nixcomply.core.memo import Memo
+from nixcomply.errors import CommandError, InputError, NixcomplyError
 from nixcomply.evidence.store import EvidenceStore
-from nixcomply.heal.actions import SyncGeneration, SyncResult
-from nixcomply.host.state import Attempt, State
+from nixcomply.heal.sync import SyncGeneration, SyncResult
+from nixcomply.host.state import Attempt, AttemptOutcome, AttemptPhase, LastGood, State
 from nixcomply.model.manifest import Manifest, read_manifest
 from nixcomply.model.outcome import ApplyOutcome, PlanKind
+from nixcomply.nixos import generations
 from nixcomply.nixos.rebuild import RebuildAction, switch_to_configuration
 from nixcomply.nixos.root import Root
 from nixcomply.nixos.tools import Tools
@@ -36,15 +44,29 @@ from nixcomply.reconcile import apply as applying
 from nixcomply.reconcile import record, runtime
 from nixcomply.reconcile.config import ReconcilerConfig
 from nixcomply.reconcile.gate import GateSystemd
-from nixcomply.reconcile.model import ApplyResult, CycleReport, FindingSummary, HostState, Plan
+from nixcomply.reconcile.model import (
+    ApplyResult,
+    CycleReport,
+    ExternalChange,
+    FindingSummary,
+    HostState,
+    Plan,
+)
 from nixcomply.reconcile.observe import external_change, observation_of, observe
 from nixcomply.reconcile.plan import LockedTarget, decide, desired_state
-from nixcomply.reconcile.respond import Healer
+from nixcomply.reconcile.respond import Healer, load_policy
+from nixcomply.reconcile.settle import Settlement, settlement
 
 if TYPE_CHECKING:
     from nixcomply.host.systemd import SystemdFactory
 
 logger = logging.getLogger(__name__)
+
+_ATTEMPT_OUTCOME = {
+    ApplyOutcome.SUCCESS: AttemptOutcome.SUCCESS,
+    ApplyOutcome.REVERTED: AttemptOutcome.REVERTED,
+    ApplyOutcome.FAILED: AttemptOutcome.FAILED,
+}
 
 
 def tools_for(config: ReconcilerConfig) -> Tools:
@@ -62,6 +84,7 @@ class RuntimeResult:
     findings: list[Finding]
     summaries: list[FindingSummary]
     seqs: list[int]
+    policy_problems: list[str]
 
 
 @dataclass(frozen=True)
@@ -90,12 +113,15 @@ class Reconciler:
     def context(self) -> applying.Context:
         return applying.Context(config=self.config, root=self.root, tools=self.tools, systemd=self.systemd)
 
+    def observe(self, memo: Memo | None = None) -> HostState:
+        return observe(self.root, tools=self.tools, hostname=self.config.host, memo=memo)
+
     # -- plan ------------------------------------------------------------------------------
 
     def plan(self, *, build: bool = True) -> PlanReport:
         """Observe and decide without activating anything (``nixcomply plan``)."""
         with StateLock(self.config.state_dir, purpose="plan"), State.open(self.config.state_dir) as state:
-            host = observe(self.root, tools=self.tools, hostname=self.config.host)
+            host = self.observe()
             target = desired_state(self.config, tools=self.tools)
             plan = decide(host, target, state, self.config, tools=self.tools, build_target=build)
             return PlanReport(host=host, target=target, plan=plan)
@@ -110,8 +136,10 @@ class Reconciler:
             state = stack.enter_context(State.open(self.config.state_dir))
             if store is None and not dry_run:
                 store = stack.enter_context(record.open_store(self.config))
+            if store is not None and not dry_run:
+                store.check_keys()  # both keys can sign before anything changes
             run_id = state.start_run("reconcile-dry-run" if dry_run else "reconcile")
-            report = self._cycle(state, store, started=started, dry_run=dry_run)
+            report = _Cycle(self, state, store, dry_run=dry_run, started=started).run()
             if not dry_run and self.config.upload.server and self.config.upload.after_cycle:
                 _upload(self.config)
             if self.config.metrics.enable:
@@ -128,246 +156,6 @@ class Reconciler:
                 },
             )
             return report
-
-    def _cycle(
-        self, state: State, store: EvidenceStore | None, *, started: datetime, dry_run: bool
-    ) -> CycleReport:
-        seqs: list[int] = []
-        host = observe(self.root, tools=self.tools, hostname=self.config.host)
-        identity = record.host_identity(self.root.path, self.config.host)
-        policy = self._policy_digest(host)
-        interrupted = state.in_progress()
-        explained = frozenset(
-            p
-            for a in interrupted
-            for p in (a.toplevel, host.profile.store_path if host.profile else None)
-            if p
-        )
-
-        external = external_change(state.observation(), host, explained_paths=explained)
-        if external is not None:
-            logger.warning("%s", external.description)
-            if store is not None:
-                seqs.append(
-                    record.record_external(
-                        store,
-                        host_id=identity,
-                        before=None,
-                        after=host,
-                        change=external,
-                        policy_digest=policy,
-                        tools=self.tools,
-                        now=datetime.now(UTC),
-                    ).seq
-                )
-
-        target = desired_state(self.config, tools=self.tools)
-        for attempt in interrupted:
-            seq = self._settle(
-                attempt, host=host, target=target, state=state, store=store, identity=identity, policy=policy
-            )
-            if seq is not None:
-                seqs.append(seq)
-        if not dry_run:
-            state.set_observation(observation_of(host))
-
-        plan = decide(host, target, state, self.config, tools=self.tools)
-        result = applying.apply(plan, host, state, self.context(), dry_run=dry_run, now=datetime.now(UTC))
-        after = (
-            observe(self.root, tools=self.tools, hostname=self.config.host)
-            if result.outcome.changed_host
-            else host
-        )
-        if store is not None and result.outcome.changed_host:
-            recorded = record.record_apply(
-                store,
-                host_id=identity,
-                before=host,
-                after=after,
-                desired=target.desired,
-                result=result,
-                policy_digest=self._policy_digest(after),
-                tools=self.tools,
-                now=datetime.now(UTC),
-            )
-            if recorded is not None:
-                seqs.append(recorded.seq)
-        faults.point("recorded")
-        self._close_attempt(plan, result, after, state)
-        findings = self._runtime_checks(
-            after,
-            target,
-            state,
-            store,
-            identity,
-            switched=result.outcome == ApplyOutcome.SUCCESS,
-            in_sync=plan.kind == PlanKind.IN_SYNC or result.outcome == ApplyOutcome.SUCCESS,
-            dry_run=dry_run,
-        )
-        seqs.extend(findings.seqs)
-        if not dry_run:
-            state.set_observation(observation_of(after))
-        return CycleReport(
-            started_at=started,
-            finished_at=datetime.now(UTC),
-            dry_run=dry_run,
-            host=after,
-            desired=target.desired,
-            external=external,
-            plan=plan,
-            result=result,
-            evidence_seqs=seqs,
-            findings=findings.summaries,
-        )
-
-    def _runtime_checks(
-        self,
-        host: HostState,
-        target: LockedTarget,
-        state: State,
-        store: EvidenceStore | None,
-        identity: Host,
-        *,
-        switched: bool,
-        in_sync: bool,
-        dry_run: bool,
-    ) -> RuntimeResult:
-        """The drift checks on the running host, the heals they call for, and one check-run
-        statement with every control's status and what was decided about it."""
-        systemd = self.config.systemd.connector(if_installed=True)
-
-        def check_context() -> CheckContext:
-            return runtime.context(
-                self.config, host, target.desired, state, systemd=systemd, now=datetime.now(UTC)
-            )
-
-        runtime.record_ruleset(check_context(), host, state, force=switched)
-        findings = runtime.check(check_context(), state)
-        policy = self._policy_digest(host)
-        healer = Healer(
-            config=self.config,
-            state=state,
-            store=store,
-            identity=identity,
-            policy_digest=policy,
-            dry_run=dry_run,
-            check_context=check_context,
-            systemd=self.config.systemd.connector(),
-            sync_generation=self._sync_generation(host, in_sync=in_sync),
-            now=lambda: datetime.now(UTC),
-        )
-        healed = healer.heal(findings)
-        seqs = list(healed.seqs)
-        if store is not None:
-            seqs.append(
-                record.record_check_run(
-                    store,
-                    host_id=identity,
-                    host=host,
-                    findings=findings,
-                    decisions=healed.decisions,
-                    policy_digest=policy,
-                    tools=self.tools,
-                    now=datetime.now(UTC),
-                ).seq
-            )
-        return RuntimeResult(
-            findings=findings,
-            summaries=[runtime.summary(f, healed.decisions.get(i)) for i, f in enumerate(findings)],
-            seqs=seqs,
-        )
-
-    def _sync_generation(self, host: HostState, *, in_sync: bool) -> SyncGeneration:
-        """RB-DRIFT-001's step: re-activate the approved generation, which runs (this cycle's
-        generation step saw to that) and is the boot default."""
-
-        def sync(timeout: float) -> SyncResult:
-            profile = host.profile.store_path if host.profile else None
-            current = host.current.store_path if host.current else None
-            if not in_sync or profile is None or current != profile:
-                return SyncResult(
-                    False, "the approved generation is not running; the generation step decides first"
-                )
-            r = switch_to_configuration(Path(profile), RebuildAction.TEST, tools=self.tools, timeout=timeout)
-            ok = not r.units_failed
-            return SyncResult(
-                ok, f"re-activated {profile} (switch-to-configuration test exited {r.returncode})"
-            )
-
-        return sync
-
-    def _close_attempt(self, plan: Plan, result: ApplyResult, after: HostState, state: State) -> None:
-        if plan.kind != PlanKind.DRIFT or plan.target_revision is None:
-            return
-        rev = plan.target_revision
-        if result.outcome == ApplyOutcome.SUCCESS:
-            state.end_attempt(rev, "success", result.detail)
-            state.set_last_good(
-                generation=after.profile.generation if after.profile else None,
-                store_path=result.target_path or "",
-                revision=rev,
-            )
-        elif result.outcome.failed:
-            state.end_attempt(rev, result.outcome.value, result.detail)
-
-    def _settle(
-        self,
-        attempt: Attempt,
-        *,
-        host: HostState,
-        target: LockedTarget,
-        state: State,
-        store: EvidenceStore | None,
-        identity: Host,
-        policy: str | None,
-    ) -> int | None:
-        """An attempt a previous run did not finish: record what the host shows happened."""
-        current = host.current.store_path if host.current else None
-        profile = host.profile.store_path if host.profile else None
-        if attempt.toplevel is not None and current == attempt.toplevel == profile:
-            outcome, detail = (
-                ApplyOutcome.SUCCESS,
-                "the switch completed; the run that made it was interrupted before recording it",
-            )
-        elif attempt.phase == "reverting" and current == profile:
-            outcome, detail = (
-                ApplyOutcome.REVERTED,
-                f"{attempt.toplevel} failed and was reverted; the run was interrupted before recording it",
-            )
-        elif current == profile:
-            # interrupted before anything was activated (or after it was undone): no generation
-            # changed, nothing to record; not judged by the gate, so not blocked either
-            logger.info("an interrupted attempt at %s left the host on its boot default", attempt.revision)
-            state.clear_attempts(attempt.revision)
-            return None
-        else:
-            return None  # still activated but not switched: the plan decides again (test, gate, switch)
-        result = ApplyResult(outcome=outcome, detail=detail, target_path=attempt.toplevel)
-        seq = None
-        if store is not None and not _already_recorded(store, attempt):
-            recorded = record.record_apply(
-                store,
-                host_id=identity,
-                before=host,
-                after=host,
-                desired=target.desired.model_copy(update={"revision": attempt.revision}),
-                result=result,
-                policy_digest=policy,
-                tools=self.tools,
-                now=datetime.now(UTC),
-                note="(recovered)",
-            )
-            seq = recorded.seq if recorded else None
-        if outcome == ApplyOutcome.SUCCESS:
-            state.end_attempt(attempt.revision, "success", detail)
-            state.set_last_good(
-                generation=host.profile.generation if host.profile else None,
-                store_path=attempt.toplevel or "",
-                revision=attempt.revision,
-            )
-        else:
-            state.end_attempt(attempt.revision, "reverted", detail)
-        return seq
 
     def _write_metrics(self, report: CycleReport, state: State, store: EvidenceStore | None) -> None:
         from nixcomply.host import metrics
@@ -394,7 +182,7 @@ class Reconciler:
         )
         metrics.write(self.config.metrics.path, snapshot)
 
-    def _policy_digest(self, host: HostState) -> str | None:
+    def policy_digest(self, host: HostState) -> str | None:
         """The digest of the baseline the running system was rendered from."""
         manifest = _running_manifest(host)
         return manifest.baseline.digest if manifest else None
@@ -415,26 +203,300 @@ def _manifest_of(store_path: str) -> Manifest | None:
         return None
 
 
-def _already_recorded(store: EvidenceStore, attempt: Attempt) -> bool:
-    """Whether the newest evidence entry is this attempt's outcome (the run that wrote it died
-    before closing the attempt): recording it again would duplicate it."""
-    import json
+@dataclass
+class _Cycle:
+    """One run of :meth:`Reconciler.run`: the phases of a cycle and what they share."""
 
-    tail = store.tail()
-    if tail is None:
-        return False
-    try:
-        statement = json.loads((tail.path / "statement.json").read_bytes())
-        predicate = statement["predicate"]
-        observed = datetime.fromisoformat(predicate["observed_at"])
-        return bool(
-            statement["predicateType"].endswith("/generation-change/v1")
-            and predicate.get("actor") == "nixcomply"
-            and predicate["generation"]["store_path"] == attempt.toplevel
-            and observed >= attempt.updated_at
+    reconciler: Reconciler
+    state: State
+    store: EvidenceStore | None
+    dry_run: bool
+    started: datetime
+    seqs: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        config = self.reconciler.config
+        self.config = config
+        self.tools = self.reconciler.tools
+        self.identity = record.host_identity(self.reconciler.root.path, config.host)
+
+    def run(self) -> CycleReport:
+        host = self.reconciler.observe(self.state)
+        interrupted = [] if self.dry_run else self.state.in_progress()
+        external = self.notice(host, interrupted)
+        target = desired_state(self.config, tools=self.tools)
+        host = self.settle(host, target, interrupted)
+        self.remember(host)
+
+        plan = decide(host, target, self.state, self.config, tools=self.tools)
+        result = applying.apply(
+            plan, host, self.state, self.reconciler.context(), dry_run=self.dry_run, now=datetime.now(UTC)
         )
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
+        after = self.reconciler.observe(self.state) if result.outcome.changed_host else host
+        self.record_and_close(plan, result, before=host, after=after, target=target)
+        faults.point(FaultPoint.CLOSED)
+
+        checked = self.runtime_checks(
+            after,
+            target,
+            switched=result.outcome == ApplyOutcome.SUCCESS,
+            in_sync=plan.kind == PlanKind.IN_SYNC or result.outcome == ApplyOutcome.SUCCESS,
+        )
+        faults.point(FaultPoint.CHECKED)
+        self.remember(after)
+        return CycleReport(
+            started_at=self.started,
+            finished_at=datetime.now(UTC),
+            dry_run=self.dry_run,
+            host=after,
+            desired=target.desired,
+            external=external,
+            plan=plan,
+            result=result,
+            evidence_seqs=self.seqs,
+            findings=checked.summaries,
+            policy_problems=checked.policy_problems,
+        )
+
+    def policy(self, host: HostState) -> str | None:
+        return self.reconciler.policy_digest(host)
+
+    def remember(self, host: HostState) -> None:
+        if not self.dry_run:
+            self.state.set_observation(observation_of(host))
+
+    # -- observe: changes nixcomply did not make ------------------------------------------
+
+    def notice(self, host: HostState, interrupted: list[Attempt]) -> ExternalChange | None:
+        """The generation change since the last cycle that nixcomply did not make, recorded
+        with actor ``external``. Systems an interrupted attempt was activating (or reverting
+        to) are nixcomply's own doing."""
+        explained = frozenset(
+            p
+            for a in interrupted
+            for p in (a.toplevel, host.profile.store_path if host.profile else None)
+            if p
+        )
+        external = external_change(self.state.observation(), host, explained_paths=explained)
+        if external is None:
+            return None
+        logger.warning("%s", external.description)
+        if self.store is not None:
+            recorded = record.record_external(
+                self.store,
+                host_id=self.identity,
+                before=None,
+                after=host,
+                change=external,
+                policy_digest=self.policy(host),
+                tools=self.tools,
+                now=datetime.now(UTC),
+                memo=self.state,
+            )
+            self.seqs.append(recorded.seq)
+        return external
+
+    # -- settle: attempts a previous run did not finish -----------------------------------
+
+    def settle(self, host: HostState, target: LockedTarget, interrupted: list[Attempt]) -> HostState:
+        """Settle every interrupted attempt from what the host shows; the host as it is after
+        (re-observed when a settlement re-activated the boot default)."""
+        for attempt in interrupted:
+            host = self._settle(attempt, host, target)
+        return host
+
+    def _settle(self, attempt: Attempt, host: HostState, target: LockedTarget) -> HostState:
+        current = host.current.store_path if host.current else None
+        profile = host.profile.store_path if host.profile else None
+        decision = settlement(attempt, current=current, profile=profile)
+        logger.warning("settling the interrupted attempt %s: %s", attempt.key, decision.detail)
+        if decision.settlement == Settlement.NOTHING:
+            self.state.end_attempt(attempt.revision, AttemptOutcome.INTERRUPTED, decision.detail)
+            return host
+        outcome = (
+            ApplyOutcome.SUCCESS if decision.settlement == Settlement.SWITCHED else ApplyOutcome.REVERTED
+        )
+        detail = decision.detail
+        durations: dict[str, float] = {}
+        if decision.settlement.reactivates:
+            if decision.settlement == Settlement.UNDO:
+                self.state.set_phase(attempt.revision, AttemptPhase.UNDOING, detail=decision.detail)
+            faults.point(FaultPoint.SETTLING)
+            outcome, detail, durations = self._reactivate_boot_default(detail)
+            faults.point(FaultPoint.SETTLED)
+            host = self.reconciler.observe(self.state)
+        result = ApplyResult(
+            outcome=outcome,
+            detail=detail,
+            attempt=attempt.key,
+            target_path=attempt.toplevel,
+            durations=durations,
+        )
+        if self.store is not None and not self._already_recorded(attempt):
+            recorded = record.record_apply(
+                self.store,
+                host_id=self.identity,
+                before=host,
+                after=host,
+                desired=target.desired.model_copy(update={"revision": attempt.revision}),
+                result=result,
+                policy_digest=self.policy(host),
+                tools=self.tools,
+                now=datetime.now(UTC),
+                note="(recovered)",
+                attempt=attempt.key,
+                memo=self.state,
+            )
+            if recorded is not None:
+                self.seqs.append(recorded.seq)
+        faults.point(FaultPoint.RECORDED)
+        ended = decision.settlement.outcome if outcome != ApplyOutcome.FAILED else AttemptOutcome.FAILED
+        last_good = None
+        if ended == AttemptOutcome.SUCCESS:
+            last_good = LastGood(
+                host.profile.generation if host.profile else None, attempt.toplevel or "", attempt.revision
+            )
+        self.state.end_attempt(
+            attempt.revision, ended, detail, observation=observation_of(host), last_good=last_good
+        )
+        return host
+
+    def _reactivate_boot_default(self, why: str) -> tuple[ApplyOutcome, str, dict[str, float]]:
+        good = generations.profile_target(self.reconciler.root)
+        if good is None:
+            return ApplyOutcome.FAILED, f"{why}; the host has no profile generation to re-activate", {}
+        started = time.monotonic()
+        try:
+            switch_to_configuration(
+                good, RebuildAction.TEST, tools=self.tools, timeout=self.config.activation_timeout
+            )
+        except CommandError as e:
+            took = {"undo": round(time.monotonic() - started, 3)}
+            return ApplyOutcome.FAILED, f"{why}; re-activating the boot default {good} failed: {e}", took
+        took = {"undo": round(time.monotonic() - started, 3)}
+        return ApplyOutcome.REVERTED, f"{why}; re-activated the boot default {good}", took
+
+    def _already_recorded(self, attempt: Attempt) -> bool:
+        """Whether the newest evidence entry records ``attempt`` (the run that wrote it died
+        before closing the attempt): recording it again would duplicate it."""
+        assert self.store is not None
+        return record.recorded_attempt(self.store.tail_statement()) == attempt.key
+
+    # -- record and close: this cycle's attempt -------------------------------------------
+
+    def record_and_close(
+        self, plan: Plan, result: ApplyResult, *, before: HostState, after: HostState, target: LockedTarget
+    ) -> None:
+        """The generation change as evidence, then the attempt closed together with what the
+        host looks like now (one transaction: 12.3)."""
+        if self.store is not None and result.outcome.changed_host:
+            recorded = record.record_apply(
+                self.store,
+                host_id=self.identity,
+                before=before,
+                after=after,
+                desired=target.desired,
+                result=result,
+                policy_digest=self.policy(after),
+                tools=self.tools,
+                now=datetime.now(UTC),
+                attempt=result.attempt,
+                memo=self.state,
+            )
+            if recorded is not None:
+                self.seqs.append(recorded.seq)
+        faults.point(FaultPoint.RECORDED)
+        ended = _ATTEMPT_OUTCOME.get(result.outcome)
+        if plan.kind != PlanKind.DRIFT or plan.target_revision is None or ended is None:
+            return
+        last_good = None
+        if ended == AttemptOutcome.SUCCESS:
+            last_good = LastGood(
+                after.profile.generation if after.profile else None,
+                result.target_path or "",
+                plan.target_revision,
+            )
+        self.state.end_attempt(
+            plan.target_revision,
+            ended,
+            result.detail,
+            observation=None if self.dry_run else observation_of(after),
+            last_good=last_good,
+        )
+
+    # -- the runtime checks and their heals -----------------------------------------------
+
+    def runtime_checks(
+        self, host: HostState, target: LockedTarget, *, switched: bool, in_sync: bool
+    ) -> RuntimeResult:
+        """The drift checks on the running host, the heals they call for, and one check-run
+        statement with every control's status and what was decided about it."""
+        config, state, store = self.config, self.state, self.store
+        systemd = config.systemd.connector(if_installed=True)
+
+        def check_context() -> CheckContext:
+            return runtime.context(
+                config, host, target.desired, state, systemd=systemd, now=datetime.now(UTC)
+            )
+
+        runtime.record_ruleset(check_context(), host, state, force=switched)
+        loaded = load_policy(memo=self.state)
+        findings = [*runtime.check(check_context(), state), *loaded.findings()]
+        policy = self.policy(host)
+        healer = Healer(
+            config=config,
+            state=state,
+            store=store,
+            identity=self.identity,
+            policy_digest=policy,
+            dry_run=self.dry_run,
+            check_context=check_context,
+            systemd=config.systemd.connector(),
+            sync_generation=self._sync_generation(host, in_sync=in_sync),
+            now=lambda: datetime.now(UTC),
+        )
+        healed = healer.heal(findings, loaded)
+        self.seqs.extend(healed.seqs)
+        if store is not None:
+            self.seqs.append(
+                record.record_check_run(
+                    store,
+                    host_id=self.identity,
+                    host=host,
+                    findings=findings,
+                    decisions=healed.decisions,
+                    policy_digest=policy,
+                    tools=self.tools,
+                    now=datetime.now(UTC),
+                    memo=state,
+                ).seq
+            )
+        return RuntimeResult(
+            findings=findings,
+            summaries=[runtime.summary(f, healed.decisions.get(i)) for i, f in enumerate(findings)],
+            seqs=list(healed.seqs),
+            policy_problems=[str(p) for p in loaded.problems],
+        )
+
+    def _sync_generation(self, host: HostState, *, in_sync: bool) -> SyncGeneration:
+        """RB-DRIFT-001's step: re-activate the approved generation, which runs (this cycle's
+        generation step saw to that) and is the boot default."""
+        tools = self.tools
+
+        def sync(timeout: float) -> SyncResult:
+            profile = host.profile.store_path if host.profile else None
+            current = host.current.store_path if host.current else None
+            if not in_sync or profile is None or current != profile:
+                return SyncResult(
+                    False, "the approved generation is not running; the generation step decides first"
+                )
+            r = switch_to_configuration(Path(profile), RebuildAction.TEST, tools=tools, timeout=timeout)
+            ok = not r.units_failed
+            return SyncResult(
+                ok, f"re-activated {profile} (switch-to-configuration test exited {r.returncode})"
+            )
+
+        return sync
 
 
 def _upload(config: ReconcilerConfig) -> None:
@@ -457,6 +519,8 @@ def _upload(config: ReconcilerConfig) -> None:
 
 
 def _upload_metrics(config: ReconcilerConfig) -> dict[str, Any]:
+    if config.upload.server is None:
+        return {}  # uploads are off: no lag to report, and the uplink (HTTP, TLS) stays unloaded
     from nixcomply.uplink.run import overview
 
     found = overview(config.state_dir)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
+from nixcomply.errors import EXIT_FAILURE, EXIT_OK
 from nixcomply.model.base import StrictModel
 from nixcomply.model.outcome import ApplyOutcome, PlanKind
 from nixcomply.model.severity import Severity
@@ -128,6 +129,7 @@ class GateResult(StrictModel):
 class ApplyResult(StrictModel):
     outcome: ApplyOutcome
     detail: str
+    attempt: str | None = Field(default=None, description="revision#count of the attempt, when one was made")
     target_path: str | None = None
     gate: GateResult | None = None
     durations: dict[str, float] = Field(default_factory=dict)
@@ -164,6 +166,9 @@ class CycleReport(StrictModel):
     result: ApplyResult
     evidence_seqs: list[int] = Field(default_factory=list)
     findings: list[FindingSummary] = Field(default_factory=list)
+    policy_problems: list[str] = Field(
+        default_factory=list, description="runbook and rules files that did not load (each is ignored)"
+    )
     error: str | None = None
 
     @property
@@ -171,3 +176,44 @@ class CycleReport(StrictModel):
         from nixcomply.host.metrics import FindingSample
 
         return [FindingSample(f.severity, f.family, f.drifted) for f in self.findings]
+
+    @property
+    def exit_code(self) -> int:
+        """1 when the target was reverted, failed, held back, refused or blocked, or a runbook
+        or rules file did not load; else 0 (in sync, switched, deferred, dry run)."""
+        if self.result.outcome.needs_attention:
+            return EXIT_FAILURE
+        if self.plan is not None and self.plan.kind.needs_attention:
+            return EXIT_FAILURE
+        if self.policy_problems:
+            return EXIT_FAILURE  # healing runs without the files that did not load
+        return EXIT_OK
+
+    def lines(self) -> list[str]:
+        """The cycle for a technician: what was noticed, planned, done, found and recorded."""
+        lines = []
+        if self.external is not None:
+            lines.append(f"noticed: {self.external.description}")
+        if self.plan is not None:
+            lines.append(f"plan:    {self.plan.kind.value}: {self.plan.reason}")
+        r = self.result
+        lines.append(f"outcome: {r.outcome.value}: {r.detail}")
+        if r.gate is not None:
+            for c in r.gate.checks:
+                lines.append(f"  gate {'ok  ' if c.ok else 'FAIL'} {c.name}: {c.detail}")
+        if self.findings:
+            counts: dict[str, int] = {}
+            for f in self.findings:
+                counts[f.status] = counts.get(f.status, 0) + 1
+            lines.append("checks:  " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
+            for f in self.findings:
+                if f.status.needs_attention:
+                    decided = f" -> {f.decision}" if f.decision else ""
+                    lines.append(f"  {f.status:<5} {f.check}: {f.message}{decided}")
+        for problem in self.policy_problems:
+            lines.append(f"policy:  ignored, does not load: {problem}")
+        if r.outcome == ApplyOutcome.SUCCESS and self.host.need_reboot:
+            lines.append(f"reboot needed for: {', '.join(self.host.need_reboot)}")
+        if self.evidence_seqs:
+            lines.append(f"evidence: entries {', '.join(str(s) for s in self.evidence_seqs)}")
+        return lines

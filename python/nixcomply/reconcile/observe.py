@@ -7,11 +7,14 @@ host and a real host go through the same code. Reading is cheap: links, one
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Final
 
+from nixcomply.core.memo import IMMUTABLE, Memo
 from nixcomply.errors import CommandError, InputError
 from nixcomply.host.state import Observation
 from nixcomply.model.manifest import read_manifest
@@ -28,8 +31,29 @@ from nixcomply.reconcile.model import (
 
 logger = logging.getLogger(__name__)
 
+STORE_DIR: Final = Path("/nix/store")
 
-def _info(path: Path, number: int | None, tools: Tools, cache: dict[Path, SystemInfo]) -> SystemInfo:
+
+# What a store path's nixos-version says never changes: asked once per process (a daemon's
+# cycles, or the observations of one cycle), never for a path outside the store.
+_STORE_SYSTEMS: dict[Path, SystemInfo] = {}
+
+
+def _info(
+    path: Path, number: int | None, tools: Tools, cache: dict[Path, SystemInfo], memo: Memo | None
+) -> SystemInfo:
+    if (
+        path not in cache
+        and path not in _STORE_SYSTEMS
+        and memo is not None
+        and path.is_relative_to(STORE_DIR)
+    ):
+        remembered = memo.recall(f"store:nixos-version:{path}", IMMUTABLE)
+        if remembered is not None:
+            with contextlib.suppress(ValueError):
+                _STORE_SYSTEMS[path] = SystemInfo.model_validate_json(remembered)
+    if path not in cache and path in _STORE_SYSTEMS:
+        cache[path] = _STORE_SYSTEMS[path]
     if path in cache:
         found = cache[path]
         return found if number is None else found.model_copy(update={"generation": number})
@@ -46,12 +70,20 @@ def _info(path: Path, number: int | None, tools: Tools, cache: dict[Path, System
         # a system without nixos-version (or a broken one) is still a system we can name
         logger.warning("cannot read nixos-version of %s: %s", path, e)
         info = SystemInfo(store_path=str(path), generation=number)
+    else:
+        if path.is_relative_to(STORE_DIR):
+            _STORE_SYSTEMS[path] = info.model_copy(update={"generation": None})
+            if memo is not None:
+                memo.memorise(
+                    f"store:nixos-version:{path}", IMMUTABLE, _STORE_SYSTEMS[path].model_dump_json()
+                )
     cache[path] = info
     return info
 
 
-def observe(root: Root, *, tools: Tools, hostname: str | None = None) -> HostState:
-    """Read the host's state; nothing here changes anything."""
+def observe(root: Root, *, tools: Tools, hostname: str | None = None, memo: Memo | None = None) -> HostState:
+    """Read the host's state; nothing here changes anything (``memo`` remembers what an
+    immutable store path's ``nixos-version`` says, for the next run)."""
     cache: dict[Path, SystemInfo] = {}
     gens = generations.list_generations(root)
     by_path = {g.path: g.number for g in gens}
@@ -59,9 +91,9 @@ def observe(root: Root, *, tools: Tools, hostname: str | None = None) -> HostSta
 
     current_path = system.current_system(root)
     booted_path = system.booted_system(root)
-    current = _info(current_path, by_path.get(current_path), tools, cache) if current_path else None
-    booted = _info(booted_path, by_path.get(booted_path), tools, cache) if booted_path else None
-    profile = _info(current_gen.path, current_gen.number, tools, cache) if current_gen else None
+    current = _info(current_path, by_path.get(current_path), tools, cache, memo) if current_path else None
+    booted = _info(booted_path, by_path.get(booted_path), tools, cache, memo) if booted_path else None
+    profile = _info(current_gen.path, current_gen.number, tools, cache, memo) if current_gen else None
 
     manifest_baseline = None
     if current_path is not None:

@@ -13,8 +13,10 @@ import logging
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Final
 
 from nixcomply.checks.finding import Finding
+from nixcomply.core.memo import IMMUTABLE, Memo
 from nixcomply.errors import CommandError
 from nixcomply.evidence.keys import BUNDLE_CREDENTIAL, LOG_CREDENTIAL, load_signer
 from nixcomply.evidence.statement import (
@@ -23,11 +25,13 @@ from nixcomply.evidence.statement import (
     ControlResult,
     FrameworkRefs,
     GenerationChange,
+    GenerationChangeStatement,
     GenerationRecord,
     GenerationRef,
     HealthCheckResult,
     Host,
     Remediation,
+    Statement,
     Subject,
 )
 from nixcomply.evidence.store import EvidenceStore, Recorded
@@ -39,6 +43,16 @@ from nixcomply.reconcile.config import ReconcilerConfig
 from nixcomply.reconcile.model import ApplyResult, Desired, ExternalChange, HostState, SystemInfo
 
 logger = logging.getLogger(__name__)
+
+
+ATTEMPT_ACTION: Final = "attempt"
+
+
+def recorded_attempt(statement: Statement | None) -> str | None:
+    """The attempt (``revision#count``) a statement nixcomply made records, if it is one."""
+    if not isinstance(statement, GenerationChangeStatement) or statement.predicate.actor != "nixcomply":
+        return None
+    return next((a.detail for a in statement.predicate.actions if a.name == ATTEMPT_ACTION), None)
 
 
 def origin_for(config: ReconcilerConfig) -> str:
@@ -61,8 +75,26 @@ def host_identity(root: Path, hostname: str) -> Host:
     return Host(machine_id=local.machine_id, hostname=hostname)
 
 
-def nar_sha256(path: str, tools: Tools) -> str | None:
-    """sha256 (hex) of the store path's NAR serialisation, from ``nix path-info --json``."""
+# A store path's NAR hash never changes: asked of nix once per process.
+_NAR_SHA256: dict[str, str] = {}
+
+
+def nar_sha256(path: str, tools: Tools, memo: Memo | None = None) -> str | None:
+    """sha256 (hex) of the store path's NAR serialisation, from ``nix path-info --json``
+    (once per process; with ``memo``, once per host)."""
+    known = _NAR_SHA256.get(path) or (memo.recall(f"store:nar-sha256:{path}", IMMUTABLE) if memo else None)
+    if known is not None:
+        _NAR_SHA256[path] = known
+        return known
+    digest = _nar_sha256(path, tools)
+    if digest is not None:
+        _NAR_SHA256[path] = digest
+        if memo is not None:
+            memo.memorise(f"store:nar-sha256:{path}", IMMUTABLE, digest)
+    return digest
+
+
+def _nar_sha256(path: str, tools: Tools) -> str | None:
     try:
         result = tools.run([tools.nix, "path-info", "--json", path], timeout=60)
         info = json.loads(result.stdout)
@@ -76,10 +108,10 @@ def nar_sha256(path: str, tools: Tools) -> str | None:
     return None
 
 
-def _subject(path: str | None, tools: Tools) -> list[Subject]:
+def _subject(path: str | None, tools: Tools, memo: Memo | None) -> list[Subject]:
     if path is None:
         return []
-    digest = nar_sha256(path, tools)
+    digest = nar_sha256(path, tools, memo)
     if digest is None:
         return []
     return [Subject(name=path, digest={"sha256": digest})]
@@ -114,8 +146,12 @@ def record_apply(
     now: datetime,
     actor: str = "nixcomply",
     note: str = "",
+    attempt: str | None = None,
+    memo: Memo | None = None,
 ) -> Recorded | None:
-    """One generation-change statement for a switch, a revert, a failure or a deferral."""
+    """One generation-change statement for a switch, a revert, a failure or a deferral.
+    ``attempt`` (``revision#count``, :attr:`nixcomply.host.state.Attempt.key`) names the
+    attempt it records, so a cycle that crashed after recording is recognised."""
     outcome = result.outcome.evidence
     if outcome is None:
         return None
@@ -129,6 +165,8 @@ def record_apply(
         ActionRecord(name=name, outcome=outcome if name == phases[-1] else Outcome.SUCCESS, duration_s=secs)
         for name, secs in result.durations.items()
     ]
+    if attempt is not None:
+        actions.append(ActionRecord(name=ATTEMPT_ACTION, outcome=outcome, detail=attempt))
     actions.append(ActionRecord(name="result", outcome=outcome, detail=(note + " " + result.detail).strip()))
     predicate = GenerationChange(
         event="generation-change",
@@ -149,7 +187,7 @@ def record_apply(
     attachments = {"result.json": result.model_dump_json(indent=2).encode()}
     if result.gate is not None:
         attachments["health-gate.json"] = result.gate.model_dump_json(indent=2).encode()
-    return store.append(predicate, subjects=_subject(subject_path, tools), attachments=attachments)
+    return store.append(predicate, subjects=_subject(subject_path, tools, memo), attachments=attachments)
 
 
 def record_external(
@@ -162,6 +200,7 @@ def record_external(
     policy_digest: str | None,
     tools: Tools,
     now: datetime,
+    memo: Memo | None = None,
 ) -> Recorded:
     """A generation change made outside nixcomply, recorded with actor ``external``."""
     path = after.current.store_path if after.current else change.after_current or ""
@@ -176,7 +215,7 @@ def record_external(
         generation=_generation(after.current, path, None, None),
     )
     attachments = {"external-change.json": change.model_dump_json(indent=2).encode()}
-    return store.append(predicate, subjects=_subject(path or None, tools), attachments=attachments)
+    return store.append(predicate, subjects=_subject(path or None, tools, memo), attachments=attachments)
 
 
 def record_check_run(
@@ -189,6 +228,7 @@ def record_check_run(
     policy_digest: str | None,
     tools: Tools,
     now: datetime,
+    memo: Memo | None = None,
 ) -> Recorded:
     """One check-run statement: every control's status as observed in this cycle, with the
     raw command outputs attached (the store scrubs PHI from them before signing)."""
@@ -210,7 +250,7 @@ def record_check_run(
             [f.model_dump(mode="json") for f in findings], indent=2, sort_keys=True
         ).encode()
     }
-    subjects = _subject(current.store_path, tools) if current else []
+    subjects = _subject(current.store_path, tools, memo) if current else []
     return store.append(predicate, subjects=subjects, attachments=attachments)
 
 

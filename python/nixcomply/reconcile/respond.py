@@ -14,25 +14,30 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from nixcomply.checks.context import CheckContext
 from nixcomply.checks.finding import Finding
 from nixcomply.checks.registry import run_checks
+from nixcomply.core.memo import Memo, file_stamp
 from nixcomply.core.paths import runbooks_dir
-from nixcomply.errors import InputError, NixcomplyError
+from nixcomply.errors import InputError, NixcomplyError, Problem
 from nixcomply.evidence.statement import Host
 from nixcomply.evidence.store import EvidenceStore
 from nixcomply.heal import policy
-from nixcomply.heal.actions import ActionEnv, SyncGeneration, send_alert
-from nixcomply.heal.executor import ExecutionContext, RunbookRun, execute
-from nixcomply.heal.remediation import record_remediation
-from nixcomply.heal.rules import Decision, Rule, decide, load_rules
+from nixcomply.heal.rules import Condition, Decision, Op, Rule, RuleAction, RuleFile, decide, load_rules
 from nixcomply.heal.runbook import Runbook, load_runbook
+from nixcomply.heal.sync import SyncGeneration
 from nixcomply.host.state import State
 from nixcomply.model.outcome import RunOutcome
+from nixcomply.model.severity import Severity
+from nixcomply.model.status import FindingStatus
 from nixcomply.reconcile import record
 from nixcomply.reconcile.config import ReconcilerConfig
+
+if TYPE_CHECKING:
+    from nixcomply.heal.executor import RunbookRun
 
 logger = logging.getLogger(__name__)
 
@@ -44,12 +49,171 @@ class HealOutcome:
     runs: list[RunbookRun] = field(default_factory=list)
 
 
-def load_policy() -> tuple[list[Rule], dict[str, Runbook]]:
-    """The built-in rules and the runbooks they name (shipped with nixcomply)."""
-    directory = runbooks_dir()
-    runbooks = {p.stem: load_runbook(p) for p in sorted(directory.glob("RB-*.yaml"))}
-    rules = load_rules((directory / "rules").glob("*.yaml"), runbook_ids=frozenset(runbooks))
-    return rules, runbooks
+POLICY_CHECK: Final = "heal_policy"
+# Built in, first of all: a runbook or rules file that does not load is ignored (the others
+# still heal) and a person is told, even when it is the rules file that is bad.
+POLICY_RULE: Final = Rule(
+    id="L1-POLICY-001",
+    description="A runbook or rules file does not load: it is ignored, a person must fix it",
+    when=[Condition(field="check", op=Op.EQ, value=POLICY_CHECK)],
+    action=RuleAction(alert="a heal policy file does not load and is ignored: ${finding.message}"),
+    cooldown_seconds=3600,
+    priority=0,
+)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The shipped rules and the runbooks they name, and what did not load (each bad file
+    costs only itself)."""
+
+    rules: list[Rule]
+    runbooks: dict[str, Runbook]
+    problems: list[Problem]
+    broken: dict[str, str] = field(default_factory=dict)  # runbook id -> why it does not load
+
+    def findings(self) -> list[Finding]:
+        """One error finding per file that did not load: it goes into the check run's evidence
+        and alerts through :data:`POLICY_RULE`."""
+        by_file: dict[str, list[Problem]] = {}
+        for p in self.problems:
+            by_file.setdefault(str(p.file), []).append(p)
+        return [
+            Finding(
+                check=POLICY_CHECK,
+                control_ids=[],
+                severity=Severity.HIGH,
+                status=FindingStatus.ERROR,
+                subject=file,
+                drifted=False,
+                message=f"{problems[0]}"
+                + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""),
+                duration_s=0.0,
+            )
+            for file, problems in sorted(by_file.items())
+        ]
+
+
+# (st_dev, st_ino, st_mtime_ns, st_size) -> what the file gave: a daemon re-reads a runbook
+# only when it changed
+_Key = tuple[int, int, int, int]
+_RUNBOOKS: dict[Path, tuple[_Key, Runbook | InputError]] = {}
+
+
+def _stat_key(path: Path) -> _Key | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+_RULES: dict[tuple[Path, frozenset[str]], tuple[_Key, list[Rule] | InputError]] = {}
+
+
+def _runbook(path: Path, memo: Memo | None) -> Runbook:
+    def load() -> Runbook:
+        return _remembered(
+            memo,
+            f"runbook:{path}",
+            path,
+            lambda: load_runbook(path),
+            restore=Runbook.model_validate_json,
+            keep=Runbook.model_dump_json,
+        )
+
+    return _cached(_RUNBOOKS, path, path, load)
+
+
+def _rules(path: Path, runbook_ids: frozenset[str], memo: Memo | None) -> list[Rule]:
+    def load() -> list[Rule]:
+        key = f"rules:{path}:{','.join(sorted(runbook_ids))}"
+        found = _remembered(
+            memo,
+            key,
+            path,
+            lambda: RuleFile(rules=load_rules([path], runbook_ids=runbook_ids)),
+            restore=RuleFile.model_validate_json,
+            keep=RuleFile.model_dump_json,
+        )
+        return found.rules
+
+    return _cached(_RULES, (path, runbook_ids), path, load)
+
+
+def _remembered(
+    memo: Memo | None,
+    key: str,
+    path: Path,
+    load: Callable[[], M],
+    *,
+    restore: Callable[[str], M],
+    keep: Callable[[M], str],
+) -> M:
+    """What ``load()`` gave the last run for this file, if it has not changed since (the
+    parsed runbook as JSON, validated again: a fraction of parsing its YAML); a refusal is
+    never remembered."""
+    stamp = file_stamp(path)
+    if memo is not None and stamp is not None:
+        value = memo.recall(key, stamp)
+        if value is not None:
+            try:
+                return restore(value)
+            except ValueError:
+                logger.info("the remembered %s no longer validates; reading the file again", key)
+    loaded = load()
+    if memo is not None and stamp is not None:
+        memo.memorise(key, stamp, keep(loaded))
+    return loaded
+
+
+T = TypeVar("T")
+K = TypeVar("K")
+M = TypeVar("M")
+
+
+def _cached(cache: dict[K, tuple[_Key, T | InputError]], key: K, path: Path, load: Callable[[], T]) -> T:
+    """``load()``, or what it gave last time if ``path`` has not changed since (a refusal
+    too: a bad file is not parsed again every cycle)."""
+    stat_key = _stat_key(path)
+    cached = cache.get(key)
+    if stat_key is not None and cached is not None and cached[0] == stat_key:
+        if isinstance(cached[1], InputError):
+            raise cached[1]
+        return cached[1]
+    try:
+        loaded: T | InputError = load()
+    except InputError as e:
+        loaded = e
+    if stat_key is not None:
+        cache[key] = (stat_key, loaded)
+    if isinstance(loaded, InputError):
+        raise loaded
+    return loaded
+
+
+def load_policy(directory: Path | None = None, *, memo: Memo | None = None) -> Policy:
+    """The rules and runbooks shipped with nixcomply (or in ``directory``). A file that does
+    not load is left out and named in ``problems``; a rule that names a runbook which does
+    not load still loads, and finds it broken when it decides."""
+    directory = directory or runbooks_dir()
+    runbooks: dict[str, Runbook] = {}
+    problems: list[Problem] = []
+    broken: dict[str, str] = {}
+    paths = sorted(directory.glob("RB-*.yaml"))
+    for path in paths:
+        try:
+            runbooks[path.stem] = _runbook(path, memo)
+        except InputError as e:
+            problems.extend(e.problems)
+            broken[path.stem] = str(e.problems[0])
+    rules: list[Rule] = [POLICY_RULE]
+    for path in sorted((directory / "rules").glob("*.yaml")):
+        try:
+            rules.extend(_rules(path, frozenset(p.stem for p in paths), memo))
+        except InputError as e:
+            problems.extend(e.problems)
+    return Policy(rules=rules, runbooks=runbooks, problems=problems, broken=broken)
 
 
 @dataclass
@@ -65,22 +229,19 @@ class Healer:
     sync_generation: SyncGeneration | None
     now: Callable[[], datetime]
 
-    def heal(self, findings: Sequence[Finding]) -> HealOutcome:
+    def heal(self, findings: Sequence[Finding], loaded: Policy) -> HealOutcome:
         out = HealOutcome()
-        try:
-            rules, runbooks = load_policy()
-        except InputError as e:
-            logger.error("the rules or runbooks do not load; nothing is healed: %s", e)
-            return out
+        for problem in loaded.problems:
+            logger.error("a heal policy file does not load and is ignored: %s", problem)
         for index, finding in enumerate(findings):
             if not finding.needs_attention:
                 continue
-            decision = decide(rules, finding.model_dump(mode="json"))
+            decision = decide(loaded.rules, finding.model_dump(mode="json"))
             if decision is None:
                 out.decisions[index] = "no rule: reported only"
                 continue
             try:
-                out.decisions[index] = self._act(finding, decision, runbooks, out)
+                out.decisions[index] = self._act(finding, decision, loaded, out)
             except NixcomplyError as e:
                 out.decisions[index] = f"could not act: {e}"
                 logger.error("healing %s failed: %s", finding.check, e)
@@ -89,9 +250,7 @@ class Healer:
     def _key(self, finding: Finding, decision: Decision) -> str:
         return f"{decision.cooldown_key}:{finding.subject or '-'}"
 
-    def _act(
-        self, finding: Finding, decision: Decision, runbooks: dict[str, Runbook], out: HealOutcome
-    ) -> str:
+    def _act(self, finding: Finding, decision: Decision, loaded: Policy, out: HealOutcome) -> str:
         at = self.now()
         key = self._key(finding, decision)
         cooldown = timedelta(seconds=decision.rule.cooldown_seconds)
@@ -127,9 +286,10 @@ class Healer:
             return f"alert ({decision.rule.id}): {decision.alert}"
 
         assert decision.runbook is not None
-        runbook = runbooks.get(decision.runbook)
+        runbook = loaded.runbooks.get(decision.runbook)
         if runbook is None:
-            return f"rule {decision.rule.id} names {decision.runbook}, which is not shipped"
+            why = loaded.broken.get(decision.runbook, "it is not shipped")
+            return f"rule {decision.rule.id} names {decision.runbook}, which does not load: {why}"
         params = {
             k: v for k, v in {**finding.runbook_params, **decision.params}.items() if v not in ("", None)
         }
@@ -147,6 +307,10 @@ class Healer:
             return f"{runbook.id} not run: {verdict.reason}"
         if not self.config.heal.enable:
             return f"{runbook.id} not run: healing is disabled (heal.enable = false)"
+        # the executor loads only when a runbook runs: most cycles run none (import cost, 12)
+        from nixcomply.heal.executor import ExecutionContext, execute  # noqa: PLC0415
+        from nixcomply.heal.remediation import record_remediation  # noqa: PLC0415
+
         ctx = ExecutionContext(
             config=self.config.heal,
             systemd=self.systemd,
@@ -190,6 +354,8 @@ class Healer:
         return verify
 
     def _alert(self, message: str) -> bool:
+        from nixcomply.heal.actions import ActionEnv, send_alert  # noqa: PLC0415 - see _act
+
         def no_systemd() -> Any:
             raise NixcomplyError("alerts do not use systemd")
 

@@ -66,6 +66,7 @@ def context(
         generation=generation_status(host, desired, state),
         previous_restarts=restarts if isinstance(restarts, dict) else {},
         now=now,
+        memo=state,
     )
 
 

@@ -159,7 +159,5 @@ def _step(name: str, revision: str, report: CycleReport) -> dict[str, Any]:
 
 
 def _say_report(say: Callable[[str], None], report: CycleReport) -> None:
-    from nixcomply.commands.reconcile import summarise  # noqa: PLC0415 - until it moves beside CycleReport
-
-    for line in summarise(report):
+    for line in report.lines():
         say(f"   {line}")

@@ -40,6 +40,7 @@ Layout of a sandbox directory::
       nix/var/nix/profiles/   system, system-N-link (real nix-env profiles)
       run/current-system      the activated system
       run/booted-system       the "booted" system
+      activations.log         one line per activation: action, system, the boot default then
 """
 
 from __future__ import annotations

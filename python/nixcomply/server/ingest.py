@@ -224,7 +224,7 @@ def _ingest(
         keyring=upload.keys.to_json(),
         now=now,
     )
-    faults.point("ingest.stored")  # crash tests: everything written, nothing committed
+    faults.point(faults.FaultPoint.INGEST_STORED)  # crash tests: everything written, nothing committed
     new = dataclasses.replace(row, accepted_size=cp.size, root=root, checkpoint=note, cosignature=cosignature)
     return _answer(new, stored=len(verified), duplicates=duplicates, witness=witness)
 

@@ -61,6 +61,18 @@ echo "activating the configuration $system" >&2
 mkdir -p "$root/run"
 ln -s "$system" "$root/run/.current-system.$$"
 mv -T "$root/run/.current-system.$$" "$current"
+# every activation, with the boot default at the time, for whoever audits the sandbox (the
+# crash tests count the test activations of a system that was not the boot default)
+boot_default=$(readlink -f "$root/nix/var/nix/profiles/system" 2>/dev/null || true)
+printf '%s %s %s\n' "$action" "$system" "${boot_default:-none}" >> "$root/activations.log"
+
+# Crash tests hold a test activation at its most fragile moment, after the system link moved
+# and before any unit was restarted: NIXCOMPLY_SANDBOX_HOLD names a file to create, then the
+# activation waits until it is killed.
+if [ -n "${NIXCOMPLY_SANDBOX_HOLD:-}" ] && [ "$action" = test ]; then
+  : > "$NIXCOMPLY_SANDBOX_HOLD"
+  while :; do sleep 1; done
+fi
 
 status=0
 if [ -n "$systemd" ]; then
