@@ -22,10 +22,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
-from nixcomply.checks.context import CheckContext, UnitStateLike
+from nixcomply.checks.context import CheckContext
 from nixcomply.checks.finding import FRAMEWORK_KEYS, Finding
 from nixcomply.core import process
 from nixcomply.errors import CommandError, NixcomplyError
+from nixcomply.host.systemd import UnitStateLike
 from nixcomply.model.manifest import ManifestControl
 from nixcomply.model.severity import Severity, SeverityName
 from nixcomply.model.status import FindingStatus, FindingStatusName
@@ -416,29 +417,9 @@ def unit_states(ctx: CheckContext, names: Sequence[str]) -> dict[str, UnitStateL
     return states
 
 
-def unit_dict(state: UnitStateLike) -> dict[str, Any]:
-    return {
-        "load_state": state.load_state,
-        "active_state": state.active_state,
-        "sub_state": state.sub_state,
-        "result": state.result,
-        "n_restarts": state.n_restarts,
-        "main_pid": state.main_pid,
-    }
-
-
 def unit_active(state: UnitStateLike) -> bool:
     """What ``systemctl is-active`` counts as active."""
     return state.load_state == "loaded" and state.active_state in ("active", "reloading", "refreshing")
-
-
-def describe_unit(state: UnitStateLike) -> str:
-    text = f"{state.active_state}/{state.sub_state}"
-    if state.load_state != "loaded":
-        text = f"{state.load_state}, {text}"
-    if state.result not in (None, "success"):
-        text += f" ({state.result})"
-    return text
 
 
 def unit_name(name: str) -> str:

@@ -37,7 +37,7 @@ from nixcomply.heal.config import HealConfig
 from nixcomply.heal.programs import ENVIRONMENT
 from nixcomply.heal.runbook import Action
 from nixcomply.heal.sync import SyncGeneration
-from nixcomply.host.systemd import Systemd, UnitState
+from nixcomply.host.systemd import Systemd, unit_record
 
 logger = logging.getLogger(__name__)
 
@@ -86,23 +86,6 @@ def bounded(text: str, limit: int) -> str:
     if len(data) <= limit:
         return text
     return data[:limit].decode("utf-8", "ignore") + f"\n[... {len(data) - limit} more bytes not kept]"
-
-
-def unit_data(state: UnitState) -> dict[str, JsonValue]:
-    return {
-        "name": state.name,
-        "load_state": state.load_state,
-        "active_state": state.active_state,
-        "sub_state": state.sub_state,
-        "result": state.result,
-        "n_restarts": state.n_restarts,
-        "main_pid": state.main_pid,
-        "active_enter_timestamp": (
-            state.active_enter_timestamp.isoformat() if state.active_enter_timestamp else None
-        ),
-        "unit_file_state": state.unit_file_state,
-        "status_text": state.status_text,
-    }
 
 
 # -- commands --------------------------------------------------------------------------------
@@ -177,7 +160,7 @@ def _job(unit: str, verb: str, env: ActionEnv) -> ActionResult:
         "unit": unit,
         "job": verb,
         "job_result": job_result,
-        "state": unit_data(state),
+        "state": unit_record(state),
     }
     if job_result != "done":
         return ActionResult(False, f"{verb} job of {unit} ended {job_result!r} ({state.describe()})", data)
@@ -199,7 +182,7 @@ def wait_unit(args: Mapping[str, Any], env: ActionEnv) -> ActionResult:
     while True:
         state = sd.unit_state(unit)
         now = time.monotonic()
-        data: dict[str, JsonValue] = {"unit": unit, "wanted": wanted, "state": unit_data(state)}
+        data: dict[str, JsonValue] = {"unit": unit, "wanted": wanted, "state": unit_record(state)}
         if state.active_state == wanted:
             reached = now if reached is None else reached
             if now - reached >= stable_for:
@@ -232,7 +215,7 @@ def trigger_backup(args: Mapping[str, Any], env: ActionEnv) -> ActionResult:
             )
         time.sleep(env.config.poll_interval_seconds)
         state = sd.unit_state(unit)
-    data: dict[str, JsonValue] = {"unit": unit, "job_result": job_result, "state": unit_data(state)}
+    data: dict[str, JsonValue] = {"unit": unit, "job_result": job_result, "state": unit_record(state)}
     if job_result != "done":
         return ActionResult(False, f"backup job of {unit} ended {job_result!r} ({state.describe()})", data)
     if state.is_failed or state.result != "success":
@@ -254,7 +237,7 @@ def capture_state(args: Mapping[str, Any], env: ActionEnv) -> ActionResult:
     unit: str | None = args.get("unit")
     if unit is not None:
         state = env.systemd().unit_state(unit)
-        data["unit"] = unit_data(state)
+        data["unit"] = unit_record(state)
         details.append(f"{unit} is {state.describe()}")
         lines = int(args.get("journal_lines") or 0)
         if lines:
