@@ -80,6 +80,7 @@ class Verdict:
     runbook: str | _Default | None = DEFAULT_RUNBOOK
     subject: str | None = None
     outputs: Mapping[str, str] = field(default_factory=dict)
+    reboot_needed: bool = False  # drift only the next boot heals (Finding.reboot_needed)
 
 
 # What observing and judging may raise on purpose; the runner turns anything else into an
@@ -177,6 +178,7 @@ def make_finding(
         frameworks=merge_frameworks([c for _, c in controls]),
         outputs={k: clip(v) for k, v in merged_outputs.items()},
         duration_s=max(duration, 0.0),
+        reboot_needed=verdict.reboot_needed and verdict.status == "drift",
     )
 
 
@@ -281,6 +283,18 @@ def per_control(
     judge: Callable[[T, Mapping[str, Any], CheckContext], Verdict],
 ) -> list[Finding]:
     """Observe once, judge every control's ``expect`` against that observation."""
+    return per_target(ctx, controls, spec, observe, lambda value, target: judge(value, target.expect, ctx))
+
+
+def per_target(
+    ctx: CheckContext,
+    controls: Controls,
+    spec: CheckSpec,
+    observe: Callable[[CheckContext], tuple[T, Outputs]],
+    judge: Callable[[T, Target], Verdict],
+) -> list[Finding]:
+    """:func:`per_control` for a check whose judgement needs more of the controls than their
+    ``expect`` (the audit rules each control sets)."""
     findings, todo = targets(ctx, spec, controls)
     if not todo:
         return findings
@@ -297,7 +311,7 @@ def per_control(
         return findings
     for target in todo:
         try:
-            verdict = judge(observation, target.expect, ctx)
+            verdict = judge(observation, target)
         except (CheckError, ValueError) as e:
             message, extra = error_text(e)
             verdict = Verdict("error", message, outputs=extra)

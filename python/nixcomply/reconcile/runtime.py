@@ -106,4 +106,5 @@ def summary(f: Finding, decision: str | None = None) -> FindingSummary:
         drifted=f.drifted,
         message=f.message,
         decision=decision,
+        reboot_needed=f.reboot_needed,
     )
