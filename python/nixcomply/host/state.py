@@ -10,16 +10,18 @@ cooldowns. Every write is one transaction with ``synchronous=FULL``.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import logging
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from nixcomply.errors import HostIOError, NixcomplyError
 from nixcomply.evidence.log import LogHead
@@ -27,6 +29,7 @@ from nixcomply.evidence.log import LogHead
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION: Final = 2
+T = TypeVar("T")
 
 
 class AttemptPhase(StrEnum):
@@ -244,7 +247,7 @@ class State:
                 raise refused from None
             raise StateError(f"cannot open state database {path}: {e}") from None
         except sqlite3.DatabaseError as e:
-            raise StateError(f"cannot open state database {path}: {e}") from None
+            raise _damaged(e, path) from None
         return cls(db, path)
 
     def close(self) -> None:
@@ -511,6 +514,37 @@ class State:
     def clear_cooldowns(self) -> int:
         with _transaction(self._db, self.path):
             return self._db.execute("DELETE FROM cooldowns").rowcount
+
+
+def _names_damage(method: Callable[..., T]) -> Callable[..., T]:
+    """A damaged database (malformed pages) shows itself at the first query that reads the
+    damage, anywhere in a cycle: each :class:`State` method names the file and what to do,
+    instead of an internal error. What the machine refused (:func:`_refused`) stays that."""
+
+    @functools.wraps(method)
+    def named(self: State, *args: Any, **kwargs: Any) -> T:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.OperationalError as e:
+            raise _refused(e, self.path) from None
+        except sqlite3.DatabaseError as e:
+            raise _damaged(e, self.path) from None
+
+    return named
+
+
+for _name, _member in list(vars(State).items()):
+    if inspect.isfunction(_member) and not _name.startswith("__"):
+        setattr(State, _name, _names_damage(_member))
+
+
+def _damaged(e: sqlite3.DatabaseError, path: Path) -> StateError:
+    return StateError(
+        f"{path}: the state database is damaged ({e})",
+        hint="restore it from a backup, or move it aside and run again: a new one is started and "
+        "interrupted work is settled from what the host shows (the evidence log still verifies "
+        "against its own checkpoints)",
+    )
 
 
 class EvidenceHead:
