@@ -218,6 +218,24 @@ def test_damage_found_mid_run_names_the_database_not_a_bug(tmp_path: Path, cli: 
     assert "move it aside" in r.err
 
 
+def test_a_database_another_program_keeps_locked_is_try_again_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An sqlite3 shell left in a transaction: a bounded wait, then exit 75 naming the file,
+    never a hang or "internal error"."""
+    State.open(tmp_path).close()
+    holder = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    monkeypatch.setattr("nixcomply.host.state.BUSY_TIMEOUT", 0.2)
+    try:
+        with pytest.raises(LockHeldError, match="stayed locked by another connection") as raised:
+            State.open(tmp_path)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert raised.value.exit_code == 75 and str(tmp_path / "state.db") in str(raised.value)
+
+
 HOLDER = textwrap.dedent(
     """
     import sys, time

@@ -23,12 +23,14 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from nixcomply.errors import HostIOError, NixcomplyError
+from nixcomply.errors import HostIOError, LockHeldError, NixcomplyError
 from nixcomply.evidence.log import LogHead
 
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION: Final = 2
+# How long a query waits for another connection's write transaction before giving up.
+BUSY_TIMEOUT = 30.0
 T = TypeVar("T")
 
 
@@ -225,7 +227,7 @@ class State:
         state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = state_dir / "state.db"
         try:
-            db = sqlite3.connect(path, timeout=30, isolation_level=None)
+            db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA foreign_keys=ON")
@@ -243,7 +245,7 @@ class State:
                 )
         except sqlite3.OperationalError as e:
             refused = _refused(e, path)
-            if isinstance(refused, HostIOError):
+            if isinstance(refused, HostIOError | LockHeldError):
                 raise refused from None
             raise StateError(f"cannot open state database {path}: {e}") from None
         except sqlite3.DatabaseError as e:
@@ -625,6 +627,11 @@ def _refused(e: sqlite3.OperationalError, path: Path) -> NixcomplyError:
         return HostIOError(
             f"{path}: cannot write the state database: it is read-only (a read-only filesystem?)",
             hint="nixcomply needs to write its state directory",
+        )
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return LockHeldError(
+            f"{path}: the state database stayed locked by another connection for {BUSY_TIMEOUT:g} s",
+            hint="another program holds it in a transaction (an sqlite3 shell?); close it and try again",
         )
     if code in (sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN):
         return HostIOError(f"{path}: cannot write the state database: {e}")
