@@ -295,6 +295,41 @@ def _verify(heal: HealWorld, reference: Path, restored: Path, **extra: str) -> S
     return s
 
 
+def test_the_result_file_is_never_written_through_a_symlink_put_there_after_the_check(
+    heal: HealWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whoever may write inside an allowed root (a backup job, a service's cache) swaps a
+    directory of the result file's path for a symlink after the guard resolved it: the
+    write must not follow it out of the root (as root, that would replace any file)."""
+    reference, restored = _pair(heal)
+    state = heal.allowed / "state"
+    (state / "sub").mkdir(parents=True)
+    victim = heal.outside / "result.json"
+    victim.write_text("precious\n")
+    original = actions.verify_checksums
+
+    def swap_then_verify(args: Any, env: ActionEnv) -> Any:
+        (state / "sub").rmdir()
+        (state / "sub").symlink_to(heal.outside)  # after the guard, before the write
+        return original(args, env)
+
+    monkeypatch.setitem(actions.ACTIONS, actions.Action.VERIFY_CHECKSUMS, swap_then_verify)  # type: ignore[attr-defined]
+    s = _verify(heal, reference, restored, result_file=str(state / "sub" / "result.json"))
+    assert not s.ok and s.error is not None and "symlink" in s.error, (s.error, s.detail)
+    assert victim.read_text() == "precious\n"
+    assert sorted(p.name for p in heal.outside.iterdir()) == ["result.json"], (
+        "a temporary file was left outside"
+    )
+
+
+def test_the_result_file_directories_are_made_inside_the_root(heal: HealWorld) -> None:
+    reference, restored = _pair(heal)
+    result_file = heal.allowed / "new" / "deeper" / "result.json"
+    s = _verify(heal, reference, restored, result_file=str(result_file))
+    assert s.ok, s.error
+    assert json.loads(result_file.read_text())["ok"] is True
+
+
 def test_identical_trees_match_and_the_result_is_recorded(heal: HealWorld) -> None:
     reference, restored = _pair(heal)
     result_file = heal.allowed / "state" / "result.json"

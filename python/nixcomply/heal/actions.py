@@ -16,6 +16,8 @@ runs with the fixed environment of :data:`nixcomply.heal.programs.ENVIRONMENT`.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -31,7 +33,6 @@ from typing import Any, Final, assert_never
 from pydantic import JsonValue
 
 from nixcomply.core import process
-from nixcomply.core.fsutil import atomic_write_text, ensure_dir
 from nixcomply.errors import CommandError, NixcomplyError
 from nixcomply.heal.config import HealConfig
 from nixcomply.heal.programs import ENVIRONMENT
@@ -432,8 +433,7 @@ def verify_checksums(args: Mapping[str, Any], env: ActionEnv) -> ActionResult:
     result_file: Path | None = args.get("result_file")
     if result_file is not None:
         record = {"finished_at": env.now().isoformat(), "ok": ok, "files_compared": compared}
-        ensure_dir(result_file.parent)
-        atomic_write_text(result_file, json.dumps(record) + "\n")
+        _write_unfollowed(result_file, (json.dumps(record) + "\n").encode())
         data["result_file"] = str(result_file)
     if ok:
         return ActionResult(True, f"{compared} files match", data)
@@ -444,6 +444,47 @@ def verify_checksums(args: Mapping[str, Any], env: ActionEnv) -> ActionResult:
         f"{len(missing)} missing, {len(extra)} extra, {len(differing)} differing of {compared} compared",
         data,
     )
+
+
+def _write_unfollowed(path: Path, data: bytes) -> None:
+    """Write ``path`` (the guard resolved it: no component is a symlink) atomically, walking
+    down from ``/`` one directory at a time without following a symlink, creating what is
+    missing: a directory swapped for a symlink since the check is refused, never followed
+    out of the allowed root."""
+    fd = os.open("/", _DIR_FLAGS)
+    try:
+        for part in path.parent.parts[1:]:
+            try:
+                sub = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                sub = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except OSError as e:
+                if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise NixcomplyError(
+                        f"{path}: {part} became a symlink (or a file) since it was checked; refusing to follow it"
+                    ) from None
+                raise
+            os.close(fd)
+            fd = sub
+        temp = f".{path.name}.{os.getpid()}.tmp"
+        out = os.open(
+            temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=fd
+        )
+        try:
+            with os.fdopen(out, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temp, path.name, src_dir_fd=fd, dst_dir_fd=fd)  # replaces a symlink, never follows it
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp, dir_fd=fd)
+            raise
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _inventory(dir_fd: int, prefix: str, found: dict[str, str], deadline: float) -> int:
