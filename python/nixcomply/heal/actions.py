@@ -24,7 +24,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _LISTED: Final = 50  # names of differing files kept in evidence
+MAX_DEPTH: Final = 128  # directory levels clean_directory and verify_checksums descend
 _RUNNING: Final = frozenset({"active", "activating", "deactivating", "reloading", "refreshing"})
 
 
@@ -367,26 +368,17 @@ def clean_directory(args: Mapping[str, Any], env: ActionEnv) -> ActionResult:
     return ActionResult(True, what, data)
 
 
-def _clean(dir_fd: int, where: str, stats: _Cleaned) -> None:
+def _clean(top: int, where: str, stats: _Cleaned) -> None:
     cutoff = stats.cutoff
-    for name in os.listdir(dir_fd):
-        if time.monotonic() > stats.deadline:
-            raise StepTimeoutError(f"cleaning {where} took longer than the step's timeout")
+
+    def visit(dir_fd: int, name: str, rel: str) -> bool:
         try:
             st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
             if stat.S_ISDIR(st.st_mode):
-                if st.st_dev != stats.dev:
-                    stats.kept += 1
-                    stats.errors.append(f"{where}/{name}: another filesystem is mounted here; left alone")
-                    continue
-                sub = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
-                try:
-                    _clean(sub, f"{where}/{name}", stats)
-                finally:
-                    os.close(sub)
-                if cutoff is None:
-                    os.rmdir(name, dir_fd=dir_fd)
-                    stats.dirs += 1
+                if st.st_dev == stats.dev:
+                    return True
+                stats.kept += 1
+                stats.errors.append(f"{where}/{rel}: another filesystem is mounted here; left alone")
             elif cutoff is None or st.st_mtime < cutoff:
                 os.unlink(name, dir_fd=dir_fd)
                 stats.files += 1
@@ -394,7 +386,88 @@ def _clean(dir_fd: int, where: str, stats: _Cleaned) -> None:
             else:
                 stats.kept += 1
         except OSError as e:
-            stats.errors.append(f"{where}/{name}: {e.strerror}")
+            stats.errors.append(f"{where}/{rel}: {e.strerror}")
+        return False
+
+    def leave(dir_fd: int, name: str, rel: str) -> None:
+        if cutoff is None:
+            try:
+                os.rmdir(name, dir_fd=dir_fd)
+                stats.dirs += 1
+            except OSError as e:
+                stats.errors.append(f"{where}/{rel}: {e.strerror}")
+
+    def refused(rel: str, why: str) -> None:
+        stats.kept += 1
+        stats.errors.append(f"{where}/{rel}: {why}; left alone")
+
+    _walk(top, f"cleaning {where}", stats.deadline, visit, leave, refused, ordered=False)
+
+
+def _walk(  # noqa: PLR0917 - the parts of one traversal, named where it is used
+    top: int,
+    what: str,
+    deadline: float,
+    visit: Callable[[int, str, str], bool],
+    leave: Callable[[int, str, str], None],
+    refused: Callable[[str, str], None],
+    *,
+    ordered: bool,
+) -> None:
+    """Depth first through the tree under the open directory ``top``, without recursion and
+    without following a symlink: ``visit(dir_fd, name, rel)`` sees every entry and says
+    whether to descend into it (a directory); ``leave(dir_fd, name, rel)`` follows a
+    directory's last entry. Each level holds one file descriptor, so a tree deeper than
+    :data:`MAX_DEPTH` is not descended (``refused``), and the step's deadline is checked at
+    every entry: whoever may write inside an allowed root can make a tree thousands of
+    levels deep or millions of entries wide, which must cost a bounded refusal, never a
+    RecursionError, a descriptor per level or a step that never ends."""
+    stack: list[tuple[int, str, Iterator[str], Callable[[], None]]] = []
+
+    def enter(fd: int, rel: str) -> None:
+        try:
+            if ordered:
+                names: Iterator[str] = iter(sorted(os.listdir(fd)))
+                stack.append((fd, rel, names, lambda: None))
+            else:
+                scan = os.scandir(fd)
+                stack.append((fd, rel, (e.name for e in scan), scan.close))
+        except BaseException:
+            if fd != top:
+                os.close(fd)
+            raise
+
+    enter(top, "")
+    try:
+        while stack:
+            fd, rel, names, close = stack[-1]
+            name = next(names, None)
+            if name is None:
+                close()
+                stack.pop()
+                if stack:
+                    os.close(fd)
+                    leave(stack[-1][0], rel.rsplit("/", 1)[-1], rel)
+                continue
+            if time.monotonic() > deadline:
+                raise StepTimeoutError(f"{what} took longer than the step's timeout")
+            path = f"{rel}/{name}" if rel else name
+            if not visit(fd, name, path):
+                continue
+            if len(stack) > MAX_DEPTH:
+                refused(path, f"nested more than {MAX_DEPTH} directories deep")
+                continue
+            try:
+                sub = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except OSError as e:
+                refused(path, f"cannot be opened without following a symlink ({e.strerror})")
+                continue
+            enter(sub, path)
+    finally:
+        for fd, _, _, close in reversed(stack):
+            close()
+            if fd != top:
+                os.close(fd)
 
 
 def verify_checksums(args: Mapping[str, Any], env: ActionEnv) -> ActionResult:
@@ -404,21 +477,24 @@ def verify_checksums(args: Mapping[str, Any], env: ActionEnv) -> ActionResult:
     restore_test check: ``{"finished_at", "ok", "files_compared"}``."""
     deadline = env.deadline()
     inventories: list[dict[str, str]] = []
+    unreadable: list[str] = []
     hashed = 0
     for path in (args["restored"], args["reference"]):
         found: dict[str, str] = {}
+        problems: list[str] = []
         fd = _open_dir(path)
         try:
-            hashed += _inventory(fd, "", found, deadline)
+            hashed += _inventory(fd, found, problems, deadline)
         finally:
             os.close(fd)
         inventories.append(found)
+        unreadable.extend(f"{path}/{p}" for p in problems)
     restored, reference = inventories
     missing = sorted(set(reference) - set(restored))
     extra = sorted(set(restored) - set(reference))
     differing = sorted(k for k in set(reference) & set(restored) if reference[k] != restored[k])
     compared = sum(1 for k, v in reference.items() if v.startswith("sha256:") and k in restored)
-    ok = not (missing or extra or differing) and compared > 0
+    ok = not (missing or extra or differing or unreadable) and compared > 0
     data: dict[str, JsonValue] = {
         "restored": str(args["restored"]),
         "reference": str(args["reference"]),
@@ -428,7 +504,13 @@ def verify_checksums(args: Mapping[str, Any], env: ActionEnv) -> ActionResult:
         "missing": [*missing[:_LISTED]],
         "extra": [*extra[:_LISTED]],
         "differing": [*differing[:_LISTED]],
-        "counts": {"missing": len(missing), "extra": len(extra), "differing": len(differing)},
+        "unreadable": [*unreadable[:_LISTED]],
+        "counts": {
+            "missing": len(missing),
+            "extra": len(extra),
+            "differing": len(differing),
+            "unreadable": len(unreadable),
+        },
     }
     result_file: Path | None = args.get("result_file")
     if result_file is not None:
@@ -437,6 +519,8 @@ def verify_checksums(args: Mapping[str, Any], env: ActionEnv) -> ActionResult:
         data["result_file"] = str(result_file)
     if ok:
         return ActionResult(True, f"{compared} files match", data)
+    if unreadable:
+        return ActionResult(False, f"{len(unreadable)} entries could not be compared: {unreadable[0]}", data)
     if compared == 0 and not (missing or extra or differing):
         return ActionResult(False, "no file was compared (the restore produced nothing)", data)
     return ActionResult(
@@ -487,32 +571,52 @@ def _write_unfollowed(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def _inventory(dir_fd: int, prefix: str, found: dict[str, str], deadline: float) -> int:
+def _inventory(top: int, found: dict[str, str], unreadable: list[str], deadline: float) -> int:
+    """Fill ``found`` (relative path -> what it is) and ``unreadable`` (what could not be
+    compared: a verification with any such entry fails); return the bytes hashed."""
     hashed = 0
-    for name in sorted(os.listdir(dir_fd)):
-        if time.monotonic() > deadline:
-            raise StepTimeoutError("checksumming took longer than the step's timeout")
-        rel = prefix + name
+
+    def visit(dir_fd: int, name: str, rel: str) -> bool:
+        nonlocal hashed
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         if stat.S_ISDIR(st.st_mode):
-            sub = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
-            try:
-                hashed += _inventory(sub, rel + "/", found, deadline)
-            finally:
-                os.close(sub)
-        elif stat.S_ISREG(st.st_mode):
-            digest = hashlib.sha256()
-            fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
-            with os.fdopen(fd, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-                    hashed += len(block)
-            found[rel] = "sha256:" + digest.hexdigest()
+            return True
+        if stat.S_ISREG(st.st_mode):
+            digest, size = _digest(dir_fd, name, rel, deadline)
+            hashed += size
+            if digest is None:
+                unreadable.append(f"{rel}: no longer a regular file when it was opened")
+            else:
+                found[rel] = "sha256:" + digest
         elif stat.S_ISLNK(st.st_mode):
             found[rel] = "symlink:" + os.readlink(name, dir_fd=dir_fd)
         else:
             found[rel] = "other:" + stat.filemode(st.st_mode)[0]
+        return False
+
+    def refused(rel: str, why: str) -> None:
+        unreadable.append(f"{rel}: {why}")
+
+    _walk(top, "checksumming", deadline, visit, lambda *_: None, refused, ordered=True)
     return hashed
+
+
+def _digest(dir_fd: int, name: str, rel: str, deadline: float) -> tuple[str | None, int]:
+    """sha256 of a regular file and the bytes read; None when it is no longer a regular file
+    once opened (swapped for a FIFO or a device since it was listed). The deadline holds
+    within a file too (a sparse file of a terabyte reads for hours)."""
+    fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
+    with os.fdopen(fd, "rb", buffering=0) as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None, 0
+        digest = hashlib.sha256()
+        size = 0
+        while block := f.read(1 << 20):
+            digest.update(block)
+            size += len(block)
+            if time.monotonic() > deadline:
+                raise StepTimeoutError(f"checksumming {rel} took longer than the step's timeout")
+    return digest.hexdigest(), size
 
 
 # -- the reconciler --------------------------------------------------------------------------
