@@ -18,13 +18,17 @@ from typing import Any
 import pytest
 from vmtwin import (
     UNITS,
+    CliTwin,
     TwinError,
+    call_args,
     fleet_node,
     nix_eval,
     node_of_baseline_hipaa,
+    parse_command,
     render_node,
     run_script,
     scenario,
+    string_calls,
     twin_machine,
 )
 
@@ -376,3 +380,73 @@ def test_the_static_twin_catches_an_undefined_unit(nix_env: dict[str, str]) -> N
     node = render_node(own, nix_env)
     units = {u for u, defined in UNITS.items() if defined(node)}
     assert "app.service" not in units
+
+
+# -- every nixcomply command a scenario runs, against the real CLI -------------------------------
+
+HELPERS = {"operator": "runuser -u nixcomply-server -- nixcomply-server "}  # fleet-upload's helper
+
+
+def nixcomply_calls(script: str) -> list[tuple[str, str, str]]:
+    return [
+        (r, m, c)
+        for r, m, c in string_calls(script, helpers=HELPERS)
+        if re.search(r"(^|-- )nixcomply(-server)? ", c) and m in {"succeed", "fail", "wait_until_succeeds"}
+    ]
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_every_nixcomply_command_of_a_scenario_parses(name: str, nix_env: dict[str, str]) -> None:
+    calls = nixcomply_calls(scenario(CHECKS / name, nix_env)["testScript"])
+    if name != "baseline-hipaa.nix":
+        assert calls, f"{name} runs no nixcomply command"
+    for _, _, command in calls:
+        parse_command(command)
+
+
+def provisioning(script: str) -> list[str]:
+    """The arguments of the first call that makes the evidence keys (one node's provisioning)."""
+    return next(texts for _, _, texts in call_args(script) if any("evidence keygen" in t for t in texts))
+
+
+def run_evidence_commands(script: str, root: Path) -> CliTwin:
+    twin = CliTwin(root)
+    twin.provision(provisioning(script))
+    evidence = [(m, c) for _, m, c in nixcomply_calls(script) if c.startswith("nixcomply evidence ")]
+    assert any("evidence verify" in c for _, c in evidence)
+    for method, command in evidence:
+        if "evidence keygen" not in command:
+            twin.evidence(method, command)
+    return twin
+
+
+@pytest.mark.parametrize("name", [*RECONCILE, *FLEET])
+def test_the_evidence_commands_of_a_scenario_pass_on_the_real_cli(
+    name: str, nix_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The node is provisioned as the script provisions it (keygen, the keyring's copy made
+    there and then), an entry is recorded with those keys, and every `nixcomply evidence`
+    command the script runs exits as succeed()/fail() needs: `evidence verify` without a
+    pinned keyring exits 3, which would fail the VM test."""
+    script = scenario(CHECKS / name, nix_env)["testScript"]
+    twin = run_evidence_commands(script, tmp_path)
+    assert any("evidence verify" in c and "--keyring" in c for c in twin.log), twin.log
+
+
+def test_the_cli_twin_catches_a_verify_without_a_pinned_keyring(
+    nix_env: dict[str, str], tmp_path: Path
+) -> None:
+    script = scenario(CHECKS / "reconcile-switch.nix", nix_env)["testScript"]
+    old = re.sub(r" --keyring /var/lib/nixcomply-keys/keyring.json", "", script)
+    assert old != script
+    with pytest.raises(TwinError, match="exited 3, succeed"):
+        run_evidence_commands(old, tmp_path)
+
+
+def test_the_cli_twin_catches_an_argument_the_cli_does_not_know(nix_env: dict[str, str]) -> None:
+    script = scenario(CHECKS / "reconcile-revert.nix", nix_env)["testScript"]
+    assert 'nixcomply reset"' in script
+    (reset,) = [c for _, _, c in nixcomply_calls(script) if c.startswith("nixcomply reset")]
+    parse_command(reset)
+    with pytest.raises(TwinError, match="refuses"):
+        parse_command(reset + " --all")
