@@ -18,16 +18,18 @@ import signal
 import subprocess
 import sys
 import textwrap
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import pytest
 from fixtures_reconcile import ReconcileWorld
 
-from nixcomply.core.faults import CYCLE_POINTS, FaultPoint
+from nixcomply.core.faults import CYCLE_POINTS, HEAL_POINTS, FaultPoint
 from nixcomply.host.state import AttemptOutcome, State
 from nixcomply.model.outcome import PlanKind
 from nixcomply.nixos import generations, system
 from nixcomply.reconcile.cycle import Reconciler
+from nixcomply.reconcile.respond import HEAL_RUNNING
 
 HEALTHY: Final = "newer"
 BROKEN: Final = "broken"
@@ -169,6 +171,7 @@ CASES = (
 
 def test_every_fault_point_is_in_the_campaign() -> None:
     assert set(POINTS) == set(REPRESENTATIVE) == CYCLE_POINTS
+    assert CYCLE_POINTS | HEAL_POINTS | {FaultPoint.INGEST_STORED} == set(FaultPoint)
     assert all(target in POINTS[point] for point, target in REPRESENTATIVE.items())
 
 
@@ -203,3 +206,32 @@ def test_killed_at_a_random_moment_converges(fresh: ReconcileWorld, seed: int) -
     child.stderr.close()
     converge(fresh, target)
     check_converged(fresh, target, f"seed {seed}: {target}, killed after {delay:.3f} s")
+
+
+@pytest.mark.parametrize("point", sorted(HEAL_POINTS))
+def test_killed_while_healing_the_run_is_recorded_by_the_next_cycle(
+    fresh: ReconcileWorld, point: FaultPoint
+) -> None:
+    """A runbook that acted and was killed before its remediation was recorded: the host
+    changed and the evidence never said so (the next cycle found the service running and
+    nothing to heal). Now the next cycle records the run as failed, what it did unknown,
+    and counts it against the runbook."""
+    fresh.install("good")
+    config = fresh.configure("good")
+    assert fresh.systemctl("stop", "app.service").returncode == 0
+    killed_at(fresh, point)
+    assert fresh.systemctl("is-active", "app.service").stdout.strip() == "active", "the runbook acted"
+    report = Reconciler(config).run()
+    assert report.exit_code == 0, report.lines()
+    rem = [s["predicate"] for s in statements(fresh) if str(s["predicateType"]).endswith("/remediation/v1")]
+    assert [(r["runbook"], r["outcome"]) for r in rem] == [("RB-SERVICE-001", "failed")], rem
+    assert "interrupted" in rem[0]["finding"] and "app.service" in rem[0]["finding"], rem[0]["finding"]
+    assert fresh.verify() == len(statements(fresh))
+    with State.open(fresh.host.state_dir) as state:
+        assert state.value(HEAL_RUNNING) is None
+        assert (
+            state.successful_heals_since("service_health", "RB-SERVICE-001", datetime.min.replace(tzinfo=UTC))
+            == 0
+        )
+    Reconciler(config).run()
+    assert len([s for s in statements(fresh) if str(s["predicateType"]).endswith("/remediation/v1")]) == 1
