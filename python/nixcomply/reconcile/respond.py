@@ -332,7 +332,8 @@ class Healer:
             if self.dry_run:
                 return f"dry run: would alert ({decision.rule.id}): {decision.alert}"
             sent = self._alert(f"{decision.alert} [{finding.check}: {finding.message}]")
-            self.state.set_cooldown(key, at + cooldown, 0)
+            # recorded before the cooldown starts: killed in between, the alert is sent and
+            # recorded again by the next cycle, never sent and left unrecorded
             if self.store is not None:
                 out.seqs.append(
                     record.record_alert(
@@ -346,6 +347,8 @@ class Healer:
                         now=at,
                     ).seq
                 )
+            faults.point(FaultPoint.ALERTED)
+            self.state.set_cooldown(key, at + cooldown, 0)
             return f"alert ({decision.rule.id}): {decision.alert}"
 
         assert decision.runbook is not None
