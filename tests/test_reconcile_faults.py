@@ -240,6 +240,19 @@ def test_killed_while_healing_the_run_is_recorded_by_the_next_cycle(fresh: Recon
     assert len([s for s in statements(fresh) if str(s["predicateType"]).endswith("/remediation/v1")]) == 1
 
 
+@pytest.mark.parametrize("noted", [{"runbook": "RB-SERVICE-001"}, "garbage", [1, 2]])
+def test_an_unreadable_note_of_a_run_under_way_is_dropped_not_a_crash(
+    fresh: ReconcileWorld, noted: Any
+) -> None:
+    fresh.install("good")
+    config = fresh.configure("good")
+    with State.open(fresh.host.state_dir) as state:
+        state.set_value(HEAL_RUNNING, noted)
+    assert Reconciler(config).run().exit_code == 0
+    with State.open(fresh.host.state_dir) as state:
+        assert state.value(HEAL_RUNNING) is None
+
+
 def test_killed_between_an_alert_and_its_cooldown_the_alert_is_recorded(fresh: ReconcileWorld) -> None:
     """An alert was sent and its cooldown written, then the reconciler was killed before
     the alert was recorded: the cooldown kept the next cycles from sending (and recording)

@@ -264,12 +264,17 @@ class Healer:
         and the state update, the next cycle records it a second time."""
         try:
             running = self.state.value(HEAL_RUNNING)
-            if isinstance(running, dict):
+            if running is None:
+                return
+            try:
                 self._record_interrupted(running, out, why)
+            except (KeyError, TypeError, ValueError) as e:  # not what _act wrote: say so, drop it
+                logger.error("an interrupted runbook run was noted unreadably (%r: %s); dropped", running, e)
+                self.state.set_value(HEAL_RUNNING, None)
         except NixcomplyError as e:  # a full disk: it stays under way, for the next cycle
             logger.error("could not record an interrupted runbook run: %s", e)
 
-    def _record_interrupted(self, running: dict[str, Any], out: HealOutcome, why: str | None) -> None:
+    def _record_interrupted(self, running: Any, out: HealOutcome, why: str | None) -> None:
         from nixcomply.heal.executor import RunbookRun  # noqa: PLC0415
         from nixcomply.heal.remediation import record_remediation  # noqa: PLC0415
 
