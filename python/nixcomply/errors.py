@@ -19,7 +19,7 @@ spells a number):
   a read-only filesystem, a missing directory, a directory where a file belongs, no
   permission. Nothing is wrong with the input; the message names the path;
 * 75 (``EXIT_TEMPFAIL``, EX_TEMPFAIL): temporarily unavailable (another reconciler holds
-  the lock); retry later;
+  the lock, the evidence server's database cannot be reached); retry later;
 * 130 (``EXIT_INTERRUPTED``, 128 + SIGINT): interrupted by Ctrl-C;
 * 141 (``EXIT_PIPE``, 128 + SIGPIPE): the reader of the output went away
   (``nixcomply ... | head``); nothing is printed about it, as other Unix tools do.

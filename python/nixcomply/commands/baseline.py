@@ -5,9 +5,24 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TypedDict
 
 from nixcomply.cli import add_group, add_verb
 from nixcomply.errors import EXIT_FAILURE, EXIT_OK, UsageError
+
+
+class ControlJson(TypedDict):
+    """Each item of ``baseline controls --json`` (stable: fields are added, never renamed or
+    removed). ``frameworks`` maps ``hipaa``, ``soc2``, ``cis_v8``, ``nist_800_53`` and
+    ``nist_csf`` to their references; ``options`` are the NixOS options the control sets."""
+
+    id: str
+    title: str
+    severity: str
+    frameworks: dict[str, list[str]]
+    check: str
+    remediation: str
+    options: list[str]
 
 
 def _baseline_arg(parser: argparse.ArgumentParser, *, nargs: str | None = "?") -> None:
@@ -144,7 +159,7 @@ def cmd_controls(args: argparse.Namespace) -> int:
 
     baseline = load_baseline(_default_baseline(args.baseline)).baseline
     if args.json:
-        rows = [
+        rows: list[ControlJson] = [
             {
                 "id": c.id,
                 "title": c.title,

@@ -230,13 +230,14 @@ def _verify(args: argparse.Namespace) -> int:
         jobs=args.jobs,
         all_checkpoints=args.all_checkpoints,
     )
-    if args.witness is not None:
-        _check_witness(args.path, args.witness, report)
+    cosigned = _check_witness(args.path, args.witness, report) if args.witness is not None else None
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
         for line in report.lines():
             print(line)
+        if cosigned is not None:
+            print(f"witness: {cosigned}")
     return report.exit_code
 
 
@@ -248,9 +249,9 @@ def _host_head(path: Path) -> LogHead | None:
     return read_evidence_head(path) if path.is_dir() else None
 
 
-def _check_witness(path: Path, vkey: str, report: Report) -> None:
+def _check_witness(path: Path, vkey: str, report: Report) -> str | None:
     """Add an error to ``report`` unless the newest checkpoint carries a valid cosignature by
-    the witness (the MSP's server: ``nixcomply-server witness key``)."""
+    the witness (the MSP's server: ``nixcomply-server witness key``); say so when it does."""
     from nixcomply.errors import UsageError
     from nixcomply.evidence.cosignature import check_newest, load_witness_key
     from nixcomply.evidence.log import COSIGNATURES
@@ -266,11 +267,23 @@ def _check_witness(path: Path, vkey: str, report: Report) -> None:
         problem = check_newest(path, witness, report.checkpoint_size)
     if problem is not None:
         report.errors.append(VerifyProblem("error", f"witness {witness.name}: {problem}", None, COSIGNATURES))
+        return None
+    return f"the newest checkpoint (size {report.checkpoint_size}) carries the valid cosignature of {witness.name}"
 
 
 def _signers(args: argparse.Namespace) -> tuple[Signer, Signer]:
-    from nixcomply.evidence.keys import BUNDLE_CREDENTIAL, LOG_CREDENTIAL, load_signer
+    import os
 
+    from nixcomply.errors import UsageError
+    from nixcomply.evidence.keys import BUNDLE_CREDENTIAL, CREDENTIALS_ENV, LOG_CREDENTIAL, load_signer
+
+    if not os.environ.get(CREDENTIALS_ENV):
+        for option, given in (("--signing-key", args.signing_key), ("--log-key", args.log_key)):
+            if given is None:
+                raise UsageError(
+                    f"{option} is needed: this verb appends a signed entry to the log",
+                    hint="pass both key files (`evidence keygen --role bundle|log` made them)",
+                )
     return (
         load_signer(args.signing_key, credential=BUNDLE_CREDENTIAL),
         load_signer(args.log_key, credential=LOG_CREDENTIAL),

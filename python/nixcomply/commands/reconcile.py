@@ -12,10 +12,10 @@ import argparse
 import json
 import sys
 from enum import StrEnum
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nixcomply.cli import add_verb
+from nixcomply.commands import config_option
 from nixcomply.errors import EXIT_FAILURE, EXIT_OK
 
 if TYPE_CHECKING:
@@ -40,16 +40,6 @@ class Verb(StrEnum):
     RESET = "reset"
 
 
-def _config_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help="reconciler configuration (default: /etc/nixcomply/reconciler.json)",
-    )
-
-
 def load(args: argparse.Namespace) -> ReconcilerConfig:
     from nixcomply.reconcile.config import DEFAULT_CONFIG, load_config
 
@@ -58,7 +48,7 @@ def load(args: argparse.Namespace) -> ReconcilerConfig:
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     plan = add_verb(subparsers, Verb.PLAN, cmd_plan, help="say what reconciling would do, without doing it")
-    _config_arg(plan)
+    config_option(plan)
     plan.add_argument("--json", action="store_true", help="machine-readable output")
     plan.add_argument(
         "--no-build",
@@ -73,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         aliases=["apply"],
         help="bring the host to the approved generation: build, test, health gate, switch or revert",
     )
-    _config_arg(rec)
+    config_option(rec)
     rec.add_argument("--dry-run", action="store_true", help="do everything but activate")
     rec.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -83,10 +73,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         cmd_daemon,
         help="reconcile periodically as a systemd Type=notify service (READY, WATCHDOG, STATUS)",
     )
-    _config_arg(daemon)
+    config_option(daemon)
 
     status = add_verb(subparsers, Verb.STATUS, cmd_status, help="one screen on the host for a technician")
-    _config_arg(status)
+    config_option(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
     reset = add_verb(
@@ -95,7 +85,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         cmd_reset,
         help="let a reverted revision be tried again and clear flap suppressions and cooldowns",
     )
-    _config_arg(reset)
+    config_option(reset)
     reset.add_argument("--revision", help="clear only this revision's attempts")
 
 
