@@ -53,7 +53,7 @@ YAML_VERBS = [
     ("runbook", "validate"),
     ("baseline", "validate"),
     ("render",),
-    ("check", "--only", "backup", "--root", "/nonexistent", "--config"),
+    ("check", "--only", "backup", "--root", "/", "--config"),
 ]
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from fixtures_evidence import Keys, fill, open_store, write_keyring
+
 from nixcomply.evidence.checkpoint import parse_note
 from nixcomply.evidence.cosignature import generate_witness
 from nixcomply.evidence.export import YOUR_KEYRING, YOUR_WITNESS, export_packet

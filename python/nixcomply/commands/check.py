@@ -32,7 +32,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("--json", action="store_true", help="print the JSON report even on a terminal")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these checks")
-    parser.add_argument("--root", type=Path, help="host root to look at (default: the configuration's, or /)")
+    parser.add_argument(
+        "--root", type=Path, metavar="DIR", help="host root to look at (default: the configuration's, or /)"
+    )
     parser.add_argument(
         "--config",
         type=Path,

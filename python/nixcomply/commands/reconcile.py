@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from nixcomply.cli import add_verb
 from nixcomply.commands import config_option
@@ -20,6 +20,17 @@ from nixcomply.errors import EXIT_FAILURE, EXIT_OK
 
 if TYPE_CHECKING:
     from nixcomply.reconcile.config import ReconcilerConfig
+
+
+class PlanJson(TypedDict):
+    """``plan --json``: what the host runs (``nixcomply.reconcile.model.HostState``), the
+    target the flake locks to (``Desired``) and the decision (``Plan``), each as
+    its model dumps to JSON. ``reconcile --json`` prints a ``CycleReport``, ``status --json``
+    a ``Status``."""
+
+    host: dict[str, Any]
+    desired: dict[str, Any]
+    plan: dict[str, Any]
 
 
 class Verb(StrEnum):
@@ -86,7 +97,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="let a reverted revision be tried again and clear flap suppressions and cooldowns",
     )
     config_option(reset)
-    reset.add_argument("--revision", help="clear only this revision's attempts")
+    reset.add_argument("--revision", metavar="REV", help="clear only this revision's attempts")
 
 
 def _print_json(data: Any) -> None:
@@ -99,13 +110,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     report = Reconciler(load(args), use_systemd=False).plan(build=not args.no_build)
     if args.json:
-        _print_json(
-            {
-                "host": report.host.model_dump(mode="json"),
-                "desired": report.target.desired.model_dump(mode="json"),
-                "plan": report.plan.model_dump(mode="json"),
-            }
-        )
+        planned: PlanJson = {
+            "host": report.host.model_dump(mode="json"),
+            "desired": report.target.desired.model_dump(mode="json"),
+            "plan": report.plan.model_dump(mode="json"),
+        }
+        _print_json(planned)
     else:
         p = report.plan
         print(f"{p.kind.value}: {p.reason}")

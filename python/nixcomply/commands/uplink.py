@@ -25,13 +25,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="enroll this host with the MSP's evidence server (token from `nixcomply-server host invite`)",
     )
     config_option(enroll)
-    enroll.add_argument("--server", help="the server's URL (default: upload.server of the configuration)")
+    enroll.add_argument(
+        "--server", metavar="URL", help="the server's URL (default: upload.server of the configuration)"
+    )
     token = enroll.add_mutually_exclusive_group()
-    token.add_argument("--token", help="the single-use enrollment token")
-    token.add_argument("--token-file", type=Path, help="a file holding it (under systemd: the credential)")
+    token.add_argument("--token", metavar="TOKEN", help="the single-use enrollment token")
+    token.add_argument(
+        "--token-file", type=Path, metavar="FILE", help="a file holding it (under systemd: the credential)"
+    )
     enroll.add_argument("--if-needed", action="store_true", help="do nothing (exit 0) when already enrolled")
     enroll.add_argument(
-        "--hostname", help="the host name the token was made for (default: the config's host)"
+        "--hostname", metavar="NAME", help="the host name the token was made for (default: the config's host)"
     )
     upload = add_verb(
         subparsers,

@@ -90,7 +90,7 @@ fingerprints below with theirs): the signatures prove only that the holders of t
 made the records. Exit status 0 means every check passed, 3 that it
 passed with warnings (for example an attestation that has expired), 1 that something was
 altered or is missing (the first bad bundle is named), 2 that the command could not run.
-`nixcomply` runs from its flake: `nix run github:<org>/nixcomply -- evidence verify ...`.
+Without nixcomply installed: `nix shell github:<org>/nixcomply -c nixcomply evidence verify ...`.
 Without `--keyring` verify uses the keyring inside the packet, which proves only that the
 packet is intact, not who made it: it then says so and exits 3.
 

@@ -429,8 +429,10 @@ def build_parser() -> argparse.ArgumentParser:
         return add_verb(sub, name, handler, help=help, common=common)
 
     serve = verb(verbs, "serve", cmd_serve, "serve the API (uvicorn)")
-    serve.add_argument("--host", help="address to listen on (default: listen.host)")
-    serve.add_argument("--port", type=int, help="port (0: any free one; default: listen.port)")
+    serve.add_argument("--host", metavar="ADDRESS", help="address to listen on (default: listen.host)")
+    serve.add_argument(
+        "--port", type=int, metavar="PORT", help="port (0: any free one; default: listen.port)"
+    )
     serve.add_argument("--migrate", action="store_true", help="migrate the schema first")
     verb(verbs, "migrate", cmd_migrate, "bring the database schema up to date")
     sites = add_group(verbs, "site", help="sites (clinics): add, list", common=common)
@@ -440,7 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
     invite = verb(hosts, "invite", cmd_host_invite, "print a single-use enrollment token for a host")
     invite.add_argument("--site", required=True, help="the site the host belongs to")
     invite.add_argument("--host", required=True, help="the host's name (its hostname)")
-    invite.add_argument("--ttl-hours", type=float, help="validity (default: invite_ttl_hours, 24)")
+    invite.add_argument(
+        "--ttl-hours", type=float, metavar="HOURS", help="validity (default: invite_ttl_hours, 24)"
+    )
     _json_option(invite)
     listing = verb(hosts, "list", cmd_host_list, "list hosts and their upload state")
     listing.add_argument("--site", help="only this site's hosts")
