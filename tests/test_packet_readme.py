@@ -28,7 +28,7 @@ NIXCOMPLY = Path(sys.executable).parent / "nixcomply"
 def the_command(readme: str) -> str:
     """The indented command under "Verify it (one command)": exactly one."""
     section = readme.split("## Verify it (one command)", 1)[1].split("\n## ", 1)[0]
-    commands = re.findall(r"^    (nixcomply .+)$", section, flags=re.MULTILINE)
+    commands: list[str] = re.findall(r"^    (nixcomply .+)$", section, flags=re.MULTILINE)
     assert len(commands) == 1, commands
     return commands[0]
 
