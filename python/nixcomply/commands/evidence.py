@@ -98,7 +98,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "(among them: the keyring is not pinned)"
         ),
     )
-    p.add_argument("path", type=Path, metavar="DIR", help="store root, packet directory or packet .zip")
+    p.add_argument("path", type=Path, metavar="STORE|PACKET", help="store root, packet directory or packet .zip")
     p.add_argument(
         "--keyring",
         type=Path,
@@ -348,6 +348,8 @@ def _export(args: argparse.Namespace) -> int:
     from nixcomply.evidence.export import export_packet
     from nixcomply.evidence.keyring import load_keyring
 
+    if args.end < args.start:  # before the store is touched: a typo needs no keyring
+        raise UsageError(f"--to {args.end} is before --from {args.start}")
     if not args.state_dir.is_dir():
         raise UsageError(f"{args.state_dir}: no evidence store here")
     keyring = load_keyring(_keyring_path(args))
