@@ -51,6 +51,7 @@ render: deps
 	$(BIN)/nixcomply render baseline/hipaa-v1.yaml --nixos-release unstable -o modules/baselines/hipaa-v1.unstable.nix
 	$(BIN)/nixcomply baseline schema -o baseline/baseline.schema.json
 	$(BIN)/python tests/optionsdoc.py
+	$(BIN)/python tests/clidoc.py
 
 # The whole cycle on a sandbox host (render, switch, revert, verify); kept in .demo/ for a look.
 demo: deps
