@@ -98,7 +98,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "(among them: the keyring is not pinned)"
         ),
     )
-    p.add_argument("path", type=Path, metavar="STORE|PACKET", help="store root, packet directory or packet .zip")
+    p.add_argument(
+        "path", type=Path, metavar="STORE|PACKET", help="store root, packet directory or packet .zip"
+    )
     p.add_argument(
         "--keyring",
         type=Path,
