@@ -19,6 +19,7 @@ from nixcomply.cli import main
 pytest_plugins = [
     "fuzzing",
     "boundary",
+    "fixtures_checks",
     "fixtures_systemd",
     "fixtures_nix",
     "fixtures_reconcile",
