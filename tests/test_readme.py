@@ -113,6 +113,23 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     assert ci_commands[-1] == "make test"
 
 
+def test_ci_and_the_makefile_install_the_same_debian_packages() -> None:
+    """What `make demo` installs on a fresh machine is what CI installs (and CI adds `make`,
+    which a fresh machine needs to run `make`); python3-venv is among them: Debian's python3
+    has no venv module without it."""
+    ci = (REPO / ".ci" / "run").read_text().replace("\\\n", " ")
+    (install,) = [line for line in ci.splitlines() if line.startswith("apt-get install")]
+    ci_packages = {w for w in install.split() if re.fullmatch(r"[a-z0-9][a-z0-9.+-]+", w)} - {
+        "apt-get",
+        "install",
+    }
+    makefile = (REPO / "Makefile").read_text().replace("\\\n", " ")
+    (line,) = [line for line in makefile.splitlines() if line.startswith("APT_PACKAGES :=")]
+    make_packages = set(line.split(":=", 1)[1].split())
+    assert ci_packages == make_packages | {"make"}, ci_packages ^ (make_packages | {"make"})
+    assert {"python3", "python3-venv"} <= make_packages
+
+
 def test_make_demo_runs_the_demo_verb_the_tests_exercise() -> None:
     """`make demo` is the quick start's first command; its recipe is `nixcomply demo`, which
     tests/test_demo.py runs end to end (and the commands the README shows after it)."""
