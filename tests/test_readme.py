@@ -260,6 +260,11 @@ def test_the_exit_code_table_is_errors_py() -> None:
     doc = errors.__doc__ or ""
     assert all(f"``{name}``" in doc for name in table), "every code is documented in errors.py"
     assert README.count("| Code | Name | Meaning |") == 1, "one table of exit codes"
+    # and both commands' --help end with it, in one line
+    said = [int(n) for n in re.findall(r"(\d+) [a-z]", errors.HELP_EXIT_STATUS)]
+    assert said == sorted(table.values()), errors.HELP_EXIT_STATUS
+    for build in (build_parser, build_server_parser):
+        assert build().epilog == errors.HELP_EXIT_STATUS
 
 
 def test_the_package_tree_lists_every_folder() -> None:

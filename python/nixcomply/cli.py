@@ -21,6 +21,7 @@ from nixcomply.errors import (
     EXIT_INTERRUPTED,
     EXIT_PIPE,
     EXIT_USAGE,
+    HELP_EXIT_STATUS,
     HostIOError,
     NixcomplyError,
 )
@@ -105,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nixcomply",
         description="NixOS-native compliance: render baselines, reconcile hosts, keep signed evidence.",
+        epilog=HELP_EXIT_STATUS,
         parents=[COMMON],
     )
     parser.add_argument("--version", action="version", version=f"nixcomply {__version__}")

@@ -44,6 +44,15 @@ EXIT_TEMPFAIL: Final = 75
 EXIT_INTERRUPTED: Final = 130
 EXIT_PIPE: Final = 141
 
+# The table above in one line, for the end of `nixcomply --help` and `nixcomply-server --help`.
+HELP_EXIT_STATUS: Final = (
+    f"exit status: {EXIT_OK} success, {EXIT_FAILURE} something was found wrong, {EXIT_USAGE} bad usage "
+    f"or input (the message names it), {EXIT_WARNINGS} success with warnings, {EXIT_INTERNAL} a bug "
+    f"(run again with --debug), {EXIT_IO} the machine refused (disk, filesystem, a path), "
+    f"{EXIT_TEMPFAIL} try again later, {EXIT_INTERRUPTED} interrupted, {EXIT_PIPE} the output was "
+    "closed; the README's exit codes say more"
+)
+
 
 class NixcomplyError(Exception):
     """Base of every deliberate error. Raised nowhere directly; use a subclass."""

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Final, TypedDict
 
 from nixcomply import __version__
 from nixcomply.cli import COMMON, add_group, add_verb, run
-from nixcomply.errors import EXIT_OK, EXIT_TEMPFAIL, NixcomplyError, UsageError
+from nixcomply.errors import EXIT_OK, EXIT_TEMPFAIL, HELP_EXIT_STATUS, NixcomplyError, UsageError
 from nixcomply.server.config import DEFAULT_CONFIG, ServerConfig, load_config
 
 if TYPE_CHECKING:
@@ -420,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nixcomply-server",
         description="The MSP's evidence server for nixcomply hosts.",
+        epilog=HELP_EXIT_STATUS,
         parents=[common],
     )
     parser.add_argument("--version", action="version", version=f"nixcomply-server {__version__}")
