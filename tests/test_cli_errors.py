@@ -288,3 +288,21 @@ def test_server_json_outputs_are_their_documented_shapes(
         server_main(["migrate", "--json", "--config", str(config)])
     assert e.value.code == EXIT_USAGE
     assert "unrecognized arguments: --json" in capsys.readouterr().err
+
+
+def test_a_missing_configuration_says_where_it_comes_from(
+    files: Path, cli: Cli, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A first look at a machine without the NixOS module: the hint says what writes the
+    file and how to name another."""
+    r = cli("status", "--config", files / "missing.json")
+    assert r.code == EXIT_USAGE
+    assert r.err.splitlines()[1] == (
+        "nixcomply: hint: the NixOS module writes it (nixcomply.reconciler.enable = true); "
+        "elsewhere pass --config FILE"
+    )
+    assert server_main(["host", "list", "--config", str(files / "missing.json")]) == EXIT_USAGE
+    assert (
+        "hint: the NixOS module writes it (services.nixcomply-server.enable = true)"
+        in capsys.readouterr().err
+    )

@@ -112,9 +112,15 @@ class InputError(NixcomplyError):
 
     @classmethod
     def single(
-        cls, file: Path | None, message: str, *, line: int | None = None, field: str = ""
+        cls,
+        file: Path | None,
+        message: str,
+        *,
+        line: int | None = None,
+        field: str = "",
+        hint: str | None = None,
     ) -> InputError:
-        return cls([Problem(file=file, line=line, field=field, message=message)])
+        return cls([Problem(file=file, line=line, field=field, message=message)], hint=hint)
 
 
 class CommandError(NixcomplyError):
