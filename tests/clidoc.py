@@ -8,10 +8,11 @@ tests/test_readme.py fails while a committed table differs from the parsers.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
+
+from optionsdoc import rewrite_readme
 
 from nixcomply.cli import build_parser
 from nixcomply.server.cli import build_parser as build_server_parser
@@ -117,9 +118,4 @@ def readme_with_tables(readme: str) -> str:
 
 
 if __name__ == "__main__":
-    path = REPO / "README.md"
-    text = path.read_text()
-    new = readme_with_tables(text)
-    if new != text:
-        path.write_text(new)
-        print("README.md: command tables written", file=sys.stderr)
+    rewrite_readme(readme_with_tables, "command tables")

@@ -39,6 +39,11 @@ def export(*argv: str) -> list[str]:
     return ["evidence", "export", "--from", "2026-01-01", "--to", "2099-01-01", *argv]
 
 
+def attest(control: str, *argv: str) -> list[str]:
+    what = ["--by", "x", "--evidence-url", "u", "--expires", "2027-01-01", "--statement", "s"]
+    return ["evidence", "attest", control, *what, *argv]
+
+
 HOST_CASES = [
     # (argv with {d} for the directory of bad files, exit code, what the message must name)
     (["status", "--config", "{d}/missing.json"], EXIT_USAGE, "{d}/missing.json: no such file"),
@@ -85,42 +90,8 @@ HOST_CASES = [
         "--name: key name 'a b'",
     ),
     (["evidence", "keygen", "--role", "bundle", "--out", "{d}/adir"], EXIT_USAGE, "{d}/adir exists"),
-    (
-        [
-            "evidence",
-            "attest",
-            "nosuch",
-            "--by",
-            "x",
-            "--evidence-url",
-            "u",
-            "--expires",
-            "2027-01-01",
-            "--statement",
-            "s",
-        ],
-        EXIT_USAGE,
-        "'nosuch' is neither a citation",
-    ),
-    (
-        [
-            "evidence",
-            "attest",
-            "164.308(a)(5)(i)",
-            "--by",
-            "x",
-            "--evidence-url",
-            "u",
-            "--expires",
-            "2027-01-01",
-            "--statement",
-            "s",
-            "--state-dir",
-            "{s}",
-        ],
-        EXIT_USAGE,
-        "--signing-key is needed",
-    ),
+    (attest("nosuch"), EXIT_USAGE, "'nosuch' is neither a citation"),
+    (attest("164.308(a)(5)(i)", "--state-dir", "{s}"), EXIT_USAGE, "--signing-key is needed"),
     (
         ["evidence", "revoke", "k", "--reason", "r", "--state-dir", "{s}"],
         EXIT_USAGE,
