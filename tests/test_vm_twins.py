@@ -9,6 +9,7 @@ flake that cannot be locked offline.
 from __future__ import annotations
 
 import ast
+import json
 import re
 import shutil
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_module_options import defaults, rendered_config
 from vmtwin import (
     UNITS,
     CliTwin,
@@ -409,28 +411,50 @@ def provisioning(script: str) -> list[str]:
     return next(texts for _, _, texts in call_args(script) if any("evidence keygen" in t for t in texts))
 
 
-def run_evidence_commands(script: str, root: Path) -> CliTwin:
-    twin = CliTwin(root)
+def node_config(nix_env: dict[str, str]) -> dict[str, Any]:
+    """The reconciler.json the fleet node's options render to (modules/reconciler-config.nix)."""
+    cfg = defaults()
+
+    def merge(into: dict[str, Any], over: dict[str, Any]) -> None:
+        for k, v in over.items():
+            if isinstance(v, dict) and isinstance(into.get(k), dict):
+                merge(into[k], v)
+            else:
+                into[k] = v
+
+    merge(cfg, fleet_node(nix_env)["nixcomply"]["reconciler"])
+    return rendered_config(cfg, nix_env)
+
+
+def run_cli_commands(script: str, root: Path, nix_env: dict[str, str]) -> CliTwin:
+    twin = CliTwin(root, config=root / "reconciler.json")
     twin.provision(provisioning(script))
-    evidence = [(m, c) for _, m, c in nixcomply_calls(script) if c.startswith("nixcomply evidence ")]
-    assert any("evidence verify" in c for _, c in evidence)
-    for method, command in evidence:
-        if "evidence keygen" not in command:
+    assert twin.config is not None
+    twin.config.write_text(twin.path(json.dumps(node_config(nix_env))))
+    calls = [(m, c) for _, m, c in nixcomply_calls(script)]
+    assert any("evidence verify" in c for _, c in calls)
+    for method, command in calls:
+        if command.startswith("nixcomply evidence ") and "evidence keygen" not in command:
             twin.evidence(method, command)
+        elif command.split()[:2] in (["nixcomply", "status"], ["nixcomply", "reset"]):
+            twin.reconciler(method, command)
     return twin
 
 
 @pytest.mark.parametrize("name", [*RECONCILE, *FLEET])
-def test_the_evidence_commands_of_a_scenario_pass_on_the_real_cli(
+def test_the_nixcomply_commands_of_a_scenario_pass_on_the_real_cli(
     name: str, nix_env: dict[str, str], tmp_path: Path
 ) -> None:
     """The node is provisioned as the script provisions it (keygen, the keyring's copy made
-    there and then), an entry is recorded with those keys, and every `nixcomply evidence`
-    command the script runs exits as succeed()/fail() needs: `evidence verify` without a
+    there and then), an entry is recorded with those keys, and every `nixcomply evidence`,
+    `status` and `reset` command the script runs exits as succeed()/fail() needs, `status`
+    with the reconciler.json the node's options render to: `evidence verify` without a
     pinned keyring exits 3, which would fail the VM test."""
     script = scenario(CHECKS / name, nix_env)["testScript"]
-    twin = run_evidence_commands(script, tmp_path)
+    twin = run_cli_commands(script, tmp_path, nix_env)
     assert any("evidence verify" in c and "--keyring" in c for c in twin.log), twin.log
+    if name != "heal-service.nix":  # its script asks for no status
+        assert any(" status " in c for c in twin.log), twin.log
 
 
 def test_the_cli_twin_catches_a_verify_without_a_pinned_keyring(
@@ -440,7 +464,7 @@ def test_the_cli_twin_catches_a_verify_without_a_pinned_keyring(
     old = re.sub(r" --keyring /var/lib/nixcomply-keys/keyring.json", "", script)
     assert old != script
     with pytest.raises(TwinError, match="exited 3, succeed"):
-        run_evidence_commands(old, tmp_path)
+        run_cli_commands(old, tmp_path, nix_env)
 
 
 def test_the_cli_twin_catches_an_argument_the_cli_does_not_know(nix_env: dict[str, str]) -> None:

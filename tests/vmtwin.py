@@ -401,7 +401,13 @@ def string_calls(script: str, *, helpers: Mapping[str, str] | None = None) -> li
 
 
 # where the VM's paths live in the twin's directory (longest first: nixcomply-keys before nixcomply)
-VM_PATHS = ("/var/lib/nixcomply-keys", "/var/lib/nixcomply", "/var/lib/fleet", "/tmp")
+VM_PATHS = (
+    "/var/lib/prometheus-node-exporter-text-files",
+    "/var/lib/nixcomply-keys",
+    "/var/lib/nixcomply",
+    "/var/lib/fleet",
+    "/tmp",
+)
 
 
 @dataclass
@@ -416,15 +422,21 @@ class CliTwin:
     the witness itself."""
 
     root: Path
+    config: Path | None = None  # the node's /etc/nixcomply/reconciler.json, its paths moved here
     log: list[str] = field(default_factory=list)
 
     def path(self, command: str) -> str:
-        for vm in VM_PATHS:
-            command = command.replace(vm, str(self.root / vm.strip("/").replace("/", "_")))
-        return command
+        """``command`` with the VM's paths (where a word or a ``--opt=`` value starts) moved
+        into the twin's directory."""
+        pattern = "|".join(re.escape(vm) for vm in VM_PATHS)  # longest first
+        return re.sub(
+            rf"(?<![^\s'\"=])({pattern})(?=/|\b)",
+            lambda m: str(self.root / m[1].strip("/").replace("/", "_")),
+            command,
+        )
 
-    def run(self, command: str) -> subprocess.CompletedProcess[str]:
-        argv = shlex.split(self.path(command.replace("{}", "machine")))
+    def run(self, command: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        argv = [*shlex.split(self.path(command.replace("{}", "machine"))), *extra]
         self.log.append(" ".join(argv))
         if argv[0] == "nixcomply":
             argv = [sys.executable, "-m", "nixcomply", *argv[1:]]
@@ -470,6 +482,17 @@ class CliTwin:
             report = json.loads(r.stdout)
             if "ok" in report and report["ok"] is not True:
                 raise TwinError(f"{command!r}: the report is not ok: {report}")
+
+    def reconciler(self, method: str, command: str) -> None:
+        """A verb that reads the reconciler's configuration (status, reset), with the node's."""
+        assert self.config is not None
+        r = self.run(command, "--config", str(self.config))
+        if method == "succeed" and r.returncode != 0:
+            raise TwinError(f"{command!r} exited {r.returncode}, succeed() needs 0: {r.stdout}{r.stderr}")
+        if method == "fail" and r.returncode == 0:
+            raise TwinError(f"{command!r} exited 0, fail() needs another status")
+        if "--json" in shlex.split(command):
+            json.loads(r.stdout)
 
 
 def parse_command(command: str) -> None:
