@@ -17,6 +17,7 @@ from typing import Any, Final
 
 from nixcomply import __version__
 from nixcomply.cli import run
+from nixcomply.core import gcpause
 from nixcomply.errors import EXIT_OK, EXIT_USAGE, NixcomplyError, UsageError
 from nixcomply.server.config import DEFAULT_CONFIG, ServerConfig, load_config
 
@@ -74,6 +75,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logger.info("database %s", config.describe_database())
     print(f"nixcomply-server {__version__}: listening on http://{host}:{sock.getsockname()[1]}", flush=True)
     server = make_server(app)
+    gcpause.freeze_startup()  # what the server loaded stays: full collections skip it
     try:
         server.run(sockets=[sock])
     finally:
