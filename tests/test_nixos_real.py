@@ -82,6 +82,31 @@ def test_build_is_the_locked_revision_and_repeatable(world: NixWorld) -> None:
     assert len({*world.systems.values()}) == 4
 
 
+def test_two_commits_of_one_tree_each_build_their_own_revision(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two commits with the same tree, revision count and commit second but other parents
+    (two sandbox hosts made at once by two test workers; on a host, a commit made again):
+    Nix 2.8's evaluation cache keys a flake on exactly those, not on its revision, so the
+    second build returned the first's system, whose configurationRevision is the other commit
+    (the reconciler then saw drift on a host running its target, and test-activated it)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # Nix's caches: this test's own
+    revs, built = [], []
+    for n, skeleton in enumerate(("@1700000000 +0000", "@1700000001 +0000")):
+        for var in ("GIT_AUTHOR_DATE", "GIT_COMMITTER_DATE"):
+            monkeypatch.setenv(var, skeleton)
+        sb = Sandbox.create(tmp_path / f"host{n}", host="twin")
+        for var in ("GIT_AUTHOR_DATE", "GIT_COMMITTER_DATE"):
+            monkeypatch.setenv(var, "@1700000100 +0000")
+        revs.append(sb.commit_generation(label="the same tree"))
+        built.append(sb.build(revs[-1]))
+        assert flake.flake_metadata(sb.flake_ref_at(revs[-1]), tools=sb.tools).rev_count == 2
+    assert revs[0] != revs[1]
+    versions = [system.nixos_version(path, tools=sb.tools).configuration_revision for path in built]
+    assert versions == revs
+    assert built[0] != built[1]
+
+
 def test_build_of_an_unknown_host_fails(world: NixWorld) -> None:
     sb = world.sandbox
     with pytest.raises(CommandError) as info:

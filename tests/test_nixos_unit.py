@@ -167,6 +167,7 @@ def test_build_toplevel_argv_and_output(run: mock.MagicMock) -> None:
             "--json",
             "--no-link",
             "--no-update-lock-file",
+            "--no-eval-cache",
             "git+file:///srv/fleet?ref=main&rev="
             + "a" * 40
             + '#nixosConfigurations."clinic-01".config.system.build.toplevel',

@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures_reconcile import ReconcileWorld
+from fixtures_reconcile import ReconcileWorld, app_unit, today_version
 
 from conftest import Cli
 from nixcomply.host.state import State, read_evidence_head
@@ -20,11 +21,18 @@ from nixcomply.nixos import generations, system
 from nixcomply.nixos.rebuild import RebuildAction, nixos_rebuild
 from nixcomply.reconcile.cycle import Reconciler
 from nixcomply.reconcile.model import ExternalKind
+from nixcomply.sandbox.emulated import Sandbox
 
 
 def running(world: ReconcileWorld) -> tuple[Path | None, Path | None]:
     root = world.sandbox.root
     return system.current_system(root), generations.profile_target(root)
+
+
+def git_out(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", repo, *args], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def statements(world: ReconcileWorld) -> list[dict[str, Any]]:
@@ -73,6 +81,43 @@ def test_noop_cycle_decides_in_sync_without_building(fresh: ReconcileWorld, tmp_
     calls = log.read_text().splitlines()
     assert any(c.startswith("flake metadata") for c in calls), calls
     assert not any(c.startswith("build") for c in calls), f"a no-op cycle must not build: {calls}"
+
+
+def test_a_revision_sharing_its_tree_with_one_built_before_is_in_sync_once_installed(
+    fresh: ReconcileWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another host's flake holds a commit with the same tree, revision count and commit
+    second as "good" (two test workers make their worlds at once) and was evaluated first:
+    Nix's evaluation cache used to hand "good"'s install the other commit's system, so the
+    first cycle saw drift, test-activated the running system and, its app stopped, reverted."""
+    flake = fresh.sandbox.flake_dir
+    good = fresh.revs["good"]
+    committed = git_out(flake, "show", "-s", "--format=%ct", good)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # an evaluation cache of its own
+    for var in ("GIT_AUTHOR_DATE", "GIT_COMMITTER_DATE"):
+        monkeypatch.setenv(var, "@1600000000 +0000")  # another skeleton commit: another revision
+    twin = Sandbox.create(tmp_path / "twin", host=fresh.sandbox.host)
+    for var in ("GIT_AUTHOR_DATE", "GIT_COMMITTER_DATE"):
+        monkeypatch.setenv(var, f"@{committed} +0000")
+    rev = twin.commit_generation(
+        label="good",
+        manifest_json=fresh.manifest,
+        nixos_version=today_version(),
+        units={"app.service": app_unit("/bin/sleep 1000")},
+    )
+    tree = f"{good}^{{tree}}"
+    assert rev != good
+    assert git_out(twin.flake_dir, "rev-parse", f"{rev}^{{tree}}") == git_out(flake, "rev-parse", tree)
+    twin.build(rev)
+
+    fresh.install("good")
+    running_now = system.current_system(fresh.sandbox.root)
+    assert running_now is not None
+    assert system.nixos_version(running_now, tools=fresh.sandbox.tools).configuration_revision == good
+    report = fresh.reconcile("good")
+    assert report.plan is not None
+    assert report.plan.kind == PlanKind.IN_SYNC, report.plan.reason
+    assert entries(fresh) == []
 
 
 def test_drift_is_tested_gated_switched_and_signed(fresh: ReconcileWorld) -> None:

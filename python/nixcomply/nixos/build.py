@@ -2,6 +2,14 @@
 
 Nix 2.8 has no ``--print-out-paths``: ``nix build --json --no-link`` prints the outputs as
 JSON, and ``--no-link`` leaves no ``result`` symlink behind in the working directory.
+
+Builds never use Nix's evaluation cache (``--no-eval-cache``). Nix 2.8 keys a flake's cache
+entry on its source tree, revision count and last-modified second, not on its revision, so
+two commits with one tree (an amended or re-made commit, two checkouts of one configuration
+committed in the same second) share an entry: the second build returns the system the first
+evaluated, whose ``configurationRevision`` (``self.rev``) is the other commit. The reconciler
+would then find the target's "running revision" wrong on every cycle and test-activate a
+system that already runs. A cycle builds only on drift, so evaluating afresh costs little.
 """
 
 from __future__ import annotations
@@ -49,7 +57,8 @@ def build_toplevel(
 
     Pass the locked reference from :func:`~nixcomply.nixos.flake.flake_metadata` so the
     revision that was judged is the one that is built. ``--no-update-lock-file`` as there.
-    The fragment of ``ref`` is ignored: ``host`` names the configuration.
+    The fragment of ``ref`` is ignored: ``host`` names the configuration. Evaluated without
+    the evaluation cache, which may hold another revision's system (module docstring).
     """
     argv = [
         tools.nix,
@@ -57,6 +66,7 @@ def build_toplevel(
         "--json",
         "--no-link",
         "--no-update-lock-file",
+        "--no-eval-cache",
         ref.installable(toplevel_attr(host)),
     ]
     result = tools.run(argv, timeout=timeout)
