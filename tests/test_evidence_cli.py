@@ -142,7 +142,7 @@ def test_verify_warning_exit_3(cli: Cli, tmp_path: Path, keys: Keys) -> None:
         (["evidence", "verify", "{store}", "--keyring", "{bad_keyring}"], "bad.json:3: keys[0].role"),
         (
             ["evidence", "verify", "{store}", "--pin-checkpoint", "/nonexistent.note"],
-            "nonexistent.note: cannot read",
+            "nonexistent.note: no such file",
         ),
         (["evidence", "verify", "{store}", "--at", "yesterday"], "is not a date"),
         (["evidence", "verify", "{store}", "--jobs", "0"], "--jobs"),

@@ -35,6 +35,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from nixcomply.core.yamlsource import read_text
+from nixcomply.errors import InputError
 from nixcomply.evidence.checkpoint import EM_DASH, NoteError, parse_checkpoint_text, parse_note
 from nixcomply.evidence.keys import PRIVATE_PREFIX, b64decode_strict, check_key_name
 from nixcomply.evidence.log import COSIGNATURES
@@ -240,9 +242,11 @@ def _read_member(location: Path, name: str) -> bytes | None:
 def load_witness_key(text_or_path: str) -> WitnessPublicKey:
     """A witness verifier key given as itself or as a file that holds it (``witness.vkey``)."""
     candidate = Path(text_or_path)
-    if "+" not in text_or_path or candidate.is_file():
+    if "+" not in text_or_path or candidate.exists():
+        # a file: read as user input (a FIFO or a device is refused, not waited on)
+        text = read_text(candidate, limit=4096).strip()
         try:
-            text_or_path = candidate.read_text().strip()
-        except OSError as e:
-            raise ValueError(f"{candidate}: {e.strerror or e}") from None
+            return WitnessPublicKey.from_vkey(text)
+        except ValueError as e:
+            raise InputError.single(candidate, f"not a witness verifier key: {e}") from None
     return WitnessPublicKey.from_vkey(text_or_path)

@@ -25,7 +25,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from nixcomply.core.fsutil import atomic_write
+from nixcomply.core.fsutil import check_output, write_output
 from nixcomply.errors import UsageError, VerificationError
 from nixcomply.evidence.cosignature import WITNESS_KEY_FILE, WitnessPublicKey
 from nixcomply.evidence.index import INDEX_FILE, control_index
@@ -143,11 +143,14 @@ def export_packet(
     host_head: LogHead | None = None,
     witness_key: str | None = None,
 ) -> Exported:
-    """Verify the store, then write the packet for [start, end] to ``out`` (atomically).
+    """Verify the store, then write the packet for [start, end] to ``out`` (atomically,
+    through :func:`~nixcomply.core.fsutil.write_output`: a directory, a symlink or a missing
+    parent directory is refused before anything is verified).
     The witness's cosignatures of the packed checkpoints go with them, and its verifier key
     (``witness_key``, the MSP's server's) into ``witness.vkey``."""
     if end < start:
         raise UsageError(f"--to {end} is before --from {start}")
+    check_output(out)  # before the verification: a directory as -o is refused at once
     with read_locked(root):
         report = verify(
             root, keyring, source="the store's keyring", host_head=host_head, jobs=jobs, index=True
@@ -203,7 +206,7 @@ def export_packet(
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o644 << 16
             zf.writestr(info, files[name])
-    atomic_write(out, buf.getvalue())
+    write_output(out, buf.getvalue())
     return Exported(out, len(entries), size, packed.checkpoints, report, period)
 
 

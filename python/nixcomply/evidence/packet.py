@@ -53,7 +53,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+import pydantic
+
+from nixcomply.core.yamlsource import read_bytes
 from nixcomply.errors import InputError, UsageError, VerificationError
+from nixcomply.evidence.checkpoint import NoteError, parse_checkpoint_text, parse_note
 from nixcomply.evidence.keyring import Keyring
 
 PACKET_FILE: Final = "packet.json"
@@ -69,6 +73,8 @@ ROLES: Final = ("period", "before", "after", "key-rotation")
 # Files that inform the auditor and are not evidence (verify checks pin.json and
 # packet.json against the evidence; these two it leaves alone).
 INFORMATIONAL: Final = frozenset({README_FILE, VERIFY_REPORT})
+# A pin is one checkpoint and a keyring: a few kilobytes.
+MAX_PIN_BYTES: Final = 1024 * 1024
 
 
 def pin_document(origin: str, checkpoint: bytes, keyring: dict[str, Any]) -> bytes:
@@ -93,22 +99,37 @@ class Pin:
 
 
 def read_pin(path: Path) -> Pin:
-    """A bare checkpoint note, or a ``pin.json`` kept from an earlier packet."""
+    """A bare checkpoint note, or a ``pin.json`` kept from an earlier packet. What is not one
+    (garbage, a FIFO, a directory, a huge file) is an :class:`InputError` naming the file
+    (exit 2): the auditor gave a wrong file, which says nothing about the evidence."""
+    data = read_bytes(path, limit=MAX_PIN_BYTES)
+    if data.lstrip().startswith(b"{"):
+        try:
+            doc = json.loads(data)
+            if not isinstance(doc, dict) or doc.get("format") != PIN_FORMAT:
+                raise ValueError(f"not a {PIN_FORMAT} document")
+            checkpoint = str(doc["checkpoint"]).encode()
+            keyring: Keyring | None = Keyring.model_validate(doc["keyring"])
+        except (ValueError, KeyError, TypeError, RecursionError) as e:
+            raise InputError.single(path, f"not a pin file: {_first_line(e)}") from None
+    else:
+        checkpoint, keyring = data, None
     try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise InputError.single(path, f"cannot read: {e.strerror}") from None
-    if not data.lstrip().startswith(b"{"):
-        return Pin(data, None, path)
-    try:
-        doc = json.loads(data)
-        if not isinstance(doc, dict) or doc.get("format") != PIN_FORMAT:
-            raise ValueError(f"not a {PIN_FORMAT} document")
-        checkpoint = str(doc["checkpoint"]).encode()
-        keyring = Keyring.model_validate(doc["keyring"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise InputError.single(path, f"not a pin file: {e}") from None
+        parse_checkpoint_text(parse_note(checkpoint).text)
+    except NoteError as e:
+        raise InputError.single(
+            path, f"not a checkpoint (nor a pin.json): {e}", field="checkpoint" if keyring else ""
+        ) from None
     return Pin(checkpoint, keyring, path)
+
+
+def _first_line(e: Exception) -> str:
+    if isinstance(e, pydantic.ValidationError):
+        err = e.errors(include_url=False)[0]
+        return f"keyring.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+    if isinstance(e, KeyError):
+        return f"no {e.args[0]!r} field"
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def unpack(packet: Path, into: Path) -> None:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -533,8 +535,16 @@ def read_evidence_head(state_dir: Path) -> LogHead | None:
     """The recorded evidence head of ``state_dir/state.db``, read without writing anything
     (an auditor may verify a copy they cannot write); None without a database or record."""
     path = state_dir / "state.db"
-    if not path.is_file():
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
         return None
+    if not stat.S_ISREG(st.st_mode):
+        # A symbolic link, FIFO or device put in its place hides the record (or hangs the
+        # reader): that is tampering with what verification compares against, not "none".
+        raise StateError(
+            f"{path}: not a regular file (a symbolic link, FIFO or device): the host's record cannot be read"
+        )
     for mode in ("ro", "ro&immutable=1"):
         try:
             db = sqlite3.connect(f"file:{path}?mode={mode}", uri=True)

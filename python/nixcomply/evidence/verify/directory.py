@@ -21,6 +21,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from nixcomply.core.fsutil import read_regular
 from nixcomply.errors import InputError, UsageError
 from nixcomply.evidence.keyring import Keyring, load_keyring
 from nixcomply.evidence.log import LEAVES, PENDING, STATE_DIR, LogHead, state_name
@@ -89,8 +90,7 @@ def _verify_directory(
 
     def read(rel: str) -> bytes | None:
         try:
-            with open(base + rel, "rb") as f:
-                return f.read()
+            return read_regular(base + rel)
         except FileNotFoundError:
             return None
         except OSError as e:

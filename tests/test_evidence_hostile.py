@@ -1,0 +1,209 @@
+"""Hostile input to the evidence verbs (a review as an attacker who controls the host's disk,
+and as an auditor who hands verify the wrong file): every case ends in a clear refusal that
+names the file, never in a hang, a traceback or a file written where nobody asked."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fixtures_evidence import Keys, fill, open_store, write_keyring
+
+from conftest import REPO, Cli
+from nixcomply.evidence.verify import verify
+
+# A verify that hangs fails here instead of blocking the suite.
+LIMIT = 120
+
+
+@pytest.fixture
+def store(tmp_path: Path, keys: Keys) -> Path:
+    root = tmp_path / "state"
+    with open_store(root, keys) as s:
+        fill(s, 4)
+    write_keyring(root, keys)
+    return root
+
+
+def nixcomply(*args: str | os.PathLike[str]) -> subprocess.CompletedProcess[str]:
+    """The real command in its own process, with a deadline (a hang is a failure)."""
+    return subprocess.run(
+        [sys.executable, "-m", "nixcomply", *(os.fspath(a) for a in args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=LIMIT,
+        check=False,
+    )
+
+
+# -- export -o ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def temp_files(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The directories atomic writes made their temporary files in."""
+    made: list[str] = []
+    real = tempfile.mkstemp
+
+    def spy(*args: Any, **kwargs: Any) -> tuple[int, str]:
+        made.append(os.fspath(kwargs.get("dir", "")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", spy)
+    return made
+
+
+def test_export_to_a_directory_is_refused_before_anything_is_written(
+    cli: Cli, store: Path, tmp_path: Path, temp_files: list[str]
+) -> None:
+    out = tmp_path / "packets"
+    out.mkdir()
+    r = cli(
+        "evidence", "export", "--from", "2026-01-01", "--to", "2026-12-31", "-o", out, "--state-dir", store
+    )
+    assert r.code == 74, r.err
+    assert f"{out}: is a directory" in r.err
+    assert "give a file name" in r.err
+    assert "Traceback" not in r.err
+    # no temporary file beside the directory (as root, `-o /tmp` made one in /)
+    assert temp_files == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["packets", "state"]
+
+
+def test_export_into_a_missing_directory_is_refused(cli: Cli, store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "nowhere" / "packet.zip"
+    r = cli(
+        "evidence", "export", "--from", "2026-01-01", "--to", "2026-12-31", "-o", out, "--state-dir", store
+    )
+    assert r.code == 74, r.err
+    assert f"the directory {out.parent} does not exist" in r.err
+
+
+def test_export_writes_beside_its_output(
+    cli: Cli, store: Path, tmp_path: Path, temp_files: list[str]
+) -> None:
+    out = tmp_path / "out" / "packet.zip"
+    out.parent.mkdir()
+    r = cli(
+        "evidence", "export", "--from", "2026-01-01", "--to", "2026-12-31", "-o", out, "--state-dir", store
+    )
+    assert r.code == 0, r.err
+    assert temp_files == [os.fspath(out.parent)]
+    assert [p.name for p in out.parent.iterdir()] == ["packet.zip"]
+
+
+# -- --pin-checkpoint and --witness files ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"garbage\n", "not a checkpoint (nor a pin.json): no blank line before the signature lines"),
+        (b"\xff\xfe\n\n", "not a checkpoint (nor a pin.json): not valid UTF-8"),
+        (
+            b"origin\nnot-a-size\nAAAA\n\n\xe2\x80\x94 x AAAAAAAA\n",
+            "not a checkpoint (nor a pin.json): tree size 'not-a-size'",
+        ),
+        (b'{"format": "nixcomply-evidence-pin/v1"}', "not a pin file: no 'checkpoint' field"),
+        (b'{"format": "other"}', "not a pin file: not a nixcomply-evidence-pin/v1 document"),
+        (
+            b'{"format": "nixcomply-evidence-pin/v1", "checkpoint": "x\\n", "keyring": {"keys": 3}}',
+            "not a pin file: keyring.keys: Input should be a valid list",
+        ),
+        (b'{"a":' * 100_000, "not a pin file"),
+    ],
+    ids=["garbage", "not-utf8", "bad-size", "no-checkpoint", "other-format", "bad-keyring", "deep"],
+)
+def test_a_pin_that_is_not_one_is_bad_input(
+    cli: Cli, store: Path, tmp_path: Path, content: bytes, message: str
+) -> None:
+    pin = tmp_path / "pin.txt"
+    pin.write_bytes(content)
+    r = cli("evidence", "verify", store, "--keyring", store / "keyring.json", "--pin-checkpoint", pin)
+    assert r.code == 2, r.out + r.err
+    assert f"{pin}: {message}" in r.err
+    assert "Traceback" not in r.err
+
+
+@pytest.mark.parametrize("option", ["--pin-checkpoint", "--witness", "--keyring"])
+@pytest.mark.parametrize("kind", ["fifo", "directory", "device"])
+def test_option_files_that_are_not_regular_files_are_refused_without_waiting(
+    store: Path, tmp_path: Path, option: str, kind: str
+) -> None:
+    path = tmp_path / "given"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        path.symlink_to("/dev/zero")
+    r = nixcomply("evidence", "verify", store, option, path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert f"{path}: is " in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+# -- files planted in the store ------------------------------------------------------------------
+
+
+def _planted(store: Path, where: str) -> Path:
+    bundle = next(b for b in sorted(store.glob("evidence/*/*/*/*")) if (b / "attachments").is_dir())
+    return {
+        "envelope": bundle / "envelope.dsse.json",
+        "statement": bundle / "statement.json",
+        "attachment": next((bundle / "attachments").iterdir()),
+        "checkpoint": store / "log" / "checkpoints" / "000000000002",
+        "leaves": store / "log" / "leaves",
+        "state": next((store / "log" / "state").iterdir()),
+        "keyring": store / "keyring.json",
+    }[where]
+
+
+@pytest.mark.parametrize(
+    "where", ["envelope", "statement", "attachment", "checkpoint", "leaves", "state", "keyring"]
+)
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "symlink-to-a-copy"])
+def test_a_fifo_device_or_symlink_in_the_store_fails_verification_by_name(
+    store: Path, tmp_path: Path, where: str, kind: str
+) -> None:
+    target = _planted(store, where)
+    rel = target.relative_to(store).as_posix()
+    pinned = tmp_path / "pinned-keyring.json"
+    pinned.write_bytes((store / "keyring.json").read_bytes())
+    copy = tmp_path / "copy-of-the-file"
+    copy.write_bytes(target.read_bytes())
+    target.unlink()
+    if kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "dev-zero":
+        target.symlink_to("/dev/zero")
+    else:
+        target.symlink_to(copy)  # the same bytes, from elsewhere: still not evidence in place
+    r = nixcomply("evidence", "verify", store, "--keyring", pinned, "--json")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr
+    assert rel.rsplit("/", 1)[-1] in r.stdout or rel in r.stdout, r.stdout
+
+
+@pytest.mark.parametrize("where", ["log", "log/checkpoints", "log/state", "log/cosignatures", "evidence"])
+def test_a_symlinked_directory_is_never_followed(store: Path, keys: Keys, where: str) -> None:
+    (store / "log" / "cosignatures").mkdir()
+    real = store / f"{where}.elsewhere"
+    (store / where).rename(real)
+    (store / where).symlink_to(real.name)
+    report = verify(store, keys.keyring, jobs=1)
+    assert report.exit_code == 1
+    assert any(p.path == where and "symbolic link" in p.message for p in report.errors), report.lines()
+
+
+def test_a_state_database_that_is_not_a_file_is_not_taken_for_none(cli: Cli, store: Path) -> None:
+    (store / "state.db").symlink_to("/dev/zero")
+    r = cli("evidence", "verify", store, "--keyring", store / "keyring.json")
+    assert r.code == 1, r.out + r.err
+    assert "state.db: not a regular file" in r.err
