@@ -4,10 +4,12 @@ names the file, never in a hang, a traceback or a file written where nobody aske
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -207,3 +209,76 @@ def test_a_state_database_that_is_not_a_file_is_not_taken_for_none(cli: Cli, sto
     r = cli("evidence", "verify", store, "--keyring", store / "keyring.json")
     assert r.code == 1, r.out + r.err
     assert "state.db: not a regular file" in r.err
+
+
+# -- a keyring or pin taken from the directory being verified ----------------------------------
+
+
+def _packet_dir(cli: Cli, store: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "packet.zip"
+    r = cli(
+        "evidence", "export", "--from", "2026-01-01", "--to", "2026-12-31", "-o", out, "--state-dir", store
+    )
+    assert r.code == 0, r.err
+    unpacked = tmp_path / "packet"
+    with zipfile.ZipFile(out) as zf:
+        zf.extractall(unpacked)
+    return unpacked
+
+
+@pytest.mark.parametrize("how", ["the-file", "a-hard-link", "another-file-inside"])
+@pytest.mark.parametrize("kind", ["store", "packet"])
+def test_the_directorys_own_keyring_given_as_keyring_pins_nothing(
+    cli: Cli, store: Path, tmp_path: Path, kind: str, how: str
+) -> None:
+    """`verify PACKET --keyring PACKET/keyring.json` said plain OK (exit 0, keyring_pinned
+    true): the directory vouched for itself, and an impostor's packet passed the same way."""
+    root = store if kind == "store" else _packet_dir(cli, store, tmp_path)
+    given = root / "keyring.json"
+    if how == "a-hard-link":
+        given = tmp_path / "my-copy.json"
+        os.link(root / "keyring.json", given)
+    elif how == "another-file-inside":
+        given = root / "log" / ".." / "keyring.json"
+    r = cli("evidence", "verify", root, "--keyring", given, "--json")
+    report = json.loads(r.out)
+    assert r.code == 3, r.out + r.err
+    assert report["keyring_pinned"] is False
+    assert "a file of the directory verified" in report["keyring_source"]
+    (warning,) = [w for w in report["warnings"] if w["path"] == "keyring.json"]
+    assert "not a pinned copy" in warning["message"]
+    assert f"--keyring {given}" in warning["message"]
+    # A copy (other bytes on disk, same content) is the auditor's own: pinned.
+    copy = tmp_path / "copy.json"
+    copy.write_bytes((root / "keyring.json").read_bytes())
+    r = cli("evidence", "verify", root, "--keyring", copy, "--json")
+    assert r.code == 0, r.out
+    assert json.loads(r.out)["keyring_pinned"] is True
+
+
+def test_the_packets_own_pin_pins_nothing(cli: Cli, store: Path, tmp_path: Path) -> None:
+    """--pin-checkpoint PACKET/pin.json pinned the packet's keyring and checkpoint from the
+    packet itself."""
+    root = _packet_dir(cli, store, tmp_path)
+    r = cli("evidence", "verify", root, "--pin-checkpoint", root / "pin.json", "--json")
+    report = json.loads(r.out)
+    assert r.code == 3, r.out + r.err
+    assert report["keyring_pinned"] is False
+    assert report["pinned"] is None
+    (warning,) = [w for w in report["warnings"] if w["path"] == str(root / "pin.json")]
+    assert "it pins nothing" in warning["message"]
+    # Kept outside, the same pin pins.
+    kept = tmp_path / "kept-pin.json"
+    kept.write_bytes((root / "pin.json").read_bytes())
+    r = cli("evidence", "verify", root, "--pin-checkpoint", kept, "--json")
+    assert r.code == 0, r.out
+    assert json.loads(r.out)["keyring_pinned"] is True
+
+
+def test_a_checkpoint_of_the_store_itself_is_no_pin(cli: Cli, store: Path, tmp_path: Path) -> None:
+    pinned = tmp_path / "keyring.json"
+    pinned.write_bytes((store / "keyring.json").read_bytes())
+    own = store / "log" / "checkpoints" / "000000000004"
+    r = cli("evidence", "verify", store, "--keyring", pinned, "--pin-checkpoint", own)
+    assert r.code == 3, r.out + r.err
+    assert "it pins nothing" in r.out + r.err

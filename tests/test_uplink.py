@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures_evidence import Keys, fill, make_keys, open_store, write_keyring
+from fixtures_evidence import Keys, fill, make_keys, open_store, pinned_copy, write_keyring
 from fixtures_server import Served, serve
 from sqlalchemy import func, select
 
@@ -213,7 +213,7 @@ def test_verify_witness_requires_the_servers_cosignature_on_the_newest_checkpoin
     root, keys = host_store
     vkey = fleet.witness.public.vkey
     enroll(fleet, root)
-    ring = root / "keyring.json"
+    ring = pinned_copy(root)
     r = cli("evidence", "verify", root, "--witness", vkey, "--keyring", ring)
     assert r.code == 1, "nothing was cosigned yet"
     assert "not cosigned by a witness" in r.out

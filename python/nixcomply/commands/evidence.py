@@ -209,19 +209,29 @@ def _verify(args: argparse.Namespace) -> int:
     from nixcomply.errors import UsageError
     from nixcomply.evidence.keyring import load_keyring
     from nixcomply.evidence.packet import read_pin
-    from nixcomply.evidence.verify import verify_path
+    from nixcomply.evidence.verify import VerifyProblem, verify_path
+    from nixcomply.evidence.verify.directory import inside
 
     if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
     keyring = load_keyring(args.keyring) if args.keyring is not None else None
+    # A keyring or pin taken from the directory being verified is the directory's own word:
+    # checked like any other, but it pins nothing (exit 3, and the warning says why).
+    pinned = args.keyring is None or not inside(args.keyring, args.path)
     source = f"--keyring {args.keyring}" if args.keyring is not None else None
+    if not pinned:
+        source = f"{source}, a file of the directory verified"
     pin = read_pin(args.pin_checkpoint) if args.pin_checkpoint is not None else None
+    pin_inside = pin is not None and inside(pin.source, args.path)
     if keyring is None and pin is not None and pin.keyring is not None:
         keyring, source = pin.keyring, f"the keyring of --pin-checkpoint {pin.source}"
+        if pin_inside:
+            pinned, source = False, f"{source}, a file of the directory verified"
     progress = _progress() if sys.stderr.isatty() and not args.json else None
     report = verify_path(
         args.path,
         keyring,
+        pinned=pinned,
         source=source,
         pin=pin.checkpoint if pin is not None else None,
         host_head=_host_head(args.path),
@@ -230,6 +240,18 @@ def _verify(args: argparse.Namespace) -> int:
         jobs=args.jobs,
         all_checkpoints=args.all_checkpoints,
     )
+    if pin_inside:
+        report.pinned = None  # checked (an inconsistency is still an error), but no pin
+        report.warnings.append(
+            VerifyProblem(
+                "warning",
+                f"--pin-checkpoint {args.pin_checkpoint} is a file of the directory verified: it pins "
+                "nothing (whoever can roll the directory back or cut it short rewrites it too); pass the "
+                "pin kept from an earlier verification",
+                None,
+                str(args.pin_checkpoint),
+            )
+        )
     if args.witness is not None:
         _check_witness(args.path, args.witness, report)
     if args.json:

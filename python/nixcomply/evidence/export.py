@@ -75,8 +75,9 @@ holders of these keys made the records. Exit status 0 means every check passed, 
 passed with warnings (for example an attestation that has expired), 1 that something was
 altered or is missing (the first bad bundle is named), 2 that the command could not run.
 `nixcomply` runs from its flake: `nix run github:<org>/nixcomply -- evidence verify ...`.
-Without `--keyring` verify uses the keyring inside the packet, which proves only that the
-packet is intact, not who made it: it then says so and exits 3.
+Without `--keyring` (or with the packet's own `keyring.json` or `pin.json`) verify uses the
+keyring inside the packet, which proves only that the packet is intact, not who made it: it
+then says so and exits 3. Keep `pin.json` outside the unpacked packet.
 
 Keep `pin.json` once this packet verified with your keyring, and pass it next time:
 `nixcomply evidence verify next.zip --pin-checkpoint pin.json`. It holds this packet's

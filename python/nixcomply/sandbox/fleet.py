@@ -69,6 +69,9 @@ class FleetResult:
     hosts: dict[str, FleetHostResult] = field(default_factory=dict)
     packet: Path | None = None
     packet_ok: bool = False
+    # The first host's keyring as an auditor keeps it: a copy apart from the host (the one
+    # inside a directory verified pins nothing).
+    keyring: Path | None = None
     incidents: int = 0
     checkpoints: int = 0
     database_dir: Path | None = None
@@ -90,6 +93,7 @@ class FleetResult:
             "hosts": {name: h.__dict__ for name, h in self.hosts.items()},
             "packet": str(self.packet) if self.packet else None,
             "packet_ok": self.packet_ok,
+            "keyring": str(self.keyring) if self.keyring else None,
             "incidents": self.incidents,
             "checkpoints": self.checkpoints,
             "database": str(self.database_dir) if self.database_dir else None,
@@ -235,6 +239,8 @@ def run_fleet(
                 + ("newest checkpoint cosigned by the witness" if problem is None else f"FAILED: {problem}")
             )
         result.packet = dir / "packet-clinic-01.zip"
+        result.keyring = dir / "auditor-keyring-clinic-01.json"
+        result.keyring.write_bytes((first.state_dir / "keyring.json").read_bytes())
         today = datetime.now(UTC).date()
         export_packet(
             first.state_dir,
@@ -272,7 +278,7 @@ def look_again(result: FleetResult, first: SandboxHost, say: Say) -> None:
     server = result.server_dir / "server.json"
 
     ctl = pg_bin() / "pg_ctl"
-    ring = first.state_dir / "keyring.json"  # an auditor pins their own copy
+    ring = result.keyring or first.state_dir / "keyring.json"
     say(f"  nixcomply evidence verify {first.state_dir} --keyring {ring} --witness '{result.witness_key}'")
     if result.packet is not None:
         say(f"  nixcomply evidence verify {result.packet} --keyring {ring} --witness '{result.witness_key}'")

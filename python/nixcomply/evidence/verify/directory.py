@@ -49,13 +49,31 @@ class Trust:
     source: str
 
 
-def unpinned_warning(root: Path) -> str:
+def unpinned_warning(root: Path, source: str) -> str:
     return (
-        f"the keyring is the one inside {root}, not a pinned copy: this shows the evidence is intact "
+        f"the keyring is the one inside {root} ({source}), not a pinned copy: this shows the evidence is intact "
         "and consistent, not who made it (whoever can write the directory can replace the keys too); "
         "pass --keyring with a copy from the clinic or its IT provider, or --pin-checkpoint with the "
         "pin.json of an earlier packet"
     )
+
+
+def inside(file: Path, root: Path) -> bool:
+    """Whether ``file`` is part of the directory ``root`` (under it, or the same file as its
+    keyring or pin by another name: a hard link). Such a file given as the pinned keyring or
+    pin pins nothing: whoever can write the directory can replace it with the evidence."""
+    try:
+        if file.resolve().is_relative_to(root.resolve()):
+            return True
+    except (OSError, RuntimeError):  # a symlink loop: the readers refuse the file anyway
+        return False
+    for rel in (KEYRING, PACKET_KEYRING, PIN_FILE):
+        try:
+            if os.path.samefile(file, root / rel):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def verify_directory(*args: Any, **kwargs: Any) -> Report:
@@ -238,7 +256,7 @@ def _verify_directory(
                 difference.message, path=keyring_rel, rank=Rank.STORE
             )
     if not trust.pinned:
-        report.warn(unpinned_warning(root), path=keyring_rel, rank=Rank.STORE)
+        report.warn(unpinned_warning(root, trust.source), path=keyring_rel, rank=Rank.STORE)
     _check_attestations(report, entries, today)
     if index:
         report.index = {
