@@ -25,7 +25,9 @@ from test_server_api import enrolled
 from test_server_ingest import twin
 
 from nixcomply.evidence.cosignature import Witness
+from nixcomply.server import verifying
 from nixcomply.server.cli import main
+from nixcomply.server.config import load_config
 from nixcomply.server.db.tables import entries, hosts, metadata
 from nixcomply.uplink import run
 from nixcomply.uplink.client import UplinkError
@@ -117,6 +119,29 @@ def test_witness_key_and_keygen(
     assert "refusing to overwrite" in err
 
 
+def test_witness_keygen_never_replaces_a_key_that_appears_meanwhile(
+    config_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """keygen checked that --out did not exist, then renamed its new key over whatever was
+    there by then: a key another keygen wrote meanwhile was lost."""
+    out = tmp_path / "new" / "witness.key"
+    out.parent.mkdir()
+    real = verifying.generate_witness
+
+    def racing(name: str) -> Witness:
+        out.write_text("the other keygen's key\n")  # appears after any check of --out
+        return real(name)
+
+    monkeypatch.setattr(verifying, "generate_witness", racing)
+    code, printed, err = server(
+        config_file, "witness", "keygen", "--name", "w.example/x", "--out", str(out), capsys=capsys
+    )
+    assert (code, printed) == (2, ""), err
+    assert f"{out} exists; refusing to overwrite a key" in err
+    assert out.read_text() == "the other keygen's key\n"
+    assert [p.name for p in out.parent.iterdir()] == ["witness.key"]
+
+
 @pytest.mark.parametrize(
     ("config", "message"),
     [
@@ -126,7 +151,16 @@ def test_witness_key_and_keygen(
             "NIXCOMPLY_SERVER_DATABASE_URL",
         ),
         ({"witness": {"name": "w"}, "listen": {"port": 70000}}, "listen.port"),
+        (
+            {"witness": {"name": "w"}, "database": {"url": "postgresql:///x?host=/run&password=secret"}},
+            "NIXCOMPLY_SERVER_DATABASE_URL",
+        ),
+        (
+            {"witness": {"name": "w"}, "database": {"url": "postgresql:///x?sslpassword=secret"}},
+            "NIXCOMPLY_SERVER_DATABASE_URL",
+        ),
     ],
+    ids=["unknown-field", "password", "port", "password-in-the-query", "sslpassword-in-the-query"],
 )
 def test_bad_configuration_names_the_field(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], config: dict[str, Any], message: str
@@ -152,12 +186,54 @@ def test_the_database_url_and_its_password_are_never_printed(
     monkeypatch.setenv(
         "NIXCOMPLY_SERVER_DATABASE_URL", f"postgresql+psycopg://nx:hunter2@/db?host={tmp_path}/nowhere"
     )
-    code, out, err = (
-        server(path, "status", "--debug", capsys=capsys) if False else server(path, "status", capsys=capsys)
-    )
+    code, out, err = server(path, "status", capsys=capsys)
     assert code == 1
     assert "hunter2" not in out + err
     assert err == "nixcomply-server: error: cannot reach the database\n"
+
+
+def test_status_never_shows_secrets_from_the_urls_query(
+    pg_url: str,
+    witness_key: tuple[Witness, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """libpq takes password=, passfile= and sslpassword= (and user=) in the query string:
+    status printed them, and serve logged them (the same description), as they were."""
+    path = tmp_path / "server.json"
+    path.write_text(json.dumps({"witness": {"name": "msp.example/witness", "key_file": str(witness_key[1])}}))
+    secrets = "&password=hunter2&passfile=/run/keys/pgpass-hunter3&sslpassword=hunter4"
+    monkeypatch.setenv("NIXCOMPLY_SERVER_DATABASE_URL", pg_url + secrets)
+    code, out, err = server(path, "status", "--json", capsys=capsys)
+    assert code == 0, err
+    shown = json.loads(out)["database"]
+    assert "hunter" not in out + err
+    assert shown.startswith("postgresql+psycopg:///") and "host=" in shown, shown
+    config = load_config(path)
+    assert config.describe_database() == shown
+    # and the real connection still uses them all (the password is ignored by this cluster)
+    assert config.database_url().query["sslpassword"] == "hunter4"
+    monkeypatch.setenv("NIXCOMPLY_SERVER_DATABASE_URL", pg_url + "&user=hunter5")
+    assert "hunter" not in config.describe_database()
+
+
+def test_an_unknown_connection_parameter_is_a_usage_error_naming_it(
+    tmp_path: Path,
+    witness_key: tuple[Witness, Path],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An unknown parameter in the URL's query was an internal error (exit 70) at connect."""
+    path = tmp_path / "server.json"
+    path.write_text(json.dumps({"witness": {"name": "msp.example/witness", "key_file": str(witness_key[1])}}))
+    monkeypatch.setenv(
+        "NIXCOMPLY_SERVER_DATABASE_URL", f"postgresql+psycopg:///db?host={tmp_path}&PassFile=hunter2"
+    )
+    code, out, err = server(path, "status", capsys=capsys)
+    assert code == 2, err
+    assert "$NIXCOMPLY_SERVER_DATABASE_URL: 'PassFile' is not a PostgreSQL connection parameter" in err
+    assert "hunter2" not in out + err
 
 
 def test_status_shows_incidents_with_both_checkpoints(
@@ -200,7 +276,9 @@ def config_file_for(tmp_path: Path) -> Any:
 CHILD = """
 import os, signal, sys
 from nixcomply.core import faults
+from nixcomply.server import verifying
 from nixcomply.server.cli import main
+from nixcomply.server.config import load_config
 point = os.environ.get("KILL_AT")
 if point:
     def hook(name):

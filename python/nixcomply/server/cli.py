@@ -217,19 +217,16 @@ def cmd_witness_key(args: argparse.Namespace) -> int:
 
 
 def cmd_witness_keygen(args: argparse.Namespace) -> int:
-    from nixcomply.core.fsutil import atomic_write, ensure_dir
+    from nixcomply.evidence.keys import write_key_pair
     from nixcomply.server.verifying import generate_witness
 
     out = Path(args.out)
-    if out.exists():
-        raise UsageError(f"{out} exists; refusing to overwrite a key")
     try:
         witness = generate_witness(args.name)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    ensure_dir(out.parent)
-    atomic_write(out, witness.private_text().encode(), mode=0o600)
-    atomic_write(out.with_name(out.name + ".pub"), (witness.public.vkey + "\n").encode(), mode=0o644)
+    # Never over an existing file, not even one that appears while the key is written.
+    write_key_pair(out, witness.private_text(), witness.public.vkey)
     print(witness.public.vkey)
     return EXIT_OK
 

@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Final
 
+from psycopg import ProgrammingError
+from psycopg.conninfo import make_conninfo
 from pydantic import Field
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -28,6 +30,10 @@ DATABASE_URL_ENV: Final = "NIXCOMPLY_SERVER_DATABASE_URL"
 WITNESS_CREDENTIAL: Final = "nixcomply-witness-key"
 DATABASE_CREDENTIAL: Final = "nixcomply-server-database-url"
 CREDENTIALS_ENV: Final = "CREDENTIALS_DIRECTORY"
+# Connection parameters (libpq's, as SQLAlchemy passes a URL's query string on) that carry
+# a secret or say where one is, or name the user: never shown, and never in the file.
+SECRET_QUERY_KEYS: Final = frozenset({"password", "passfile", "sslpassword", "user"})
+PASSWORD_QUERY_KEYS: Final = frozenset({"password", "passfile", "sslpassword"})
 
 
 class Listen(StrictModel):
@@ -77,16 +83,18 @@ class ServerConfig(StrictModel):
                 hint=f"set database.url in the configuration, or ${DATABASE_URL_ENV}, or the credential {DATABASE_CREDENTIAL}",
             )
         try:
-            return make_url(text)
+            url = make_url(text)
         except (ValueError, ArgumentError):
             raise UsageError(f"{where} is not a database URL") from None
+        _check_parameters(url, where)
+        return url
 
     def describe_database(self) -> str:
-        """The database URL for logs and messages: no user name, no password."""
+        """The database URL for logs and messages: no user name, no password (libpq also
+        takes them, and a password file, from the query string: those go too)."""
         url = self.database_url()
-        bare = URL.create(
-            url.drivername, host=url.host, port=url.port, database=url.database, query=url.query
-        )
+        query = {k: v for k, v in url.query.items() if k.lower() not in SECRET_QUERY_KEYS}
+        bare = URL.create(url.drivername, host=url.host, port=url.port, database=url.database, query=query)
         return bare.render_as_string(hide_password=True)
 
     def witness_key(self) -> Witness:
@@ -111,6 +119,19 @@ class ServerConfig(StrictModel):
         return witness
 
 
+def _check_parameters(url: URL, where: str) -> None:
+    """Every query parameter is one libpq knows (one it does not was an internal error at
+    the first connection); the message names the parameter, never its value."""
+    for key in url.query:
+        try:
+            make_conninfo("", **{key: "x"})
+        except ProgrammingError:
+            raise UsageError(
+                f"{where}: {key!r} is not a PostgreSQL connection parameter",
+                hint="see the libpq documentation, 'Parameter Key Words' (names are case-sensitive)",
+            ) from None
+
+
 def load_config(path: Path) -> ServerConfig:
 
     if not path.exists():
@@ -123,7 +144,7 @@ def load_config(path: Path) -> ServerConfig:
             url = make_url(config.database.url)
         except (ValueError, ArgumentError):
             raise InputError([source.problem(loc, "not a database URL")]) from None
-        if url.password:
+        if url.password or PASSWORD_QUERY_KEYS & {k.lower() for k in url.query}:
             message = f"a URL with a password belongs in ${DATABASE_URL_ENV}, not in the file"
             raise InputError([source.problem(loc, message)])
     return config
