@@ -217,8 +217,7 @@ def cmd_witness_key(args: argparse.Namespace) -> int:
 
 
 def cmd_witness_keygen(args: argparse.Namespace) -> int:
-    from nixcomply.evidence.keys import write_key_pair
-    from nixcomply.server.verifying import generate_witness
+    from nixcomply.server.verifying import generate_witness, write_key_pair
 
     out = Path(args.out)
     try:
