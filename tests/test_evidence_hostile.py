@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures_evidence import Keys, fill, open_store, write_keyring
+from fixtures_evidence import Keys, fill, open_store, pinned_copy, write_keyring
 
 from conftest import REPO, Cli
+from nixcomply.evidence.checkpoint import parse_note
+from nixcomply.evidence.cosignature import Witness, check_newest, generate_witness
 from nixcomply.evidence.verify import verify
 
 # A verify that hangs fails here instead of blocking the suite.
@@ -282,3 +284,120 @@ def test_a_checkpoint_of_the_store_itself_is_no_pin(cli: Cli, store: Path, tmp_p
     r = cli("evidence", "verify", store, "--keyring", pinned, "--pin-checkpoint", own)
     assert r.code == 3, r.out + r.err
     assert "it pins nothing" in r.out + r.err
+
+
+# -- witness cosignatures beside the checkpoints -------------------------------------------------
+
+
+def _cosign(root: Path, witness: Witness, size: int) -> Path:
+    note = (root / "log" / "checkpoints" / f"{size:012d}").read_bytes()
+    path = root / "log" / "cosignatures" / f"{size:012d}"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(witness.cosign(parse_note(note).text))
+    return path
+
+
+def _forged(witness: Witness) -> str:
+    """A cosignature line naming ``witness`` (its name and key id) with a wrong signature."""
+    return witness.cosign("origin\n4\nAAAA\n")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "holds no cosignature/v1 line"),
+        (b"garbage\n", "malformed cosignature line"),
+        (b"\xff\n", "not valid UTF-8"),
+        ("\u2014 w.example/x !!!!\n".encode(), "malformed cosignature line"),
+        (b"\xe2\x80\x94 w " + b"A" * 70_000 + b"\n", "more than a cosignature file holds"),
+    ],
+    ids=["empty", "garbage", "not-utf8", "not-base64", "oversize"],
+)
+def test_a_malformed_cosignature_file_fails_without_witness(
+    cli: Cli, store: Path, tmp_path: Path, content: bytes, message: str
+) -> None:
+    """Cosignature files were read only with --witness: garbage beside a checkpoint passed."""
+    path = _cosign(store, generate_witness("w.example/x"), 4)
+    path.write_bytes(content)
+    r = cli("evidence", "verify", store, "--keyring", pinned_copy(store), "--json")
+    assert r.code == 1, r.out + r.err
+    report = json.loads(r.out)
+    assert report["first_error"]["path"] == "log/cosignatures/000000000004"
+    assert message in report["first_error"]["message"]
+
+
+def test_cosignatures_by_an_unknown_witness_pass_and_a_known_ones_must_verify(
+    cli: Cli, store: Path, tmp_path: Path
+) -> None:
+    witness, stranger = generate_witness("msp.example/witness"), generate_witness("other.example/w")
+    _cosign(store, stranger, 2)
+    _cosign(store, witness, 4)
+    ring = pinned_copy(store)
+    assert cli("evidence", "verify", store, "--keyring", ring).code == 0
+    assert cli("evidence", "verify", store, "--keyring", ring, "--witness", witness.public.vkey).code == 0
+    # A forged cosignature by the witness on an older checkpoint: only the newest was checked.
+    (store / "log" / "cosignatures" / f"{2:012d}").write_text(_forged(witness))
+    r = cli("evidence", "verify", store, "--keyring", ring, "--witness", witness.public.vkey, "--json")
+    assert r.code == 1, r.out
+    first = json.loads(r.out)["first_error"]
+    assert first["path"] == "log/cosignatures/000000000002"
+    assert "does not verify over checkpoint 2" in first["message"]
+
+
+def test_a_packets_cosignatures_must_verify_by_the_witness_key_it_names(
+    cli: Cli, store: Path, tmp_path: Path
+) -> None:
+    """A packet names its witness (witness.vkey): a cosignature by that key that does not
+    verify passed unless the auditor also gave --witness."""
+    witness = generate_witness("msp.example/witness")
+    _cosign(store, witness, 4)
+    packet = tmp_path / "p.zip"
+    r = cli(
+        "evidence", "export", "--from", "2026-01-01", "--to", "2026-12-31", "-o", packet,
+        "--state-dir", store, "--witness", witness.public.vkey,
+    )  # fmt: skip
+    assert r.code == 0, r.err
+    ring = pinned_copy(store)
+    assert cli("evidence", "verify", packet, "--keyring", ring).code == 0
+    forged = tmp_path / "forged.zip"
+    with zipfile.ZipFile(packet) as src, zipfile.ZipFile(forged, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename == "log/cosignatures/000000000004":
+                data = _forged(witness).encode()
+            dst.writestr(info, data)
+    r = cli("evidence", "verify", forged, "--keyring", ring, "--json")
+    assert r.code == 1, r.out
+    first = json.loads(r.out)["first_error"]
+    assert (first["path"], "does not verify" in first["message"]) == ("log/cosignatures/000000000004", True)
+    # export refuses to name a witness whose cosignatures in the store do not verify by it
+    (store / "log" / "cosignatures" / f"{4:012d}").write_text(_forged(witness))
+    r = cli(
+        "evidence", "export", "--from", "2026-01-01", "--to", "2026-12-31", "-o", tmp_path / "q.zip",
+        "--state-dir", store, "--witness", witness.public.vkey,
+    )  # fmt: skip
+    assert r.code == 1, r.err
+    assert "log/cosignatures/000000000004" in r.err
+
+
+def test_export_with_a_bad_witness_key_is_a_usage_error(cli: Cli, store: Path, tmp_path: Path) -> None:
+    r = cli(
+        "evidence", "export", "--from", "2026-01-01", "--to", "2026-12-31", "-o", tmp_path / "p.zip",
+        "--state-dir", store, "--witness", "not+a+key",
+    )  # fmt: skip
+    assert r.code == 2, r.err
+    assert "--witness:" in r.err
+    assert "Traceback" not in r.err
+    assert not (tmp_path / "p.zip").exists()
+
+
+def test_a_fifo_as_the_newest_cosignature_is_refused_without_waiting(store: Path, tmp_path: Path) -> None:
+    witness = generate_witness("msp.example/witness")
+    path = _cosign(store, witness, 4)
+    path.unlink()
+    os.mkfifo(path)
+    ring = pinned_copy(store)
+    r = nixcomply("evidence", "verify", store, "--keyring", ring, "--witness", witness.public.vkey)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "log/cosignatures/000000000004" in r.stdout
+    assert check_newest(store, witness.public, 4) is not None

@@ -51,7 +51,7 @@ def twin(host: FleetHost, tmp_path: Path) -> FleetHost:
     history from here on."""
     root = tmp_path / f"{host.name}-twin"
     shutil.copytree(host.root, root)
-    return FleetHost(host.name, root, host.keys, host.transport, host.client, host.machine_id)
+    return FleetHost(host.name, root, host.keys, host.transport, host.client, host.machine_id, host.witness)
 
 
 def resign(entry: UploadEntry, host: FleetHost, change: dict[str, Any]) -> UploadEntry:

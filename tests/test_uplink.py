@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import sqlite3
 import zipfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -264,3 +265,29 @@ def test_enroll_errors_are_clear(
     assert "Traceback" not in r.err
     root, _ = host_store
     assert run.upload(root).outcome == "not-enrolled", "a refused enrollment enrolls nothing"
+
+
+def test_a_cosignature_that_does_not_verify_by_the_enrolled_witness_is_never_kept(
+    fleet: Served, host_store: tuple[Path, Keys], cli: Any
+) -> None:
+    """The host kept whatever cosignature the server answered: one by another key (a server
+    whose witness key changed, or whoever answers in its name) was written beside the
+    checkpoint, unchecked."""
+    root, _keys = host_store
+    enroll(fleet, root)
+    impostor = generate_witness("msp.example/witness").public.vkey  # same name, another key
+    with sqlite3.connect(root / "state.db") as db:
+        db.execute("UPDATE uplink_enrollment SET witness_key = ?", (impostor,))
+    report = run.upload(root)
+    assert report.outcome == "failed", report
+    assert "cosignature of checkpoint 5 is not valid" in (report.error or "")
+    assert not (root / "log" / "cosignatures").exists() or not any((root / "log" / "cosignatures").iterdir())
+    # the entries did arrive; once the host trusts the right key again it keeps the cosignature
+    with sqlite3.connect(root / "state.db") as db:
+        db.execute("UPDATE uplink_enrollment SET witness_key = ?", (fleet.witness.public.vkey,))
+    assert run.upload(root, force=True).outcome == "up-to-date"
+    assert (root / "log" / "cosignatures" / "000000000005").is_file()
+    ring = pinned_copy(root)
+    assert (
+        cli("evidence", "verify", root, "--keyring", ring, "--witness", fleet.witness.public.vkey).code == 0
+    )

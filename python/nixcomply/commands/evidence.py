@@ -20,10 +20,10 @@ from nixcomply.core.paths import DEFAULT_STATE_DIR
 from nixcomply.errors import EXIT_OK, EXIT_WARNINGS
 
 if TYPE_CHECKING:
+    from nixcomply.evidence.cosignature import WitnessPublicKey
     from nixcomply.evidence.keys import Signer
     from nixcomply.evidence.log import LogHead
     from nixcomply.evidence.store import EvidenceStore
-    from nixcomply.evidence.verify import Report
 
 
 def _date(text: str) -> date:
@@ -214,6 +214,7 @@ def _verify(args: argparse.Namespace) -> int:
 
     if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
+    witness = _witness_key(args.witness) if args.witness is not None else None
     keyring = load_keyring(args.keyring) if args.keyring is not None else None
     # A keyring or pin taken from the directory being verified is the directory's own word:
     # checked like any other, but it pins nothing (exit 3, and the warning says why).
@@ -239,6 +240,7 @@ def _verify(args: argparse.Namespace) -> int:
         progress=progress,
         jobs=args.jobs,
         all_checkpoints=args.all_checkpoints,
+        witness=witness,
     )
     if pin_inside:
         report.pinned = None  # checked (an inconsistency is still an error), but no pin
@@ -252,8 +254,6 @@ def _verify(args: argparse.Namespace) -> int:
                 str(args.pin_checkpoint),
             )
         )
-    if args.witness is not None:
-        _check_witness(args.path, args.witness, report)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
@@ -262,32 +262,24 @@ def _verify(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
+def _witness_key(vkey: str) -> WitnessPublicKey:
+    """``--witness``: the witness's verifier key (the MSP's server: ``nixcomply-server
+    witness key``), or a file holding it."""
+    from nixcomply.errors import UsageError
+    from nixcomply.evidence.cosignature import load_witness_key
+
+    try:
+        return load_witness_key(vkey)
+    except ValueError as e:
+        raise UsageError(f"--witness: {e}") from None
+
+
 def _host_head(path: Path) -> LogHead | None:
     """What the host's state database recorded of the log, when ``path`` is a state
     directory that has one (an auditor's copy of the evidence alone has none)."""
     from nixcomply.host.state import read_evidence_head
 
     return read_evidence_head(path) if path.is_dir() else None
-
-
-def _check_witness(path: Path, vkey: str, report: Report) -> None:
-    """Add an error to ``report`` unless the newest checkpoint carries a valid cosignature by
-    the witness (the MSP's server: ``nixcomply-server witness key``)."""
-    from nixcomply.errors import UsageError
-    from nixcomply.evidence.cosignature import check_newest, load_witness_key
-    from nixcomply.evidence.log import COSIGNATURES
-    from nixcomply.evidence.verify import VerifyProblem
-
-    try:
-        witness = load_witness_key(vkey)
-    except ValueError as e:
-        raise UsageError(f"--witness: {e}") from None
-    if report.checkpoint_size == 0:
-        problem: str | None = "no checkpoint to be cosigned"
-    else:
-        problem = check_newest(path, witness, report.checkpoint_size)
-    if problem is not None:
-        report.errors.append(VerifyProblem("error", f"witness {witness.name}: {problem}", None, COSIGNATURES))
 
 
 def _signers(args: argparse.Namespace) -> tuple[Signer, Signer]:

@@ -35,6 +35,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from nixcomply.core.fsutil import read_regular
 from nixcomply.core.yamlsource import read_text
 from nixcomply.errors import InputError
 from nixcomply.evidence.checkpoint import EM_DASH, NoteError, parse_checkpoint_text, parse_note
@@ -45,6 +46,7 @@ COSIGNATURE_V1: Final = 0x04
 WITNESS_KEY_FILE: Final = "witness.vkey"
 HEADER: Final = "cosignature/v1"
 MAX_TIMESTAMP: Final = 2**63 - 1
+MAX_MEMBER_BYTES: Final = 1024 * 1024
 _LINE: Final = re.compile(rf"^{EM_DASH} (\S+) ([A-Za-z0-9+/]+=*)$")
 
 
@@ -214,7 +216,10 @@ def check_newest(location: Path, witness: WitnessPublicKey, newest: int) -> str 
 
     name = f"{newest:012d}"
     note_path, cos_path = f"log/checkpoints/{name}", f"{COSIGNATURES}/{name}"
-    note, lines = _read_member(location, note_path), _read_member(location, cos_path)
+    try:
+        note, lines = _read_member(location, note_path), _read_member(location, cos_path)
+    except (OSError, NoteError, zipfile.BadZipFile) as e:
+        return str(e)
     if note is None:
         return f"{note_path}: missing"
     if lines is None:
@@ -227,14 +232,20 @@ def check_newest(location: Path, witness: WitnessPublicKey, newest: int) -> str 
 
 
 def _read_member(location: Path, name: str) -> bytes | None:
+    """A small file of a store, unpacked packet or packet ``.zip``: never through a
+    symbolic link, never a FIFO or device (``NotRegularFile``, an ``OSError``), never more
+    than :data:`MAX_MEMBER_BYTES` of a zip member."""
     if location.is_file():
-        try:
-            with zipfile.ZipFile(location) as zf:
-                return zf.read(name)
-        except KeyError:
-            return None
+        with zipfile.ZipFile(location) as zf:
+            try:
+                info = zf.getinfo(name)
+            except KeyError:
+                return None
+            if info.file_size > MAX_MEMBER_BYTES:
+                raise NoteError(f"{name}: {info.file_size} bytes, too large")
+            return zf.read(info)[: MAX_MEMBER_BYTES + 1]
     try:
-        return (location / name).read_bytes()
+        return read_regular(location / name)
     except FileNotFoundError:
         return None
 

@@ -152,9 +152,20 @@ def export_packet(
     if end < start:
         raise UsageError(f"--to {end} is before --from {start}")
     check_output(out)  # before the verification: a directory as -o is refused at once
+    try:
+        witness = WitnessPublicKey.from_vkey(witness_key) if witness_key is not None else None
+    except ValueError as e:
+        raise UsageError(f"--witness: {e}") from None
     with read_locked(root):
+        # The host's cosignatures by the witness the packet will name must verify by it.
         report = verify(
-            root, keyring, source="the store's keyring", host_head=host_head, jobs=jobs, index=True
+            root,
+            keyring,
+            source="the store's keyring",
+            host_head=host_head,
+            jobs=jobs,
+            index=True,
+            witnesses=[witness] if witness is not None else [],
         )
         first = report.first_error()
         if first is not None:
@@ -164,8 +175,8 @@ def export_packet(
             )
         packed = _pack(root, report, keyring, start=start, end=end, controls=controls)
     files, period = packed.files, packed.period
-    if witness_key is not None:
-        files[WITNESS_KEY_FILE] = (WitnessPublicKey.from_vkey(witness_key).vkey + "\n").encode()
+    if witness is not None:
+        files[WITNESS_KEY_FILE] = (witness.vkey + "\n").encode()
     created = datetime.now(UTC).replace(microsecond=0)
     size = report.checkpoint_size
     packet: dict[str, Any] = {

@@ -19,6 +19,8 @@ from typing import Final
 
 from nixcomply.core.fsutil import atomic_write, ensure_dir
 from nixcomply.errors import NixcomplyError
+from nixcomply.evidence.checkpoint import NoteError, parse_note
+from nixcomply.evidence.cosignature import WitnessPublicKey, parse_cosignatures, verify_cosignature
 from nixcomply.evidence.log import CHECKPOINTS, COSIGNATURES, checkpoint_name, read_leaves
 from nixcomply.evidence.merkle import Tree, leaf_hash
 from nixcomply.evidence.store import ATTACHMENTS_DIR, ENVELOPE_FILE, EVIDENCE_DIR
@@ -125,14 +127,24 @@ def batches(
         old = end
 
 
-def store_cosignature(root: Path, size: int, note: bytes, cosignature: str) -> Path:
+def store_cosignature(
+    root: Path, size: int, note: bytes, cosignature: str, *, witness: WitnessPublicKey
+) -> Path:
     """Keep the witness's cosignature beside the checkpoint it signs (``log/cosignatures/
-    <size>``), once the checkpoint it names is the host's own, byte for byte."""
+    <size>``), once the checkpoint it names is the host's own, byte for byte, and the
+    cosignature verifies by the witness key the host enrolled with: what a server (or
+    whoever answers in its name) returns is never kept unchecked, since a bad cosignature
+    file makes the host's own evidence fail verification."""
 
     if checkpoint(root, size) != note:
         raise OutboxError(f"the server cosigned a checkpoint of size {size} that is not this host's")
+    try:
+        lines = parse_cosignatures(cosignature)
+        verify_cosignature(parse_note(note).text, lines, witness)
+    except NoteError as e:
+        raise OutboxError(f"the server's cosignature of checkpoint {size} is not valid: {e}") from None
     path = ensure_dir(root / COSIGNATURES) / checkpoint_name(size)
-    atomic_write(path, cosignature.encode(), mode=0o644)
+    atomic_write(path, "".join(c.line() for c in lines).encode(), mode=0o644)
     return path
 
 

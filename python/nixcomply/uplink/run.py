@@ -275,6 +275,7 @@ def _pass(
     started = now()
     if not force and progress.next_attempt_at is not None and started < progress.next_attempt_at:
         return PassReport("waiting", progress.accepted_size, next_attempt_at=progress.next_attempt_at)
+    witness = WitnessPublicKey.from_vkey(enrollment.witness_key)  # checked at enrollment
     client = client_factory(enrollment.server, state.transport_key(), state.next_counter)
     report = PassReport("up-to-date", progress.accepted_size)
     try:
@@ -284,7 +285,11 @@ def _pass(
         for batch in batches(root, remote.accepted_size, max_entries=max_entries):
             response = client.upload(batch.request)
             store_cosignature(
-                root, response.accepted_size, response.checkpoint.encode(), response.cosignature
+                root,
+                response.accepted_size,
+                response.checkpoint.encode(),
+                response.cosignature,
+                witness=witness,
             )
             state.acknowledged(response.accepted_size, now())
             report.sent += response.stored
@@ -293,7 +298,9 @@ def _pass(
             report.outcome = "uploaded"
         if report.outcome == "up-to-date" and remote.checkpoint and remote.cosignature:
             # Nothing new: make sure the newest cosignature is kept (a lost answer earlier).
-            store_cosignature(root, remote.accepted_size, remote.checkpoint.encode(), remote.cosignature)
+            store_cosignature(
+                root, remote.accepted_size, remote.checkpoint.encode(), remote.cosignature, witness=witness
+            )
     except (ServerUnreachable, UplinkError, OutboxError) as e:
         report.outcome = "failed"
         report.error = str(e)

@@ -4,8 +4,8 @@
 2. check every bundle on its own (:mod:`.bundle`, on all cores: :mod:`.parallel`);
 3. judge which of them are authentic, following the pinned keyring through the rotation
    entries (:mod:`.trust`);
-4. check the sequence (:mod:`.chain`), the checkpoints, the pin and the host's record
-   (:mod:`.checkpoint`), then the store's append state and intent record (:mod:`.layout`)
+4. check the sequence (:mod:`.chain`), the checkpoints, their witness cosignatures
+   (:mod:`.cosignatures`), the pin and the host's record (:mod:`.checkpoint`), then the store's append state and intent record (:mod:`.layout`)
    or the packet's completeness and proofs (:mod:`.packet`);
 5. compare the keyring found beside the evidence with the judged history, and say so when
    the keyring was not pinned.
@@ -16,6 +16,7 @@ from __future__ import annotations
 import gc
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 
 from nixcomply.core.fsutil import read_regular
 from nixcomply.errors import InputError, UsageError
+from nixcomply.evidence.cosignature import WitnessPublicKey
 from nixcomply.evidence.keyring import Keyring, load_keyring
 from nixcomply.evidence.log import LEAVES, PENDING, STATE_DIR, LogHead, state_name
 from nixcomply.evidence.merkle import frontiers_at
@@ -32,6 +34,7 @@ from nixcomply.evidence.store import KEYRING
 from nixcomply.evidence.verify import checkpoint as checkpoints
 from nixcomply.evidence.verify.bundle import Candidates, Claim
 from nixcomply.evidence.verify.chain import check_chain
+from nixcomply.evidence.verify.cosignatures import check_cosignatures, packet_witness
 from nixcomply.evidence.verify.layout import check_leftovers, check_pending, check_state, scan, split_torn
 from nixcomply.evidence.verify.packet import PacketError, check_packet, parse_packet
 from nixcomply.evidence.verify.parallel import Progress, check_all
@@ -100,6 +103,8 @@ def _verify_directory(
     jobs: int,
     all_checkpoints: bool = False,
     index: bool = False,
+    witness: WitnessPublicKey | None = None,
+    witnesses: Sequence[WitnessPublicKey] = (),
 ) -> Report:
     started = time.perf_counter()
     is_packet = (root / PACKET_FILE).exists()
@@ -211,6 +216,18 @@ def _verify_directory(
         history=history,
         complete=packet is None,
         pending=pending is not None,
+    )
+    known = [
+        k for k in (witness, *witnesses, packet_witness(report, read) if is_packet else None) if k is not None
+    ]
+    check_cosignatures(
+        report,
+        read,
+        sizes=layout.cosignatures,
+        checkpoints=layout.checkpoints,
+        known=known,
+        required=witness,
+        newest=report.checkpoint_size,
     )
     if pin is not None:
         checkpoints.check_pin(
