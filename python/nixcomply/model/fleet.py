@@ -91,6 +91,7 @@ class ErrorCode(StrEnum):
     BAD_CHECKPOINT = "bad-checkpoint"  # 422: malformed or not signed by the host's log key
     BAD_PROOF = "bad-proof"  # 422: the consistency proof does not verify
     BAD_KEYRING = "bad-keyring"  # 422
+    RATE_LIMITED = "rate-limited"  # 429: too many requests from this host or address (Retry-After)
     UNAVAILABLE = "unavailable"  # 503: the database is unreachable; retry
     INTERNAL = "internal"  # 500: a bug; nothing was written
 

@@ -26,6 +26,7 @@ from nixcomply.server.api.deps import Services
 from nixcomply.server.auth import Authenticator
 from nixcomply.server.config import ServerConfig
 from nixcomply.server.errors import STATUS_CODES, ApiError
+from nixcomply.server.ratelimit import TokenBuckets
 from nixcomply.server.verifying import Witness
 
 logger = logging.getLogger(__name__)
@@ -103,6 +104,7 @@ def create_app(
     *,
     clock: Callable[[], datetime] = _now,
 ) -> FastAPI:
+    limits = config.rate_limit
     app = FastAPI(
         title="nixcomply-server",
         version=__version__,
@@ -114,7 +116,11 @@ def create_app(
         config=config,
         engine=engine,
         witness=witness,
-        auth=Authenticator(engine, skew=config.clock_skew_seconds),
+        auth=Authenticator(
+            engine,
+            skew=config.clock_skew_seconds,
+            limits=TokenBuckets(limits.host.per_second, limits.host.burst) if limits.enabled else None,
+        ),
         clock=clock,
     )
     app.include_router(enroll.router)
@@ -129,6 +135,10 @@ def create_app(
     # the other middleware's refusals, which carry the security headers too.
     app.add_middleware(middleware.ContentType)
     app.add_middleware(middleware.BodyLimit, limit=config.max_body_bytes)
+    if limits.enabled:
+        app.add_middleware(
+            middleware.RateLimit, buckets=TokenBuckets(limits.client.per_second, limits.client.burst)
+        )
     app.add_middleware(middleware.SecurityHeaders)
     app.add_middleware(middleware.Audit)
     return app

@@ -58,6 +58,28 @@ class WitnessSettings(StrictModel):
     key_file: Path | None = Field(default=None, description=f"used when ${CREDENTIALS_ENV} is not set")
 
 
+class Bucket(StrictModel):
+    """A token bucket: ``burst`` requests at once, ``per_second`` on average."""
+
+    per_second: float = Field(gt=0, le=1_000_000)
+    burst: int = Field(ge=1, le=1_000_000)
+
+
+class RateLimits(StrictModel):
+    """Per-identity rate limits (``nixcomply.server.ratelimit``); over them a request is
+    answered 429 with ``Retry-After``."""
+
+    enabled: bool = True
+    client: Bucket = Field(
+        default_factory=lambda: Bucket(per_second=50, burst=200),
+        description="every request, by client address (behind a reverse proxy: the whole fleet's rate)",
+    )
+    host: Bucket = Field(
+        default_factory=lambda: Bucket(per_second=1, burst=60),
+        description="authenticated requests, by host (a pass is a poll and a few uploads every 15 minutes)",
+    )
+
+
 class ServerConfig(StrictModel):
     listen: Listen = Field(default_factory=Listen)
     database: Database = Field(default_factory=Database)
@@ -66,6 +88,7 @@ class ServerConfig(StrictModel):
     clock_skew_seconds: int = Field(default=300, ge=1, le=3600)
     invite_ttl_hours: float = Field(default=24, gt=0, le=24 * 30)
     migrate_on_start: bool = False
+    rate_limit: RateLimits = Field(default_factory=RateLimits)
 
     def database_url(self) -> URL:
         """From ``$NIXCOMPLY_SERVER_DATABASE_URL``, else the systemd credential

@@ -1,5 +1,6 @@
-"""Cross-cutting request handling, as ASGI middleware rather than per-route code: the body
-size limit (413, checked on Content-Length before anything is read and again while the
+"""Cross-cutting request handling, as ASGI middleware rather than per-route code: the rate
+limit by client address (429, before anything else: ``nixcomply.server.ratelimit``), the
+body size limit (413, checked on Content-Length before anything is read and again while the
 body streams in), the content type of bodies (415), security headers on every response,
 and the audit log line of every request. Refusals are JSON ``ErrorBody`` like every
 other error."""
@@ -14,6 +15,7 @@ from typing import Any, Final
 
 from nixcomply.model.fleet import ErrorBody, ErrorCode
 from nixcomply.server.errors import ApiError
+from nixcomply.server.ratelimit import TokenBuckets
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -35,13 +37,24 @@ SECURITY_HEADERS: Final = (
 BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
 
 
-async def send_error(send: Send, status: int, code: ErrorCode, message: str) -> None:
+async def send_error(
+    send: Send,
+    status: int,
+    code: ErrorCode,
+    message: str,
+    *,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
     body = ErrorBody(code=code, message=message).model_dump_json(exclude_none=True).encode()
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *(headers or []),
+            ],
         }
     )
     await send({"type": "http.response.body", "body": body})
@@ -53,6 +66,29 @@ class _TooLarge(ApiError):
 
     def __init__(self, limit: int) -> None:
         super().__init__(413, ErrorCode.TOO_LARGE, f"the body is over {limit} bytes")
+
+
+class RateLimit:
+    """429 for a client address over its bucket, before the request is read any further."""
+
+    def __init__(self, app: ASGIApp, *, buckets: TokenBuckets) -> None:
+        self.app = app
+        self.buckets = buckets
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            client = scope.get("client") or ("-", 0)
+            wait = self.buckets.take(str(client[0]))
+            if wait is not None:
+                await send_error(
+                    send,
+                    429,
+                    ErrorCode.RATE_LIMITED,
+                    f"too many requests from this address; retry in {wait} s",
+                    headers=[(b"retry-after", str(wait).encode())],
+                )
+                return
+        await self.app(scope, receive, send)
 
 
 class BodyLimit:

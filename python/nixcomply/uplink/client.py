@@ -37,10 +37,11 @@ JSON: Final = "application/json"
 class UplinkError(NixcomplyError):
     """The server refused a request (4xx/5xx with a JSON error body): ``code`` says why."""
 
-    def __init__(self, status: int, error: ErrorBody) -> None:
+    def __init__(self, status: int, error: ErrorBody, *, retry_after: int | None = None) -> None:
         super().__init__(f"the server refused the request: {error.code.value} ({status}): {error.message}")
         self.status = status
         self.error = error
+        self.retry_after = retry_after  # seconds, from Retry-After (429, 503)
 
     @property
     def code(self) -> ErrorCode:
@@ -48,7 +49,19 @@ class UplinkError(NixcomplyError):
 
     @property
     def retryable(self) -> bool:
-        return self.status >= 500 or self.code in {ErrorCode.STALE_SIGNATURE, ErrorCode.REPLAYED}
+        return self.status >= 500 or self.code in {
+            ErrorCode.STALE_SIGNATURE,
+            ErrorCode.REPLAYED,
+            ErrorCode.RATE_LIMITED,
+        }
+
+
+def _seconds(value: str | None) -> int | None:
+    """A ``Retry-After`` in seconds (the HTTP-date form is not one this server sends), capped
+    at a day so a hostile answer cannot park the uplink for ever."""
+    if value is None or not value.strip().isdigit():
+        return None
+    return min(int(value.strip()), 86_400)
 
 
 class ServerUnreachable(NixcomplyError):
@@ -137,7 +150,7 @@ class Client:
                 raise ServerUnreachable(
                     f"{self.url}{full}: HTTP {response.status} without a protocol error body"
                 ) from None
-            raise UplinkError(response.status, error)
+            raise UplinkError(response.status, error, retry_after=_seconds(response.getheader("retry-after")))
         try:
             return model.model_validate_json(data)
         except pydantic.ValidationError as e:

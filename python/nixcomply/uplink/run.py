@@ -305,7 +305,8 @@ def _pass(
         report.outcome = "failed"
         report.error = str(e)
         report.code = e.code.value if isinstance(e, UplinkError) else None
-        report.next_attempt_at = state.failed(now(), str(e))
+        wait = e.retry_after if isinstance(e, UplinkError) else None
+        report.next_attempt_at = state.failed(now(), str(e), at_least=wait or 0)
         level = logging.ERROR if isinstance(e, UplinkError) and e.code in _ALARMING else logging.WARNING
         logger.log(level, "upload to %s failed: %s", enrollment.server, e)
         return report

@@ -189,12 +189,15 @@ class UplinkState:
                 (_ts(now),),
             )
 
-    def failed(self, now: datetime, error: str, *, rng: random.Random | None = None) -> datetime:
-        """Record a failed attempt; returns when the next one is due."""
+    def failed(
+        self, now: datetime, error: str, *, rng: random.Random | None = None, at_least: float = 0
+    ) -> datetime:
+        """Record a failed attempt; returns when the next one is due (after the backoff, and
+        at least ``at_least`` seconds from now: a server's ``Retry-After``)."""
         with _transaction(self._db):
             (failures,) = self._db.execute("SELECT failures FROM uplink_state").fetchone()
             failures = int(failures) + 1
-            due = now + timedelta(seconds=backoff(failures, rng=rng))
+            due = now + timedelta(seconds=max(backoff(failures, rng=rng), at_least))
             self._db.execute(
                 "UPDATE uplink_state SET last_attempt_at = ?, failures = ?, next_attempt_at = ?, last_error = ?",
                 (_ts(now), failures, _ts(due), error[:2000]),
