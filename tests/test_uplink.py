@@ -17,7 +17,8 @@ from fixtures_evidence import Keys, fill, make_keys, open_store, pinned_copy, wr
 from fixtures_server import Served, serve
 from sqlalchemy import func, select
 
-from nixcomply.errors import UsageError
+from nixcomply.core import sqlite as core_sqlite
+from nixcomply.errors import LockHeldError, UsageError
 from nixcomply.evidence.checkpoint import parse_note
 from nixcomply.evidence.cosignature import (
     WitnessPublicKey,
@@ -291,3 +292,26 @@ def test_a_cosignature_that_does_not_verify_by_the_enrolled_witness_is_never_kep
     assert (
         cli("evidence", "verify", root, "--keyring", ring, "--witness", fleet.witness.public.vkey).code == 0
     )
+
+
+def test_a_locked_state_database_is_a_clear_error_not_an_internal_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The uplink's writes after opening raised sqlite3.OperationalError ('database is
+    locked', an internal error) when another program held the state database; the uplink now
+    writes through core/sqlite.py like the host's state."""
+    monkeypatch.setattr(core_sqlite, "BUSY_TIMEOUT", 0.05)
+    state = UplinkState.open(tmp_path)
+    other = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(LockHeldError, match=r"state\.db: the uplink's state stayed locked"):
+            state.failed(datetime.now(UTC), "server down")
+        with pytest.raises(LockHeldError):
+            UplinkState.open(tmp_path)
+        other.execute("ROLLBACK")
+        state.failed(datetime.now(UTC), "server down")
+        assert state.progress().failures == 1
+    finally:
+        other.close()
+        state.close()
