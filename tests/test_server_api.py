@@ -243,6 +243,31 @@ def raw(fleet: Served, method: str, path: str, body: bytes, headers: dict[str, s
         (b"old_size=0", "application/x-www-form-urlencoded", 415, "unsupported-media-type"),
         (b"{}", "text/plain", 415, "unsupported-media-type"),
         (b"x" * (1024 * 1024 + 1), "application/json", 413, "too-large"),
+        (
+            b'{"old_size": 0, "checkpoint": "x", "entries": ' + b"[" * 200_000 + b"]" * 200_000 + b"}",
+            "application/json",
+            400,
+            "malformed-body",
+        ),
+        (
+            b'{"old_size": 0, "checkpoint": "x", "entries": [{"seq": 0, "envelope": "", "attachments": '
+            + b'{"a": ' * 100_000
+            + b'""'
+            + b"}" * 100_000
+            + b"}]}",
+            "application/json",
+            400,
+            "malformed-body",
+        ),
+        (
+            b'{"old_size": 1' + b"0" * 5000 + b', "checkpoint": "x"}',
+            "application/json",
+            400,
+            "malformed-body",
+        ),
+        (b'{"old_size": 0, "checkpoint": "x", "old_size": 1}', "application/json", 400, "malformed-body"),
+        (b'{"old_size": 0, "checkpoint": "\\ud800"}', "application/json", 422, "invalid-body"),
+        (b'{"old_size": NaN, "checkpoint": "x"}', "application/json", 400, "malformed-body"),
     ],
     ids=[
         "malformed",
@@ -254,6 +279,12 @@ def raw(fleet: Served, method: str, path: str, body: bytes, headers: dict[str, s
         "form",
         "text",
         "oversize",
+        "deep-array",
+        "deep-object",
+        "huge-number",
+        "duplicate-key",
+        "lone-surrogate",
+        "nan",
     ],
 )
 def test_bad_uploads_get_a_clear_json_4xx_and_write_nothing(

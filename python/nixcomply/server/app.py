@@ -70,8 +70,10 @@ async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = list(exc.errors())
-    if any(e.get("type") == "json_invalid" for e in errors):
-        return _error(400, ErrorCode.MALFORMED, "the body is not valid JSON")
+    invalid = [e for e in errors if e.get("type") == "json_invalid"]
+    if invalid:
+        why = (invalid[0].get("ctx") or {}).get("error")
+        return _error(400, ErrorCode.MALFORMED, "the body is not valid JSON" + (f": {why}" if why else ""))
     first = errors[0] if errors else {"loc": ("body",), "msg": "invalid"}
     shown = [
         {"loc": _loc(tuple(e.get("loc", ()))), "msg": str(e.get("msg")), "type": str(e.get("type"))}
