@@ -401,3 +401,30 @@ def test_a_fifo_as_the_newest_cosignature_is_refused_without_waiting(store: Path
     assert r.returncode == 1, r.stdout + r.stderr
     assert "log/cosignatures/000000000004" in r.stdout
     assert check_newest(store, witness.public, 4) is not None
+
+
+# -- what the evidence wrote, on the auditor's terminal --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "printed"),
+    [
+        ("x\x1b]0;owned\x07", "x\\x1b]0;owned\\x07"),
+        ("report\u202etxt.exe", "report\\u202etxt.exe"),
+        ("csi\x9b2J", "csi\\x9b2J"),
+    ],
+    ids=["osc", "bidi", "c1"],
+)
+def test_file_names_planted_in_the_store_never_reach_the_terminal_raw(
+    cli: Cli, store: Path, name: str, printed: str
+) -> None:
+    """verify printed the names of planted files as they were: an escape sequence in one ran
+    in the auditor's terminal."""
+    (store / name).write_text("planted")
+    r = cli("evidence", "verify", store, "--keyring", pinned_copy(store))
+    assert r.code == 1, r.out
+    assert name not in r.out
+    assert not any(not c.isprintable() for line in r.out.splitlines() for c in line), r.out
+    assert printed in r.out, r.out
+    r = cli("evidence", "verify", store, "--keyring", pinned_copy(store), "--json")
+    assert name in json.loads(r.out)["first_error"]["path"]  # JSON carries it exactly, escaped

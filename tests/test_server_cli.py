@@ -14,17 +14,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pydantic
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from fixtures_evidence import fill, make_keys, open_store, write_keyring
 from fixtures_postgres import Cluster
-from fixtures_server import Served
+from fixtures_server import Served, make_host
 from sqlalchemy import create_engine, func, select
-from test_server_api import enrolled
+from test_server_api import enrolled, raw
 from test_server_ingest import twin
 
+from nixcomply.evidence.checkpoint import Checkpoint
 from nixcomply.evidence.cosignature import Witness
+from nixcomply.model.fleet import EnrollRequest, UploadRequest
 from nixcomply.server import verifying
 from nixcomply.server.cli import main
 from nixcomply.server.config import load_config
@@ -258,6 +261,43 @@ def test_status_shows_incidents_with_both_checkpoints(
     data = json.loads(server(path, "status", "--json", capsys=capsys)[1])
     assert data["incidents"][0]["kind"] == "fork"
     assert data["totals"]["entries"] == 4
+
+
+def test_status_escapes_what_a_host_presented(
+    fleet: Served, config_file_for: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An incident's presented checkpoint is the host's own text (signed by its log key):
+    an extension line with a CSI (U+009B) or a bidi override was printed raw to the
+    operator's terminal by status."""
+    host = enrolled(fleet, tmp_path)
+    host.record(3)
+    host.push()
+    hostile = Checkpoint(
+        "clinic-01.example/evidence-log", 2, bytes(32), ("\x9b2J\x9b31mall clear", "\u202eevil")
+    ).sign([host.keys.log])
+    with pytest.raises(UplinkError):
+        host.client.upload(UploadRequest(old_size=2, checkpoint=hostile.decode()))
+    path = config_file_for(fleet)
+    code, out, _ = server(path, "status", capsys=capsys)
+    assert code == 1
+    assert "ROLLBACK north/clinic-01" in out
+    assert "\x9b" not in out and "\u202e" not in out
+    assert "\\x9b2J\\x9b31mall clear | \\u202eevil" in out
+    data = json.loads(server(path, "status", "--json", capsys=capsys)[1])
+    assert "\u202eevil" in data["incidents"][0]["presented_checkpoint"]
+
+
+def test_an_origin_that_is_not_printable_is_refused_at_enrollment(fleet: Served, tmp_path: Path) -> None:
+    host = make_host(fleet, tmp_path, "clinic-01")
+    request = host.enroll_request(fleet.invite("north", "clinic-01")).model_dump()
+    request["origin"] = "clinic-01\x1b]0;owned\x07"
+    with pytest.raises(pydantic.ValidationError, match="only printable characters"):
+        EnrollRequest.model_validate(request)
+    body = json.dumps(request).encode()
+    headers = host.client.signed_headers("POST", "/v1/enroll", body)
+    status, answer = raw(fleet, "POST", "/v1/enroll", body, headers)
+    assert (status, answer["code"]) == (422, "invalid-body")
+    assert "origin" in answer["message"]
 
 
 @pytest.fixture

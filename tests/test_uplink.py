@@ -26,8 +26,10 @@ from nixcomply.evidence.cosignature import (
     parse_cosignatures,
     verify_cosignature,
 )
+from nixcomply.model.fleet import ErrorBody, ErrorCode
 from nixcomply.server.db.tables import entries, hosts
 from nixcomply.uplink import run
+from nixcomply.uplink.client import UplinkError
 from nixcomply.uplink.state import MAX_DELAY, Enrollment, UplinkState, backoff
 
 
@@ -315,3 +317,13 @@ def test_a_locked_state_database_is_a_clear_error_not_an_internal_one(
     finally:
         other.close()
         state.close()
+
+
+def test_the_servers_error_message_is_bounded_and_escaped() -> None:
+    """A server's error message went as it was into logs, the state database and `nixcomply
+    status`: escape sequences for the host operator's terminal, any length."""
+    hostile = ErrorBody(code=ErrorCode.INVALID, message="\x1b]0;owned\x07\u202e" + "x" * 100_000)
+    e = UplinkError(422, hostile)
+    assert str(e).isprintable()
+    assert "\\x1b]0;owned\\x07\\u202e" in str(e)
+    assert len(str(e)) < 1000

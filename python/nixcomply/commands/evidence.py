@@ -306,6 +306,7 @@ def _open_store(args: argparse.Namespace) -> EvidenceStore:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from nixcomply.core.display import shown
     from nixcomply.errors import UsageError
     from nixcomply.evidence.export import export_packet
     from nixcomply.evidence.keyring import load_keyring
@@ -330,7 +331,7 @@ def _export(args: argparse.Namespace) -> int:
         f"tree size {result.tree_size}, {result.checkpoints} checkpoints"
     )
     for w in result.report.warnings[:10]:
-        print(f"warning: {w}", file=sys.stderr)
+        print(shown(f"warning: {w}"), file=sys.stderr)
     return EXIT_OK
 
 

@@ -17,6 +17,7 @@ from typing import Any, Final
 
 from nixcomply import __version__
 from nixcomply.cli import run
+from nixcomply.core.display import shown
 from nixcomply.errors import EXIT_OK, EXIT_USAGE, NixcomplyError, UsageError
 from nixcomply.server.config import DEFAULT_CONFIG, ServerConfig, load_config
 
@@ -274,6 +275,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     lines += [
         f"  {h.site}/{h.hostname}: {h.accepted_size} entries, last upload {_when(h.last_upload_at)}"
         + (" (revoked)" if h.revoked_at else "")
+        + (f", {h.incidents} incident(s)" if h.incidents else "")
         for h in hosts
     ]
     lines.append(f"{len(incidents)} incident(s)" + (":" if incidents else ""))
@@ -285,7 +287,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         presented = i.presented_checkpoint.decode("utf-8", "replace").split("\n\n")[0]
         lines.append("    accepted:  " + accepted.replace("\n", " | "))
         lines.append("    presented: " + presented.replace("\n", " | "))
-    _print(args, data, lines)
+    # What a host presented (its checkpoint's lines, messages quoting them) is its own text.
+    _print(args, data, [shown(line) for line in lines])
     return EXIT_OK if not incidents else 1
 
 

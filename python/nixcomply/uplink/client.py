@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import pydantic
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from nixcomply.core.display import shown
 from nixcomply.errors import NixcomplyError, UsageError
 from nixcomply.model import httpsig
 from nixcomply.model.fleet import (
@@ -32,13 +33,16 @@ from nixcomply.model.fleet import (
 logger = logging.getLogger(__name__)
 M = TypeVar("M", bound=pydantic.BaseModel)
 JSON: Final = "application/json"
+MAX_MESSAGE: Final = 500
 
 
 class UplinkError(NixcomplyError):
     """The server refused a request (4xx/5xx with a JSON error body): ``code`` says why."""
 
     def __init__(self, status: int, error: ErrorBody, *, retry_after: int | None = None) -> None:
-        super().__init__(f"the server refused the request: {error.code.value} ({status}): {error.message}")
+        # The server's words reach logs, `nixcomply status` and a terminal: bounded, escaped.
+        said = shown(error.message[:MAX_MESSAGE])
+        super().__init__(f"the server refused the request: {error.code.value} ({status}): {said}")
         self.status = status
         self.error = error
         self.retry_after = retry_after  # seconds, from Retry-After (429, 503)
