@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import pytest
 from fixtures_evidence import Keys, fill, open_store, pinned_copy, write_keyring
 
 from conftest import REPO, Cli
+from nixcomply.evidence import packet as packet_module
 from nixcomply.evidence.checkpoint import parse_note
 from nixcomply.evidence.cosignature import Witness, check_newest, generate_witness
 from nixcomply.evidence.verify import verify
@@ -428,3 +430,78 @@ def test_file_names_planted_in_the_store_never_reach_the_terminal_raw(
     assert printed in r.out, r.out
     r = cli("evidence", "verify", store, "--keyring", pinned_copy(store), "--json")
     assert name in json.loads(r.out)["first_error"]["path"]  # JSON carries it exactly, escaped
+
+
+# -- a packet .zip built to confuse or exhaust the verifier ---------------------------------------
+
+
+def _packet(cli: Cli, store: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "packet.zip"
+    r = cli(
+        "evidence", "export", "--from", "2026-01-01", "--to", "2026-12-31", "-o", out, "--state-dir", store
+    )
+    assert r.code == 0, r.err
+    return out
+
+
+def _rewrite(packet: Path, out: Path, extra: list[tuple[zipfile.ZipInfo | str, bytes]]) -> Path:
+    with zipfile.ZipFile(packet) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info, src.read(info))
+        for name, data in extra:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "Duplicate name": the point of the test
+                dst.writestr(name, data)
+    return out
+
+
+def test_a_zip_with_two_members_of_one_name_is_refused(cli: Cli, store: Path, tmp_path: Path) -> None:
+    """Extraction kept the last of two members named alike and verified it; another zip tool
+    shows the auditor the first: one packet, two contents."""
+    packet = _packet(cli, store, tmp_path)
+    with zipfile.ZipFile(packet) as zf:
+        name = next(n for n in zf.namelist() if n.endswith("statement.json"))
+        original = zf.read(name)
+    doubled = _rewrite(packet, tmp_path / "doubled.zip", [(name, original.replace(b"success", b"failure"))])
+    r = cli("evidence", "verify", doubled, "--keyring", pinned_copy(store))
+    assert r.code == 1, r.out + r.err
+    assert f"{name!r} appears twice" in r.err
+    assert "Traceback" not in r.err
+
+
+def test_a_corrupted_member_is_tampering_not_a_crash(cli: Cli, store: Path, tmp_path: Path) -> None:
+    packet = _packet(cli, store, tmp_path)
+    data = bytearray(packet.read_bytes())
+    with zipfile.ZipFile(packet) as zf:
+        info = zf.getinfo("packet.json")
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    data[start + 5] ^= 0xFF  # inside the compressed bytes: the CRC no longer matches
+    bad = tmp_path / "bad.zip"
+    bad.write_bytes(bytes(data))
+    r = cli("evidence", "verify", bad, "--keyring", pinned_copy(store))
+    assert r.code in (1, 2), r.out + r.err
+    assert "packet.json" in r.err
+    assert "internal error" not in r.err
+    assert "Traceback" not in r.err
+
+
+def test_a_member_under_a_member_that_is_a_file_is_refused(cli: Cli, store: Path, tmp_path: Path) -> None:
+    packet = _packet(cli, store, tmp_path)
+    odd = _rewrite(packet, tmp_path / "odd.zip", [("packet.json/inside", b"x")])
+    r = cli("evidence", "verify", odd, "--keyring", pinned_copy(store))
+    assert r.code == 1, r.out + r.err
+    assert "packet.json/inside" in r.err
+    assert "Traceback" not in r.err
+
+
+def test_a_zip_bomb_is_refused_before_it_is_extracted(
+    cli: Cli, store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Members were read whole into memory and written out, whatever they unpacked to."""
+    monkeypatch.setattr(packet_module, "MAX_MEMBER_BYTES", 4 * 1024 * 1024)
+    packet = _packet(cli, store, tmp_path)
+    bomb = _rewrite(packet, tmp_path / "bomb.zip", [("evidence/zeros", bytes(16 * 1024 * 1024))])
+    assert bomb.stat().st_size < 1024 * 1024
+    r = cli("evidence", "verify", bomb, "--keyring", pinned_copy(store))
+    assert r.code == 1, r.out + r.err
+    assert "'evidence/zeros' unpacks to 16777216 bytes" in r.err
