@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 PYTEST := $(BIN)/python -m pytest -c python/pyproject.toml --rootdir=.
-APT_PACKAGES := nix-bin libsystemd-dev pkg-config git \
+APT_PACKAGES := python3 python3-venv nix-bin libsystemd-dev pkg-config git \
   openssh-server nftables iptables auditd chrony cryptsetup-bin restic borgbackup sudo kmod shellcheck \
   postgresql
 
@@ -20,7 +20,8 @@ system-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 
-$(VENV)/.installed: python/pyproject.toml
+# The Debian packages first (python3-venv among them), even under `make -j`.
+$(VENV)/.installed: python/pyproject.toml | system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e 'python[test,systemd,server]'
@@ -51,6 +52,7 @@ render: deps
 	$(BIN)/nixcomply render baseline/hipaa-v1.yaml --nixos-release unstable -o modules/baselines/hipaa-v1.unstable.nix
 	$(BIN)/nixcomply baseline schema -o baseline/baseline.schema.json
 	$(BIN)/python tests/optionsdoc.py
+	$(BIN)/python tests/clidoc.py
 
 # The whole cycle on a sandbox host (render, switch, revert, verify); kept in .demo/ for a look.
 demo: deps

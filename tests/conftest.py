@@ -19,6 +19,7 @@ from nixcomply.cli import main
 pytest_plugins = [
     "fuzzing",
     "boundary",
+    "fixtures_checks",
     "fixtures_systemd",
     "fixtures_nix",
     "fixtures_reconcile",
@@ -49,6 +50,33 @@ NIX_CONFIG = "\n".join(
 # loopback ports picked and then bound); tests marked `host` elsewhere count too.
 HOST_STATE_MODULES: Final = frozenset({"test_checks_integration.py", "test_vm_twins.py"})
 HOST_STATE_LOCK: Final = Path(tempfile.gettempdir()) / "nixcomply-tests-host-state.lock"
+
+
+# Where a real host keeps nixcomply's configuration, state and keys: no test may create them
+# (each test gets its own directories; a default path reached by mistake shows here).
+HOST_PATHS: Final = tuple(
+    Path(p)
+    for p in (
+        "/etc/nixcomply",
+        "/etc/nixcomply-server",
+        "/var/lib/nixcomply",
+        "/var/lib/nixcomply-keys",
+        "/var/lib/nixcomply-server-keys",
+    )
+)
+_absent_at_start: list[Path] = []
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not hasattr(session.config, "workerinput"):  # once, in the controller (pytest-xdist)
+        _absent_at_start.extend(p for p in HOST_PATHS if not p.exists())
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    created = [p for p in _absent_at_start if p.exists()]
+    if created:
+        print(f"\nthe tests created {', '.join(map(str, created))} on this machine: a default path was used")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -13,8 +13,10 @@ from typing import Any
 
 import pytest
 
-from conftest import DATA
-from nixcomply.baseline.models import Parameters
+from conftest import DATA, REPO
+from nixcomply.baseline.controlsmap import MapRow, load_controls_map
+from nixcomply.baseline.load import load_baseline
+from nixcomply.baseline.models import Baseline, Parameters
 from nixcomply.checks.config import ChecksConfig
 from nixcomply.checks.context import FALLBACK_PARAMETERS, CheckContext, GenerationStatus, SystemdLike
 from nixcomply.model.manifest import Manifest
@@ -165,3 +167,18 @@ class FakeSystemd:
         if name not in self.units:
             raise LookupError(f"unit {name} not found")
         return self.units[name]
+
+
+# -- the shipped baseline and controls map, loaded once for every test that reads them ----------
+
+
+@pytest.fixture(scope="session")
+def baseline() -> Baseline:
+    """baseline/hipaa-v1.yaml (read only: a test that changes a control copies it first)."""
+    return load_baseline(REPO / "baseline" / "hipaa-v1.yaml").baseline
+
+
+@pytest.fixture(scope="session")
+def controls_map() -> list[MapRow]:
+    """baseline/controls-map.csv, row by row (read only)."""
+    return load_controls_map(REPO / "baseline" / "controls-map.csv")

@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -88,10 +89,15 @@ def readme_with_table(readme: str) -> str:
     return readme[: start + len(BEGIN)] + "\n" + table() + "\n" + readme[end:]
 
 
-if __name__ == "__main__":
+def rewrite_readme(generate: Callable[[str], str], what: str) -> None:
+    """README.md with ``generate``'s sections written afresh (``make render``)."""
     path = REPO / "README.md"
     text = path.read_text()
-    new = readme_with_table(text)
+    new = generate(text)
     if new != text:
         path.write_text(new)
-        print("README.md: options table written", file=sys.stderr)
+        print(f"README.md: {what} written", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    rewrite_readme(readme_with_table, "options table")

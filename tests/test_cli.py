@@ -1,14 +1,13 @@
 from __future__ import annotations
 
 import argparse
-import re
 import subprocess
 import sys
 
 import pytest
 
-from conftest import REPO, Cli
-from nixcomply import __version__, errors
+from conftest import Cli
+from nixcomply import __version__
 from nixcomply import cli as cli_module
 from nixcomply.checks.base import CheckError
 from nixcomply.errors import EXIT_INTERRUPTED, NixcomplyError
@@ -38,18 +37,6 @@ def test_module_entry_point() -> None:
     )
     assert r.returncode == 0
     assert __version__ in r.stdout
-
-
-def test_exit_codes_are_one_table_the_readme_states() -> None:
-
-    table = {name: value for name, value in vars(errors).items() if name.startswith("EXIT_")}
-    assert len(set(table.values())) == len(table), table
-    assert set(table.values()) == {0, 1, 2, 3, 70, 74, 75, 130, 141}
-    readme = (REPO / "README.md").read_text()
-    sentence = readme[readme.index("Exit codes: ") :].split("\n\n")[0]
-    assert {int(n) for n in re.findall(r"\b(\d+) ", sentence)} == set(table.values())
-    doc = errors.__doc__ or ""
-    assert all(f"``{name}``" in doc for name in table), "every code is documented in errors.py"
 
 
 def test_interrupt_exits_130_and_check_errors_are_deliberate(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,29 +4,13 @@ those controls' runtime checks. Auditors read both files; they must never disagr
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
-
-from conftest import REPO
-from nixcomply.baseline.controlsmap import MapRow, load_controls_map
-from nixcomply.baseline.load import load_baseline
+from nixcomply.baseline.controlsmap import MapRow
 from nixcomply.baseline.models import Baseline
 from nixcomply.model.status import Coverage
 
 
-@pytest.fixture(scope="module")
-def rows() -> list[MapRow]:
-    return load_controls_map(REPO / "baseline" / "controls-map.csv")
-
-
-@pytest.fixture(scope="module")
-def baseline() -> Baseline:
-    return load_baseline(Path(REPO / "baseline" / "hipaa-v1.yaml")).baseline
-
-
-def test_every_control_cites_a_real_row(rows: list[MapRow], baseline: Baseline) -> None:
-    citations = {r.citation for r in rows}
+def test_every_control_cites_a_real_row(controls_map: list[MapRow], baseline: Baseline) -> None:
+    citations = {r.citation for r in controls_map}
     for control in baseline.controls:
         for citation in control.frameworks.hipaa:
             assert citation in citations, (
@@ -34,15 +18,17 @@ def test_every_control_cites_a_real_row(rows: list[MapRow], baseline: Baseline) 
             )
 
 
-def test_every_referenced_control_exists(rows: list[MapRow], baseline: Baseline) -> None:
+def test_every_referenced_control_exists(controls_map: list[MapRow], baseline: Baseline) -> None:
     ids = {c.id for c in baseline.controls}
-    for row in rows:
+    for row in controls_map:
         for control_id in row.controls:
             assert control_id in ids, f"line {row.line} ({row.citation}) lists unknown control {control_id}"
 
 
-def test_rows_list_exactly_the_controls_that_cite_them(rows: list[MapRow], baseline: Baseline) -> None:
-    for row in rows:
+def test_rows_list_exactly_the_controls_that_cite_them(
+    controls_map: list[MapRow], baseline: Baseline
+) -> None:
+    for row in controls_map:
         citing = {c.id for c in baseline.controls if row.citation in c.frameworks.hipaa}
         assert set(row.controls) == citing, (
             f"line {row.line} ({row.citation}): CSV lists {sorted(row.controls)}, "
@@ -50,13 +36,13 @@ def test_rows_list_exactly_the_controls_that_cite_them(rows: list[MapRow], basel
         )
 
 
-def test_rows_list_exactly_their_controls_checks(rows: list[MapRow], baseline: Baseline) -> None:
+def test_rows_list_exactly_their_controls_checks(controls_map: list[MapRow], baseline: Baseline) -> None:
     checks = {c.id: c.verify.check for c in baseline.controls}
-    for row in rows:
+    for row in controls_map:
         expected = set() if row.coverage == Coverage.ATTESTATION else {checks[c] for c in row.controls}
         assert set(row.checks) == expected, f"line {row.line} ({row.citation}): checks {sorted(row.checks)}"
 
 
-def test_every_control_is_on_the_map(rows: list[MapRow], baseline: Baseline) -> None:
-    mapped = {c for r in rows for c in r.controls}
+def test_every_control_is_on_the_map(controls_map: list[MapRow], baseline: Baseline) -> None:
+    mapped = {c for r in controls_map for c in r.controls}
     assert mapped == {c.id for c in baseline.controls}

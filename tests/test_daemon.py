@@ -67,11 +67,10 @@ def test_daemon_is_ready_pets_the_watchdog_and_stops_cleanly(fresh: ReconcileWor
         assert "last run" in state.status_text
         assert "in-sync" in state.status_text
 
-        started = time.monotonic()
         assert sd.stop(UNIT, timeout=30) == "done"
-        assert time.monotonic() - started < 20, "SIGTERM ends the daemon within TimeoutStopSec"
         stopped = sd.unit_state(UNIT)
-        assert (stopped.active_state, stopped.result) == ("inactive", "success")
+        # systemd bounds the stop: past TimeoutStopSec it kills, and the result is "timeout"
+        assert (stopped.active_state, stopped.result) == ("inactive", "success"), "SIGTERM ends the daemon"
     finally:
         sd.stop(UNIT, timeout=30)
         sd.close()

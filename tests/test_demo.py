@@ -4,20 +4,40 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from test_readme import readme_after_demo
 
 from conftest import Cli
 from nixcomply.evidence.verify import verify_path
 from nixcomply.server.devdb import PrivateCluster
 
 
-def test_demo_switches_then_reverts_and_verifies(cli: Cli, tmp_path: Path, nix_env: dict[str, str]) -> None:
-    out = tmp_path / "demo"
-    r = cli("demo", "--dir", out, "--json")
+@pytest.fixture
+def checkout(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A directory laid out like a checkout after `make demo` would be (`.venv` is this
+    interpreter's), where the `postgres` user may enter (pytest's own are 0700), as cwd."""
+    where = Path(tempfile.mkdtemp(prefix="nixcomply-checkout-"))
+    where.chmod(0o755)
+    (where / ".venv").symlink_to(sys.prefix)
+    monkeypatch.chdir(where)
+    try:
+        yield where
+    finally:
+        shutil.rmtree(where)
+
+
+def test_demo_switches_then_reverts_and_verifies(cli: Cli, checkout: Path, nix_env: dict[str, str]) -> None:
+    r = cli("demo", "--dir", ".demo", "--json")
     assert r.code == 0, r.err
+    out = checkout / ".demo"
     summary = json.loads(r.out)
     install, healthy, broken = summary["steps"]
     assert install["step"] == "install"
@@ -35,6 +55,24 @@ def test_demo_switches_then_reverts_and_verifies(cli: Cli, tmp_path: Path, nix_e
     assert "blocked" in r.out
     check_metrics(out / "host" / "metrics" / "nixcomply.prom")
     check_fleet(summary["fleet"], out, cli)
+    check_readme_after_demo(summary["after"], checkout)
+
+
+def check_readme_after_demo(printed: list[str], checkout: Path) -> None:
+    """The commands the README shows after `make demo` are the ones the demo prints (with
+    `.venv/bin/`, as `make demo` runs it), and each works as written, in a shell, from the
+    checkout: the database started for the server's status is stopped again."""
+    shown = readme_after_demo()
+    assert [c.replace(".venv/bin/", "") for c in shown] == printed
+    outputs = []
+    for command in shown:
+        r = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=180, check=False)
+        assert r.returncode == 0, f"{command}: {r.stdout}{r.stderr}"
+        outputs.append(r.stdout)
+    assert outputs[0].startswith("host       clinic-01"), outputs[0]
+    assert "witness: the newest checkpoint" in outputs[1] and "witness: the newest checkpoint" in outputs[2]
+    assert "3 hosts, 8 entries, 3 cosigned checkpoints" in outputs[4], outputs[4]
+    assert not PrivateCluster(checkout / ".demo" / "server" / "pg").running()
 
 
 def check_fleet(fleet: dict[str, Any], out: Path, cli: Any) -> None:
@@ -51,16 +89,21 @@ def check_fleet(fleet: dict[str, Any], out: Path, cli: Any) -> None:
     assert fleet["incidents"] == 0
     assert fleet["checkpoints"] >= 3
     witness = fleet["witness_key"]
-    ring = fleet["keyring"]  # the auditor's copy, apart from the host: pinned
-    assert not Path(ring).is_relative_to(out / "host")
+    # The auditor's copy, apart from the host: pinned (the host's own would pin nothing).
+    ring = out / "auditor" / "keyring.json"
+    assert (
+        cli(
+            "evidence", "verify", out / "host" / "state", "--keyring", out / "host" / "state" / "keyring.json"
+        ).code
+        == 3
+    )
     r = cli("evidence", "verify", out / "host" / "state", "--witness", witness, "--keyring", ring)
     assert r.code == 0, r.out
     r = cli("evidence", "verify", fleet["packet"], "--witness", witness, "--keyring", ring)
     assert r.code == 0, r.out
     database = Path(fleet["database"])
+    assert database.is_relative_to(out.resolve()), "in a tree postgres may enter, the cluster is the demo's"
     assert not PrivateCluster(database).running(), "the demo leaves no database running"
-    if not database.is_relative_to(out):  # kept in /tmp: pytest's directories are 0700
-        shutil.rmtree(database)
 
 
 def check_metrics(path: Path) -> None:

@@ -205,7 +205,7 @@ def test_export_packet_verifies_and_detects_edits(cli: Cli, store: Path, tmp_pat
     assert any(line.startswith("hipaa,164.308(a)(5)(i),164.308(a)(5)(i),attested") for line in index)
     assert meta["tree_size"] == 6
     assert [e["seq"] for e in meta["entries"]] == list(range(6))
-    assert "nixcomply evidence verify packet.zip --keyring" in readme
+    assert "nixcomply evidence verify . --keyring" in readme  # tests/test_packet_readme.py runs it
 
     r = cli("evidence", "verify", packet, "--keyring", pinned_copy(store))
     assert r.code == 0, r.out + r.err

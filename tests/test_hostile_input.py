@@ -53,7 +53,7 @@ YAML_VERBS = [
     ("runbook", "validate"),
     ("baseline", "validate"),
     ("render",),
-    ("check", "--only", "backup", "--root", "/nonexistent", "--config"),
+    ("check", "--only", "backup", "--root", "/", "--config"),
 ]
 
 
@@ -274,13 +274,18 @@ def test_a_read_only_state_directory_is_an_environment_error(tmp_path: Path) -> 
         subprocess.run(["umount", ro], check=True)
 
 
-def test_a_closed_pipe_ends_quietly() -> None:
+def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     """The reader is gone before the first write (``| head`` that has seen enough): no
     traceback, no "internal error", exit 141 like a tool killed by SIGPIPE."""
-    for args in (("baseline", "controls"), ("render",), ("runbook", "list")):
-        child = subprocess.Popen(
-            [sys.executable, "-m", "nixcomply", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
+    server = ("-c", "import sys; from nixcomply.server.cli import main; sys.exit(main())")
+    for args in (
+        ("-m", "nixcomply", "baseline", "controls"),
+        ("-m", "nixcomply", "render"),
+        ("-m", "nixcomply", "runbook", "list"),
+        ("-m", "nixcomply", "--version"),  # answered before the parsers are built
+        (*server, "witness", "keygen", "--name", "w.example/x", "--out", str(tmp_path / "w.key")),
+    ):
+        child = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         assert child.stdout is not None and child.stderr is not None
         child.stdout.close()
         err = child.stderr.read()

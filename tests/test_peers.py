@@ -21,7 +21,6 @@ from typing import Any, Final
 import pytest
 
 from conftest import REPO
-from nixcomply.baseline.load import load_baseline
 from nixcomply.baseline.models import Baseline, Control
 from nixcomply.checks.audit_rules import canonical_rule
 
@@ -71,11 +70,6 @@ def rows() -> list[dict[str, str]]:
         reader = csv.DictReader(f)
         assert tuple(reader.fieldnames or ()) == COLUMNS
         return list(reader)
-
-
-@pytest.fixture(scope="module")
-def baseline() -> Baseline:
-    return load_baseline(REPO / "baseline" / "hipaa-v1.yaml").baseline
 
 
 def audit_rules_of(control: Control) -> list[tuple[Any, ...]]:

@@ -25,6 +25,7 @@ from sqlalchemy import create_engine, func, select
 from test_server_api import enrolled, raw
 from test_server_ingest import twin
 
+from nixcomply.errors import EXIT_TEMPFAIL
 from nixcomply.evidence.checkpoint import Checkpoint
 from nixcomply.evidence.cosignature import Witness
 from nixcomply.model.fleet import EnrollRequest, UploadRequest
@@ -190,9 +191,10 @@ def test_the_database_url_and_its_password_are_never_printed(
         "NIXCOMPLY_SERVER_DATABASE_URL", f"postgresql+psycopg://nx:hunter2@/db?host={tmp_path}/nowhere"
     )
     code, out, err = server(path, "status", capsys=capsys)
-    assert code == 1
+    assert code == EXIT_TEMPFAIL
     assert "hunter2" not in out + err
-    assert err == "nixcomply-server: error: cannot reach the database\n"
+    assert err.splitlines()[0] == "nixcomply-server: error: cannot reach the database"
+    assert err.splitlines()[1].startswith("nixcomply-server: hint: check that PostgreSQL runs")
 
 
 def test_status_never_shows_secrets_from_the_urls_query(

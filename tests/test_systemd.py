@@ -6,6 +6,7 @@ real units in the session's ``systemd --user`` (tests/fixtures_systemd.py).
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -379,7 +380,10 @@ def test_session_manager_is_the_one_we_started(user_manager: UserManager) -> Non
 
 @pytest.mark.systemd
 def test_second_manager_runs_beside_the_first_and_stops_cleanly(
-    tmp_path_factory: pytest.TempPathFactory, user_systemd: Systemd, units: Units
+    tmp_path_factory: pytest.TempPathFactory,
+    user_systemd: Systemd,
+    units: Units,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Each manager has its own cgroup tree: stopping one leaves the other's units alone."""
     neighbour = units.service(SLEEP)
@@ -397,8 +401,10 @@ def test_second_manager_runs_beside_the_first_and_stops_cleanly(
             Path(line.split(":", 2)[2])
             for line in Path(f"/proc/{manager_pid}/cgroup").read_text().splitlines()
         ]
-        start = time.monotonic()
-    assert time.monotonic() - start < 5, "the manager did not stop on SIGTERM"
+        caplog.set_level(logging.INFO, logger="nixcomply.sandbox.usermanager")
+    # stop() says when it had to SIGKILL (no wall-clock bound: a loaded machine is slow)
+    assert "ignored SIGTERM" not in caplog.text, "the manager did not stop on SIGTERM"
+    assert "stopped (status 0)" in caplog.text, caplog.text
     assert pid is not None
     assert manager_pid is not None
     assert um.pid is None

@@ -21,6 +21,7 @@ from nixcomply.errors import (
     EXIT_INTERRUPTED,
     EXIT_PIPE,
     EXIT_USAGE,
+    HELP_EXIT_STATUS,
     HostIOError,
     NixcomplyError,
 )
@@ -61,14 +62,17 @@ def add_verb(
     help: str,
     aliases: Sequence[str] = (),
     description: str | None = None,
+    common: argparse.ArgumentParser = COMMON,
 ) -> argparse.ArgumentParser:
-    """Add one verb with the common options; its handler returns the exit code."""
+    """Add one verb with the common options (``common``: ``nixcomply``'s by default); its
+    handler returns the exit code."""
     parser = subparsers.add_parser(
-        name,
+        # a plain str: argparse shows a StrEnum's repr (<Verb.PLAN: 'plan'>) in its errors
+        str(name),
         help=help,
         description=description or help,
         aliases=list(aliases),
-        parents=[COMMON],
+        parents=[common],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.set_defaults(handler=handler)
@@ -76,10 +80,15 @@ def add_verb(
 
 
 def add_group(
-    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], name: str, *, help: str
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    *,
+    help: str,
+    common: argparse.ArgumentParser = COMMON,
 ) -> argparse._SubParsersAction[argparse.ArgumentParser]:
-    """Add a verb that has verbs of its own (``nixcomply evidence verify``)."""
-    parser = subparsers.add_parser(name, help=help, description=help, parents=[COMMON])
+    """Add a verb that has verbs of its own (``nixcomply evidence verify``); without one it
+    prints its help and exits 2."""
+    parser = subparsers.add_parser(name, help=help, description=help, parents=[common])
     parser.set_defaults(handler=_group_help(parser))
     return parser.add_subparsers(title="commands", metavar="COMMAND")
 
@@ -97,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nixcomply",
         description="NixOS-native compliance: render baselines, reconcile hosts, keep signed evidence.",
+        epilog=HELP_EXIT_STATUS,
         parents=[COMMON],
     )
     parser.add_argument("--version", action="version", version=f"nixcomply {__version__}")
@@ -119,7 +129,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if given == ["--version"]:
         # answered before the verbs' modules load and their parsers are built: a script
         # asking for the version pays for the interpreter and this module only
-        print(f"nixcomply {__version__}")
+        try:
+            print(f"nixcomply {__version__}", flush=True)
+        except BrokenPipeError:
+            _discard_stdout()
+            return EXIT_PIPE
         return 0
     return run(build_parser(), argv, prog="nixcomply")
 

@@ -19,7 +19,7 @@ spells a number):
   a read-only filesystem, a missing directory, a directory where a file belongs, no
   permission. Nothing is wrong with the input; the message names the path;
 * 75 (``EXIT_TEMPFAIL``, EX_TEMPFAIL): temporarily unavailable (another reconciler holds
-  the lock); retry later;
+  the lock, the evidence server's database cannot be reached); retry later;
 * 130 (``EXIT_INTERRUPTED``, 128 + SIGINT): interrupted by Ctrl-C;
 * 141 (``EXIT_PIPE``, 128 + SIGPIPE): the reader of the output went away
   (``nixcomply ... | head``); nothing is printed about it, as other Unix tools do.
@@ -43,6 +43,15 @@ EXIT_IO: Final = 74
 EXIT_TEMPFAIL: Final = 75
 EXIT_INTERRUPTED: Final = 130
 EXIT_PIPE: Final = 141
+
+# The table above in one line, for the end of `nixcomply --help` and `nixcomply-server --help`.
+HELP_EXIT_STATUS: Final = (
+    f"exit status: {EXIT_OK} success, {EXIT_FAILURE} something was found wrong, {EXIT_USAGE} bad usage "
+    f"or input (the message names it), {EXIT_WARNINGS} success with warnings, {EXIT_INTERNAL} a bug "
+    f"(run again with --debug), {EXIT_IO} the machine refused (disk, filesystem, a path), "
+    f"{EXIT_TEMPFAIL} try again later, {EXIT_INTERRUPTED} interrupted, {EXIT_PIPE} the output was "
+    "closed; the README's exit codes say more"
+)
 
 
 class NixcomplyError(Exception):
@@ -103,9 +112,15 @@ class InputError(NixcomplyError):
 
     @classmethod
     def single(
-        cls, file: Path | None, message: str, *, line: int | None = None, field: str = ""
+        cls,
+        file: Path | None,
+        message: str,
+        *,
+        line: int | None = None,
+        field: str = "",
+        hint: str | None = None,
     ) -> InputError:
-        return cls([Problem(file=file, line=line, field=field, message=message)])
+        return cls([Problem(file=file, line=line, field=field, message=message)], hint=hint)
 
 
 class CommandError(NixcomplyError):

@@ -5,9 +5,24 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TypedDict
 
 from nixcomply.cli import add_group, add_verb
 from nixcomply.errors import EXIT_FAILURE, EXIT_OK, UsageError
+
+
+class ControlJson(TypedDict):
+    """Each item of ``baseline controls --json`` (stable: fields are added, never renamed or
+    removed). ``frameworks`` maps ``hipaa``, ``soc2``, ``cis_v8``, ``nist_800_53`` and
+    ``nist_csf`` to their references; ``options`` are the NixOS options the control sets."""
+
+    id: str
+    title: str
+    severity: str
+    frameworks: dict[str, list[str]]
+    check: str
+    remediation: str
+    options: list[str]
 
 
 def _baseline_arg(parser: argparse.ArgumentParser, *, nargs: str | None = "?") -> None:
@@ -38,13 +53,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ),
     )
     _baseline_arg(render)
-    render.add_argument("-o", "--output", type=Path, help="write the module here (default: stdout)")
+    render.add_argument(
+        "-o", "--output", type=Path, metavar="FILE", help="write the module here (default: stdout)"
+    )
     render.add_argument(
         "--nixos-release",
         metavar="RELEASE",
         help="spell option names for this NixOS release: 26.05 or unstable (default: the baseline's)",
     )
-    render.add_argument("--check", action="store_true", help="fail if OUTPUT is not what rendering gives")
+    render.add_argument(
+        "--check", action="store_true", help="fail if FILE is not what rendering gives (needs -o)"
+    )
 
     group = add_group(subparsers, "baseline", help="inspect and validate baselines")
     validate = add_verb(group, "validate", cmd_validate, help="validate baseline files")
@@ -61,8 +80,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     controls.add_argument("--json", action="store_true", help="machine-readable output")
 
     schema = add_verb(group, "schema", cmd_schema, help="write the JSON Schema of baseline files")
-    schema.add_argument("-o", "--output", type=Path, help="write here (default: stdout)")
-    schema.add_argument("--check", action="store_true", help="fail if OUTPUT is stale")
+    schema.add_argument("-o", "--output", type=Path, metavar="FILE", help="write here (default: stdout)")
+    schema.add_argument("--check", action="store_true", help="fail if FILE is stale (needs -o)")
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -144,7 +163,7 @@ def cmd_controls(args: argparse.Namespace) -> int:
 
     baseline = load_baseline(_default_baseline(args.baseline)).baseline
     if args.json:
-        rows = [
+        rows: list[ControlJson] = [
             {
                 "id": c.id,
                 "title": c.title,

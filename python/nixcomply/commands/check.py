@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nixcomply.cli import add_verb
-from nixcomply.errors import EXIT_FAILURE, EXIT_OK
+from nixcomply.errors import EXIT_FAILURE, EXIT_OK, UsageError
 
 if TYPE_CHECKING:
     from nixcomply.checks.config import ChecksConfig
@@ -32,7 +32,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("--json", action="store_true", help="print the JSON report even on a terminal")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these checks")
-    parser.add_argument("--root", type=Path, help="host root to look at (default: the configuration's, or /)")
+    parser.add_argument(
+        "--root", type=Path, metavar="DIR", help="host root to look at (default: the configuration's, or /)"
+    )
     parser.add_argument(
         "--config",
         type=Path,
@@ -76,6 +78,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         for name, (what, expect) in sorted(CHECKS.items()):
             print(f"{name:<16} {what}\n{'':<16} expect: {expect}")
         return EXIT_OK
+    if args.root is not None and not args.root.is_dir():
+        raise UsageError(f"--root {args.root}: not a directory", hint="give the host's root, / by default")
     names = select(args.only) if args.only else select(None)
     settings: dict[str, Any] = {}
     config_path = args.config

@@ -38,33 +38,49 @@ def _store_options(parser: argparse.ArgumentParser, *, keys: bool = True) -> Non
         "--state-dir",
         type=Path,
         default=DEFAULT_STATE_DIR,
-        help=f"the evidence store's root (default {DEFAULT_STATE_DIR})",
+        metavar="DIR",
+        help=f"the evidence store's root (default: {DEFAULT_STATE_DIR})",
     )
-    parser.add_argument("--keyring", type=Path, help="keyring file (default STATE_DIR/keyring.json)")
+    parser.add_argument(
+        "--keyring", type=Path, metavar="FILE", help="keyring file (default: DIR/keyring.json)"
+    )
     if keys:
         parser.add_argument(
             "--signing-key",
+            metavar="FILE",
             help="bundle signing key file (ignored under systemd: $CREDENTIALS_DIRECTORY/"
             "nixcomply-evidence-bundle-key)",
         )
         parser.add_argument(
             "--log-key",
+            metavar="FILE",
             help="log (checkpoint) key file (under systemd: $CREDENTIALS_DIRECTORY/nixcomply-evidence-log-key)",
         )
-        parser.add_argument("--origin", help="the log's origin line (default: the log key's name)")
+        parser.add_argument(
+            "--origin", metavar="ORIGIN", help="the log's origin line (default: the log key's name)"
+        )
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     group = cli.add_group(
-        subparsers, "evidence", help="signed, tamper-evident evidence: verify, export, attest"
+        subparsers, "evidence", help="signed, tamper-evident evidence: keys, verify, export, attest"
     )
 
     p = cli.add_verb(group, "keygen", _keygen, help="generate an Ed25519 key for signing evidence")
     p.add_argument("--role", choices=("bundle", "log"), required=True, help="what the key signs")
     p.add_argument("--name", help="key name, no spaces or '+' (default HOST/evidence-ROLE)")
-    p.add_argument("--out", type=Path, required=True, help="private key file to write (mode 0600)")
     p.add_argument(
-        "--keyring", type=Path, help="also add the public key to this keyring (created if missing)"
+        "--out",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="private key file to write (mode 0600) and FILE.pub",
+    )
+    p.add_argument(
+        "--keyring",
+        type=Path,
+        metavar="FILE",
+        help="also add the public key to this keyring (created if missing)",
     )
 
     p = cli.add_verb(
@@ -82,10 +98,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "(among them: the keyring is not pinned)"
         ),
     )
-    p.add_argument("path", type=Path, metavar="DIR", help="store root, packet directory or packet .zip")
+    p.add_argument(
+        "path", type=Path, metavar="STORE|PACKET", help="store root, packet directory or packet .zip"
+    )
     p.add_argument(
         "--keyring",
         type=Path,
+        metavar="FILE",
         help="your copy of the keyring, obtained out of band (default: DIR/keyring.json, not pinned: exit 3)",
     )
     p.add_argument(
@@ -107,14 +126,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="also verify the log-key signature and recompute the root of every older checkpoint "
         "(by default each is checked against the digest the next entry signed)",
     )
-    p.add_argument("--jobs", type=int, help="worker processes (default: one per CPU)")
-    p.add_argument("--at", type=_date, help="judge expiry as of this date (default today, UTC)")
+    p.add_argument("--jobs", type=int, metavar="N", help="worker processes (default: one per CPU)")
+    p.add_argument(
+        "--at", type=_date, metavar="DATE", help="judge expiry as of this date (default: today, UTC)"
+    )
 
     p = cli.add_verb(group, "export", _export, help="write an auditor's packet for a period")
     p.add_argument("--from", dest="start", type=_date, required=True, metavar="DATE", help="first day (UTC)")
     p.add_argument("--to", dest="end", type=_date, required=True, metavar="DATE", help="last day (UTC)")
     p.add_argument("--controls", nargs="+", default=[], metavar="CONTROL", help="only bundles about these")
-    p.add_argument("-o", "--output", type=Path, required=True, help="packet .zip to write")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="FILE", help="packet .zip to write")
     p.add_argument(
         "--witness",
         metavar="VKEY",
@@ -128,14 +149,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument(
         "control", metavar="CONTROL", help="citation from controls-map.csv or a baseline control id"
     )
-    p.add_argument("--by", required=True, help="who attests (name or e-mail)")
-    p.add_argument("--evidence-url", required=True, help="link to the evidence (policy, records)")
-    p.add_argument("--expires", type=_date, required=True, help="date the attestation must be renewed by")
-    p.add_argument("--statement", required=True, help="what is attested")
-    p.add_argument("--controls-map", type=Path, help="controls-map.csv (default: nixcomply's own)")
+    p.add_argument("--by", required=True, metavar="WHO", help="who attests (name or e-mail)")
+    p.add_argument(
+        "--evidence-url", required=True, metavar="URL", help="link to the evidence (policy, records)"
+    )
+    p.add_argument(
+        "--expires", type=_date, required=True, metavar="DATE", help="date the attestation must be renewed by"
+    )
+    p.add_argument("--statement", required=True, metavar="TEXT", help="what is attested")
+    p.add_argument(
+        "--controls-map", type=Path, metavar="FILE", help="controls-map.csv (default: nixcomply's own)"
+    )
     p.add_argument(
         "--baseline",
         type=Path,
+        metavar="FILE",
         help="baseline YAML, for a control id's framework references (default: hipaa-v1)",
     )
     _store_options(p)
@@ -143,15 +171,28 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = cli.add_verb(
         group, "rotate", _rotate, help="rotate the bundle or log key (signed by old and new key)"
     )
-    p.add_argument("--role", choices=("bundle", "log"), required=True)
-    p.add_argument("--new-key", type=Path, required=True, help="the new private key (from evidence keygen)")
-    p.add_argument("--reason", default="scheduled rotation")
+    p.add_argument("--role", choices=("bundle", "log"), required=True, help="which key to replace")
+    p.add_argument(
+        "--new-key",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="the new private key (from evidence keygen)",
+    )
+    p.add_argument(
+        "--reason", default="scheduled rotation", metavar="TEXT", help="why (recorded in the rotation entry)"
+    )
     _store_options(p)
 
     p = cli.add_verb(group, "revoke", _revoke, help="revoke a key of the keyring")
     p.add_argument("key", metavar="KEY", help="verifier key, key name, name+keyid or fingerprint")
-    p.add_argument("--reason", required=True)
-    p.add_argument("--from-seq", type=int, help="first entry the key may no longer vouch for (default: now)")
+    p.add_argument("--reason", required=True, metavar="TEXT", help="why (recorded in the revocation entry)")
+    p.add_argument(
+        "--from-seq",
+        type=int,
+        metavar="SEQ",
+        help="first entry the key may no longer vouch for (default: now)",
+    )
     _store_options(p)
 
 
@@ -208,6 +249,7 @@ def _verify(args: argparse.Namespace) -> int:
 
     from nixcomply.errors import UsageError
     from nixcomply.evidence.keyring import load_keyring
+    from nixcomply.evidence.log import COSIGNATURES
     from nixcomply.evidence.packet import read_pin
     from nixcomply.evidence.verify import VerifyProblem, verify_path
     from nixcomply.evidence.verify.directory import inside
@@ -254,11 +296,19 @@ def _verify(args: argparse.Namespace) -> int:
                 str(args.pin_checkpoint),
             )
         )
+    cosigned = None
+    if witness is not None and not any((p.path or "").startswith(COSIGNATURES) for p in report.errors):
+        cosigned = (
+            f"the newest checkpoint (size {report.checkpoint_size}) carries the valid cosignature "
+            f"of {witness.name}"
+        )
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
         for line in report.lines():
             print(line)
+        if cosigned is not None:
+            print(f"witness: {cosigned}")
     return report.exit_code
 
 
@@ -283,8 +333,18 @@ def _host_head(path: Path) -> LogHead | None:
 
 
 def _signers(args: argparse.Namespace) -> tuple[Signer, Signer]:
-    from nixcomply.evidence.keys import BUNDLE_CREDENTIAL, LOG_CREDENTIAL, load_signer
+    import os
 
+    from nixcomply.errors import UsageError
+    from nixcomply.evidence.keys import BUNDLE_CREDENTIAL, CREDENTIALS_ENV, LOG_CREDENTIAL, load_signer
+
+    if not os.environ.get(CREDENTIALS_ENV):
+        for option, given in (("--signing-key", args.signing_key), ("--log-key", args.log_key)):
+            if given is None:
+                raise UsageError(
+                    f"{option} is needed: this verb appends a signed entry to the log",
+                    hint="pass both key files (`evidence keygen --role bundle|log` made them)",
+                )
     return (
         load_signer(args.signing_key, credential=BUNDLE_CREDENTIAL),
         load_signer(args.log_key, credential=LOG_CREDENTIAL),
@@ -311,6 +371,8 @@ def _export(args: argparse.Namespace) -> int:
     from nixcomply.evidence.export import export_packet
     from nixcomply.evidence.keyring import load_keyring
 
+    if args.end < args.start:  # before the store is touched: a typo needs no keyring
+        raise UsageError(f"--to {args.end} is before --from {args.start}")
     if not args.state_dir.is_dir():
         raise UsageError(f"{args.state_dir}: no evidence store here")
     keyring = load_keyring(_keyring_path(args))

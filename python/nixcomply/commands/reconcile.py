@@ -12,14 +12,25 @@ import argparse
 import json
 import sys
 from enum import StrEnum
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from nixcomply.cli import add_verb
+from nixcomply.commands import config_option
 from nixcomply.errors import EXIT_FAILURE, EXIT_OK
 
 if TYPE_CHECKING:
     from nixcomply.reconcile.config import ReconcilerConfig
+
+
+class PlanJson(TypedDict):
+    """``plan --json``: what the host runs (``nixcomply.reconcile.model.HostState``), the
+    target the flake locks to (``Desired``) and the decision (``Plan``), each as
+    its model dumps to JSON. ``reconcile --json`` prints a ``CycleReport``, ``status --json``
+    a ``Status``."""
+
+    host: dict[str, Any]
+    desired: dict[str, Any]
+    plan: dict[str, Any]
 
 
 class Verb(StrEnum):
@@ -40,16 +51,6 @@ class Verb(StrEnum):
     RESET = "reset"
 
 
-def _config_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help="reconciler configuration (default: /etc/nixcomply/reconciler.json)",
-    )
-
-
 def load(args: argparse.Namespace) -> ReconcilerConfig:
     from nixcomply.reconcile.config import DEFAULT_CONFIG, load_config
 
@@ -58,7 +59,7 @@ def load(args: argparse.Namespace) -> ReconcilerConfig:
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     plan = add_verb(subparsers, Verb.PLAN, cmd_plan, help="say what reconciling would do, without doing it")
-    _config_arg(plan)
+    config_option(plan)
     plan.add_argument("--json", action="store_true", help="machine-readable output")
     plan.add_argument(
         "--no-build",
@@ -73,7 +74,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         aliases=["apply"],
         help="bring the host to the approved generation: build, test, health gate, switch or revert",
     )
-    _config_arg(rec)
+    config_option(rec)
     rec.add_argument("--dry-run", action="store_true", help="do everything but activate")
     rec.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -83,10 +84,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         cmd_daemon,
         help="reconcile periodically as a systemd Type=notify service (READY, WATCHDOG, STATUS)",
     )
-    _config_arg(daemon)
+    config_option(daemon)
 
     status = add_verb(subparsers, Verb.STATUS, cmd_status, help="one screen on the host for a technician")
-    _config_arg(status)
+    config_option(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
     reset = add_verb(
@@ -95,8 +96,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         cmd_reset,
         help="let a reverted revision be tried again and clear flap suppressions and cooldowns",
     )
-    _config_arg(reset)
-    reset.add_argument("--revision", help="clear only this revision's attempts")
+    config_option(reset)
+    reset.add_argument("--revision", metavar="REV", help="clear only this revision's attempts")
 
 
 def _print_json(data: Any) -> None:
@@ -109,13 +110,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     report = Reconciler(load(args), use_systemd=False).plan(build=not args.no_build)
     if args.json:
-        _print_json(
-            {
-                "host": report.host.model_dump(mode="json"),
-                "desired": report.target.desired.model_dump(mode="json"),
-                "plan": report.plan.model_dump(mode="json"),
-            }
-        )
+        planned: PlanJson = {
+            "host": report.host.model_dump(mode="json"),
+            "desired": report.target.desired.model_dump(mode="json"),
+            "plan": report.plan.model_dump(mode="json"),
+        }
+        _print_json(planned)
     else:
         p = report.plan
         print(f"{p.kind.value}: {p.reason}")

@@ -17,9 +17,10 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, assert_never
+from typing import TYPE_CHECKING, Any, TypedDict, assert_never
 
 from nixcomply.cli import add_group, add_verb
+from nixcomply.commands import config_option
 from nixcomply.errors import EXIT_FAILURE, EXIT_OK, InputError, Problem, UsageError
 
 if TYPE_CHECKING:
@@ -28,6 +29,20 @@ if TYPE_CHECKING:
     from nixcomply.heal.runbook import Runbook
     from nixcomply.host.systemd import Systemd, SystemdFactory
     from nixcomply.reconcile.config import ReconcilerConfig
+
+
+class RunbookJson(TypedDict):
+    """Each item of ``runbook list --json`` (stable: fields are added, never renamed or
+    removed). ``params`` holds each parameter's declaration as the runbook file states it
+    (``nixcomply.heal.runbook.Param``)."""
+
+    id: str
+    version: int
+    name: str
+    severity: str
+    disruptive: bool
+    controls: list[str]
+    params: dict[str, dict[str, Any]]
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -45,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ),
     )
     validate.add_argument("files", nargs="+", type=Path, metavar="FILE")
-    _config_arg(validate)
+    config_option(validate, if_present=True)
 
     listing = add_verb(group, "list", cmd_list, help="list the runbooks")
     _dir_arg(listing)
@@ -66,19 +81,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     run.add_argument("runbook", metavar="ID|FILE", help="RB-SERVICE-001, or a runbook file")
     run.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="a runbook parameter")
     run.add_argument("--dry-run", action="store_true", help="say what would run; execute nothing")
-    _config_arg(run)
+    config_option(run, if_present=True)
     _dir_arg(run)
     run.add_argument("--json", action="store_true", help="print the run as JSON")
-
-
-def _config_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help="reconciler configuration (default: /etc/nixcomply/reconciler.json when it exists)",
-    )
 
 
 def _dir_arg(parser: argparse.ArgumentParser) -> None:
@@ -133,7 +138,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         except InputError as e:
             problems.extend(e.problems)
     if args.json:
-        rows = [
+        rows: list[RunbookJson] = [
             {
                 "id": r.id,
                 "version": r.version,
@@ -170,10 +175,18 @@ def _load_runbook(ref: str, directory: Path) -> Runbook:
     if RUNBOOK_ID.match(ref) and "/" not in ref:
         path = directory / f"{ref}.yaml"
         if not path.exists():
-            known = ", ".join(sorted(p.stem for p in directory.glob("RB-*.yaml"))) or "none"
-            raise UsageError(f"no runbook {ref} in {directory} (known: {known})")
+            raise UsageError(f"no runbook {ref} in {directory} (known: {_known(directory)})")
         return load_runbook(path)
+    if not Path(ref).exists() and ref.startswith("RB-"):
+        raise UsageError(
+            f"{ref}: neither a runbook id (RB-AREA-NNN) of {directory} nor a file",
+            hint=f"known: {_known(directory)}",
+        )
     return load_runbook(Path(ref))
+
+
+def _known(directory: Path) -> str:
+    return ", ".join(sorted(p.stem for p in directory.glob("RB-*.yaml"))) or "none"
 
 
 def parse_params(items: list[str]) -> dict[str, str]:

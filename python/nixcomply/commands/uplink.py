@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from nixcomply.cli import add_verb
+from nixcomply.commands import config_option
 from nixcomply.errors import EXIT_FAILURE, EXIT_OK, EXIT_TEMPFAIL, EXIT_USAGE
 
 
@@ -23,14 +24,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         cmd_enroll,
         help="enroll this host with the MSP's evidence server (token from `nixcomply-server host invite`)",
     )
-    _config_arg(enroll)
-    enroll.add_argument("--server", help="the server's URL (default: upload.server of the configuration)")
+    config_option(enroll)
+    enroll.add_argument(
+        "--server", metavar="URL", help="the server's URL (default: upload.server of the configuration)"
+    )
     token = enroll.add_mutually_exclusive_group()
-    token.add_argument("--token", help="the single-use enrollment token")
-    token.add_argument("--token-file", type=Path, help="a file holding it (under systemd: the credential)")
+    token.add_argument("--token", metavar="TOKEN", help="the single-use enrollment token")
+    token.add_argument(
+        "--token-file", type=Path, metavar="FILE", help="a file holding it (under systemd: the credential)"
+    )
     enroll.add_argument("--if-needed", action="store_true", help="do nothing (exit 0) when already enrolled")
     enroll.add_argument(
-        "--hostname", help="the host name the token was made for (default: the config's host)"
+        "--hostname", metavar="NAME", help="the host name the token was made for (default: the config's host)"
     )
     upload = add_verb(
         subparsers,
@@ -38,13 +43,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         cmd_upload,
         help="send the evidence the server does not hold yet (the reconciler does this after every cycle)",
     )
-    _config_arg(upload)
+    config_option(upload)
     upload.add_argument("--force", action="store_true", help="try now, even while backing off")
     upload.add_argument("--json", action="store_true", help="machine-readable output")
-
-
-def _config_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, metavar="FILE", help="reconciler configuration")
 
 
 def _load(args: argparse.Namespace) -> object:

@@ -33,7 +33,10 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, durable: bool = 
     written with ``mode=0o600`` is never readable by others, not even for a moment.
     """
     directory = path.parent
-    fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise _naming(e, path) from e
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -43,12 +46,20 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, durable: bool = 
             if durable:
                 os.fsync(f.fileno())
         tmp.replace(path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if isinstance(e, OSError):
+            raise _naming(e, path) from e
         raise
     if durable:
         fsync_dir(directory)
+
+
+def _naming(e: OSError, path: Path) -> OSError:
+    """``e`` about ``path``: the temporary file's name means nothing to whoever asked for
+    ``path`` (the subclass, FileNotFoundError and the rest, follows from the errno)."""
+    return OSError(e.errno, e.strerror, os.fspath(path)) if e.errno is not None else e
 
 
 def atomic_write_text(path: Path, text: str, *, mode: int = 0o644, durable: bool = True) -> None:

@@ -58,6 +58,19 @@ class Exported:
     period: tuple[int, int]
 
 
+# The auditor's own copies, which the command in the packet's README names; the test that
+# runs that command (tests/test_evidence_export.py) puts real files there.
+YOUR_KEYRING: Final = "/path/to/your/keyring.json"
+YOUR_WITNESS: Final = "/path/to/your/witness.vkey"
+
+WITNESS_TEXT: Final = """With `--witness` (the verifier key of the IT provider's evidence server, which cosigns
+every checkpoint it accepted; `witness.vkey` in this packet is it, but take yours out of
+band, as the keyring), verify requires the witness's cosignature on the newest checkpoint:
+the host cannot have shown anyone another history."""
+
+NO_WITNESS_TEXT: Final = """This host was not enrolled with an evidence server when the packet was made: there is no
+witness cosignature to require (`--witness`)."""
+
 README: Final = """# nixcomply evidence packet
 
 Origin (log): `{origin}`. Period: {start} to {end} (dates of observation, UTC){controls}:
@@ -67,14 +80,17 @@ outside the period and the log's key rotations ({bundles} bundles in all). The l
 
 ## Verify it (one command)
 
-    nixcomply evidence verify {name} --keyring /path/to/your/copy/of/keyring.json
+In the directory that holds this README (the packet unpacked):
 
-Use a keyring you obtained from the clinic or its IT provider independently of this packet
-(or compare the fingerprints below with theirs): the signatures prove only that the
-holders of these keys made the records. Exit status 0 means every check passed, 3 that it
+    nixcomply evidence verify . --keyring {keyring}{witness_option}
+
+or, without unpacking, the same with `{name}` in place of `.`. Use a keyring you obtained
+from the clinic or its IT provider independently of this packet (or compare the
+fingerprints below with theirs): the signatures prove only that the holders of these keys
+made the records. Exit status 0 means every check passed, 3 that it
 passed with warnings (for example an attestation that has expired), 1 that something was
 altered or is missing (the first bad bundle is named), 2 that the command could not run.
-`nixcomply` runs from its flake: `nix run github:<org>/nixcomply -- evidence verify ...`.
+Without nixcomply installed: `nix shell github:<org>/nixcomply -c nixcomply evidence verify ...`.
 Without `--keyring` (or with the packet's own `keyring.json` or `pin.json`) verify uses the
 keyring inside the packet, which proves only that the packet is intact, not who made it: it
 then says so and exits 3. Keep `pin.json` outside the unpacked packet.
@@ -85,9 +101,7 @@ newest checkpoint (the next packet's log must extend it: nothing removed or rewr
 since) and its keyring (trusted from then on; a key change must come with signed rotation
 entries, which every packet carries).
 
-With `--witness witness.vkey` (the key of the IT provider's evidence server, which cosigns every
-checkpoint it accepted; compare it out of band too), verify requires the witness's
-cosignature on the newest checkpoint: the host cannot have shown anyone another history.
+{witness_text}
 
 Key fingerprints (sha256 of the Ed25519 public key):
 
@@ -208,6 +222,9 @@ def export_packet(
         tree_size=size,
         created=packet["created_at"],
         name=out.name,
+        keyring=YOUR_KEYRING,
+        witness_option=f" --witness {YOUR_WITNESS}" if witness_key is not None else "",
+        witness_text=WITNESS_TEXT if witness_key is not None else NO_WITNESS_TEXT,
         fingerprints=fingerprints,
     ).encode()
     buf = io.BytesIO()

@@ -18,6 +18,7 @@ from pydantic import Field, field_validator
 from nixcomply.checks.config import ChecksConfig
 from nixcomply.core.paths import DEFAULT_STATE_DIR
 from nixcomply.core.yamlsource import load_json_model
+from nixcomply.errors import InputError
 from nixcomply.heal.config import HealConfig
 from nixcomply.heal.window import MaintenanceWindow
 from nixcomply.host.systemd import Systemd, SystemdFactory, connector, connector_if_installed
@@ -145,5 +146,11 @@ class ReconcilerConfig(StrictModel):
 def load_config(path: Path) -> ReconcilerConfig:
     """Read the reconciler configuration as strict JSON (no trailing commas, ``"yes"`` is
     not a boolean, no ``Infinity``); errors name the file, line and field (exit 2)."""
+    if not path.exists():
+        raise InputError.single(
+            path,
+            "no such file",
+            hint="the NixOS module writes it (nixcomply.reconciler.enable = true); elsewhere pass --config FILE",
+        )
     config, _ = load_json_model(ReconcilerConfig, path)
     return config

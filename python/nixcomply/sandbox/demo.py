@@ -23,13 +23,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from nixcomply.errors import UsageError
 from nixcomply.evidence.verify import verify_path
 from nixcomply.reconcile.cycle import Reconciler
 from nixcomply.reconcile.model import CycleReport
 from nixcomply.sandbox.machine import SandboxHost, sandbox_manifest
+
+if TYPE_CHECKING:
+    from nixcomply.sandbox.fleet import FleetJson
 
 logger = logging.getLogger(__name__)
 
@@ -41,21 +44,54 @@ def _unit(command: str, description: str) -> str:
     return f"[Unit]\nDescription={description}\n[Service]\nType=exec\nExecStart={command}\n"
 
 
+class StepJson(TypedDict):
+    """One step of the demo's host: ``install`` (outcome ``installed``), then each
+    ``reconcile`` with its plan, outcome, health-gate checks and the evidence it wrote."""
+
+    step: str
+    revision: str
+    plan: str | None
+    outcome: str
+    detail: str
+    gate: list[dict[str, Any]]
+    evidence_seqs: list[int]
+
+
+class EvidenceJson(TypedDict):
+    entries: int
+    ok: bool
+    errors: list[str]
+
+
+class DemoJson(TypedDict):
+    """``nixcomply demo --json`` (stable: fields are added, never renamed or removed).
+    ``sandbox`` says what is real and what is emulated; ``after`` lists the commands to
+    look again."""
+
+    dir: str
+    sandbox: str
+    steps: list[StepJson]
+    evidence: EvidenceJson
+    fleet: FleetJson | None
+    after: list[str]
+
+
 @dataclass
 class DemoResult:
     dir: Path
     described: str
-    steps: list[dict[str, Any]] = field(default_factory=list)
+    steps: list[StepJson] = field(default_factory=list)
     evidence_entries: int = 0
     evidence_ok: bool = False
     evidence_errors: list[str] = field(default_factory=list)
-    fleet: dict[str, Any] | None = None
+    fleet: FleetJson | None = None
+    after: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return self.evidence_ok and (self.fleet is None or bool(self.fleet["ok"]))
+        return self.evidence_ok and (self.fleet is None or self.fleet["ok"])
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> DemoJson:
         return {
             "dir": str(self.dir),
             "sandbox": self.described,
@@ -66,10 +102,13 @@ class DemoResult:
                 "errors": self.evidence_errors,
             },
             "fleet": self.fleet,
+            "after": self.after,
         }
 
 
-def run_demo(dir: Path, *, say: Callable[[str], None] = print) -> DemoResult:
+def run_demo(dir: Path, *, say: Callable[[str], None] = print, bin: str = "") -> DemoResult:
+    """Run the demo in ``dir`` (new or empty); ``bin`` is how the reader runs nixcomply
+    (``.venv/bin/`` after ``make demo``), for the commands printed at the end."""
     if dir.exists() and any(dir.iterdir()):
         raise UsageError(
             f"{dir} is not empty", hint="give --dir a new directory; the demo keeps everything there"
@@ -96,7 +135,17 @@ def run_demo(dir: Path, *, say: Callable[[str], None] = print) -> DemoResult:
             units={APP: _unit("/bin/sleep 86400", "the clinic's app")},
         )
         sandbox.install(first)
-        result.steps.append({"step": "install", "revision": first})
+        result.steps.append(
+            {
+                "step": "install",
+                "revision": first,
+                "plan": None,
+                "outcome": "installed",
+                "detail": "the first generation, installed as a NixOS installation would",
+                "gate": [],
+                "evidence_seqs": [],
+            }
+        )
 
         say("3. reconcile to revision 2 (healthy)")
         second = sandbox.commit_generation(
@@ -130,14 +179,16 @@ def run_demo(dir: Path, *, say: Callable[[str], None] = print) -> DemoResult:
             + ("verify" if result.evidence_ok else "DO NOT verify: " + "; ".join(result.evidence_errors))
         )
         # the fleet part needs the `server` extra (make demo installs it); only the demo loads it
-        from nixcomply.sandbox.fleet import look_again, run_fleet  # noqa: PLC0415
+        from nixcomply.sandbox.fleet import after_demo, run_fleet  # noqa: PLC0415
 
         fleet = run_fleet(dir, host, manifest=manifest, version=version, unit=_unit, say=say)
         result.fleet = fleet.as_json()
+        result.after = after_demo(dir, fleet, bin)
         say("")
-        say(f"Everything is kept in {dir}:")
-        say(f"  nixcomply status --config {host.config_path}")
-        look_again(fleet, host, say)
+        say(f"Everything is kept in {dir}. The host, the evidence as its auditor verifies it, and the")
+        say("server (its database started for a look, and stopped again):")
+        for command in result.after:
+            say(f"  {command}")
     return result
 
 
@@ -146,7 +197,7 @@ def _reconcile(host: SandboxHost, revision: str) -> CycleReport:
     return Reconciler(host.config).run()
 
 
-def _step(name: str, revision: str, report: CycleReport) -> dict[str, Any]:
+def _step(name: str, revision: str, report: CycleReport) -> StepJson:
     return {
         "step": name,
         "revision": revision,

@@ -396,10 +396,11 @@ class Sandbox:
                 "  real:      the Nix store and nix build, nix flake metadata, git history,",
                 f"             the system profile's generations (nix-env) under {self.root.path}",
                 "  emulated:  each system is a small derivation shaped like a NixOS toplevel",
-                "             (nixos-version, kernel/initrd links, manifest, user units), not a bootable OS;",
-                "             switch-to-configuration and nixos-rebuild are shell emulations that only",
-                "             move links under the sandbox root;",
-                f"             activation reaches {systemd}; booting is a link change",
+                "             (nixos-version, kernel/initrd links, manifest, user units), not a",
+                "             bootable OS; switch-to-configuration and nixos-rebuild are shell",
+                "             emulations that only move links under the sandbox root, and booting",
+                "             is a link change; activation reaches",
+                f"             {systemd}",
                 f"  flake:     {self.flake_ref}",
             ]
         )

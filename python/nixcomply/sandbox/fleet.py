@@ -12,23 +12,28 @@ two sites.
    server's cosignature), and so does a packet exported from the first;
 5. the server's view: hosts, entries, cosigned checkpoints, incidents (none).
 
-Everything stops at the end (the cluster too); the demo prints how to look again.
+Everything stops at the end (the cluster too). What an auditor would hold is left in
+``<demo>/auditor/``: the packet, and the keyring and witness key as they would have them
+from the clinic and the MSP; :func:`after_demo` gives the commands to look again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import shlex
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypedDict
 
 from sqlalchemy import create_engine
 
 from nixcomply.core import process
+from nixcomply.core.fsutil import atomic_write
 from nixcomply.evidence.cosignature import WitnessPublicKey, check_newest, generate_witness
 from nixcomply.evidence.export import export_packet
 from nixcomply.evidence.keyring import load_keyring
@@ -41,15 +46,43 @@ from nixcomply.server.app import create_app
 from nixcomply.server.config import ServerConfig
 from nixcomply.server.db import queries
 from nixcomply.server.db.migrate import upgrade
-from nixcomply.server.devdb import PrivateCluster, pg_bin
+from nixcomply.server.devdb import PrivateCluster
 from nixcomply.server.invites import invite, site_named
 from nixcomply.server.serving import in_thread
 from nixcomply.uplink.run import enroll, upload
 
 SITES: Final = {"clinic-01": "north", "clinic-02": "north", "clinic-03": "south"}
+AUDITOR: Final = "auditor"
+PACKET: Final = "packet-clinic-01.zip"
 WITNESS: Final = "evidence.msp.demo/witness"
 APP: Final = "app.service"
 Say = Callable[[str], None]
+
+
+class FleetHostJson(TypedDict):
+    """One host of the demo's fleet: its site, its log's size, what the server holds, and
+    whether its newest checkpoint carries the witness's cosignature (else ``problem``)."""
+
+    site: str
+    entries: int
+    accepted: int
+    witness_ok: bool
+    problem: str | None
+
+
+class FleetJson(TypedDict):
+    """``fleet`` in ``nixcomply demo --json``."""
+
+    server: str
+    url: str
+    witness_key: str
+    hosts: dict[str, FleetHostJson]
+    packet: str | None
+    packet_ok: bool
+    incidents: int
+    checkpoints: int
+    database: str | None
+    ok: bool
 
 
 @dataclass
@@ -69,9 +102,6 @@ class FleetResult:
     hosts: dict[str, FleetHostResult] = field(default_factory=dict)
     packet: Path | None = None
     packet_ok: bool = False
-    # The first host's keyring as an auditor keeps it: a copy apart from the host (the one
-    # inside a directory verified pins nothing).
-    keyring: Path | None = None
     incidents: int = 0
     checkpoints: int = 0
     database_dir: Path | None = None
@@ -85,15 +115,23 @@ class FleetResult:
             and self.incidents == 0
         )
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> FleetJson:
         return {
             "server": str(self.server_dir),
             "url": self.url,
             "witness_key": self.witness_key,
-            "hosts": {name: h.__dict__ for name, h in self.hosts.items()},
+            "hosts": {
+                name: {
+                    "site": h.site,
+                    "entries": h.entries,
+                    "accepted": h.accepted,
+                    "witness_ok": h.witness_ok,
+                    "problem": h.problem,
+                }
+                for name, h in self.hosts.items()
+            },
             "packet": str(self.packet) if self.packet else None,
             "packet_ok": self.packet_ok,
-            "keyring": str(self.keyring) if self.keyring else None,
             "incidents": self.incidents,
             "checkpoints": self.checkpoints,
             "database": str(self.database_dir) if self.database_dir else None,
@@ -130,8 +168,8 @@ def demo_server(directory: Path, result: FleetResult) -> Iterator[Any]:
         cluster.psql("CREATE DATABASE nixcomply")
         witness = generate_witness(WITNESS)
         key = directory / "witness.key"
-        key.write_text(witness.private_text())
-        key.chmod(0o600)
+        atomic_write(key, witness.private_text().encode(), mode=0o600)
+        atomic_write(directory / "witness.vkey", (witness.public.vkey + "\n").encode())
         config_data = {
             "database": {"url": cluster.url("nixcomply")},
             "witness": {"name": WITNESS, "key_file": str(key)},
@@ -238,9 +276,13 @@ def run_fleet(
                 f"   {SITES[name]}/{name}: {report.entries} entries, the server holds {held.get(name, 0)}, "
                 + ("newest checkpoint cosigned by the witness" if problem is None else f"FAILED: {problem}")
             )
-        result.packet = dir / "packet-clinic-01.zip"
-        result.keyring = dir / "auditor-keyring-clinic-01.json"
-        result.keyring.write_bytes((first.state_dir / "keyring.json").read_bytes())
+        auditor = dir / AUDITOR
+        auditor.mkdir()
+        # what an auditor holds: the keyring from the clinic, the witness key from the MSP
+        # (each through a channel of its own), and the packet
+        shutil.copyfile(first.state_dir / "keyring.json", auditor / "keyring.json")
+        shutil.copyfile(result.server_dir / "witness.vkey", auditor / "witness.vkey")
+        result.packet = auditor / PACKET
         today = datetime.now(UTC).date()
         export_packet(
             first.state_dir,
@@ -272,17 +314,26 @@ def run_fleet(
     return result
 
 
-def look_again(result: FleetResult, first: SandboxHost, say: Say) -> None:
-    """Where to look after the demo (its processes have stopped)."""
-    pg = result.database_dir or result.server_dir / "pg"
-    server = result.server_dir / "server.json"
+def after_demo(dir: Path, result: FleetResult, bin: str = "") -> list[str]:
+    """The commands to look at the demo again, as a shell runs them from where the demo
+    ran (``bin``: how the reader runs nixcomply, ``.venv/bin/`` after ``make demo``). The
+    README's quick start shows them for ``make demo``; tests/test_demo.py runs them."""
+    auditor = dir / AUDITOR
+    pins = ["--keyring", str(auditor / "keyring.json"), "--witness", str(auditor / "witness.vkey")]
+    cluster = PrivateCluster(_in_tree(result.database_dir, dir / "server" / "pg"))
+    return [
+        shlex.join([f"{bin}nixcomply", "status", "--config", str(dir / "host" / "reconciler.json")]),
+        shlex.join([f"{bin}nixcomply", "evidence", "verify", str(dir / "host" / "state"), *pins]),
+        shlex.join([f"{bin}nixcomply", "evidence", "verify", str(auditor / PACKET), *pins]),
+        shlex.join(cluster.start_argv()),
+        shlex.join([f"{bin}nixcomply-server", "status", "--config", str(dir / "server" / "server.json")]),
+        shlex.join(cluster.stop_argv()),
+    ]
 
-    ctl = pg_bin() / "pg_ctl"
-    ring = result.keyring or first.state_dir / "keyring.json"
-    say(f"  nixcomply evidence verify {first.state_dir} --keyring {ring} --witness '{result.witness_key}'")
-    if result.packet is not None:
-        say(f"  nixcomply evidence verify {result.packet} --keyring {ring} --witness '{result.witness_key}'")
-    say(
-        f"  the server's database: runuser -u postgres -- {ctl} -D {pg}/data -o \"-c listen_addresses='' -k {pg}/sock\" start"
-    )
-    say(f"  then: nixcomply-server status --config {server}")
+
+def _in_tree(database: Path | None, link: Path) -> Path:
+    """The cluster by the demo's own path when it lives there, else (a tree its OS user
+    cannot enter) where it really is."""
+    if database is None or not link.is_symlink():
+        return link
+    return database

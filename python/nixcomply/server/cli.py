@@ -9,17 +9,19 @@ import argparse
 import json
 import logging
 import os
-import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypedDict
 
 from nixcomply import __version__
-from nixcomply.cli import run
+from nixcomply.cli import COMMON, add_group, add_verb, run
 from nixcomply.core.display import shown
-from nixcomply.errors import EXIT_OK, EXIT_USAGE, NixcomplyError, UsageError
+from nixcomply.errors import EXIT_OK, EXIT_TEMPFAIL, HELP_EXIT_STATUS, NixcomplyError, UsageError
 from nixcomply.server.config import DEFAULT_CONFIG, ServerConfig, load_config
+
+if TYPE_CHECKING:
+    from nixcomply.server.db.queries import HostListing
 
 logger = logging.getLogger(__name__)
 Handler = Callable[[argparse.Namespace], int]
@@ -27,7 +29,8 @@ ACTOR_ENV: Final = "SUDO_USER"
 
 
 def _config(args: argparse.Namespace) -> ServerConfig:
-    return load_config(Path(args.config))
+    config: Path = args.config
+    return load_config(config)
 
 
 def _actor() -> str:
@@ -42,9 +45,98 @@ def _engine(config: ServerConfig) -> Any:
     return make_engine(config)
 
 
-def _print(args: argparse.Namespace, data: Any, lines: Sequence[str]) -> None:
-    if getattr(args, "json", False):
-        print(json.dumps(data, indent=2, default=str))
+# -- the --json outputs (stable: fields are added, never renamed or removed) ----------------------
+# Times are ISO 8601 in UTC (`2026-12-01T11:16:09.123456+00:00`), null when it never happened.
+
+
+class SiteJson(TypedDict):
+    """``site add --json`` (``created_at`` null) and each item of ``site list --json``."""
+
+    site: str
+    created_at: str | None
+
+
+class InviteJson(TypedDict):
+    """``host invite --json``: the single-use token and when it expires."""
+
+    site: str
+    host: str
+    token: str
+    expires_at: str
+
+
+class RevokedJson(TypedDict):
+    """``host revoke --json``."""
+
+    site: str
+    host: str
+    revoked: bool
+
+
+class HostJson(TypedDict):
+    """Each item of ``host list --json`` and of ``status --json``'s ``hosts``: the entries the
+    server holds and open incidents."""
+
+    site: str
+    hostname: str
+    accepted_size: int
+    enrolled_at: str
+    last_seen_at: str | None
+    last_upload_at: str | None
+    revoked_at: str | None
+    incidents: int
+
+
+class IncidentJson(TypedDict):
+    """A fork or rollback the server refused, with both checkpoints (signed notes)."""
+
+    site: str
+    host: str
+    kind: str
+    message: str
+    count: int
+    first_seen_at: str
+    last_seen_at: str
+    accepted_checkpoint: str | None
+    presented_checkpoint: str
+
+
+class StatusJson(TypedDict):
+    """``status --json``. ``database`` names no user or password; ``totals`` counts
+    ``entries``, ``statements`` and cosigned ``checkpoints``."""
+
+    database: str
+    schema: str | None
+    schema_current: bool
+    hosts: list[HostJson]
+    totals: dict[str, int]
+    incidents: list[IncidentJson]
+
+
+def _iso_utc(t: datetime) -> str:
+    return t.astimezone(UTC).isoformat()
+
+
+def _iso(t: datetime | None) -> str | None:
+    return None if t is None else _iso_utc(t)
+
+
+def _host_json(h: HostListing) -> HostJson:
+    return {
+        "site": h.site,
+        "hostname": h.hostname,
+        "accepted_size": h.accepted_size,
+        "enrolled_at": _iso_utc(h.enrolled_at),
+        "last_seen_at": _iso(h.last_seen_at),
+        "last_upload_at": _iso(h.last_upload_at),
+        "revoked_at": _iso(h.revoked_at),
+        "incidents": h.incidents,
+    }
+
+
+def _print(args: argparse.Namespace, data: object, lines: Sequence[str]) -> None:
+    if args.json:
+        print(json.dumps(data, indent=2))
     else:
         for line in lines:
             print(line)
@@ -108,7 +200,8 @@ def cmd_site_add(args: argparse.Namespace) -> int:
             queries.audit(conn, actor=_actor(), action="site.added", scope=queries.Scope.site(site.id))
     finally:
         engine.dispose()
-    _print(args, {"site": site.name}, [f"site {site.name} added"])
+    added: SiteJson = {"site": site.name, "created_at": _iso(site.created_at)}
+    _print(args, added, [f"site {site.name} added"])
     return EXIT_OK
 
 
@@ -121,7 +214,8 @@ def cmd_site_list(args: argparse.Namespace) -> int:
             found = queries.list_sites(conn, queries.Scope.msp())
     finally:
         engine.dispose()
-    _print(args, [{"site": s.name, "created_at": s.created_at} for s in found], [s.name for s in found])
+    rows: list[SiteJson] = [{"site": s.name, "created_at": _iso(s.created_at)} for s in found]
+    _print(args, rows, [s.name for s in found])
     return EXIT_OK
 
 
@@ -157,9 +251,15 @@ def cmd_host_invite(args: argparse.Namespace) -> int:
             token, expires = invite(conn, site, args.host, ttl=ttl, actor=_actor())
     finally:
         engine.dispose()
+    invited: InviteJson = {
+        "site": args.site,
+        "host": args.host,
+        "token": token,
+        "expires_at": _iso_utc(expires),
+    }
     _print(
         args,
-        {"site": args.site, "host": args.host, "token": token, "expires_at": expires.isoformat()},
+        invited,
         [
             token,
             f"single use, for host {args.host} of site {args.site}, valid until {expires:%Y-%m-%d %H:%M} UTC",
@@ -184,7 +284,7 @@ def cmd_host_list(args: argparse.Namespace) -> int:
         + (f", {h.incidents} incident(s)" if h.incidents else "")
         for h in found
     ]
-    _print(args, [h.__dict__ for h in found], lines or ["no hosts"])
+    _print(args, [_host_json(h) for h in found], lines or ["no hosts"])
     return EXIT_OK
 
 
@@ -203,11 +303,8 @@ def cmd_host_revoke(args: argparse.Namespace) -> int:
             queries.audit(conn, actor=_actor(), action="host.revoked", scope=host.scope)
     finally:
         engine.dispose()
-    _print(
-        args,
-        {"site": args.site, "host": args.host, "revoked": True},
-        [f"host {args.site}/{args.host} revoked"],
-    )
+    revoked: RevokedJson = {"site": args.site, "host": args.host, "revoked": True}
+    _print(args, revoked, [f"host {args.site}/{args.host} revoked"])
     return EXIT_OK
 
 
@@ -246,11 +343,11 @@ def cmd_status(args: argparse.Namespace) -> int:
             totals = queries.counts(conn, scope)
     finally:
         engine.dispose()
-    data = {
+    data: StatusJson = {
         "database": config.describe_database(),
         "schema": schema,
         "schema_current": schema == head(),
-        "hosts": [h.__dict__ for h in hosts],
+        "hosts": [_host_json(h) for h in hosts],
         "totals": totals,
         "incidents": [
             {
@@ -259,8 +356,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                 "kind": i.kind,
                 "message": i.message,
                 "count": i.count,
-                "first_seen_at": i.first_seen_at,
-                "last_seen_at": i.last_seen_at,
+                "first_seen_at": _iso_utc(i.first_seen_at),
+                "last_seen_at": _iso_utc(i.last_seen_at),
                 "accepted_checkpoint": i.accepted_checkpoint.decode() if i.accepted_checkpoint else None,
                 "presented_checkpoint": i.presented_checkpoint.decode("utf-8", "replace"),
             }
@@ -299,66 +396,72 @@ def _when(t: datetime | None) -> str:
 # -- parser --------------------------------------------------------------------------------------
 
 
+def _common() -> argparse.ArgumentParser:
+    """``nixcomply``'s common options (``--debug``, ``-v``) and ``--config``, on every verb."""
+    common = argparse.ArgumentParser(add_help=False, parents=[COMMON])
+    common.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG,
+        metavar="FILE",
+        help=f"the server's configuration (default: {DEFAULT_CONFIG})",
+    )
+    return common
+
+
+def _json_option(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--config", default=str(DEFAULT_CONFIG), help=f"configuration file (default {DEFAULT_CONFIG})"
-    )
-    common.add_argument(
-        "--debug", action="store_true", default=argparse.SUPPRESS, help="tracebacks and debug logs"
-    )
-    common.add_argument(
-        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log progress"
-    )
-    common.add_argument(
-        "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
-    )
+    common = _common()
     parser = argparse.ArgumentParser(
         prog="nixcomply-server",
         description="The MSP's evidence server for nixcomply hosts.",
+        epilog=HELP_EXIT_STATUS,
         parents=[common],
     )
     parser.add_argument("--version", action="version", version=f"nixcomply-server {__version__}")
     verbs = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     def verb(sub: Any, name: str, handler: Handler, help: str) -> argparse.ArgumentParser:
-        p: argparse.ArgumentParser = sub.add_parser(name, help=help, description=help, parents=[common])
-        p.set_defaults(handler=handler)
-        return p
-
-    def group(name: str, help: str) -> Any:
-        p = verbs.add_parser(name, help=help, description=help, parents=[common])
-
-        def usage(_args: argparse.Namespace) -> int:
-            p.print_help(sys.stderr)
-            return EXIT_USAGE
-
-        p.set_defaults(handler=usage)
-        return p.add_subparsers(title="commands", metavar="COMMAND")
+        return add_verb(sub, name, handler, help=help, common=common)
 
     serve = verb(verbs, "serve", cmd_serve, "serve the API (uvicorn)")
-    serve.add_argument("--host", help="address to listen on (default: listen.host)")
-    serve.add_argument("--port", type=int, help="port (0: any free one; default: listen.port)")
+    serve.add_argument("--host", metavar="ADDRESS", help="address to listen on (default: listen.host)")
+    serve.add_argument(
+        "--port", type=int, metavar="PORT", help="port (0: any free one; default: listen.port)"
+    )
     serve.add_argument("--migrate", action="store_true", help="migrate the schema first")
     verb(verbs, "migrate", cmd_migrate, "bring the database schema up to date")
-    sites = group("site", "sites (clinics)")
-    verb(sites, "add", cmd_site_add, "add a site").add_argument("name")
-    verb(sites, "list", cmd_site_list, "list the sites")
-    hosts = group("host", "hosts: invite, list, revoke")
+    sites = add_group(verbs, "site", help="sites (clinics): add, list", common=common)
+    _json_option(verb(sites, "add", cmd_site_add, "add a site")).add_argument("name", metavar="NAME")
+    _json_option(verb(sites, "list", cmd_site_list, "list the sites"))
+    hosts = add_group(verbs, "host", help="hosts: invite, list, revoke", common=common)
     invite = verb(hosts, "invite", cmd_host_invite, "print a single-use enrollment token for a host")
-    invite.add_argument("--site", required=True)
-    invite.add_argument("--host", required=True)
-    invite.add_argument("--ttl-hours", type=float, help="validity (default: invite_ttl_hours)")
-    verb(hosts, "list", cmd_host_list, "list hosts and their upload state").add_argument("--site")
+    invite.add_argument("--site", required=True, help="the site the host belongs to")
+    invite.add_argument("--host", required=True, help="the host's name (its hostname)")
+    invite.add_argument(
+        "--ttl-hours", type=float, metavar="HOURS", help="validity (default: invite_ttl_hours, 24)"
+    )
+    _json_option(invite)
+    listing = verb(hosts, "list", cmd_host_list, "list hosts and their upload state")
+    listing.add_argument("--site", help="only this site's hosts")
+    _json_option(listing)
     revoke = verb(hosts, "revoke", cmd_host_revoke, "revoke a host: its requests are refused from now on")
-    revoke.add_argument("--site", required=True)
-    revoke.add_argument("--host", required=True)
-    witness = group("witness", "the witness key that cosigns checkpoints")
+    revoke.add_argument("--site", required=True, help="the site the host belongs to")
+    revoke.add_argument("--host", required=True, help="the host's name")
+    _json_option(revoke)
+    witness = add_group(verbs, "witness", help="the witness key that cosigns checkpoints", common=common)
     verb(witness, "key", cmd_witness_key, "print the witness verifier key (give it to auditors and hosts)")
-    keygen = verb(witness, "keygen", cmd_witness_keygen, "create a witness key file")
+    keygen = verb(witness, "keygen", cmd_witness_keygen, "create a witness key file (mode 0600) and FILE.pub")
     keygen.add_argument("--name", required=True, help="the witness name, e.g. msp.example/witness")
-    keygen.add_argument("--out", required=True)
-    verb(verbs, "status", cmd_status, "hosts, totals and incidents (exit 1 when there are incidents)")
+    keygen.add_argument("--out", type=Path, required=True, metavar="FILE", help="private key file to write")
+    status = verb(
+        verbs, "status", cmd_status, "hosts, totals and incidents (exit 1 when there are incidents)"
+    )
+    _json_option(status)
     return parser
 
 
@@ -367,13 +470,20 @@ def _translate(e: Exception) -> NixcomplyError | None:
 
     if isinstance(e, OperationalError | InterfaceError):
         # never the URL or the driver's message: it may carry the user name
-        return CommandUnavailable("cannot reach the database")
+        return DatabaseUnavailable(
+            "cannot reach the database",
+            hint="check that PostgreSQL runs and that this user may connect "
+            "(to the local database: `sudo -u nixcomply-server nixcomply-server ...`)",
+        )
     return None
 
 
-class CommandUnavailable(NixcomplyError):
-    """Raised when the database cannot be reached. Exit code 1; the message names no host,
-    user or password."""
+class DatabaseUnavailable(NixcomplyError):
+    """Raised when the database cannot be reached (down, a wrong socket or host, refused
+    credentials). Exit code 75, as for anything else to try again later; the message names
+    no host, user or password."""
+
+    exit_code = EXIT_TEMPFAIL
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -158,7 +158,12 @@ def _check_parameters(url: URL, where: str) -> None:
 def load_config(path: Path) -> ServerConfig:
 
     if not path.exists():
-        raise InputError.single(path, "server configuration not found")
+        raise InputError.single(
+            path,
+            "server configuration not found",
+            hint="the NixOS module writes it (services.nixcomply-server.enable = true); "
+            "elsewhere pass --config FILE",
+        )
     config, source = load_model(ServerConfig, path)
     # Checked here, not in a pydantic validator, whose error would echo the URL.
     if config.database.url is not None:

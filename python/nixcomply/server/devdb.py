@@ -71,33 +71,39 @@ class PrivateCluster:
             ),
             timeout=180,
         )
+        # in the cluster's own configuration, so that a bare `pg_ctl -D DATA start` (what
+        # the demo tells its reader to run) starts it exactly as start() does
+        with (self.data / "postgresql.conf").open("a") as conf:
+            conf.write(f"\n# nixcomply.server.devdb\n{self.settings()}")
+
+    def settings(self) -> str:
+        return "".join(
+            f"{name} = {value}\n"
+            for name, value in (
+                ("listen_addresses", "''"),
+                ("unix_socket_directories", f"'{self.socket_dir}'"),
+                ("fsync", "off"),
+                ("full_page_writes", "off"),
+                ("synchronous_commit", "off"),
+                ("max_connections", "200"),
+            )
+        )
+
+    @property
+    def log(self) -> Path:
+        return self.root / "postgres.log"
+
+    def start_argv(self) -> list[str]:
+        return self._argv(str(pg_bin() / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w", "start")
+
+    def stop_argv(self, mode: str = "fast") -> list[str]:
+        return self._argv(str(pg_bin() / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
 
     def start(self) -> None:
-        options = (
-            f"-c listen_addresses='' -k {self.socket_dir} -c fsync=off -c full_page_writes=off "
-            "-c synchronous_commit=off -c max_connections=200"
-        )
-        process.run(
-            self._argv(
-                str(pg_bin() / "pg_ctl"),
-                "-D",
-                str(self.data),
-                "-o",
-                options,
-                "-l",
-                str(self.root / "postgres.log"),
-                "-w",
-                "start",
-            ),
-            timeout=180,
-        )
+        process.run(self.start_argv(), timeout=180)
 
     def stop(self, mode: str = "fast") -> None:
-        process.run(
-            self._argv(str(pg_bin() / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop"),
-            check=False,
-            timeout=180,
-        )
+        process.run(self.stop_argv(mode), check=False, timeout=180)
 
     def running(self) -> bool:
         result = process.run(

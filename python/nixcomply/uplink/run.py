@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final, Literal, TypedDict
 
 from nixcomply.errors import NixcomplyError, UsageError
 from nixcomply.evidence.cosignature import WitnessPublicKey
@@ -52,6 +52,20 @@ class Lag:
         return 0.0 if self.oldest_unsent is None else max(0.0, (now - self.oldest_unsent).total_seconds())
 
 
+class UploadJson(TypedDict):
+    """``nixcomply upload --json`` (stable: fields are added, never renamed or removed).
+    ``code`` is the server's error code (``nixcomply.model.fleet.ErrorCode``) of a refused
+    attempt; ``cosigned`` the checkpoint sizes the witness cosigned in this pass."""
+
+    outcome: Outcome
+    accepted_size: int
+    sent: int
+    error: str | None
+    code: str | None
+    next_attempt_at: str | None
+    cosigned: list[int]
+
+
 @dataclass
 class PassReport:
     outcome: Outcome
@@ -62,7 +76,7 @@ class PassReport:
     next_attempt_at: datetime | None = None
     cosigned: list[int] = field(default_factory=list)
 
-    def to_json(self) -> dict[str, object]:
+    def to_json(self) -> UploadJson:
         return {
             "outcome": self.outcome,
             "accepted_size": self.accepted_size,
