@@ -315,12 +315,12 @@ def _verify(args: argparse.Namespace) -> int:
 def _witness_key(vkey: str) -> WitnessPublicKey:
     """``--witness``: the witness's verifier key (the MSP's server: ``nixcomply-server
     witness key``), or a file holding it."""
-    from nixcomply.errors import UsageError
+    from nixcomply.errors import InputError, UsageError
     from nixcomply.evidence.cosignature import load_witness_key
 
     try:
         return load_witness_key(vkey)
-    except ValueError as e:
+    except (ValueError, InputError) as e:
         raise UsageError(f"--witness: {e}") from None
 
 
