@@ -5,8 +5,12 @@ against the real server over real HTTP."""
 from __future__ import annotations
 
 import json
+import os
 import random
+import shutil
 import sqlite3
+import subprocess
+import sys
 import zipfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -327,3 +331,55 @@ def test_the_servers_error_message_is_bounded_and_escaped() -> None:
     assert str(e).isprintable()
     assert "\\x1b]0;owned\\x07\\u202e" in str(e)
     assert len(str(e)) < 1000
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink"])
+def test_a_fifo_or_link_planted_among_attachments_never_blocks_or_leaks(
+    fleet: Served, host_store: tuple[Path, Keys], tmp_path: Path, kind: str
+) -> None:
+    """The outbox read attachments with read_bytes: a FIFO blocked the upload (and with it the
+    end of every reconcile run) for ever, a symbolic link sent whatever it named (here a
+    file outside the store) to the server."""
+    root, _keys = host_store
+    enroll(fleet, root)
+    bundle = next(b for b in sorted(root.glob("evidence/*/*/*/*")) if (b / "attachments").is_dir())
+    planted = bundle / "attachments" / "planted.txt"
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not evidence\n")
+    if kind == "fifo":
+        os.mkfifo(planted)
+    else:
+        planted.symlink_to(secret)
+    code = (
+        "import sys; from pathlib import Path; from nixcomply.uplink import run; "
+        "r = run.upload(Path(sys.argv[1])); print(r.outcome); print(r.error)"
+    )
+    child = subprocess.run(
+        [sys.executable, "-c", code, str(root)], capture_output=True, text=True, timeout=120, check=False
+    )
+    outcome, error = child.stdout.splitlines()[:2]
+    assert outcome == "failed", child.stdout + child.stderr
+    assert str(planted) in error
+    assert "not a regular file" in error or "symbolic link" in error
+    assert server_entries(fleet) <= int(bundle.name.split("-")[1])
+
+
+def test_a_server_holding_more_than_the_host_is_loud_not_acknowledged(
+    fleet: Served, host_store: tuple[Path, Keys], tmp_path: Path
+) -> None:
+    """The host's store put back to an older copy: the server said it held 5, the host has 3,
+    and the uplink recorded 5 as accepted (an upload lag below zero, nothing said)."""
+    root, _keys = host_store
+    backup = tmp_path / "backup"
+    shutil.copytree(root, backup)
+    enroll(fleet, root)
+    assert run.upload(root).outcome == "uploaded"
+    for part in ("evidence", "log"):  # the evidence rolled back; the uplink state kept
+        shutil.rmtree(root / part)
+        shutil.copytree(backup / part, root / part)
+    leaves = (root / "log" / "leaves").read_bytes()
+    (root / "log" / "leaves").write_bytes(leaves[: 3 * 32])
+    report = run.upload(root, force=True)
+    assert report.outcome == "failed", report
+    assert "the server holds 5 entries of this host's log, the log here has 3" in (report.error or "")
+    assert UplinkState.open(root).progress().accepted_size == 5  # from the last real acknowledgement

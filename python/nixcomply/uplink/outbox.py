@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from nixcomply.core.fsutil import atomic_write, ensure_dir
+from nixcomply.core.fsutil import atomic_write, ensure_dir, read_regular
 from nixcomply.errors import NixcomplyError
 from nixcomply.evidence.checkpoint import NoteError, parse_note
 from nixcomply.evidence.cosignature import WitnessPublicKey, parse_cosignatures, verify_cosignature
@@ -66,23 +66,37 @@ def _dirs(path: Path) -> list[Path]:
 
 
 def read_entry(seq: int, bundle: Path, leaf: bytes) -> UploadEntry:
-    envelope = (bundle / ENVELOPE_FILE).read_bytes()
+    """Entry ``seq`` as it is sent. Only regular files are read, never through a symbolic
+    link: a FIFO planted in the store would block the upload (and the end of every reconcile
+    run) for ever, and a link would send whatever it points at to the server."""
+    envelope = _read(bundle / ENVELOPE_FILE)
     if leaf_hash(envelope) != leaf:
         raise OutboxError(f"{bundle}: the envelope is not leaf {seq} of the log")
     attachments = {}
     directory = bundle / ATTACHMENTS_DIR
-    if directory.is_dir():
+    if directory.is_dir() and not directory.is_symlink():
         for item in sorted(directory.iterdir()):
-            attachments[item.name] = b64encode(item.read_bytes())
+            attachments[item.name] = b64encode(_read(item))
+    elif directory.is_symlink():
+        raise OutboxError(f"{directory}: is a symbolic link (never followed)")
     return UploadEntry(seq=seq, envelope=b64encode(envelope), attachments=attachments)
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return read_regular(path)
+    except OSError as e:
+        raise OutboxError(f"{path}: {e.strerror or e}") from None
 
 
 def checkpoint(root: Path, size: int) -> bytes:
     path = root / CHECKPOINTS / checkpoint_name(size)
     try:
-        return path.read_bytes()
+        return read_regular(path)
     except FileNotFoundError:
         raise OutboxError(f"{path}: missing; the log keeps a checkpoint per size") from None
+    except OSError as e:
+        raise OutboxError(f"{path}: {e.strerror or e}") from None
 
 
 def log_size(root: Path) -> int:

@@ -294,6 +294,15 @@ def _pass(
     report = PassReport("up-to-date", progress.accepted_size)
     try:
         remote = client.log_state()
+        local = log_size(root)
+        if remote.accepted_size > local:
+            # The server holds more of this log than the host: its evidence was lost or put
+            # back (restore the store), or the server keeps another log under this enrollment.
+            raise OutboxError(
+                f"the server holds {remote.accepted_size} entries of this host's log, the log here "
+                f"has {local}: entries were lost or the store was rolled back; restore it from a "
+                "backup (nothing is sent meanwhile)"
+            )
         report.accepted_size = remote.accepted_size
         state.acknowledged(remote.accepted_size, now())
         for batch in batches(root, remote.accepted_size, max_entries=max_entries):
