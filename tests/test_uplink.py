@@ -4,19 +4,25 @@ against the real server over real HTTP."""
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import os
 import random
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import zipfile
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fixtures_evidence import Keys, fill, make_keys, open_store, pinned_copy, write_keyring
 from fixtures_server import Served, serve
 from sqlalchemy import func, select
@@ -33,7 +39,7 @@ from nixcomply.evidence.cosignature import (
 from nixcomply.model.fleet import ErrorBody, ErrorCode
 from nixcomply.server.db.tables import entries, hosts
 from nixcomply.uplink import run
-from nixcomply.uplink.client import UplinkError
+from nixcomply.uplink.client import Client, ServerUnreachable, UplinkError
 from nixcomply.uplink.state import MAX_DELAY, Enrollment, UplinkState, backoff
 
 
@@ -383,3 +389,67 @@ def test_a_server_holding_more_than_the_host_is_loud_not_acknowledged(
     assert report.outcome == "failed", report
     assert "the server holds 5 entries of this host's log, the log here has 3" in (report.error or "")
     assert UplinkState.open(root).progress().accepted_size == 5  # from the last real acknowledgement
+
+
+@contextlib.contextmanager
+def hostile_server(answer: Callable[[socket.socket, threading.Event], None]) -> Iterator[str]:
+    """A "server" on 127.0.0.1 that reads one request and answers with ``answer``."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(65536)
+            with contextlib.suppress(OSError):
+                answer(conn, stop)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+        listener.close()
+
+
+def _trickle(conn: socket.socket, stop: threading.Event) -> None:
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n")
+    while not stop.wait(0.05):
+        conn.sendall(b" ")
+
+
+def _flood(conn: socket.socket, _stop: threading.Event) -> None:
+    size = 8 * 1024 * 1024
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % size)
+    conn.sendall(b" " * size)
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [(_trickle, "no complete answer within 0.5 s"), (_flood, "an answer of more than 1048576 bytes")],
+    ids=["trickle", "flood"],
+)
+def test_a_server_that_trickles_or_floods_its_answer_is_cut_off(answer: Any, message: str) -> None:
+    """Only each read had a timeout: a server sending a byte every 50 ms held the uplink, and
+    the reconcile run ending with an upload, for ever; an endless answer was read whole."""
+    with hostile_server(answer) as url:
+        client = Client(url, Ed25519PrivateKey.generate(), itertools.count(1).__next__, timeout=0.5)
+        done: list[BaseException] = []
+
+        def call() -> None:
+            try:
+                client.log_state()
+            except BaseException as e:  # noqa: BLE001 - handed to the test thread
+                done.append(e)
+
+        worker = threading.Thread(target=call, daemon=True)
+        worker.start()
+        worker.join(timeout=60)  # a hang detector only; the client gives up after 0.5 s
+        assert not worker.is_alive(), "the client never gave up"
+        (error,) = done
+        assert isinstance(error, ServerUnreachable), error
+        assert message in str(error)
