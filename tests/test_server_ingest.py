@@ -133,6 +133,30 @@ def test_a_smaller_checkpoint_is_a_rollback(fleet: Served, tmp_path: Path) -> No
     assert (incident.kind, incident.count) == ("rollback", 3)
 
 
+def test_a_host_presenting_history_after_history_cannot_fill_the_database(
+    fleet: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every distinct presentation was a new incident row with its checkpoint (up to 64 KiB):
+    a compromised host signing one rollback after another filled the server's database."""
+    monkeypatch.setattr(queries, "MAX_INCIDENTS_PER_HOST", 2)
+    host = enrolled(fleet, tmp_path)
+    host.record(5)
+    host.push()
+    for i in range(4):
+        note = Checkpoint("clinic-01.example/evidence-log", 2, bytes([i]) * 32).sign([host.keys.log])
+        request = UploadRequest(old_size=2, checkpoint=note.decode())
+        e = refused(lambda: host.client.upload(request))  # noqa: B023 - called at once
+        assert e.code is ErrorCode.ROLLBACK  # still refused and said, every time
+    rows = incident_rows(fleet)
+    assert [(r.kind, r.count) for r in rows] == [("rollback", 1), ("rollback", 3)]
+    other = enrolled(fleet, tmp_path, "clinic-02")  # another host's incidents are its own
+    other.record(3)
+    other.push()
+    note = Checkpoint("clinic-01.example/evidence-log", 1, bytes(32)).sign([other.keys.log])
+    refused(lambda: other.client.upload(UploadRequest(old_size=1, checkpoint=note.decode())))
+    assert len(incident_rows(fleet)) == 3
+
+
 def test_an_envelope_signed_by_an_unknown_key_is_refused(fleet: Served, tmp_path: Path) -> None:
     host = enrolled(fleet, tmp_path)
     stranger = make_host(fleet, tmp_path, "stranger")
