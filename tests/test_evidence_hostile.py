@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures_evidence import Keys, fill, open_store, pinned_copy, write_keyring
+from fixtures_evidence import Keys, fill, make_keys, open_store, pinned_copy, write_keyring
 
 from conftest import REPO, Cli
 from nixcomply.evidence import packet as packet_module
@@ -505,3 +505,24 @@ def test_a_zip_bomb_is_refused_before_it_is_extracted(
     r = cli("evidence", "verify", bomb, "--keyring", pinned_copy(store))
     assert r.code == 1, r.out + r.err
     assert "'evidence/zeros' unpacks to 16777216 bytes" in r.err
+
+
+def test_a_keyring_that_disagrees_with_the_pinned_one_is_said(cli: Cli, store: Path, tmp_path: Path) -> None:
+    """With both --keyring and a pin.json, the pin's keyring (what the auditor pinned last
+    time) was silently ignored: a keyring handed over with the new packet replaced it."""
+    packet = _packet(cli, store, tmp_path)
+    with zipfile.ZipFile(packet) as zf:
+        pin = json.loads(zf.read("pin.json"))
+    kept = tmp_path / "pin.json"
+    kept.write_text(json.dumps(pin))
+    ring = pinned_copy(store)
+    r = cli("evidence", "verify", packet, "--keyring", ring, "--pin-checkpoint", kept)
+    assert r.code == 0, r.out  # the same keyring: nothing to say
+    stranger = make_keys().keyring.keys[0]
+    pin["keyring"]["keys"].append(json.loads(stranger.model_dump_json()))
+    kept.write_text(json.dumps(pin))
+    r = cli("evidence", "verify", packet, "--keyring", ring, "--pin-checkpoint", kept, "--json")
+    report = json.loads(r.out)
+    assert r.code == 3, r.out
+    (warning,) = [w for w in report["warnings"] if w["path"] == str(ring)]
+    assert "differs from the keyring pinned in --pin-checkpoint" in warning["message"]

@@ -284,6 +284,24 @@ def _verify(args: argparse.Namespace) -> int:
         all_checkpoints=args.all_checkpoints,
         witness=witness,
     )
+    if (
+        args.keyring is not None
+        and keyring is not None
+        and pin is not None
+        and pin.keyring is not None
+        and pin.keyring.trust() != keyring.trust()
+    ):
+        # Two pinned keyrings that disagree: the one given now wins, and the auditor is told.
+        report.warnings.append(
+            VerifyProblem(
+                "warning",
+                f"--keyring {args.keyring} differs from the keyring pinned in --pin-checkpoint "
+                f"{pin.source}: verified against --keyring; unless you expected a key change, "
+                "verify with the pin alone",
+                None,
+                str(args.keyring),
+            )
+        )
     if pin_inside:
         report.pinned = None  # checked (an inconsistency is still an error), but no pin
         report.warnings.append(
