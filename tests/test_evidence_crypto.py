@@ -9,7 +9,7 @@ import stat
 import subprocess
 from hashlib import sha256, sha512
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -123,6 +123,67 @@ def test_urlsafe_and_unpadded_base64_accepted() -> None:
 def test_malformed_envelopes(text: bytes, error: str) -> None:
     with pytest.raises(dsse.EnvelopeError, match=error):
         dsse.parse(text)
+
+
+def _general(data: bytes) -> dsse.Envelope | str:
+    """What the JSON path makes of ``data`` (an envelope, or its error)."""
+    try:
+        return dsse._parse_json(data)
+    except dsse.EnvelopeError as e:
+        return f"error: {e}"
+
+
+def _either(data: bytes) -> dsse.Envelope | str:
+    try:
+        return dsse.parse(data)
+    except dsse.EnvelopeError as e:
+        return f"error: {e}"
+
+
+def test_the_written_form_is_read_without_the_json_parser_and_alike() -> None:
+    a = generate("a/key")
+    data = dsse.sign(bytes(range(256)) * 3, [a]).to_bytes()
+    fast = dsse._parse_canonical(data)
+    assert fast is not None
+    assert fast == _general(data) == dsse.parse(data)
+    assert dsse.verify(fast, [a.public]) == bytes(range(256)) * 3
+
+
+# Spellings of an envelope the fast path must leave to the JSON parser (or read alike).
+_SPELLINGS: Final = [
+    lambda d: d.replace(b'{"payload"', b'{ "payload"'),
+    lambda d: d.replace(b'"sig":"', b'"sig": "'),
+    lambda d: d.replace(b'"keyid":"', b'"keyid":"\\u0030'),
+    lambda d: d.replace(b'"payload":"', b'"payload":"\\u0041'),
+    lambda d: d.replace(b'=="}]}', b'"}]}'),
+    lambda d: d.replace(b'"}]}', b'"},{"keyid":"00","sig":"YQ=="}]}'),
+    lambda d: d.replace(b'"}]}', b'"}],"x":1}'),
+    lambda d: d.replace(b"application/vnd.in-toto+json", b"text/plain"),
+    lambda d: d.replace(b'"keyid":"', b'"keyid":"-'),
+    lambda d: d.rstrip(b"\n") + b"\n\n",
+    lambda d: d[:-5] + b'"}]}\n',
+    lambda d: d.replace(b'"keyid":"', b'"keyid":"","kid":"'),
+]
+
+
+@pytest.mark.parametrize("spell", range(len(_SPELLINGS)))
+def test_other_spellings_read_as_the_json_parser_reads_them(spell: int) -> None:
+    a = generate("a/key")
+    data = _SPELLINGS[spell](dsse.sign(b"\xfb\xff" * 40, [a]).to_bytes())
+    assert dsse._parse_canonical(data) in (None, _general(data))
+    assert _either(data) == _general(data)
+
+
+@settings(max_examples=examples(200))
+@given(data=st.binary(max_size=400), at=st.integers(0, 399), flips=st.binary(min_size=1, max_size=3))
+def test_any_changed_byte_reads_as_the_json_parser_reads_it(data: bytes, at: int, flips: bytes) -> None:
+    a = generate("a/key")
+    written = bytearray(dsse.sign(data, [a]).to_bytes())
+    at %= len(written)
+    written[at : at + len(flips)] = flips
+    changed = bytes(written)
+    assert dsse._parse_canonical(changed) in (None, _general(changed))
+    assert _either(changed) == _general(changed)
 
 
 # -- C2SP signed notes ---------------------------------------------------------------------

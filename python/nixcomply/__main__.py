@@ -1,5 +1,5 @@
 import sys
 
-from nixcomply.cli import main
+from nixcomply.cli import entry
 
-sys.exit(main())
+sys.exit(entry())

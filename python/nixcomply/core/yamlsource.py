@@ -19,7 +19,6 @@ commas, no duplicate keys, no ``NaN`` or ``Infinity``, and models are validated 
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import re
@@ -30,7 +29,6 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import pydantic
-import yaml
 
 from nixcomply.errors import InputError, Problem
 
@@ -38,9 +36,6 @@ MAX_BYTES: Final = 4 * 2**20
 MAX_DEPTH: Final = 64
 MAX_ALIASES: Final = 256
 MAX_NODES: Final = 200_000
-# libyaml when PyYAML was built with it (10x faster), the pure-Python parser otherwise
-_BASE_LOADER: Final[type[yaml.SafeLoader]] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
 Loc = tuple[str | int, ...]
 M = TypeVar("M", bound=pydantic.BaseModel)
 
@@ -83,65 +78,6 @@ def format_loc(loc: Sequence[str | int]) -> str:
             shown = str(part) if _SHOWN_KEY.match(str(part)) else f"<a key of {len(str(part))} characters>"
             out += f".{shown}" if out else shown
     return out
-
-
-class _LineLoader(_BASE_LOADER):  # type: ignore[valid-type,misc]
-    """A safe loader that builds plain Python values and records a line for every path."""
-
-
-class _Budget:
-    """How many values a document may still build (alias expansions included)."""
-
-    def __init__(self, file: Path) -> None:
-        self.file = file
-        self.left = MAX_NODES
-
-    def spend(self, node: yaml.Node) -> None:
-        self.left -= 1
-        if self.left < 0:
-            raise InputError.single(
-                self.file,
-                f"the document builds more than {MAX_NODES} values (aliases that expand without end?)",
-                line=node.start_mark.line + 1,
-            )
-
-
-def _construct(
-    loader: _LineLoader, node: yaml.Node, path: Loc, lines: dict[Loc, int], budget: _Budget
-) -> Any:
-    budget.spend(node)
-    lines.setdefault(path, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        loader.flatten_mapping(node)
-        result: dict[Any, Any] = {}
-        for key_node, value_node in node.value:
-            budget.spend(key_node)
-            key = loader.construct_object(key_node, deep=True)
-            if not isinstance(key, str | int | float | bool) or key is None:
-                raise _DuplicateOrBadKey(
-                    key_node.start_mark.line + 1, path, f"unsupported key {format_loc([str(key)])}"
-                )
-            if key in result:
-                raise _DuplicateOrBadKey(
-                    key_node.start_mark.line + 1,
-                    path,
-                    f"duplicate key {format_loc([str(key)])!r} (first given on line {lines[(*path, str(key))]})",
-                )
-            child = (*path, str(key))
-            lines[child] = key_node.start_mark.line + 1
-            result[key] = _construct(loader, value_node, child, lines, budget)
-        return result
-    if isinstance(node, yaml.SequenceNode):
-        return [_construct(loader, item, (*path, i), lines, budget) for i, item in enumerate(node.value)]
-    return loader.construct_object(node, deep=True)
-
-
-class _DuplicateOrBadKey(Exception):
-    def __init__(self, line: int, path: Loc, message: str) -> None:
-        super().__init__(message)
-        self.line = line
-        self.path = path
-        self.message = message
 
 
 def read_bytes(path: Path, *, limit: int = MAX_BYTES) -> bytes:
@@ -204,56 +140,13 @@ def read_text(path: Path, *, limit: int = MAX_BYTES) -> str:
         raise InputError.single(path, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
-def _check_events(text: str, file: Path) -> None:
-    """Refuse a document that nests or aliases too much, from its flat event stream,
-    before anything is built (composing and building recurse, the events do not)."""
-    depth = aliases = nodes = 0
-    for event in yaml.parse(text, Loader=_BASE_LOADER):
-        if isinstance(event, yaml.CollectionStartEvent):
-            depth += 1
-            nodes += 1
-            if depth > MAX_DEPTH:
-                raise InputError.single(file, f"nested more than {MAX_DEPTH} levels deep", line=_line(event))
-        elif isinstance(event, yaml.CollectionEndEvent):
-            depth -= 1
-        elif isinstance(event, yaml.ScalarEvent):
-            nodes += 1
-        elif isinstance(event, yaml.AliasEvent):
-            aliases += 1
-            if aliases > MAX_ALIASES:
-                raise InputError.single(file, f"uses more than {MAX_ALIASES} aliases", line=_line(event))
-        if nodes > MAX_NODES:
-            raise InputError.single(file, f"has more than {MAX_NODES} values", line=_line(event))
-
-
-def _line(event: yaml.Event) -> int | None:
-    mark = event.start_mark
-    return None if mark is None else mark.line + 1
-
-
 def parse_yaml(text: str, file: Path) -> tuple[Any, SourceMap]:
     """Parse one YAML document from ``text``; return the data and its source map."""
-    lines: dict[Loc, int] = {}
-    try:
-        _check_events(text, file)
-        loader = _LineLoader(text)
-        try:
-            node = loader.get_single_node()
-            data = None if node is None else _construct(loader, node, (), lines, _Budget(file))
-        finally:
-            loader.dispose()
-    except _DuplicateOrBadKey as e:
-        raise InputError([Problem(file, e.line, format_loc(e.path), e.message)]) from None
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        line = mark.line + 1 if mark is not None else None
-        what = " ".join(x for x in (e.context, e.problem) if x)
-        raise InputError([Problem(file, line, "", f"invalid YAML: {what}")]) from None
-    except yaml.YAMLError as e:
-        raise InputError([Problem(file, None, "", f"invalid YAML: {e}")]) from None
-    except RecursionError:
-        raise InputError.single(file, f"nested more than {MAX_DEPTH} levels deep") from None
-    return data, SourceMap(file=file, lines=lines)
+    # PyYAML (1.3 MB, 18 modules) loads with the first YAML document parsed: a reconcile
+    # cycle that finds its runbooks and rules in the memo never parses any.
+    from nixcomply.core import _yamlparse  # noqa: PLC0415
+
+    return _yamlparse.parse_yaml(text, file)
 
 
 def load_yaml(path: Path) -> tuple[Any, SourceMap]:
@@ -386,7 +279,7 @@ def problems_from_validation(error: pydantic.ValidationError, source: SourceMap)
         message = err["msg"]
         if err["type"] == "extra_forbidden":
             siblings = [str(m[-1]) for m in missing if m[:-1] == loc[:-1] and m not in absorbed]
-            guess = difflib.get_close_matches(str(loc[-1]), siblings, n=1)
+            guess = _close_matches(str(loc[-1]), siblings)
             if guess:
                 absorbed.add((*loc[:-1], guess[0]))
                 message = f"unknown field; did you mean {guess[0]!r}?"
@@ -439,3 +332,9 @@ def _got(loc: Loc, value: Any) -> str:
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _close_matches(word: str, candidates: Sequence[str]) -> list[str]:
+    import difflib  # noqa: PLC0415 - only an error message needs it
+
+    return difflib.get_close_matches(word, candidates, n=1)

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Final
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from nixcomply.core.fsutil import read_regular
@@ -113,9 +112,7 @@ class Witness:
         return f"{EM_DASH} {self.name} {base64.b64encode(blob).decode()}\n"
 
     def private_text(self) -> str:
-        seed = self.private_key.private_bytes(
-            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
-        )
+        seed = self.private_key.private_bytes_raw()
         material = base64.b64encode(bytes([COSIGNATURE_V1]) + seed).decode()
         return f"{PRIVATE_PREFIX}{self.name}+{self.public.key_id:08x}+{material}\n"
 

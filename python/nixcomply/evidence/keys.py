@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Final
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from nixcomply.core.fsutil import atomic_write, ensure_dir, fsync_dir
@@ -149,9 +148,9 @@ class Signer:
     public: PublicKey = field(init=False)
 
     def __post_init__(self) -> None:
-        raw = self.private_key.public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw
-        )
+        # public_bytes_raw: the Raw/Raw serialization without importing ``serialization``
+        # (it loads every cipher and key type cryptography has: ~1.5 MB of a cycle's memory)
+        raw = self.private_key.public_key().public_bytes_raw()
         object.__setattr__(self, "public", PublicKey(self.name, raw))
 
     @property
@@ -162,9 +161,7 @@ class Signer:
         return self.private_key.sign(data)
 
     def private_text(self) -> str:
-        seed = self.private_key.private_bytes(
-            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
-        )
+        seed = self.private_key.private_bytes_raw()
         encoded = base64.b64encode(bytes([ED25519]) + seed).decode()
         return f"{PRIVATE_PREFIX}{self.name}+{self.key_id_hex}+{encoded}\n"
 
@@ -177,6 +174,8 @@ def parse_private_key(text: str, *, default_name: str) -> Signer:
     """Parse a private key in the signed-note format (or PEM, named ``default_name``)."""
     text = text.strip()
     if text.startswith("-----BEGIN"):
+        from cryptography.hazmat.primitives import serialization  # noqa: PLC0415 - see Signer
+
         try:
             key = serialization.load_pem_private_key(text.encode(), password=None)
         except (ValueError, TypeError) as e:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Final, TypedDict
 
 from nixcomply import __version__
 from nixcomply.cli import COMMON, add_group, add_verb, run
+from nixcomply.core import gcpause
 from nixcomply.core.display import shown
 from nixcomply.errors import EXIT_OK, EXIT_TEMPFAIL, HELP_EXIT_STATUS, NixcomplyError, UsageError
 from nixcomply.server.config import DEFAULT_CONFIG, ServerConfig, load_config
@@ -167,6 +168,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logger.info("database %s", config.describe_database())
     print(f"nixcomply-server {__version__}: listening on http://{host}:{sock.getsockname()[1]}", flush=True)
     server = make_server(app)
+    gcpause.freeze_startup()  # what the server loaded stays: full collections skip it
     try:
         server.run(sockets=[sock])
     finally:

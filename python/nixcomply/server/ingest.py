@@ -21,7 +21,7 @@ from typing import Any, assert_never
 
 from sqlalchemy import Connection, Engine
 
-from nixcomply.core import faults
+from nixcomply.core import faults, gcpause
 from nixcomply.model.fleet import ErrorCode, UploadRequest, UploadResponse, b64decode
 from nixcomply.server.db import queries
 from nixcomply.server.db.queries import HostRow
@@ -60,7 +60,8 @@ def ingest(
     engine: Engine, host: HostRow, request: UploadRequest, witness: Witness, now: Callable[[], datetime]
 ) -> UploadResponse:
     try:
-        with engine.begin() as conn:
+        # the collector paused while an upload is verified and stored (core/gcpause.py)
+        with gcpause.paused(), engine.begin() as conn:
             return _ingest(conn, host, request, witness, now())
     except Refusal as r:
         with engine.begin() as conn:

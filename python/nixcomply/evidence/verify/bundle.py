@@ -11,6 +11,7 @@ else before its signature has been judged.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import re
@@ -18,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from hashlib import sha256
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple, TypeVar
 
 import pydantic
 
@@ -76,9 +77,52 @@ class Claim(NamedTuple):
     # When no candidate signed: the signed message and the signatures, so that a key only
     # a rotation entry introduces can still be tried once the rotation is judged.
     unmatched: tuple[bytes, tuple[bytes, ...]] | None = None
-    # The bytes of the checkpoint file ``chain.checkpoint`` commits to (tree size ``seq``),
-    # read beside the bundle so the parent need not open every checkpoint itself.
-    committed_file: bytes | None = None
+    # The checkpoint file ``chain.checkpoint`` commits to (tree size ``seq``), read and
+    # hashed beside the bundle so the parent need not open every checkpoint itself.
+    committed_file: CommittedFile | None = None
+
+
+class CommittedFile(NamedTuple):
+    """A checkpoint file as read beside the entry that commits to it (:func:`read_committed`).
+    Like the claim, used only once the claim is judged authentic."""
+
+    # Whether its sha256 is the claim's ``chain.checkpoint``.
+    matches: bool
+    origin: str | None
+    root: bytes | None
+    # Why the text is not a checkpoint of the committing entry's tree size (None: it is).
+    problem: str | None
+
+
+def read_committed(data: bytes, size: int, sha256_hex: str | None) -> CommittedFile:
+    """The bytes of a checkpoint file an entry committed to (``sha256_hex``), read as a
+    checkpoint of tree size ``size``: the text must still say that size and have a base64
+    root (its signature need not be checked: the entry signed its digest)."""
+    matches = sha256(data).hexdigest() == sha256_hex
+    lines = data.split(b"\n", 3)
+    if len(lines) < 4 or lines[1] != str(size).encode():
+        return CommittedFile(matches, None, None, f"not a checkpoint for tree size {size}")
+    origin = _share(lines[0].decode("utf-8", "replace"))
+    try:
+        return CommittedFile(matches, origin, base64.b64decode(lines[2], validate=True), None)
+    except ValueError:
+        return CommittedFile(matches, origin, None, "root hash is not base64")
+
+
+# Values many claims have in common (the signers, the day, the log's origin), one object
+# each: pickle then sends each once per chunk, and the parent keeps one copy.
+_SHARED: Final[dict[object, Any]] = {}
+T = TypeVar("T")
+
+
+_last_envelope: Final = [""]
+
+
+def _share(value: T) -> T:
+    if len(_SHARED) > 4096:
+        _SHARED.clear()
+    shared: T = _SHARED.setdefault(value, value)
+    return shared
 
 
 @dataclass(slots=True)
@@ -193,15 +237,20 @@ def check_envelope(
     attestation = None
     if isinstance(predicate, Attestation):
         attestation = (predicate.control, predicate.expires, predicate.attested_by)
+    # Bundles are checked in log order: the previous envelope's digest, one object for both.
+    prev, envelope_sha256 = chain.prev, sha256(env_bytes).hexdigest()
+    if prev == _last_envelope[0]:
+        prev = _last_envelope[0]
+    _last_envelope[0] = envelope_sha256
     out.claim = Claim(
         chain.seq,
         predicate.bundle_id,
-        predicate.observed_at.date(),
-        chain.prev,
+        _share(predicate.observed_at.date()),
+        prev,
         chain.checkpoint,
-        sha256(env_bytes).hexdigest(),
+        envelope_sha256,
         leaf_hash(env_bytes),
-        frozenset(signers),
+        _share(frozenset(signers)),
         rotation,
         attestation,
         None if signers & keys.raws else (message, tuple(s.sig for s in envelope.signatures)),
@@ -261,7 +310,8 @@ def check_bundle(base: str, rel: str, keys: Candidates, *, keep_statement: bool 
     if claim is not None and claim.checkpoint is not None:
         # Missing or unreadable: the checkpoint check reads it again and says so.
         with contextlib.suppress(OSError):
-            out.claim = claim._replace(committed_file=read_file(f"{base}{CHECKPOINTS}/{claim.seq:012d}"))
+            data = read_file(f"{base}{CHECKPOINTS}/{claim.seq:012d}")
+            out.claim = claim._replace(committed_file=read_committed(data, claim.seq, claim.checkpoint))
     return out
 
 
