@@ -453,3 +453,27 @@ def test_a_server_that_trickles_or_floods_its_answer_is_cut_off(answer: Any, mes
         (error,) = done
         assert isinstance(error, ServerUnreachable), error
         assert message in str(error)
+
+
+def _claims_everything(conn: socket.socket, _stop: threading.Event) -> None:
+    body = json.dumps({"accepted_size": 5, "witness_key": "x"}).encode()
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+    conn.sendall(head + body)
+
+
+def test_a_claim_to_hold_the_log_needs_the_witnesss_cosignature(
+    fleet: Served, host_store: tuple[Path, Keys]
+) -> None:
+    """Whoever answered in the server's name (plain http) could say it held the whole log:
+    the host acknowledged it, its upload lag fell to zero, and nothing had been sent."""
+    root, _keys = host_store
+    enroll(fleet, root)
+    with hostile_server(_claims_everything) as url, sqlite3.connect(root / "state.db") as db:
+        db.execute("UPDATE uplink_enrollment SET server = ?", (url,))
+        db.commit()
+        report = run.upload(root)
+    assert report.outcome == "failed", report
+    assert "holds 5 entries but shows no cosigned checkpoint" in (report.error or "")
+    assert UplinkState.open(root).progress().accepted_size == 0
+    lag = run.lag(root)
+    assert lag is not None and lag.entries == 5

@@ -158,7 +158,13 @@ def store_cosignature(
     except NoteError as e:
         raise OutboxError(f"the server's cosignature of checkpoint {size} is not valid: {e}") from None
     path = ensure_dir(root / COSIGNATURES) / checkpoint_name(size)
-    atomic_write(path, "".join(c.line() for c in lines).encode(), mode=0o644)
+    data = "".join(c.line() for c in lines).encode()
+    try:
+        if read_regular(path) == data:
+            return path  # kept already (every pass shows the newest one): no write
+    except OSError:
+        pass
+    atomic_write(path, data, mode=0o644)
     return path
 
 

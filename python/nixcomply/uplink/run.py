@@ -303,6 +303,17 @@ def _pass(
                 f"has {local}: entries were lost or the store was rolled back; restore it from a "
                 "backup (nothing is sent meanwhile)"
             )
+        if remote.accepted_size > 0:
+            # "I hold N entries" is believed only with the witness's cosignature on this host's
+            # own checkpoint N: an answer from whoever sits between host and server (plain
+            # http) could otherwise make the host count unsent evidence as uploaded.
+            if not (remote.checkpoint and remote.cosignature):
+                raise OutboxError(
+                    f"the server says it holds {remote.accepted_size} entries but shows no cosigned checkpoint"
+                )
+            store_cosignature(
+                root, remote.accepted_size, remote.checkpoint.encode(), remote.cosignature, witness=witness
+            )
         report.accepted_size = remote.accepted_size
         state.acknowledged(remote.accepted_size, now())
         for batch in batches(root, remote.accepted_size, max_entries=max_entries):
@@ -319,11 +330,6 @@ def _pass(
             report.accepted_size = response.accepted_size
             report.cosigned.append(response.accepted_size)
             report.outcome = "uploaded"
-        if report.outcome == "up-to-date" and remote.checkpoint and remote.cosignature:
-            # Nothing new: make sure the newest cosignature is kept (a lost answer earlier).
-            store_cosignature(
-                root, remote.accepted_size, remote.checkpoint.encode(), remote.cosignature, witness=witness
-            )
     except (ServerUnreachable, UplinkError, OutboxError) as e:
         report.outcome = "failed"
         report.error = str(e)
