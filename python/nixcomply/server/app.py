@@ -14,7 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -94,6 +94,17 @@ async def _database_down(_request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _unstorable(_request: Request, exc: Exception) -> JSONResponse:
+    # A value PostgreSQL refuses to store: a NUL character in text or JSON (which a host's
+    # keyring or its signed rotation reason may carry), a number out of range. Bad input.
+    logger.warning("refused a value the database cannot store: %s", type(exc).__name__)
+    return _error(
+        422,
+        ErrorCode.INVALID,
+        "the request holds a value the database cannot store (a NUL character, a number out of range)",
+    )
+
+
 async def _internal(_request: Request, exc: Exception) -> JSONResponse:
     logger.error("internal error: %s: %s", type(exc).__name__, exc, exc_info=exc)
     return _error(500, ErrorCode.INTERNAL, "internal error; nothing was written")
@@ -132,9 +143,11 @@ def create_app(
     app.add_exception_handler(RequestValidationError, _validation_error)
     for db_error in (OperationalError, InterfaceError, PoolTimeout):
         app.add_exception_handler(db_error, _database_down)
+    app.add_exception_handler(DataError, _unstorable)
     app.add_exception_handler(Exception, _internal)
     # Each add wraps the ones before: audit is outermost and sees every answer, including
     # the other middleware's refusals, which carry the security headers too.
+    app.add_middleware(middleware.Internal)
     app.add_middleware(middleware.ContentType)
     app.add_middleware(middleware.BodyLimit, limit=config.max_body_bytes)
     if limits.enabled:

@@ -24,6 +24,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 audit_logger = logging.getLogger("nixcomply.server.audit")
+logger = logging.getLogger(__name__)
 
 SECURITY_HEADERS: Final = (
     (b"x-content-type-options", b"nosniff"),
@@ -66,6 +67,35 @@ class _TooLarge(ApiError):
 
     def __init__(self, limit: int) -> None:
         super().__init__(413, ErrorCode.TOO_LARGE, f"the body is over {limit} bytes")
+
+
+class Internal:
+    """A bug is answered with the JSON 500 here, inside the other middleware, so the answer
+    carries the security headers and the audit line its status (Starlette's own last resort
+    sits outside all middleware). Nothing was written: each request is one transaction."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as e:
+            logger.error("internal error: %s: %s", type(e).__name__, e, exc_info=e)
+            if started:
+                raise
+            await send_error(send, 500, ErrorCode.INTERNAL, "internal error; nothing was written")
 
 
 class RateLimit:
