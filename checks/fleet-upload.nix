@@ -59,13 +59,15 @@ in
             "--out /var/lib/nixcomply-keys/bundle.key --keyring /var/lib/nixcomply/keyring.json",
             "nixcomply evidence keygen --role log --name nixcomply/machine "
             "--out /var/lib/nixcomply-keys/log.key --keyring /var/lib/nixcomply/keyring.json",
+            # the operator's copy of the keyring, made when the keys are (verify pins it)
+            "cp /var/lib/nixcomply/keyring.json /var/lib/nixcomply-keys/keyring.json",
             "cp -rT /etc/fleet/revB /var/lib/fleet && chmod -R u+w /var/lib/fleet",
             "git -C /var/lib/fleet add -A && "
             "git -C /var/lib/fleet -c user.name=ci -c user.email=ci@nixcomply.test commit -qm revB",
         )
 
     def local_size(node):
-        return json.loads(node.succeed("nixcomply evidence verify --json /var/lib/nixcomply"))["entries"]
+        return json.loads(node.succeed("nixcomply evidence verify --json --keyring /var/lib/nixcomply-keys/keyring.json /var/lib/nixcomply"))["entries"]
 
     def accepted(site, name):
         hosts = json.loads(operator("host list --json"))
@@ -95,7 +97,7 @@ in
             size = local_size(node)
             assert size >= 1, size
             assert accepted(site, node.name) == size, f"{node.name}: server holds {accepted(site, node.name)}, host {size}"
-            node.succeed(f"nixcomply evidence verify /var/lib/nixcomply --witness '{witness}'")
+            node.succeed(f"nixcomply evidence verify /var/lib/nixcomply --keyring /var/lib/nixcomply-keys/keyring.json --witness '{witness}'")
             node.fail(f"nixcomply enroll --hostname {node.name} --token {invite['token']}")
 
     with subtest("no incidents, every accepted checkpoint cosigned"):
@@ -115,13 +117,13 @@ in
 
     with subtest("the upload timer, status, and a packet that carries the witness"):
         clinic2.succeed("systemctl start nixcomply-reconcile.service")  # a new entry
-        clinic2.fail(f"nixcomply evidence verify /var/lib/nixcomply --witness '{witness}'")
+        clinic2.fail(f"nixcomply evidence verify /var/lib/nixcomply --keyring /var/lib/nixcomply-keys/keyring.json --witness '{witness}'")
         clinic2.succeed("systemctl start nixcomply-upload.service")
-        clinic2.succeed(f"nixcomply evidence verify /var/lib/nixcomply --witness '{witness}'")
+        clinic2.succeed(f"nixcomply evidence verify /var/lib/nixcomply --keyring /var/lib/nixcomply-keys/keyring.json --witness '{witness}'")
         assert json.loads(clinic2.succeed("nixcomply status --json"))["upload"]["lag_entries"] == 0
         clinic2.succeed(
             "nixcomply evidence export --state-dir /var/lib/nixcomply --from 2000-01-01 --to 2099-12-31 -o /tmp/packet.zip",
-            f"nixcomply evidence verify /tmp/packet.zip --witness '{witness}'",
+            f"nixcomply evidence verify /tmp/packet.zip --keyring /var/lib/nixcomply-keys/keyring.json --witness '{witness}'",
         )
   '';
 }

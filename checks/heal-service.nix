@@ -32,7 +32,9 @@ in
             "grep -rlE '\"runbook\": ?\"RB-SERVICE-001\"' /var/lib/nixcomply/evidence --include statement.json"
         ).split()
         assert statements, "no remediation statement for RB-SERVICE-001"
-        report = json.loads(machine.succeed("nixcomply evidence verify --json /var/lib/nixcomply"))
+        report = json.loads(machine.succeed(
+            "nixcomply evidence verify --json --keyring /var/lib/nixcomply-keys/keyring.json /var/lib/nixcomply"
+        ))
         assert report["ok"], report
   '';
 }

@@ -45,7 +45,9 @@ in
         machine.succeed("nixcomply reset")
 
     with subtest("the evidence records the revert and verifies"):
-        report = json.loads(machine.succeed("nixcomply evidence verify --json /var/lib/nixcomply"))
+        report = json.loads(machine.succeed(
+            "nixcomply evidence verify --json --keyring /var/lib/nixcomply-keys/keyring.json /var/lib/nixcomply"
+        ))
         assert report["ok"], report
         assert int(machine.succeed(
             "grep -rlE '\"outcome\": ?\"reverted\"' /var/lib/nixcomply/evidence --include statement.json | wc -l"

@@ -29,7 +29,9 @@ in
         machine.wait_for_unit("app.service")
 
     with subtest("the evidence verifies offline on the node"):
-        report = json.loads(machine.succeed("nixcomply evidence verify --json /var/lib/nixcomply"))
+        report = json.loads(machine.succeed(
+            "nixcomply evidence verify --json --keyring /var/lib/nixcomply-keys/keyring.json /var/lib/nixcomply"
+        ))
         assert report["ok"], report
         assert report["entries"] >= 1, report
 

@@ -41,6 +41,13 @@ let
   # the backup check reads restic or borg repositories when the site configures one
   backupKind = cfg.settings.checks.backup.kind or "timestamp";
 
+  # What the option's type lets through and systemd (and the reconciler, which checks the
+  # file each cycle) refuses: a template without an instance, a name over 255 characters.
+  # Caught here, not by a host whose reconciler stops loading its configuration.
+  unstartableUnits = builtins.filter (
+    u: builtins.stringLength u > 255 || builtins.match ".*@[.][a-z]+" u != null
+  ) cfg.healthGate.criticalUnits;
+
   inStore = path: path != null && lib.hasPrefix "${storeDir}/" path;
   keyAssertions = lib.concatMap (
     { option, value }:
@@ -75,6 +82,10 @@ in
       {
         assertion = !(lib.hasInfix "\n" (cfg.hostAttribute));
         message = "nixcomply.reconciler.hostAttribute must be a single name.";
+      }
+      {
+        assertion = unstartableUnits == [ ];
+        message = "nixcomply.reconciler.healthGate.criticalUnits: ${builtins.concatStringsSep ", " unstartableUnits}: systemd cannot start a template without an instance (name@.service) or a unit name longer than 255 characters.";
       }
       {
         assertion = settingsOverrides == [ ];

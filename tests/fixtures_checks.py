@@ -143,7 +143,7 @@ def context(
 
 @dataclass(frozen=True)
 class FakeUnit:
-    """Implements nixcomply.checks.context.UnitStateLike."""
+    """Implements nixcomply.host.systemd.UnitStateLike."""
 
     name: str
     load_state: str = "loaded"

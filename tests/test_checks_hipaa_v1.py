@@ -16,7 +16,7 @@ from typing import Any
 from unittest import mock
 
 import pytest
-from boundary import result
+from boundary import argv_of, result
 from fixtures_checks import CHECKDATA, context, control, data, manifest, require
 
 from conftest import REPO
@@ -33,8 +33,11 @@ from nixcomply.checks import (
 )
 from nixcomply.checks.base import expect_problem
 from nixcomply.checks.finding import Finding
+from nixcomply.errors import CommandError
+from nixcomply.heal.rules import decide
 from nixcomply.model.manifest import Manifest
 from nixcomply.nixos.tools import Tools
+from nixcomply.reconcile.respond import load_policy
 
 HIPAA = REPO / "baseline" / "hipaa-v1.yaml"
 MODULE = REPO / "modules" / "baselines" / "hipaa-v1.nix"
@@ -166,6 +169,60 @@ def test_no_rules_loaded_is_drift_for_every_audit_control(
     run.return_value = result(data("audit_rules/no-rules.txt"))
     findings = audit_rules.run(context(manifest=hipaa_manifest), by_check(hipaa_manifest, "audit_rules"))
     assert set(statuses(findings).values()) == {"drift"}
+
+
+def without_deletions() -> str:
+    printed = [
+        line
+        for line in data("audit_rules/hipaa-v1.txt").splitlines()
+        if not ("b32" in line and "key=delete" in line)
+    ]
+    return "\n".join(printed) + "\n"
+
+
+def test_in_sync_audit_rules_never_ask_whether_they_are_locked(
+    run: mock.MagicMock, hipaa_manifest: Manifest
+) -> None:
+    run.return_value = result(data("audit_rules/hipaa-v1.txt"))
+    audit_rules.run(context(manifest=hipaa_manifest), by_check(hipaa_manifest, "audit_rules"))
+    assert [argv_of(c) for c in run.call_args_list] == [["auditctl", "-l"]]
+
+
+def test_locked_audit_rules_need_a_reboot_not_a_runbook(
+    run: mock.MagicMock, hipaa_manifest: Manifest
+) -> None:
+    """security.audit.enable = "lock": missing rules cannot be loaded before the next boot, so
+    re-applying the generation (RB-DRIFT-001) would only fail again and again until it is
+    suppressed; the finding says a reboot is needed and the rules alert a person instead."""
+    run.side_effect = [result(without_deletions()), result(data("audit_status/locked.txt"))]
+    findings = audit_rules.run(context(manifest=hipaa_manifest), by_check(hipaa_manifest, "audit_rules"))
+    assert [argv_of(c) for c in run.call_args_list] == [["auditctl", "-l"], ["auditctl", "-s"]]
+    (locked,) = [f for f in findings if f.status == "drift"]
+    assert locked.reboot_needed and locked.recommended_runbook is None
+    assert locked.observed["locked"] is True and "enabled 2" in locked.outputs["auditctl_s"]
+    assert "locked until the next boot" in locked.message and "reboot" in locked.message
+    assert not any(f.reboot_needed for f in findings if f.status == "pass")
+    decision = decide(load_policy().rules, locked.model_dump(mode="json"))
+    assert decision is not None and decision.rule.id == "L1-AUDIT-003" and decision.runbook is None
+    assert decision.alert is not None and decision.alert.startswith("a reboot is needed")
+
+
+@pytest.mark.parametrize("status", ["with-rules.txt", "malformed.txt", None])
+def test_unlocked_or_unknown_audit_rules_are_re_applied(
+    run: mock.MagicMock, hipaa_manifest: Manifest, status: str | None
+) -> None:
+    answer = (
+        result(data(f"audit_status/{status}"))
+        if status
+        else CommandError(("auditctl", "-s"), returncode=1, stderr="Operation not permitted")
+    )
+    run.side_effect = [result(without_deletions()), answer]
+    findings = audit_rules.run(context(manifest=hipaa_manifest), by_check(hipaa_manifest, "audit_rules"))
+    (drift,) = [f for f in findings if f.status == "drift"]
+    assert not drift.reboot_needed and drift.recommended_runbook == "RB-DRIFT-001"
+    assert drift.observed["locked"] is (False if status == "with-rules.txt" else None)
+    decision = decide(load_policy().rules, drift.model_dump(mode="json"))
+    assert decision is not None and decision.rule.id == "L1-AUDIT-001" and decision.runbook == "RB-DRIFT-001"
 
 
 def auditctl(*args: str) -> str:

@@ -12,17 +12,20 @@ from typing import Any
 
 import pytest
 from fixtures_checks import FakeSystemd, FakeUnit, context, control, manifest
+from pydantic import ValidationError
 
 from nixcomply.baseline.catalog import CHECK_NAMES, CHECKS
 from nixcomply.baseline.load import load_baseline
 from nixcomply.checks import registry
 from nixcomply.checks.base import CheckSpec, Controls, Verdict, expect_problem, make_finding
+from nixcomply.checks.config import ChecksConfig
 from nixcomply.checks.context import CheckContext
 from nixcomply.checks.finding import Finding
 from nixcomply.checks.registry import RunFunction
 from nixcomply.checks.report import CheckReport, render_table
 from nixcomply.core.paths import default_baseline
 from nixcomply.errors import UsageError
+from nixcomply.host.systemd import InvalidUnitNameError, validate_unit_name
 
 
 def test_registry_matches_catalog() -> None:
@@ -287,3 +290,25 @@ def test_every_shipped_control_speaks_its_checks_language() -> None:
         if problem:
             problems.append(f"{c.id}: {problem}")
     assert problems == []
+
+
+@pytest.mark.parametrize(
+    "unit",
+    ["x" * 250 + ".service", "backup@.service", "app.service\n", "ümlaut.service", "a b.service", "app"],
+)
+def test_the_checks_configuration_knows_units_by_systemds_grammar(unit: str) -> None:
+    """One unit-name grammar (nixcomply.host.systemd.validate_unit_name) for the checks'
+    configuration, the runbooks and the guard: the checks' own regex took a 254-character
+    name or a template that the runbook guard then refused."""
+    with pytest.raises(InvalidUnitNameError):
+        validate_unit_name(unit)
+    for config in (
+        {"backup": {"unit": unit}},
+        {"logging": {"units": ["systemd-journald.service", unit]}},
+        {"time": {"unit": unit}},
+    ):
+        with pytest.raises(ValidationError, match="invalid unit name"):
+            ChecksConfig.model_validate(config)
+    assert ChecksConfig.model_validate({"time": {"unit": "chrony-wait.service"}}).time.effective_unit == (
+        "chrony-wait.service"
+    )

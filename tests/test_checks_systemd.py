@@ -12,6 +12,8 @@ from fixtures_systemd import Units
 
 from nixcomply.checks import av_edr, registry, service_health
 from nixcomply.checks.context import CheckContext
+from nixcomply.heal.actions import ActionEnv, capture_state
+from nixcomply.heal.config import HealConfig
 from nixcomply.host.systemd import connector_if_installed
 from nixcomply.sandbox.usermanager import UserManager
 
@@ -98,3 +100,20 @@ def test_runner_with_real_systemd(user_manager: UserManager, units: Units) -> No
     m = manifest({"svc": control("service_health", {"units": [name]})})
     findings = registry.run_checks(ctx_for(user_manager, m), ["service_health"])
     assert [(f.subject, f.status) for f in findings] == [(name, "pass")]
+
+
+def test_a_check_and_a_heal_step_record_a_unit_the_same_way(user_manager: UserManager, units: Units) -> None:
+    """One definition of a unit's state in findings and in heal evidence
+    (nixcomply.host.systemd.unit_record): the same unit at the same moment reads the same."""
+    name = units.service("/bin/sleep 300")
+    units.sd.start(name)
+    m = manifest({"svc": control("service_health", {"units": [name]})})
+    finding = service_health.run(ctx_for(user_manager, m), dict(m.controls))[0]
+    env = ActionEnv(config=HealConfig(allowed_units=[name]), systemd=lambda: units.sd, timeout=10)
+    step = capture_state({"unit": name, "journal_lines": 0, "ruleset": False}, env)
+    recorded = step.data["unit"]
+    assert isinstance(recorded, dict)
+    shared = ("name", "load_state", "active_state", "sub_state", "result", "n_restarts", "main_pid")
+    assert {k: finding.observed[k] for k in shared} == {k: recorded[k] for k in shared}
+    assert recorded["name"] == name and recorded["active_state"] == "active" and recorded["main_pid"]
+    assert recorded["unit_file_state"] is not None and recorded["active_enter_timestamp"]

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -277,6 +278,81 @@ def test_clean_directory_refuses_a_directory_swapped_for_a_symlink_after_the_che
     assert (heal.outside / "precious").read_text() == "never removed"
 
 
+@pytest.fixture
+def deep(heal: HealWorld) -> Iterator[Callable[[Path, int], Path]]:
+    """``deep(top, n)``: ``top`` with n nested directories in it and a file at the bottom
+    (made through directory descriptors: the path is longer than PATH_MAX); removed with
+    rm -rf at the end (shutil.rmtree recurses too)."""
+    made: list[Path] = []
+
+    def make(top: Path, levels: int) -> Path:
+        top.mkdir(parents=True, exist_ok=True)
+        made.append(top)
+        fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for _ in range(levels):
+                os.mkdir("d", dir_fd=fd)
+                sub = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+                os.close(fd)
+                fd = sub
+            with open(os.open("file", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd), "w") as f:
+                f.write("deep down\n")
+        finally:
+            os.close(fd)
+        return top
+
+    yield make
+    for top in made:
+        subprocess.run(["rm", "-rf", str(top)], check=True)
+
+
+def test_clean_directory_of_a_tree_deeper_than_it_descends_is_a_bounded_refusal(
+    heal: HealWorld, deep: Callable[[Path, int], Path]
+) -> None:
+    """Whoever writes inside an allowed root can nest directories thousands deep: that was a
+    RecursionError (an internal error, and the disk never freed); now the levels below
+    MAX_DEPTH are left alone and named, and a shallower tree is removed whole."""
+    cache = deep(heal.allowed / "cache", 2000)
+    (cache / "old.log").write_text("x" * 1000)
+    s, run = step(heal, "clean_directory", {"path": str(cache)})
+    assert s.error is None, s.error
+    assert not s.ok and "could not be removed" in s.detail
+    assert not (cache / "old.log").exists(), "what is within reach is removed"
+    out = run.evidence["out"]
+    assert isinstance(out, dict)
+    errors = out["errors"]
+    assert isinstance(errors, list) and any(
+        f"nested more than {actions.MAX_DEPTH} directories deep; left alone" in str(e) for e in errors
+    ), errors
+    shallow = deep(heal.allowed / "shallow", 100)
+    s, _ = step(heal, "clean_directory", {"path": str(shallow)})
+    assert s.ok, s.detail
+    assert list(shallow.iterdir()) == []
+
+
+def test_checksums_of_trees_deeper_than_it_descends_never_verify(
+    heal: HealWorld, deep: Callable[[Path, int], Path]
+) -> None:
+    reference = deep(heal.allowed / "reference", 1500)
+    restored = deep(heal.allowed / "restored", 1500)
+    for d in (reference, restored):
+        (d / "a.txt").write_text("alpha")
+    s = _verify(heal, reference, restored)
+    assert s.error is None, s.error
+    assert not s.ok and "could not be compared" in s.detail and "nested more than" in s.detail
+
+
+def test_checksumming_a_huge_sparse_file_keeps_to_the_step_timeout(heal: HealWorld) -> None:
+    reference, restored = _pair(heal)
+    for d in (reference, restored):
+        with (d / "sparse.img").open("wb") as f:
+            f.truncate(1 << 40)  # a terabyte of holes: hours of reading
+    s, _ = step(
+        heal, "verify_checksums", {"restored": str(restored), "reference": str(reference)}, timeout=0.5
+    )
+    assert not s.ok and s.error is not None and "took longer than the step's timeout" in s.error
+
+
 # -- verify_checksums ------------------------------------------------------------------------
 
 
@@ -293,6 +369,41 @@ def _pair(heal: HealWorld) -> tuple[Path, Path]:
 def _verify(heal: HealWorld, reference: Path, restored: Path, **extra: str) -> StepResult:
     s, _ = step(heal, "verify_checksums", {"restored": str(restored), "reference": str(reference), **extra})
     return s
+
+
+def test_the_result_file_is_never_written_through_a_symlink_put_there_after_the_check(
+    heal: HealWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whoever may write inside an allowed root (a backup job, a service's cache) swaps a
+    directory of the result file's path for a symlink after the guard resolved it: the
+    write must not follow it out of the root (as root, that would replace any file)."""
+    reference, restored = _pair(heal)
+    state = heal.allowed / "state"
+    (state / "sub").mkdir(parents=True)
+    victim = heal.outside / "result.json"
+    victim.write_text("precious\n")
+    original = actions.verify_checksums
+
+    def swap_then_verify(args: Any, env: ActionEnv) -> Any:
+        (state / "sub").rmdir()
+        (state / "sub").symlink_to(heal.outside)  # after the guard, before the write
+        return original(args, env)
+
+    monkeypatch.setitem(actions.ACTIONS, actions.Action.VERIFY_CHECKSUMS, swap_then_verify)  # type: ignore[attr-defined]
+    s = _verify(heal, reference, restored, result_file=str(state / "sub" / "result.json"))
+    assert not s.ok and s.error is not None and "symlink" in s.error, (s.error, s.detail)
+    assert victim.read_text() == "precious\n"
+    assert sorted(p.name for p in heal.outside.iterdir()) == ["result.json"], (
+        "a temporary file was left outside"
+    )
+
+
+def test_the_result_file_directories_are_made_inside_the_root(heal: HealWorld) -> None:
+    reference, restored = _pair(heal)
+    result_file = heal.allowed / "new" / "deeper" / "result.json"
+    s = _verify(heal, reference, restored, result_file=str(result_file))
+    assert s.ok, s.error
+    assert json.loads(result_file.read_text())["ok"] is True
 
 
 def test_identical_trees_match_and_the_result_is_recorded(heal: HealWorld) -> None:

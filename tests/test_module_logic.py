@@ -224,6 +224,17 @@ def reconciler_unit(nix_env: dict[str, str], options: dict[str, Any]) -> dict[st
     return out
 
 
+@pytest.mark.parametrize("unit", ["app@.service", "a" * 250 + ".service"])
+def test_a_critical_unit_systemd_cannot_start_is_an_assertion(unit: str, nix_env: dict[str, str]) -> None:
+    """The option's type takes it, the reconciler refuses the rendered file: the host's
+    reconciler would stop at every cycle after the switch."""
+    units = {"healthGate": {"criticalUnits": ["sshd.service", unit]}}
+    failed = reconciler_unit(nix_env, units)["failedAssertions"]
+    assert any("healthGate.criticalUnits" in m and unit in m for m in failed), failed
+    fine = {"healthGate": {"criticalUnits": ["sshd.service", "getty@tty1.service"]}}
+    assert not [m for m in reconciler_unit(nix_env, fine)["failedAssertions"] if "criticalUnits" in m]
+
+
 # -- runbooks ----------------------------------------------------------------------------------------
 
 

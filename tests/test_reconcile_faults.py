@@ -18,16 +18,20 @@ import signal
 import subprocess
 import sys
 import textwrap
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import pytest
+from fixtures_checks import CHECKDATA, data
 from fixtures_reconcile import ReconcileWorld
 
-from nixcomply.core.faults import CYCLE_POINTS, FaultPoint
+from nixcomply.core.faults import CYCLE_POINTS, HEAL_POINTS, FaultPoint
 from nixcomply.host.state import AttemptOutcome, State
 from nixcomply.model.outcome import PlanKind
 from nixcomply.nixos import generations, system
 from nixcomply.reconcile.cycle import Reconciler
+from nixcomply.reconcile.respond import HEAL_RUNNING
+from nixcomply.sandbox.machine import HOST_ONLY_CHECKS
 
 HEALTHY: Final = "newer"
 BROKEN: Final = "broken"
@@ -169,6 +173,7 @@ CASES = (
 
 def test_every_fault_point_is_in_the_campaign() -> None:
     assert set(POINTS) == set(REPRESENTATIVE) == CYCLE_POINTS
+    assert CYCLE_POINTS | HEAL_POINTS | {FaultPoint.INGEST_STORED} == set(FaultPoint)
     assert all(target in POINTS[point] for point, target in REPRESENTATIVE.items())
 
 
@@ -203,3 +208,79 @@ def test_killed_at_a_random_moment_converges(fresh: ReconcileWorld, seed: int) -
     child.stderr.close()
     converge(fresh, target)
     check_converged(fresh, target, f"seed {seed}: {target}, killed after {delay:.3f} s")
+
+
+def test_every_heal_fault_point_is_in_the_campaign() -> None:
+    assert {FaultPoint.HEALED, FaultPoint.ALERTED} == HEAL_POINTS
+
+
+def test_killed_while_healing_the_run_is_recorded_by_the_next_cycle(fresh: ReconcileWorld) -> None:
+    """A runbook that acted and was killed before its remediation was recorded: the host
+    changed and the evidence never said so (the next cycle found the service running and
+    nothing to heal). Now the next cycle records the run as failed, what it did unknown,
+    and counts it against the runbook."""
+    fresh.install("good")
+    config = fresh.configure("good")
+    assert fresh.systemctl("stop", "app.service").returncode == 0
+    killed_at(fresh, FaultPoint.HEALED)
+    assert fresh.systemctl("is-active", "app.service").stdout.strip() == "active", "the runbook acted"
+    report = Reconciler(config).run()
+    assert report.exit_code == 0, report.lines()
+    rem = [s["predicate"] for s in statements(fresh) if str(s["predicateType"]).endswith("/remediation/v1")]
+    assert [(r["runbook"], r["outcome"]) for r in rem] == [("RB-SERVICE-001", "failed")], rem
+    assert "interrupted" in rem[0]["finding"] and "app.service" in rem[0]["finding"], rem[0]["finding"]
+    assert fresh.verify() == len(statements(fresh))
+    with State.open(fresh.host.state_dir) as state:
+        assert state.value(HEAL_RUNNING) is None
+        assert (
+            state.successful_heals_since("service_health", "RB-SERVICE-001", datetime.min.replace(tzinfo=UTC))
+            == 0
+        )
+    Reconciler(config).run()
+    assert len([s for s in statements(fresh) if str(s["predicateType"]).endswith("/remediation/v1")]) == 1
+
+
+@pytest.mark.parametrize("noted", [{"runbook": "RB-SERVICE-001"}, "garbage", [1, 2]])
+def test_an_unreadable_note_of_a_run_under_way_is_dropped_not_a_crash(
+    fresh: ReconcileWorld, noted: Any
+) -> None:
+    fresh.install("good")
+    config = fresh.configure("good")
+    with State.open(fresh.host.state_dir) as state:
+        state.set_value(HEAL_RUNNING, noted)
+    assert Reconciler(config).run().exit_code == 0
+    with State.open(fresh.host.state_dir) as state:
+        assert state.value(HEAL_RUNNING) is None
+
+
+def test_killed_between_an_alert_and_its_cooldown_the_alert_is_recorded(fresh: ReconcileWorld) -> None:
+    """An alert was sent and its cooldown written, then the reconciler was killed before
+    the alert was recorded: the cooldown kept the next cycles from sending (and recording)
+    it again, so the evidence never said a person had been alerted. Now the record comes
+    first: killed between the two, the next cycle alerts and records once more."""
+    fresh.install("good")
+    printed = fresh.host.dir / "auditctl-l.txt"
+    rules = data("audit_rules/hipaa-v1.txt").splitlines()
+    printed.write_text("".join(line + "\n" for line in rules if "key=delete" not in line))
+    auditctl = fresh.host.dir / "auditctl"
+    auditctl.write_text(
+        "#!/bin/sh\n"
+        f'case "$1" in -l) cat {printed} ;; -s) cat {CHECKDATA / "audit_status/locked.txt"} ;; *) exit 2 ;; esac\n'
+    )
+    auditctl.chmod(0o755)
+    checks = {
+        "skip": sorted(HOST_ONLY_CHECKS - {"audit_rules"}),
+        "disk": {"mounts": ["/"]},
+        "executables": {"auditctl": str(auditctl)},
+    }
+    config = fresh.configure("good", checks=checks)
+    killed_at(fresh, FaultPoint.ALERTED)
+    Reconciler(config).run()
+    alerts = [
+        a["name"]
+        for s in statements(fresh)
+        if s["predicate"].get("event") == "remediation.alert"
+        for a in s["predicate"]["actions"]
+    ]
+    assert "alert:L1-AUDIT-003" in alerts, alerts
+    assert fresh.verify() == len(statements(fresh))

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fixtures_reconcile import ReconcileWorld
 
 from conftest import Cli
@@ -291,6 +292,32 @@ def test_bad_config_is_a_clear_error(cli: Cli, tmp_path: Path) -> None:
     r = cli("reconcile", "--config", tmp_path / "missing.json")
     assert r.code == 2
     assert "missing.json: no such file" in r.err
+
+
+@pytest.mark.parametrize(
+    ("unit", "why"),
+    [
+        ("app@.service", "a template (no instance after '@') cannot be started"),
+        ("a" * 250 + ".service", "longer than 255 characters"),
+        ("sshd.service\n", "contains whitespace or control characters"),
+    ],
+)
+def test_a_critical_unit_systemd_would_refuse_is_refused_when_the_config_loads(
+    cli: Cli, tmp_path: Path, unit: str, why: str
+) -> None:
+    """The reconciler's configuration had a grammar of its own: it took templates, names
+    longer than systemd's 255 and a trailing newline, which the health gate's systemd calls
+    then refused in the middle of an activation."""
+    bad = tmp_path / "reconciler.json"
+    bad.write_text(
+        json.dumps(
+            {"flake": "git+file:///f", "host": "h", "health_gate": {"critical_units": ["sshd.service", unit]}}
+        )
+    )
+    r = cli("plan", "--config", bad)
+    assert r.code == 2, r.err
+    assert "Traceback" not in r.err
+    assert "health_gate.critical_units" in r.err and why in r.err, r.err
 
 
 def test_missing_evidence_key_stops_before_anything_changes(fresh: ReconcileWorld, cli: Cli) -> None:

@@ -141,6 +141,28 @@ def test_an_activation_waits_while_the_state_directory_has_too_little_room(fresh
     assert fresh.reconcile("newer").result.outcome == ApplyOutcome.SUCCESS
 
 
+def test_a_heal_still_runs_when_the_state_disk_is_too_full_to_note_it(
+    fresh: ReconcileWorld, small_disk: Path
+) -> None:
+    """A full state disk stopped every heal: the cycle died remembering the services' restart
+    counts, before any runbook ran, so none could free room (RB-DISK-001) or restart a
+    service. Neither that nor the note that a runbook is under way stops a heal now; the
+    cycle still fails loudly (74) on what it cannot record, without a traceback."""
+    fresh.install("good")
+    on_small_disk(fresh, small_disk, "good")
+    assert fresh.systemctl("stop", "app.service").returncode == 0
+    child = subprocess.run(
+        [sys.executable, "-c", FILL_AT, "closed", str(fresh.host.config_path), str(small_disk / "filler")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert "runs without being noted as under way" in child.stderr, child.stderr
+    assert fresh.systemctl("is-active", "app.service").stdout.strip() == "active", child.stderr
+    assert child.returncode == 74, child.stderr
+    assert "Traceback" not in child.stderr and "internal error" not in child.stderr
+
+
 def test_a_signing_key_the_keyring_does_not_list_stops_the_cycle_before_anything_changes(
     fresh: ReconcileWorld, tmp_path: Path
 ) -> None:

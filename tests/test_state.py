@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from conftest import Cli
 from nixcomply.core.lock import StateLock
 from nixcomply.errors import LockHeldError
 from nixcomply.host.state import (
@@ -172,8 +174,66 @@ def test_a_schema_1_database_gains_the_memo_and_keeps_its_attempts(tmp_path: Pat
 
 def test_corrupt_database_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "state.db").write_bytes(b"this is not sqlite" * 100)
-    with pytest.raises(StateError, match="cannot open state database"):
+    with pytest.raises(StateError, match="the state database is damaged"):
         State.open(tmp_path)
+
+
+def damage_the_tables(state_dir: Path) -> None:
+    """A database whose header is intact and whose table pages are not: it opens, and the
+    damage shows at the first query that reads it (a disk that lost a write, a bad copy)."""
+    with State.open(state_dir) as state:
+        for n in range(200):
+            state.record_heal("service_health", "RB-SERVICE-001", "success")
+            state.set_cooldown(f"key-{n}", now() + timedelta(hours=1), 0)
+    db = state_dir / "state.db"
+    for leftover in (state_dir / "state.db-wal", state_dir / "state.db-shm"):
+        assert not leftover.exists(), "closing the last connection checkpoints the WAL"
+    data = bytearray(db.read_bytes())
+    page = 4096
+    assert len(data) > 4 * page
+    data[2 * page :] = b"A" * (len(data) - 2 * page)
+    db.write_bytes(bytes(data))
+
+
+def test_damage_found_mid_run_names_the_database_not_a_bug(tmp_path: Path, cli: Cli) -> None:
+    damage_the_tables(tmp_path / "state")
+    with State.open(tmp_path / "state") as state, pytest.raises(StateError) as raised:
+        state.heal_counts()
+    assert str(raised.value).startswith(f"{tmp_path / 'state' / 'state.db'}: the state database is damaged")
+    config = tmp_path / "reconciler.json"
+    config.write_text(
+        json.dumps(
+            {
+                "flake": "git+file:///nonexistent",
+                "host": "h",
+                "state_dir": str(tmp_path / "state"),
+                "root": str(tmp_path),
+                "systemd": {"enable": False},
+            }
+        )
+    )
+    r = cli("status", "--config", config)
+    assert r.code == 1, r.err
+    assert "the state database is damaged" in r.err and "internal error" not in r.err
+    assert "move it aside" in r.err
+
+
+def test_a_database_another_program_keeps_locked_is_try_again_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An sqlite3 shell left in a transaction: a bounded wait, then exit 75 naming the file,
+    never a hang or "internal error"."""
+    State.open(tmp_path).close()
+    holder = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    monkeypatch.setattr("nixcomply.host.state.BUSY_TIMEOUT", 0.2)
+    try:
+        with pytest.raises(LockHeldError, match="stayed locked by another connection") as raised:
+            State.open(tmp_path)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert raised.value.exit_code == 75 and str(tmp_path / "state.db") in str(raised.value)
 
 
 HOLDER = textwrap.dedent(

@@ -9,6 +9,7 @@ flake that cannot be locked offline.
 from __future__ import annotations
 
 import ast
+import json
 import re
 import shutil
 import subprocess
@@ -16,15 +17,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_module_options import defaults, rendered_config
 from vmtwin import (
     UNITS,
+    CliTwin,
     TwinError,
+    call_args,
     fleet_node,
     nix_eval,
     node_of_baseline_hipaa,
+    parse_command,
     render_node,
     run_script,
     scenario,
+    string_calls,
     twin_machine,
 )
 
@@ -376,3 +382,95 @@ def test_the_static_twin_catches_an_undefined_unit(nix_env: dict[str, str]) -> N
     node = render_node(own, nix_env)
     units = {u for u, defined in UNITS.items() if defined(node)}
     assert "app.service" not in units
+
+
+# -- every nixcomply command a scenario runs, against the real CLI -------------------------------
+
+HELPERS = {"operator": "runuser -u nixcomply-server -- nixcomply-server "}  # fleet-upload's helper
+
+
+def nixcomply_calls(script: str) -> list[tuple[str, str, str]]:
+    return [
+        (r, m, c)
+        for r, m, c in string_calls(script, helpers=HELPERS)
+        if re.search(r"(^|-- )nixcomply(-server)? ", c) and m in {"succeed", "fail", "wait_until_succeeds"}
+    ]
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_every_nixcomply_command_of_a_scenario_parses(name: str, nix_env: dict[str, str]) -> None:
+    calls = nixcomply_calls(scenario(CHECKS / name, nix_env)["testScript"])
+    if name != "baseline-hipaa.nix":
+        assert calls, f"{name} runs no nixcomply command"
+    for _, _, command in calls:
+        parse_command(command)
+
+
+def provisioning(script: str) -> list[str]:
+    """The arguments of the first call that makes the evidence keys (one node's provisioning)."""
+    return next(texts for _, _, texts in call_args(script) if any("evidence keygen" in t for t in texts))
+
+
+def node_config(nix_env: dict[str, str]) -> dict[str, Any]:
+    """The reconciler.json the fleet node's options render to (modules/reconciler-config.nix)."""
+    cfg = defaults()
+
+    def merge(into: dict[str, Any], over: dict[str, Any]) -> None:
+        for k, v in over.items():
+            if isinstance(v, dict) and isinstance(into.get(k), dict):
+                merge(into[k], v)
+            else:
+                into[k] = v
+
+    merge(cfg, fleet_node(nix_env)["nixcomply"]["reconciler"])
+    return rendered_config(cfg, nix_env)
+
+
+def run_cli_commands(script: str, root: Path, nix_env: dict[str, str]) -> CliTwin:
+    twin = CliTwin(root, config=root / "reconciler.json")
+    twin.provision(provisioning(script))
+    assert twin.config is not None
+    twin.config.write_text(twin.path(json.dumps(node_config(nix_env))))
+    calls = [(m, c) for _, m, c in nixcomply_calls(script)]
+    assert any("evidence verify" in c for _, c in calls)
+    for method, command in calls:
+        if command.startswith("nixcomply evidence ") and "evidence keygen" not in command:
+            twin.evidence(method, command)
+        elif command.split()[:2] in (["nixcomply", "status"], ["nixcomply", "reset"]):
+            twin.reconciler(method, command)
+    return twin
+
+
+@pytest.mark.parametrize("name", [*RECONCILE, *FLEET])
+def test_the_nixcomply_commands_of_a_scenario_pass_on_the_real_cli(
+    name: str, nix_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The node is provisioned as the script provisions it (keygen, the keyring's copy made
+    there and then), an entry is recorded with those keys, and every `nixcomply evidence`,
+    `status` and `reset` command the script runs exits as succeed()/fail() needs, `status`
+    with the reconciler.json the node's options render to: `evidence verify` without a
+    pinned keyring exits 3, which would fail the VM test."""
+    script = scenario(CHECKS / name, nix_env)["testScript"]
+    twin = run_cli_commands(script, tmp_path, nix_env)
+    assert any("evidence verify" in c and "--keyring" in c for c in twin.log), twin.log
+    if name != "heal-service.nix":  # its script asks for no status
+        assert any(" status " in c for c in twin.log), twin.log
+
+
+def test_the_cli_twin_catches_a_verify_without_a_pinned_keyring(
+    nix_env: dict[str, str], tmp_path: Path
+) -> None:
+    script = scenario(CHECKS / "reconcile-switch.nix", nix_env)["testScript"]
+    old = re.sub(r" --keyring /var/lib/nixcomply-keys/keyring.json", "", script)
+    assert old != script
+    with pytest.raises(TwinError, match="exited 3, succeed"):
+        run_cli_commands(old, tmp_path, nix_env)
+
+
+def test_the_cli_twin_catches_an_argument_the_cli_does_not_know(nix_env: dict[str, str]) -> None:
+    script = scenario(CHECKS / "reconcile-revert.nix", nix_env)["testScript"]
+    assert 'nixcomply reset"' in script
+    (reset,) = [c for _, _, c in nixcomply_calls(script) if c.startswith("nixcomply reset")]
+    parse_command(reset)
+    with pytest.raises(TwinError, match="refuses"):
+        parse_command(reset + " --all")

@@ -19,11 +19,17 @@ small and as faithful as the checks allow:
 
 from __future__ import annotations
 
+import ast
+import contextlib
+import io
 import json
+import re
+import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +38,9 @@ from typing import Any
 from conftest import REPO
 from nixcomply.baseline.evaluate import definitions
 from nixcomply.baseline.nixattr import nix_value
+from nixcomply.cli import build_parser
 from nixcomply.nixos.tools import Tools
+from nixcomply.server.cli import build_parser as server_parser
 
 CHECKDATA = REPO / "tests" / "data" / "checks"
 MODULE = REPO / "modules" / "baselines" / "hipaa-v1.nix"  # the flake pins nixos-26.05
@@ -346,3 +354,160 @@ def fleet_node(nix_env: dict[str, str], **args: Any) -> dict[str, Any]:
     )
     node: dict[str, Any] = nix_eval(expr, nix_env)
     return node
+
+
+# -- the nixcomply commands of a scenario, against the real CLI ---------------------------------
+
+
+def call_args(script: str, *, helpers: Mapping[str, str] | None = None) -> list[tuple[str, str, list[str]]]:
+    """(receiver, method, commands) of every ``<name>.<method>(...)`` call of a script, in the
+    order they appear, with its string arguments (f-string placeholders left as ``{}``); a
+    call of a helper function named in ``helpers`` counts as ``succeed`` of its prefix plus
+    the argument (fleet-upload's ``operator("site add north")`` runs a server verb), and the
+    helper's own body is left out."""
+    found: list[tuple[int, int, str, str, list[str]]] = []
+    bodies = {
+        helpers[n.name] + "{}"
+        for n in ast.walk(ast.parse(script))
+        if isinstance(n, ast.FunctionDef) and helpers and n.name in helpers
+    }
+    for node in ast.walk(ast.parse(script)):
+        if not isinstance(node, ast.Call):
+            continue
+        if isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Name):
+            receiver, method, prefix = node.func.value.id, node.func.attr, ""
+        elif isinstance(node.func, ast.Name) and helpers and node.func.id in helpers:
+            receiver, method, prefix = node.func.id, "succeed", helpers[node.func.id]
+        else:
+            continue
+        texts = []
+        for arg in node.args:
+            if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                text = arg.value
+            elif isinstance(arg, ast.JoinedStr):
+                text = "".join(str(v.value) if isinstance(v, ast.Constant) else "{}" for v in arg.values)
+            else:
+                continue
+            if prefix + text not in bodies:
+                texts.append(prefix + text)
+        if texts:
+            found.append((node.lineno, node.col_offset, receiver, method, texts))
+    return [(r, m, t) for _, _, r, m, t in sorted(found, key=lambda f: (f[0], f[1]))]
+
+
+def string_calls(script: str, *, helpers: Mapping[str, str] | None = None) -> list[tuple[str, str, str]]:
+    """:func:`call_args`, one (receiver, method, command) per string argument."""
+    return [(r, m, c) for r, m, texts in call_args(script, helpers=helpers) for c in texts]
+
+
+# where the VM's paths live in the twin's directory (longest first: nixcomply-keys before nixcomply)
+VM_PATHS = (
+    "/var/lib/prometheus-node-exporter-text-files",
+    "/var/lib/nixcomply-keys",
+    "/var/lib/nixcomply",
+    "/var/lib/fleet",
+    "/tmp",
+)
+
+
+@dataclass
+class CliTwin:
+    """A node's evidence commands run by the real CLI in a directory of its own: the
+    provisioning call (keygen, the keyring's copy), a signed entry in the store (what a
+    reconcile cycle would record: a real ``nixcomply evidence attest``), then every
+    ``nixcomply evidence`` command of the script, with the exit status ``succeed`` (0) or
+    ``fail`` (not 0) needs. Other nixcomply and nixcomply-server commands are parsed by the
+    real parsers. A witness (``--witness``) needs the MSP's server: those commands run here
+    without it (what remains, the keyring, must pass) and tests/test_fleet_scenario.py runs
+    the witness itself."""
+
+    root: Path
+    config: Path | None = None  # the node's /etc/nixcomply/reconciler.json, its paths moved here
+    log: list[str] = field(default_factory=list)
+
+    def path(self, command: str) -> str:
+        """``command`` with the VM's paths (where a word or a ``--opt=`` value starts) moved
+        into the twin's directory."""
+        pattern = "|".join(re.escape(vm) for vm in VM_PATHS)  # longest first
+        return re.sub(
+            rf"(?<![^\s'\"=])({pattern})(?=/|\b)",
+            lambda m: str(self.root / m[1].strip("/").replace("/", "_")),
+            command,
+        )
+
+    def run(self, command: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        argv = [*shlex.split(self.path(command.replace("{}", "machine"))), *extra]
+        self.log.append(" ".join(argv))
+        if argv[0] == "nixcomply":
+            argv = [sys.executable, "-m", "nixcomply", *argv[1:]]
+            return subprocess.run(argv, capture_output=True, text=True, check=False)
+        return subprocess.run(["sh", "-c", shlex.join(argv)], capture_output=True, text=True, check=False)
+
+    def provision(self, commands: list[str]) -> None:
+        """Run the node's provisioning (every argument of the call that makes the keys, except
+        the fleet repository's), then record one signed entry with those keys."""
+        for vm in VM_PATHS:
+            (self.root / vm.strip("/").replace("/", "_")).mkdir(parents=True, exist_ok=True)
+        keys: dict[str, str] = {}
+        for command in commands:
+            if "/fleet" in command:
+                continue
+            r = self.run(command)
+            if r.returncode != 0:
+                raise TwinError(f"provisioning: {command!r} exited {r.returncode}: {r.stderr}")
+            words = shlex.split(command)
+            if words[:3] == ["nixcomply", "evidence", "keygen"]:
+                keys[words[words.index("--role") + 1]] = words[words.index("--out") + 1]
+        if set(keys) != {"bundle", "log"}:
+            raise TwinError(f"provisioning made keys for {sorted(keys)}, not bundle and log")
+        r = self.run(
+            "nixcomply evidence attest 164.308(a)(5)(i) --by ci --evidence-url https://ci.example/training"
+            " --expires 2099-01-01 --statement trained --state-dir /var/lib/nixcomply"
+            f" --signing-key {keys['bundle']} --log-key {keys['log']}"
+        )
+        if r.returncode != 0:
+            raise TwinError(f"recording an entry with the provisioned keys failed: {r.stderr}")
+
+    def evidence(self, method: str, command: str) -> None:
+        if "--witness" in command:
+            if method == "fail":
+                return  # fails for want of a cosignature: the fleet twin shows that
+            command = re.sub(r" --witness '[^']*'", "", command)
+        r = self.run(command)
+        if method == "succeed" and r.returncode != 0:
+            raise TwinError(f"{command!r} exited {r.returncode}, succeed() needs 0: {r.stdout}{r.stderr}")
+        if method == "fail" and r.returncode == 0:
+            raise TwinError(f"{command!r} exited 0, fail() needs another status")
+        if method == "succeed" and "--json" in shlex.split(command):
+            report = json.loads(r.stdout)
+            if "ok" in report and report["ok"] is not True:
+                raise TwinError(f"{command!r}: the report is not ok: {report}")
+
+    def reconciler(self, method: str, command: str) -> None:
+        """A verb that reads the reconciler's configuration (status, reset), with the node's."""
+        assert self.config is not None
+        r = self.run(command, "--config", str(self.config))
+        if method == "succeed" and r.returncode != 0:
+            raise TwinError(f"{command!r} exited {r.returncode}, succeed() needs 0: {r.stdout}{r.stderr}")
+        if method == "fail" and r.returncode == 0:
+            raise TwinError(f"{command!r} exited 0, fail() needs another status")
+        if "--json" in shlex.split(command):
+            json.loads(r.stdout)
+
+
+def parse_command(command: str) -> None:
+    """Parse a nixcomply or nixcomply-server command line with the real parser (a placeholder
+    stands for a word); TwinError when the parser refuses it."""
+    words = shlex.split(command.replace("{}", "x"))
+    words = words[words.index("--") + 1 :] if "--" in words else words  # runuser -u USER -- ...
+    shell = next((i for i, w in enumerate(words) if w in {">", "&", "2>&1", "&&", "|"}), len(words))
+    words = [w for w in words[:shell] if not w.startswith(">")]
+    parsers = {"nixcomply": build_parser, "nixcomply-server": server_parser}
+    if words[0] not in parsers:
+        raise TwinError(f"not a nixcomply command: {command!r}")
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            parsers[words[0]]().parse_args(words[1:])
+    except SystemExit as e:
+        raise TwinError(f"{words[0]} refuses {command!r}: {err.getvalue().strip()}") from e

@@ -60,6 +60,9 @@
         "--out /var/lib/nixcomply-keys/bundle.key --keyring /var/lib/nixcomply/keyring.json",
         "nixcomply evidence keygen --role log --name nixcomply/machine "
         "--out /var/lib/nixcomply-keys/log.key --keyring /var/lib/nixcomply/keyring.json",
+        # the operator's copy of the keyring, made when the keys are: `evidence verify`
+        # against the store's own keyring.json proves nothing about who signed (exit 3)
+        "cp /var/lib/nixcomply/keyring.json /var/lib/nixcomply-keys/keyring.json",
     )
   '';
 }

@@ -8,28 +8,33 @@ are compared in a canonical one: watches print as ``-w PATH -p PERMS -k KEY``; s
 as ``-a always,exit -F arch=b64 -S a,b -F auid!=-1 -F key=KEY`` (``-k`` becomes ``-F key=``,
 ``-S`` lists are joined and reordered, ``4294967295`` and ``unset`` print as ``-1``,
 ``exit,always`` as ``always,exit``). ``No rules`` is valid output, and drift for any rule.
+
+With ``security.audit.enable = "lock"`` (hipaa-v1) the loaded rules cannot change before the
+next boot: missing rules are then asked about with ``auditctl -s``, and when ``enabled`` is 2
+the drift names no runbook and says a reboot is needed (``Finding.reboot_needed``; the rules
+alert a person instead of re-applying a generation that could only fail to load them).
 """
 
 from __future__ import annotations
 
+import functools
 import shlex
-import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
+from nixcomply.checks.audit_status import parse_auditctl_status
 from nixcomply.checks.base import (
     OBSERVATION_ERRORS,
-    CheckError,
     CheckSpec,
     Controls,
     Outputs,
+    Target,
     Verdict,
     error_text,
     expect_str_list,
-    make_finding,
+    per_target,
     run_command,
-    targets,
 )
 from nixcomply.checks.context import CheckContext
 from nixcomply.checks.finding import Finding
@@ -190,28 +195,46 @@ def _rules_of(control: ManifestControl) -> list[str]:
     return value
 
 
-def run(ctx: CheckContext, controls: Controls) -> list[Finding]:
-    findings, todo = targets(ctx, SPEC, controls)
-    if not todo:
-        return findings
-    start = time.monotonic()
+def lock_state(ctx: CheckContext) -> tuple[int | None, Outputs]:
+    """``enabled`` of ``auditctl -s`` (2: the rules are locked until the next boot) and what
+    it printed; None when it cannot be told (the drift is then reported as it is)."""
     try:
-        observation, outputs = observe(ctx)
+        result = run_command(ctx, [ctx.config.executables.auditctl, "-s"])
+        return parse_auditctl_status(result.stdout)["enabled"], {"auditctl_s": result.stdout}
     except OBSERVATION_ERRORS as e:
-        message, extra = error_text(e)
-        return findings + [
-            make_finding(SPEC, list(t.controls), Verdict("error", message), outputs=extra) for t in todo
-        ]
-    for target in todo:
-        try:
-            expected_rules = [r for _, control in target.controls for r in _rules_of(control)]
-            verdict = judge(observation, target.expect, ctx, expected_rules=expected_rules)
-        except (CheckError, ValueError) as e:
-            message, extra = error_text(e)
-            verdict = Verdict("error", message, outputs=extra)
-        findings.append(
-            make_finding(
-                SPEC, list(target.controls), verdict, outputs=outputs, duration=time.monotonic() - start
-            )
+        message, _ = error_text(e)
+        return None, {"auditctl_s_error": message}
+
+
+def _locked(verdict: Verdict, outputs: Outputs) -> Verdict:
+    """Drift of locked rules: nothing changes them before the next boot, so no runbook is
+    named (re-applying the generation would only fail), and the finding says a reboot is
+    needed."""
+    return replace(
+        verdict,
+        message=f"{verdict.message}; the loaded rules are locked until the next boot (auditctl -s: enabled 2, "
+        'security.audit.enable = "lock"): reboot into the current generation to load its rules',
+        observed={**verdict.observed, "locked": True},
+        runbook=None,
+        reboot_needed=True,
+        outputs={**verdict.outputs, **outputs},
+    )
+
+
+def run(ctx: CheckContext, controls: Controls) -> list[Finding]:
+    # asked once, and only when some rule is missing: a host in sync runs auditctl -l alone
+    lock = functools.cache(lambda: lock_state(ctx))
+
+    def judge_target(rules: AuditRules, target: Target) -> Verdict:
+        expected_rules = [r for _, control in target.controls for r in _rules_of(control)]
+        verdict = judge(rules, target.expect, ctx, expected_rules=expected_rules)
+        if verdict.status != "drift":
+            return verdict
+        enabled, outputs = lock()
+        if enabled == 2:
+            return _locked(verdict, outputs)
+        return replace(
+            verdict, observed={**verdict.observed, "locked": False if enabled is not None else None}
         )
-    return findings
+
+    return per_target(ctx, controls, SPEC, observe, judge_target)

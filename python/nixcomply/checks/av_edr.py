@@ -21,16 +21,15 @@ from nixcomply.checks.base import (
     Outputs,
     Verdict,
     age_text,
-    describe_unit,
     expect_str_list,
     per_control,
     unit_active,
-    unit_dict,
     unit_name,
     unit_states,
 )
 from nixcomply.checks.context import CheckContext
 from nixcomply.checks.finding import Finding
+from nixcomply.host.systemd import describe_unit, unit_record
 
 NAME: Final = "av_edr"
 SPEC: Final = CheckSpec(
@@ -65,7 +64,7 @@ def run(ctx: CheckContext, controls: Controls) -> list[Finding]:
             if isinstance(state, BaseException):
                 units[name] = inactive[name] = f"cannot be read: {state}"
             else:
-                units[name] = unit_dict(state)
+                units[name] = unit_record(state)
                 if not unit_active(state):
                     inactive[name] = describe_unit(state)
         cfg = ctx.config.antivirus

@@ -22,10 +22,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
-from nixcomply.checks.context import CheckContext, UnitStateLike
+from nixcomply.checks.context import CheckContext
 from nixcomply.checks.finding import FRAMEWORK_KEYS, Finding
 from nixcomply.core import process
 from nixcomply.errors import CommandError, NixcomplyError
+from nixcomply.host.systemd import UnitStateLike
 from nixcomply.model.manifest import ManifestControl
 from nixcomply.model.severity import Severity, SeverityName
 from nixcomply.model.status import FindingStatus, FindingStatusName
@@ -79,6 +80,7 @@ class Verdict:
     runbook: str | _Default | None = DEFAULT_RUNBOOK
     subject: str | None = None
     outputs: Mapping[str, str] = field(default_factory=dict)
+    reboot_needed: bool = False  # drift only the next boot heals (Finding.reboot_needed)
 
 
 # What observing and judging may raise on purpose; the runner turns anything else into an
@@ -176,6 +178,7 @@ def make_finding(
         frameworks=merge_frameworks([c for _, c in controls]),
         outputs={k: clip(v) for k, v in merged_outputs.items()},
         duration_s=max(duration, 0.0),
+        reboot_needed=verdict.reboot_needed and verdict.status == "drift",
     )
 
 
@@ -280,6 +283,18 @@ def per_control(
     judge: Callable[[T, Mapping[str, Any], CheckContext], Verdict],
 ) -> list[Finding]:
     """Observe once, judge every control's ``expect`` against that observation."""
+    return per_target(ctx, controls, spec, observe, lambda value, target: judge(value, target.expect, ctx))
+
+
+def per_target(
+    ctx: CheckContext,
+    controls: Controls,
+    spec: CheckSpec,
+    observe: Callable[[CheckContext], tuple[T, Outputs]],
+    judge: Callable[[T, Target], Verdict],
+) -> list[Finding]:
+    """:func:`per_control` for a check whose judgement needs more of the controls than their
+    ``expect`` (the audit rules each control sets)."""
     findings, todo = targets(ctx, spec, controls)
     if not todo:
         return findings
@@ -296,7 +311,7 @@ def per_control(
         return findings
     for target in todo:
         try:
-            verdict = judge(observation, target.expect, ctx)
+            verdict = judge(observation, target)
         except (CheckError, ValueError) as e:
             message, extra = error_text(e)
             verdict = Verdict("error", message, outputs=extra)
@@ -416,29 +431,9 @@ def unit_states(ctx: CheckContext, names: Sequence[str]) -> dict[str, UnitStateL
     return states
 
 
-def unit_dict(state: UnitStateLike) -> dict[str, Any]:
-    return {
-        "load_state": state.load_state,
-        "active_state": state.active_state,
-        "sub_state": state.sub_state,
-        "result": state.result,
-        "n_restarts": state.n_restarts,
-        "main_pid": state.main_pid,
-    }
-
-
 def unit_active(state: UnitStateLike) -> bool:
     """What ``systemctl is-active`` counts as active."""
     return state.load_state == "loaded" and state.active_state in ("active", "reloading", "refreshing")
-
-
-def describe_unit(state: UnitStateLike) -> str:
-    text = f"{state.active_state}/{state.sub_state}"
-    if state.load_state != "loaded":
-        text = f"{state.load_state}, {text}"
-    if state.result not in (None, "success"):
-        text += f" ({state.result})"
-    return text
 
 
 def unit_name(name: str) -> str:

@@ -11,25 +11,16 @@ Runbook parameters (units, scratch directories) are passed to runbooks unresolve
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
-from typing import Final, Literal
+from typing import Annotated, Final, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from nixcomply.baseline.catalog import CHECK_NAMES
+from nixcomply.host.systemd import validate_unit_name
 from nixcomply.model.base import StrictModel
 
-UNIT_NAME: Final = re.compile(
-    r"^[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.\\@-]+)?\.(service|socket|target|timer|mount|path|swap|slice|scope)$"
-)
 _MATCH_KEYS: Final = frozenset({"user", "host", "addr", "laddr", "lport", "rdomain"})
-
-
-def _unit(value: str) -> str:
-    if not UNIT_NAME.match(value):
-        raise ValueError(f"{value!r} is not a systemd unit name (like chronyd.service)")
-    return value
 
 
 def _absolute(value: Path) -> Path:
@@ -38,6 +29,12 @@ def _absolute(value: Path) -> Path:
     if ".." in value.parts:
         raise ValueError(f"{value} must not contain '..'")
     return value
+
+
+# systemd's unit-name grammar (the one definition, nixcomply.host.systemd) and absolute host
+# paths without '..', checked where each value is declared
+UnitName = Annotated[str, AfterValidator(validate_unit_name)]
+HostPath = Annotated[Path, AfterValidator(_absolute)]
 
 
 class BackupConfig(StrictModel):
@@ -52,23 +49,13 @@ class BackupConfig(StrictModel):
 
     kind: Literal["restic", "borg", "timestamp"] = "timestamp"
     repository: str | None = Field(default=None, description="restic/borg repository (path or URL)")
-    password_file: Path | None = Field(default=None, description="restic password / borg passphrase file")
-    environment_file: Path | None = Field(
+    password_file: HostPath | None = Field(default=None, description="restic password / borg passphrase file")
+    environment_file: HostPath | None = Field(
         default=None, description="KEY=VALUE lines for the tool (object-store credentials)"
     )
-    timestamp_file: Path = Path("/var/lib/nixcomply/backup/last-success")
-    unit: str = Field(default="nixcomply-backup.service", description="RB-BACKUP-001's unit")
+    timestamp_file: HostPath = Path("/var/lib/nixcomply/backup/last-success")
+    unit: UnitName = Field(default="nixcomply-backup.service", description="RB-BACKUP-001's unit")
     timeout: float = Field(default=120, gt=0, le=3600, description="for restic/borg (remote repositories)")
-
-    @field_validator("unit")
-    @classmethod
-    def _unit(cls, value: str) -> str:
-        return _unit(value)
-
-    @field_validator("password_file", "environment_file", "timestamp_file")
-    @classmethod
-    def _path(cls, value: Path | None) -> Path | None:
-        return None if value is None else _absolute(value)
 
     @model_validator(mode="after")
     def _repository(self) -> BackupConfig:
@@ -83,64 +70,34 @@ class RestoreTestConfig(StrictModel):
     """The result file RB-RESTORE-001 writes (nixcomply.checks.restore_test.RestoreTestResult)
     and the parameters that runbook needs."""
 
-    result_file: Path = Path("/var/lib/nixcomply/restore-test/result.json")
-    unit: str = Field(default="nixcomply-restore-test.service", description="restores the sample")
-    scratch: Path = Path("/var/lib/nixcomply/restore-test/scratch")
-    sample: Path = Path("/var/lib/nixcomply/restore-test/sample")
-
-    @field_validator("unit")
-    @classmethod
-    def _unit(cls, value: str) -> str:
-        return _unit(value)
-
-    @field_validator("result_file", "scratch", "sample")
-    @classmethod
-    def _path(cls, value: Path) -> Path:
-        return _absolute(value)
+    result_file: HostPath = Path("/var/lib/nixcomply/restore-test/result.json")
+    unit: UnitName = Field(default="nixcomply-restore-test.service", description="restores the sample")
+    scratch: HostPath = Path("/var/lib/nixcomply/restore-test/scratch")
+    sample: HostPath = Path("/var/lib/nixcomply/restore-test/sample")
 
 
 class AntivirusConfig(StrictModel):
     """The antivirus/EDR daemon (ClamAV on NixOS: services.clamav.daemon and .updater)."""
 
-    units: list[str] = Field(
+    units: list[UnitName] = Field(
         default_factory=lambda: ["clamav-daemon.service", "clamav-freshclam.service"],
         description="units that must be active; empty: no antivirus on this host (skipped)",
     )
-    signature_dir: Path = Path("/var/lib/clamav")
+    signature_dir: HostPath = Path("/var/lib/clamav")
     signature_globs: list[str] = Field(default_factory=lambda: ["*.cvd", "*.cld"], min_length=1)
-    update_unit: str = Field(default="clamav-freshclam.service", description="refreshes signatures")
-
-    @field_validator("units")
-    @classmethod
-    def _units(cls, value: list[str]) -> list[str]:
-        return [_unit(u) for u in value]
-
-    @field_validator("update_unit")
-    @classmethod
-    def _update_unit(cls, value: str) -> str:
-        return _unit(value)
-
-    @field_validator("signature_dir")
-    @classmethod
-    def _path(cls, value: Path) -> Path:
-        return _absolute(value)
+    update_unit: UnitName = Field(default="clamav-freshclam.service", description="refreshes signatures")
 
 
 class DiskConfig(StrictModel):
-    mounts: list[Path] = Field(
+    mounts: list[HostPath] = Field(
         default_factory=lambda: [Path("/"), Path("/nix"), Path("/var")],
         min_length=1,
         description="paths whose filesystems are measured (expect.mounts overrides)",
     )
 
-    @field_validator("mounts")
-    @classmethod
-    def _paths(cls, value: list[Path]) -> list[Path]:
-        return [_absolute(p) for p in value]
-
 
 class LoggingConfig(StrictModel):
-    units: list[str] = Field(
+    units: list[UnitName] = Field(
         default_factory=lambda: ["systemd-journald.service", "auditd.service"], min_length=1
     )
     canary_tag: str = Field(default="nixcomply-canary", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
@@ -148,22 +105,12 @@ class LoggingConfig(StrictModel):
     read_attempts: int = Field(default=10, ge=1, le=100)
     read_interval_seconds: float = Field(default=0.2, gt=0, le=10)
 
-    @field_validator("units")
-    @classmethod
-    def _units(cls, value: list[str]) -> list[str]:
-        return [_unit(u) for u in value]
-
 
 class FirewallConfig(StrictModel):
     backend: Literal["nftables", "iptables"] = "nftables"
-    unit: str | None = Field(
+    unit: UnitName | None = Field(
         default=None, description="unit that loads the ruleset (default nftables.service / firewall.service)"
     )
-
-    @field_validator("unit")
-    @classmethod
-    def _unit(cls, value: str | None) -> str | None:
-        return None if value is None else _unit(value)
 
     @property
     def effective_unit(self) -> str:
@@ -174,16 +121,13 @@ class FirewallConfig(StrictModel):
 
 class TimeConfig(StrictModel):
     source: Literal["chrony", "timesyncd"] = "chrony"
-    unit: str | None = Field(default=None, description="default chronyd.service / systemd-timesyncd.service")
+    unit: UnitName | None = Field(
+        default=None, description="default chronyd.service / systemd-timesyncd.service"
+    )
     chronyc_host: str | None = Field(
         default=None, description="chronyc -h: a socket path or address (default: chronyc's own)"
     )
     chronyc_port: int | None = Field(default=None, gt=0, lt=65536, description="chronyc -p")
-
-    @field_validator("unit")
-    @classmethod
-    def _unit(cls, value: str | None) -> str | None:
-        return None if value is None else _unit(value)
 
     @property
     def effective_unit(self) -> str:
@@ -194,16 +138,11 @@ class TimeConfig(StrictModel):
 
 class SshdConfig(StrictModel):
     binary: str = Field(default="sshd", description="sshd program (NixOS: on PATH from the system)")
-    config_file: Path = Path("/etc/ssh/sshd_config")
+    config_file: HostPath = Path("/etc/ssh/sshd_config")
     connection: dict[str, str] = Field(
         default_factory=dict,
         description="sshd -T -C spec (user, host, addr, laddr, lport, rdomain) to evaluate Match blocks",
     )
-
-    @field_validator("config_file")
-    @classmethod
-    def _path(cls, value: Path) -> Path:
-        return _absolute(value)
 
     @field_validator("connection")
     @classmethod
@@ -217,20 +156,10 @@ class SshdConfig(StrictModel):
 
 
 class EncryptionConfig(StrictModel):
-    root_mount: Path = Path("/")
-    data_mounts: list[Path] = Field(
+    root_mount: HostPath = Path("/")
+    data_mounts: list[HostPath] = Field(
         default_factory=list, description="mounts holding ePHI that must be on LUKS (expect data_on_luks)"
     )
-
-    @field_validator("root_mount")
-    @classmethod
-    def _root(cls, value: Path) -> Path:
-        return _absolute(value)
-
-    @field_validator("data_mounts")
-    @classmethod
-    def _paths(cls, value: list[Path]) -> list[Path]:
-        return [_absolute(p) for p in value]
 
 
 class ServicesConfig(StrictModel):

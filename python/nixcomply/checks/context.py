@@ -25,7 +25,7 @@ from nixcomply.core.memo import Memo, file_stamp
 from nixcomply.core.paths import default_baseline
 from nixcomply.core.yamlsource import SourceMap, problems_from_validation
 from nixcomply.errors import InputError
-from nixcomply.host.systemd import SystemdFactory
+from nixcomply.host.systemd import SystemdFactory, UnitStateLike
 from nixcomply.model.manifest import Manifest, read_manifest
 
 logger = logging.getLogger(__name__)
@@ -42,25 +42,6 @@ FALLBACK_PARAMETERS: Final = Parameters(
     critical_patch_max_age_days=7,
     critical_services=["sshd.service", "chronyd.service", "auditd.service"],
 )
-
-
-class UnitStateLike(Protocol):
-    """What the checks read of a unit (``nixcomply.host.systemd.UnitState`` has these)."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def load_state(self) -> str: ...
-    @property
-    def active_state(self) -> str: ...
-    @property
-    def sub_state(self) -> str: ...
-    @property
-    def result(self) -> str | None: ...
-    @property
-    def n_restarts(self) -> int | None: ...
-    @property
-    def main_pid(self) -> int | None: ...
 
 
 class SystemdLike(Protocol):

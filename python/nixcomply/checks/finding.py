@@ -58,6 +58,11 @@ class Finding(StrictModel):
         default_factory=dict, description="raw command outputs by short name (evidence, after PHI scrubbing)"
     )
     duration_s: float = Field(ge=0)
+    reboot_needed: bool = Field(
+        default=False,
+        description="drift that only the next boot heals (audit rules locked until reboot, boot "
+        "parameters): no runbook can, `nixcomply status` and the metrics say a reboot is needed",
+    )
 
     @field_validator("message")
     @classmethod
@@ -76,6 +81,8 @@ class Finding(StrictModel):
     def _drifted(self) -> Finding:
         if self.drifted != (self.status is FindingStatus.DRIFT):
             raise ValueError("drifted must be true exactly when status is drift")
+        if self.reboot_needed and not self.drifted:
+            raise ValueError("reboot_needed applies to drift only")
         return self
 
     @property

@@ -70,7 +70,16 @@ def judge(params: dict[str, str | None], expect: Mapping[str, Any], ctx: CheckCo
             wrong.append(f"{key}={have}, expected {key}={want}")
     expected = {k: (v if v is True else str(v)) for k, v in expect.items()}
     if wrong:
-        return Verdict("drift", "running kernel: " + "; ".join(wrong), observed, expected)
+        # only a boot reads the command line: no runbook can heal this, a reboot into the
+        # current generation does
+        return Verdict(
+            "drift",
+            "running kernel: " + "; ".join(wrong) + "; the next boot into the current generation sets it",
+            observed,
+            expected,
+            runbook=None,
+            reboot_needed=True,
+        )
     shown = " ".join(k if v is True else f"{k}={v}" for k, v in sorted(expected.items()))
     return Verdict("pass", f"running kernel was booted with {shown}", observed, expected)
 

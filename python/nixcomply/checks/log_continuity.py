@@ -24,16 +24,15 @@ from nixcomply.checks.base import (
     Controls,
     Outputs,
     Verdict,
-    describe_unit,
     per_control,
     run_command,
     unit_active,
-    unit_dict,
     unit_states,
 )
 from nixcomply.checks.context import CheckContext
 from nixcomply.checks.finding import Finding
 from nixcomply.errors import CommandError, CommandNotFoundError, CommandTimeoutError
+from nixcomply.host.systemd import describe_unit, unit_record
 
 NAME: Final = "logging"
 SPEC: Final = CheckSpec(name=NAME, severity="high", runbook="RB-SERVICE-001", expect_keys=frozenset())
@@ -136,7 +135,7 @@ def observe(ctx: CheckContext) -> tuple[LoggingObservation, Outputs]:
         state = states[name]
         if isinstance(state, BaseException):
             raise CheckError(f"cannot read {name}: {state}")
-        units[name] = {**unit_dict(state), "describe": describe_unit(state)}
+        units[name] = {**unit_record(state), "describe": describe_unit(state)}
         if not unit_active(state):
             inactive.append(name)
     outputs: Outputs = {}

@@ -19,16 +19,15 @@ from nixcomply.checks.base import (
     Controls,
     Outputs,
     Verdict,
-    describe_unit,
     expect_str_list,
     per_subject,
     unit_active,
-    unit_dict,
     unit_name,
     unit_states,
 )
-from nixcomply.checks.context import CheckContext, UnitStateLike
+from nixcomply.checks.context import CheckContext
 from nixcomply.checks.finding import Finding
+from nixcomply.host.systemd import UnitStateLike, describe_unit, unit_record
 
 NAME: Final = "service_health"
 SPEC: Final = CheckSpec(
@@ -47,7 +46,7 @@ def restarts_since_last_look(ctx: CheckContext, state: UnitStateLike) -> int:
 def judge_unit(ctx: CheckContext, unit: str, state: UnitStateLike) -> Verdict:
     limit = ctx.config.services.max_restarts
     restarts = restarts_since_last_look(ctx, state)
-    observed: dict[str, Any] = {**unit_dict(state), "restarts_since_last_look": restarts}
+    observed: dict[str, Any] = {**unit_record(state), "restarts_since_last_look": restarts}
     expected = {"active_state": "active", "max_restarts": limit}
     params = {"unit": unit}
     if not unit_active(state):

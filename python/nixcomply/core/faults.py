@@ -30,12 +30,18 @@ class FaultPoint(StrEnum):
     RECORDED = "recorded"  # the outcome is in evidence; the attempt is not closed yet
     CLOSED = "closed"  # the attempt is closed together with what the host looks like now
     CHECKED = "checked"  # the runtime checks and heals ran and are recorded
+    HEALED = "healed"  # a runbook ran; its remediation is not recorded yet
+    ALERTED = "alerted"  # an alert was sent and recorded; its cooldown is not written yet
     # the fleet server's
     INGEST_STORED = "ingest.stored"  # an upload is written, its transaction not yet committed
 
 
 # The points a reconcile cycle passes (the SIGKILL campaign kills at each of them).
-CYCLE_POINTS: Final = frozenset(p for p in FaultPoint if p is not FaultPoint.INGEST_STORED)
+CYCLE_POINTS: Final = frozenset(
+    p for p in FaultPoint if p not in {FaultPoint.INGEST_STORED, FaultPoint.HEALED, FaultPoint.ALERTED}
+)
+# The points a heal passes (only a cycle whose checks find something to heal reaches them).
+HEAL_POINTS: Final = frozenset({FaultPoint.HEALED, FaultPoint.ALERTED})
 
 
 HOOK: Callable[[FaultPoint], None] | None = None

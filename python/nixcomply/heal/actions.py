@@ -16,13 +16,15 @@ runs with the fixed environment of :data:`nixcomply.heal.programs.ENVIRONMENT`.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
 import stat
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,19 +33,19 @@ from typing import Any, Final, assert_never
 from pydantic import JsonValue
 
 from nixcomply.core import process
-from nixcomply.core.fsutil import atomic_write_text, ensure_dir
 from nixcomply.errors import CommandError, NixcomplyError
 from nixcomply.heal.config import HealConfig
 from nixcomply.heal.programs import ENVIRONMENT
 from nixcomply.heal.runbook import Action
 from nixcomply.heal.sync import SyncGeneration
-from nixcomply.host.systemd import Systemd, UnitState
+from nixcomply.host.systemd import Systemd, unit_record
 
 logger = logging.getLogger(__name__)
 
 _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _LISTED: Final = 50  # names of differing files kept in evidence
+MAX_DEPTH: Final = 128  # directory levels clean_directory and verify_checksums descend
 _RUNNING: Final = frozenset({"active", "activating", "deactivating", "reloading", "refreshing"})
 
 
@@ -86,23 +88,6 @@ def bounded(text: str, limit: int) -> str:
     if len(data) <= limit:
         return text
     return data[:limit].decode("utf-8", "ignore") + f"\n[... {len(data) - limit} more bytes not kept]"
-
-
-def unit_data(state: UnitState) -> dict[str, JsonValue]:
-    return {
-        "name": state.name,
-        "load_state": state.load_state,
-        "active_state": state.active_state,
-        "sub_state": state.sub_state,
-        "result": state.result,
-        "n_restarts": state.n_restarts,
-        "main_pid": state.main_pid,
-        "active_enter_timestamp": (
-            state.active_enter_timestamp.isoformat() if state.active_enter_timestamp else None
-        ),
-        "unit_file_state": state.unit_file_state,
-        "status_text": state.status_text,
-    }
 
 
 # -- commands --------------------------------------------------------------------------------
@@ -177,7 +162,7 @@ def _job(unit: str, verb: str, env: ActionEnv) -> ActionResult:
         "unit": unit,
         "job": verb,
         "job_result": job_result,
-        "state": unit_data(state),
+        "state": unit_record(state),
     }
     if job_result != "done":
         return ActionResult(False, f"{verb} job of {unit} ended {job_result!r} ({state.describe()})", data)
@@ -199,7 +184,7 @@ def wait_unit(args: Mapping[str, Any], env: ActionEnv) -> ActionResult:
     while True:
         state = sd.unit_state(unit)
         now = time.monotonic()
-        data: dict[str, JsonValue] = {"unit": unit, "wanted": wanted, "state": unit_data(state)}
+        data: dict[str, JsonValue] = {"unit": unit, "wanted": wanted, "state": unit_record(state)}
         if state.active_state == wanted:
             reached = now if reached is None else reached
             if now - reached >= stable_for:
@@ -232,7 +217,7 @@ def trigger_backup(args: Mapping[str, Any], env: ActionEnv) -> ActionResult:
             )
         time.sleep(env.config.poll_interval_seconds)
         state = sd.unit_state(unit)
-    data: dict[str, JsonValue] = {"unit": unit, "job_result": job_result, "state": unit_data(state)}
+    data: dict[str, JsonValue] = {"unit": unit, "job_result": job_result, "state": unit_record(state)}
     if job_result != "done":
         return ActionResult(False, f"backup job of {unit} ended {job_result!r} ({state.describe()})", data)
     if state.is_failed or state.result != "success":
@@ -254,7 +239,7 @@ def capture_state(args: Mapping[str, Any], env: ActionEnv) -> ActionResult:
     unit: str | None = args.get("unit")
     if unit is not None:
         state = env.systemd().unit_state(unit)
-        data["unit"] = unit_data(state)
+        data["unit"] = unit_record(state)
         details.append(f"{unit} is {state.describe()}")
         lines = int(args.get("journal_lines") or 0)
         if lines:
@@ -383,26 +368,17 @@ def clean_directory(args: Mapping[str, Any], env: ActionEnv) -> ActionResult:
     return ActionResult(True, what, data)
 
 
-def _clean(dir_fd: int, where: str, stats: _Cleaned) -> None:
+def _clean(top: int, where: str, stats: _Cleaned) -> None:
     cutoff = stats.cutoff
-    for name in os.listdir(dir_fd):
-        if time.monotonic() > stats.deadline:
-            raise StepTimeoutError(f"cleaning {where} took longer than the step's timeout")
+
+    def visit(dir_fd: int, name: str, rel: str) -> bool:
         try:
             st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
             if stat.S_ISDIR(st.st_mode):
-                if st.st_dev != stats.dev:
-                    stats.kept += 1
-                    stats.errors.append(f"{where}/{name}: another filesystem is mounted here; left alone")
-                    continue
-                sub = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
-                try:
-                    _clean(sub, f"{where}/{name}", stats)
-                finally:
-                    os.close(sub)
-                if cutoff is None:
-                    os.rmdir(name, dir_fd=dir_fd)
-                    stats.dirs += 1
+                if st.st_dev == stats.dev:
+                    return True
+                stats.kept += 1
+                stats.errors.append(f"{where}/{rel}: another filesystem is mounted here; left alone")
             elif cutoff is None or st.st_mtime < cutoff:
                 os.unlink(name, dir_fd=dir_fd)
                 stats.files += 1
@@ -410,7 +386,88 @@ def _clean(dir_fd: int, where: str, stats: _Cleaned) -> None:
             else:
                 stats.kept += 1
         except OSError as e:
-            stats.errors.append(f"{where}/{name}: {e.strerror}")
+            stats.errors.append(f"{where}/{rel}: {e.strerror}")
+        return False
+
+    def leave(dir_fd: int, name: str, rel: str) -> None:
+        if cutoff is None:
+            try:
+                os.rmdir(name, dir_fd=dir_fd)
+                stats.dirs += 1
+            except OSError as e:
+                stats.errors.append(f"{where}/{rel}: {e.strerror}")
+
+    def refused(rel: str, why: str) -> None:
+        stats.kept += 1
+        stats.errors.append(f"{where}/{rel}: {why}; left alone")
+
+    _walk(top, f"cleaning {where}", stats.deadline, visit, leave, refused, ordered=False)
+
+
+def _walk(  # noqa: PLR0917 - the parts of one traversal, named where it is used
+    top: int,
+    what: str,
+    deadline: float,
+    visit: Callable[[int, str, str], bool],
+    leave: Callable[[int, str, str], None],
+    refused: Callable[[str, str], None],
+    *,
+    ordered: bool,
+) -> None:
+    """Depth first through the tree under the open directory ``top``, without recursion and
+    without following a symlink: ``visit(dir_fd, name, rel)`` sees every entry and says
+    whether to descend into it (a directory); ``leave(dir_fd, name, rel)`` follows a
+    directory's last entry. Each level holds one file descriptor, so a tree deeper than
+    :data:`MAX_DEPTH` is not descended (``refused``), and the step's deadline is checked at
+    every entry: whoever may write inside an allowed root can make a tree thousands of
+    levels deep or millions of entries wide, which must cost a bounded refusal, never a
+    RecursionError, a descriptor per level or a step that never ends."""
+    stack: list[tuple[int, str, Iterator[str], Callable[[], None]]] = []
+
+    def enter(fd: int, rel: str) -> None:
+        try:
+            if ordered:
+                names: Iterator[str] = iter(sorted(os.listdir(fd)))
+                stack.append((fd, rel, names, lambda: None))
+            else:
+                scan = os.scandir(fd)
+                stack.append((fd, rel, (e.name for e in scan), scan.close))
+        except BaseException:
+            if fd != top:
+                os.close(fd)
+            raise
+
+    enter(top, "")
+    try:
+        while stack:
+            fd, rel, names, close = stack[-1]
+            name = next(names, None)
+            if name is None:
+                close()
+                stack.pop()
+                if stack:
+                    os.close(fd)
+                    leave(stack[-1][0], rel.rsplit("/", 1)[-1], rel)
+                continue
+            if time.monotonic() > deadline:
+                raise StepTimeoutError(f"{what} took longer than the step's timeout")
+            path = f"{rel}/{name}" if rel else name
+            if not visit(fd, name, path):
+                continue
+            if len(stack) > MAX_DEPTH:
+                refused(path, f"nested more than {MAX_DEPTH} directories deep")
+                continue
+            try:
+                sub = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except OSError as e:
+                refused(path, f"cannot be opened without following a symlink ({e.strerror})")
+                continue
+            enter(sub, path)
+    finally:
+        for fd, _, _, close in reversed(stack):
+            close()
+            if fd != top:
+                os.close(fd)
 
 
 def verify_checksums(args: Mapping[str, Any], env: ActionEnv) -> ActionResult:
@@ -420,21 +477,24 @@ def verify_checksums(args: Mapping[str, Any], env: ActionEnv) -> ActionResult:
     restore_test check: ``{"finished_at", "ok", "files_compared"}``."""
     deadline = env.deadline()
     inventories: list[dict[str, str]] = []
+    unreadable: list[str] = []
     hashed = 0
     for path in (args["restored"], args["reference"]):
         found: dict[str, str] = {}
+        problems: list[str] = []
         fd = _open_dir(path)
         try:
-            hashed += _inventory(fd, "", found, deadline)
+            hashed += _inventory(fd, found, problems, deadline)
         finally:
             os.close(fd)
         inventories.append(found)
+        unreadable.extend(f"{path}/{p}" for p in problems)
     restored, reference = inventories
     missing = sorted(set(reference) - set(restored))
     extra = sorted(set(restored) - set(reference))
     differing = sorted(k for k in set(reference) & set(restored) if reference[k] != restored[k])
     compared = sum(1 for k, v in reference.items() if v.startswith("sha256:") and k in restored)
-    ok = not (missing or extra or differing) and compared > 0
+    ok = not (missing or extra or differing or unreadable) and compared > 0
     data: dict[str, JsonValue] = {
         "restored": str(args["restored"]),
         "reference": str(args["reference"]),
@@ -444,16 +504,23 @@ def verify_checksums(args: Mapping[str, Any], env: ActionEnv) -> ActionResult:
         "missing": [*missing[:_LISTED]],
         "extra": [*extra[:_LISTED]],
         "differing": [*differing[:_LISTED]],
-        "counts": {"missing": len(missing), "extra": len(extra), "differing": len(differing)},
+        "unreadable": [*unreadable[:_LISTED]],
+        "counts": {
+            "missing": len(missing),
+            "extra": len(extra),
+            "differing": len(differing),
+            "unreadable": len(unreadable),
+        },
     }
     result_file: Path | None = args.get("result_file")
     if result_file is not None:
         record = {"finished_at": env.now().isoformat(), "ok": ok, "files_compared": compared}
-        ensure_dir(result_file.parent)
-        atomic_write_text(result_file, json.dumps(record) + "\n")
+        _write_unfollowed(result_file, (json.dumps(record) + "\n").encode())
         data["result_file"] = str(result_file)
     if ok:
         return ActionResult(True, f"{compared} files match", data)
+    if unreadable:
+        return ActionResult(False, f"{len(unreadable)} entries could not be compared: {unreadable[0]}", data)
     if compared == 0 and not (missing or extra or differing):
         return ActionResult(False, "no file was compared (the restore produced nothing)", data)
     return ActionResult(
@@ -463,32 +530,93 @@ def verify_checksums(args: Mapping[str, Any], env: ActionEnv) -> ActionResult:
     )
 
 
-def _inventory(dir_fd: int, prefix: str, found: dict[str, str], deadline: float) -> int:
+def _write_unfollowed(path: Path, data: bytes) -> None:
+    """Write ``path`` (the guard resolved it: no component is a symlink) atomically, walking
+    down from ``/`` one directory at a time without following a symlink, creating what is
+    missing: a directory swapped for a symlink since the check is refused, never followed
+    out of the allowed root."""
+    fd = os.open("/", _DIR_FLAGS)
+    try:
+        for part in path.parent.parts[1:]:
+            try:
+                sub = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                sub = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except OSError as e:
+                if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise NixcomplyError(
+                        f"{path}: {part} became a symlink (or a file) since it was checked; refusing to follow it"
+                    ) from None
+                raise
+            os.close(fd)
+            fd = sub
+        temp = f".{path.name}.{os.getpid()}.tmp"
+        out = os.open(
+            temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=fd
+        )
+        try:
+            with os.fdopen(out, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temp, path.name, src_dir_fd=fd, dst_dir_fd=fd)  # replaces a symlink, never follows it
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp, dir_fd=fd)
+            raise
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _inventory(top: int, found: dict[str, str], unreadable: list[str], deadline: float) -> int:
+    """Fill ``found`` (relative path -> what it is) and ``unreadable`` (what could not be
+    compared: a verification with any such entry fails); return the bytes hashed."""
     hashed = 0
-    for name in sorted(os.listdir(dir_fd)):
-        if time.monotonic() > deadline:
-            raise StepTimeoutError("checksumming took longer than the step's timeout")
-        rel = prefix + name
+
+    def visit(dir_fd: int, name: str, rel: str) -> bool:
+        nonlocal hashed
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         if stat.S_ISDIR(st.st_mode):
-            sub = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
-            try:
-                hashed += _inventory(sub, rel + "/", found, deadline)
-            finally:
-                os.close(sub)
-        elif stat.S_ISREG(st.st_mode):
-            digest = hashlib.sha256()
-            fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
-            with os.fdopen(fd, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-                    hashed += len(block)
-            found[rel] = "sha256:" + digest.hexdigest()
+            return True
+        if stat.S_ISREG(st.st_mode):
+            digest, size = _digest(dir_fd, name, rel, deadline)
+            hashed += size
+            if digest is None:
+                unreadable.append(f"{rel}: no longer a regular file when it was opened")
+            else:
+                found[rel] = "sha256:" + digest
         elif stat.S_ISLNK(st.st_mode):
             found[rel] = "symlink:" + os.readlink(name, dir_fd=dir_fd)
         else:
             found[rel] = "other:" + stat.filemode(st.st_mode)[0]
+        return False
+
+    def refused(rel: str, why: str) -> None:
+        unreadable.append(f"{rel}: {why}")
+
+    _walk(top, "checksumming", deadline, visit, lambda *_: None, refused, ordered=True)
     return hashed
+
+
+def _digest(dir_fd: int, name: str, rel: str, deadline: float) -> tuple[str | None, int]:
+    """sha256 of a regular file and the bytes read; None when it is no longer a regular file
+    once opened (swapped for a FIFO or a device since it was listed). The deadline holds
+    within a file too (a sparse file of a terabyte reads for hours)."""
+    fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
+    with os.fdopen(fd, "rb", buffering=0) as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None, 0
+        digest = hashlib.sha256()
+        size = 0
+        while block := f.read(1 << 20):
+            digest.update(block)
+            size += len(block)
+            if time.monotonic() > deadline:
+                raise StepTimeoutError(f"checksumming {rel} took longer than the step's timeout")
+    return digest.hexdigest(), size
 
 
 # -- the reconciler --------------------------------------------------------------------------

@@ -10,25 +10,30 @@ cooldowns. Every write is one transaction with ``synchronous=FULL``.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import logging
 import os
 import sqlite3
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
-from nixcomply.errors import HostIOError, NixcomplyError
+from nixcomply.errors import HostIOError, LockHeldError, NixcomplyError
 from nixcomply.evidence.log import LogHead
 
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION: Final = 2
+# How long a query waits for another connection's write transaction before giving up.
+BUSY_TIMEOUT = 30.0
+T = TypeVar("T")
 
 
 class AttemptPhase(StrEnum):
@@ -224,7 +229,7 @@ class State:
         state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = state_dir / "state.db"
         try:
-            db = sqlite3.connect(path, timeout=30, isolation_level=None)
+            db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA foreign_keys=ON")
@@ -242,11 +247,11 @@ class State:
                 )
         except sqlite3.OperationalError as e:
             refused = _refused(e, path)
-            if isinstance(refused, HostIOError):
+            if isinstance(refused, HostIOError | LockHeldError):
                 raise refused from None
             raise StateError(f"cannot open state database {path}: {e}") from None
         except sqlite3.DatabaseError as e:
-            raise StateError(f"cannot open state database {path}: {e}") from None
+            raise _damaged(e, path) from None
         return cls(db, path)
 
     def close(self) -> None:
@@ -515,6 +520,37 @@ class State:
             return self._db.execute("DELETE FROM cooldowns").rowcount
 
 
+def _names_damage(method: Callable[..., T]) -> Callable[..., T]:
+    """A damaged database (malformed pages) shows itself at the first query that reads the
+    damage, anywhere in a cycle: each :class:`State` method names the file and what to do,
+    instead of an internal error. What the machine refused (:func:`_refused`) stays that."""
+
+    @functools.wraps(method)
+    def named(self: State, *args: Any, **kwargs: Any) -> T:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.OperationalError as e:
+            raise _refused(e, self.path) from None
+        except sqlite3.DatabaseError as e:
+            raise _damaged(e, self.path) from None
+
+    return named
+
+
+for _name, _member in list(vars(State).items()):
+    if inspect.isfunction(_member) and not _name.startswith("__"):
+        setattr(State, _name, _names_damage(_member))
+
+
+def _damaged(e: sqlite3.DatabaseError, path: Path) -> StateError:
+    return StateError(
+        f"{path}: the state database is damaged ({e})",
+        hint="restore it from a backup, or move it aside and run again: a new one is started and "
+        "interrupted work is settled from what the host shows (the evidence log still verifies "
+        "against its own checkpoints)",
+    )
+
+
 class EvidenceHead:
     """The evidence store's record of its size in the state database (``EvidenceStore.open(
     head=...)``): a connection per call, so whichever thread appends may record."""
@@ -601,6 +637,11 @@ def _refused(e: sqlite3.OperationalError, path: Path) -> NixcomplyError:
         return HostIOError(
             f"{path}: cannot write the state database: it is read-only (a read-only filesystem?)",
             hint="nixcomply needs to write its state directory",
+        )
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return LockHeldError(
+            f"{path}: the state database stayed locked by another connection for {BUSY_TIMEOUT:g} s",
+            hint="another program holds it in a transaction (an sqlite3 shell?); close it and try again",
         )
     if code in (sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN):
         return HostIOError(f"{path}: cannot write the state database: {e}")

@@ -33,7 +33,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Final, Self, TypeAlias, TypeVar, assert_never
+from typing import Any, Final, Protocol, Self, TypeAlias, TypeVar, assert_never
 
 from nixcomply.errors import EXIT_USAGE, NixcomplyError, UsageError
 
@@ -152,6 +152,59 @@ def validate_unit_name(name: str, *, allow_template: bool = False) -> str:
     return name
 
 
+class UnitStateLike(Protocol):
+    """What a unit's state is read for (findings, heal evidence, the health gate);
+    :class:`UnitState` is one, and so are the checks' test doubles."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def load_state(self) -> str: ...
+    @property
+    def active_state(self) -> str: ...
+    @property
+    def sub_state(self) -> str: ...
+    @property
+    def result(self) -> str | None: ...
+    @property
+    def n_restarts(self) -> int | None: ...
+    @property
+    def main_pid(self) -> int | None: ...
+
+
+def describe_unit(state: UnitStateLike) -> str:
+    """``active/running``, ``failed/failed (exit-code)``, ``not-found, inactive/dead``: one
+    unit's state for messages."""
+    text = f"{state.active_state}/{state.sub_state}"
+    if state.load_state != "loaded":
+        text = f"{state.load_state}, {text}"
+    if state.result not in (None, "success"):
+        text += f" ({state.result})"
+    return text
+
+
+def unit_record(state: UnitStateLike) -> dict[str, Any]:
+    """One unit's state as findings and evidence keep it (the one definition: a check's
+    ``observed`` and a heal step's data say the same thing the same way). A full
+    :class:`UnitState` adds when it last became active, its unit-file state and its status
+    text."""
+    record: dict[str, Any] = {
+        "name": state.name,
+        "load_state": state.load_state,
+        "active_state": state.active_state,
+        "sub_state": state.sub_state,
+        "result": state.result,
+        "n_restarts": state.n_restarts,
+        "main_pid": state.main_pid,
+    }
+    if isinstance(state, UnitState):
+        entered = state.active_enter_timestamp
+        record["active_enter_timestamp"] = entered.isoformat() if entered else None
+        record["unit_file_state"] = state.unit_file_state
+        record["status_text"] = state.status_text
+    return record
+
+
 @dataclass(frozen=True)
 class UnitState:
     """One unit as the manager sees it at one moment.
@@ -183,11 +236,8 @@ class UnitState:
         return self.active_state == "failed"
 
     def describe(self) -> str:
-        """``active/running`` or ``failed/failed (exit-code)``, for messages."""
-        text = f"{self.active_state}/{self.sub_state}"
-        if self.result not in (None, "success"):
-            text += f" ({self.result})"
-        return text
+        """:func:`describe_unit` of this state, for messages."""
+        return describe_unit(self)
 
 
 @dataclass(frozen=True)

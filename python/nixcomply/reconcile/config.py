@@ -9,13 +9,12 @@ setting silently ignored or guessed.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Final, Literal
 
 from pydantic import Field, field_validator
 
-from nixcomply.checks.config import ChecksConfig
+from nixcomply.checks.config import ChecksConfig, UnitName
 from nixcomply.core.paths import DEFAULT_STATE_DIR
 from nixcomply.core.yamlsource import load_json_model
 from nixcomply.errors import InputError
@@ -27,8 +26,6 @@ from nixcomply.uplink.settings import UploadSettings
 
 DEFAULT_CONFIG: Final = Path("/etc/nixcomply/reconciler.json")
 
-_UNIT: Final = re.compile(r"^[A-Za-z0-9:_.\\@-]+\.(service|socket|target|timer|mount|path|swap|slice|scope)$")
-
 
 class LivenessCommand(StrictModel):
     """A command that must exit 0 for the new generation to count as healthy."""
@@ -39,20 +36,13 @@ class LivenessCommand(StrictModel):
 
 
 class HealthGate(StrictModel):
-    critical_units: list[str] = Field(
-        default_factory=lambda: ["sshd.service"], description="units that must be active after activation"
+    critical_units: list[UnitName] = Field(
+        default_factory=lambda: ["sshd.service"],
+        description="units that must be active after activation (systemd's unit-name grammar)",
     )
     liveness: list[LivenessCommand] = Field(default_factory=list)
     timeout: float = Field(default=120, gt=0, le=3600, description="overall deadline of the gate")
     settle_seconds: float = Field(default=3, ge=0, le=300, description="wait before the first look")
-
-    @field_validator("critical_units")
-    @classmethod
-    def _units(cls, units: list[str]) -> list[str]:
-        for unit in units:
-            if not _UNIT.match(unit):
-                raise ValueError(f"{unit!r} is not a systemd unit name (like sshd.service)")
-        return units
 
 
 class EvidenceConfig(StrictModel):

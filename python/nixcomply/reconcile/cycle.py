@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from nixcomply.checks.context import CheckContext
 from nixcomply.checks.finding import Finding
@@ -51,6 +51,7 @@ from nixcomply.reconcile.model import (
     FindingSummary,
     HostState,
     Plan,
+    reboot_reasons,
 )
 from nixcomply.reconcile.observe import external_change, observation_of, observe
 from nixcomply.reconcile.plan import LockedTarget, decide, desired_state
@@ -61,6 +62,9 @@ if TYPE_CHECKING:
     from nixcomply.host.systemd import SystemdFactory
 
 logger = logging.getLogger(__name__)
+
+# the state database's value: the checks of the last cycle whose drift only a boot heals
+REBOOT_REASONS: Final = "reboot_reasons"
 
 _ATTEMPT_OUTCOME = {
     ApplyOutcome.SUCCESS: AttemptOutcome.SUCCESS,
@@ -171,7 +175,7 @@ class Reconciler:
             outcome=report.result.outcome.value,
             plan=report.plan.kind.value if report.plan else None,
             generation=report.host.profile.generation if report.host.profile else None,
-            need_reboot=bool(report.host.need_reboot),
+            need_reboot=bool(report.reboot_needed),
             findings=tuple(report.finding_samples),
             heals=state.heal_counts(),
             suppressed=len(state.suppressed()),
@@ -244,6 +248,8 @@ class _Cycle:
         )
         faults.point(FaultPoint.CHECKED)
         self.remember(after)
+        if not self.dry_run:  # `nixcomply status` says so until a boot heals it
+            self.state.set_value(REBOOT_REASONS, reboot_reasons(checked.summaries))
         return CycleReport(
             started_at=self.started,
             finished_at=datetime.now(UTC),

@@ -33,7 +33,7 @@ from nixcomply.checks import context as checks_context
 from nixcomply.core import faults, process
 from nixcomply.core.faults import FaultPoint
 from nixcomply.errors import CommandError, NixcomplyError
-from nixcomply.host.systemd import SystemdFactory
+from nixcomply.host.systemd import SystemdFactory, UnitStateLike
 from nixcomply.nixos.rebuild import ActivationResult
 from nixcomply.reconcile.config import HealthGate
 from nixcomply.reconcile.model import GateCheck, GateResult
@@ -221,7 +221,7 @@ def _unit_checks(
     try:
         with systemd() as sd:
             pending = list(gate.critical_units)
-            states: dict[str, checks_context.UnitStateLike] = {}
+            states: dict[str, UnitStateLike] = {}
             while True:
                 for unit in pending:
                     try:
@@ -262,7 +262,7 @@ def _unit_checks(
 
 
 def _unit_check(
-    unit: str, s: checks_context.UnitStateLike, sd: GateSystemd, activation: Activation, started: float
+    unit: str, s: UnitStateLike, sd: GateSystemd, activation: Activation, started: float
 ) -> GateCheck:
     detail = f"{s.active_state}/{s.sub_state}" + (
         f" ({s.result})" if s.result not in (None, "success") else ""

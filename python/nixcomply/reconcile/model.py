@@ -6,6 +6,7 @@ go into evidence unchanged, so a technician, a script and an auditor read the sa
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING
@@ -147,10 +148,16 @@ class FindingSummary(StrictModel):
     drifted: bool
     message: str
     decision: str | None = Field(default=None, description="runbook run, alert, suppressed, deferred ...")
+    reboot_needed: bool = Field(default=False, description="drift that only the next boot heals")
 
     @property
     def family(self) -> str:
         return self.control_ids[0].split(".", 1)[0] if self.control_ids else self.check
+
+
+def reboot_reasons(findings: Iterable[FindingSummary]) -> list[str]:
+    """The checks (as ``audit-rules``) whose drift waits for the next boot."""
+    return sorted({f.check.replace("_", "-") for f in findings if f.reboot_needed})
 
 
 class CycleReport(StrictModel):
@@ -170,6 +177,13 @@ class CycleReport(StrictModel):
         default_factory=list, description="runbook and rules files that did not load (each is ignored)"
     )
     error: str | None = None
+
+    @property
+    def reboot_needed(self) -> list[str]:
+        """Why the host needs a reboot: a kernel, initrd or modules the booted system does not
+        run, and the checks whose drift only a boot heals (``audit-rules`` locked until
+        reboot, ``kernel-cmdline``)."""
+        return [*self.host.need_reboot, *reboot_reasons(self.findings)]
 
     @property
     def finding_samples(self) -> list[FindingSample]:
@@ -212,8 +226,8 @@ class CycleReport(StrictModel):
                     lines.append(f"  {f.status:<5} {f.check}: {f.message}{decided}")
         for problem in self.policy_problems:
             lines.append(f"policy:  ignored, does not load: {problem}")
-        if r.outcome == ApplyOutcome.SUCCESS and self.host.need_reboot:
-            lines.append(f"reboot needed for: {', '.join(self.host.need_reboot)}")
+        if self.reboot_needed:
+            lines.append(f"reboot needed for: {', '.join(self.reboot_needed)}")
         if self.evidence_seqs:
             lines.append(f"evidence: entries {', '.join(str(s) for s in self.evidence_seqs)}")
         return lines

@@ -20,9 +20,11 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 from nixcomply.checks.context import CheckContext
 from nixcomply.checks.finding import Finding
 from nixcomply.checks.registry import run_checks
+from nixcomply.core import faults
+from nixcomply.core.faults import FaultPoint
 from nixcomply.core.memo import Memo, file_stamp
 from nixcomply.core.paths import runbooks_dir
-from nixcomply.errors import InputError, NixcomplyError, Problem
+from nixcomply.errors import HostIOError, InputError, NixcomplyError, Problem
 from nixcomply.evidence.statement import Host
 from nixcomply.evidence.store import EvidenceStore
 from nixcomply.heal import policy
@@ -49,6 +51,11 @@ class HealOutcome:
     runs: list[RunbookRun] = field(default_factory=list)
 
 
+# The runbook run under way (state value): written before a runbook acts, cleared once its
+# remediation is recorded. One left behind is a run the reconciler did not live to record
+# (SIGKILL, a crash, power loss): the next cycle records it as failed, so every action the
+# host took is in the evidence and counts against the runbook (cooldown, flap suppression).
+HEAL_RUNNING: Final = "heal.running"
 POLICY_CHECK: Final = "heal_policy"
 # Built in, first of all: a runbook or rules file that does not load is ignored (the others
 # still heal) and a person is told, even when it is the rules file that is bad.
@@ -231,6 +238,8 @@ class Healer:
 
     def heal(self, findings: Sequence[Finding], loaded: Policy) -> HealOutcome:
         out = HealOutcome()
+        if not self.dry_run:
+            self._settle_interrupted(out)
         for problem in loaded.problems:
             logger.error("a heal policy file does not load and is ignored: %s", problem)
         for index, finding in enumerate(findings):
@@ -245,7 +254,66 @@ class Healer:
             except NixcomplyError as e:
                 out.decisions[index] = f"could not act: {e}"
                 logger.error("healing %s failed: %s", finding.check, e)
+                if not self.dry_run:
+                    self._settle_interrupted(out, why=f"it stopped with an error: {e}")
         return out
+
+    def _settle_interrupted(self, out: HealOutcome, *, why: str | None = None) -> None:
+        """Record the runbook run that was under way and never recorded (see HEAL_RUNNING)
+        as failed: what it did is unknown. At least once: killed again between this record
+        and the state update, the next cycle records it a second time."""
+        try:
+            running = self.state.value(HEAL_RUNNING)
+            if running is None:
+                return
+            try:
+                self._record_interrupted(running, out, why)
+            except (KeyError, TypeError, ValueError) as e:  # not what _act wrote: say so, drop it
+                logger.error("an interrupted runbook run was noted unreadably (%r: %s); dropped", running, e)
+                self.state.set_value(HEAL_RUNNING, None)
+        except NixcomplyError as e:  # a full disk: it stays under way, for the next cycle
+            logger.error("could not record an interrupted runbook run: %s", e)
+
+    def _record_interrupted(self, running: Any, out: HealOutcome, why: str | None) -> None:
+        from nixcomply.heal.executor import RunbookRun  # noqa: PLC0415
+        from nixcomply.heal.remediation import record_remediation  # noqa: PLC0415
+
+        at = self.now()
+        started = datetime.fromisoformat(str(running["started_at"]))
+        reason = why or "interrupted: the reconciler stopped (killed, crashed or lost power) while it ran"
+        run = RunbookRun(
+            runbook=str(running["runbook"]),
+            version=int(running["version"]),
+            name=str(running["name"]),
+            params=dict(running["params"]),
+            outcome=RunOutcome.FAILED,
+            reason=f"{reason}; what it did is not known",
+            started_at=started,
+            finished_at=max(at, started),
+            duration_s=max((at - started).total_seconds(), 0.0),
+        )
+        finding = running.get("finding")
+        logger.error("%s for %s was interrupted: recorded as failed", run.runbook, running["check"])
+        if self.store is not None:
+            out.seqs.append(
+                record_remediation(
+                    self.store,
+                    run,
+                    host=self.identity,
+                    finding=finding if isinstance(finding, dict) else None,
+                    policy_digest=self.policy_digest,
+                ).seq
+            )
+        policy.record_outcome(
+            self.state,
+            check=str(running["check"]),
+            runbook=run.runbook,
+            cooldown_key=str(running["cooldown_key"]),
+            cooldown=timedelta(seconds=int(running["cooldown_seconds"])),
+            outcome=run.outcome.value,
+            at=at,
+        )
+        self.state.set_value(HEAL_RUNNING, None)
 
     def _key(self, finding: Finding, decision: Decision) -> str:
         return f"{decision.cooldown_key}:{finding.subject or '-'}"
@@ -269,7 +337,8 @@ class Healer:
             if self.dry_run:
                 return f"dry run: would alert ({decision.rule.id}): {decision.alert}"
             sent = self._alert(f"{decision.alert} [{finding.check}: {finding.message}]")
-            self.state.set_cooldown(key, at + cooldown, 0)
+            # recorded before the cooldown starts: killed in between, the alert is sent and
+            # recorded again by the next cycle, never sent and left unrecorded
             if self.store is not None:
                 out.seqs.append(
                     record.record_alert(
@@ -283,6 +352,8 @@ class Healer:
                         now=at,
                     ).seq
                 )
+            faults.point(FaultPoint.ALERTED)
+            self.state.set_cooldown(key, at + cooldown, 0)
             return f"alert ({decision.rule.id}): {decision.alert}"
 
         assert decision.runbook is not None
@@ -318,16 +389,37 @@ class Healer:
             root=self.config.root,
             user_mode=self.config.systemd.user_mode,
         )
+        if not self.dry_run:
+            self._announce(
+                runbook,
+                {
+                    "check": finding.check,
+                    "runbook": runbook.id,
+                    "version": runbook.version,
+                    "name": runbook.name,
+                    "params": {
+                        k: v
+                        for k, v in params.items()
+                        if isinstance(v, str | int) and not isinstance(v, bool)
+                    },
+                    "cooldown_key": key,
+                    "cooldown_seconds": decision.rule.cooldown_seconds,
+                    "finding": finding.model_dump(mode="json"),
+                    "started_at": at.isoformat(),
+                },
+            )
         run = execute(runbook, params, ctx, dry_run=self.dry_run, verify=self._verifier(finding))
         out.runs.append(run)
         if self.dry_run:
             return f"dry run: would run {runbook.id} ({run.reason})"
+        faults.point(FaultPoint.HEALED)
         if self.store is not None:
             out.seqs.append(
                 record_remediation(
                     self.store, run, host=self.identity, finding=finding, policy_digest=self.policy_digest
                 ).seq
             )
+        self.state.set_value(HEAL_RUNNING, None)
         if run.outcome != RunOutcome.REJECTED:
             suppressed = policy.record_outcome(
                 self.state,
@@ -341,6 +433,14 @@ class Healer:
             if suppressed:
                 return f"{runbook.id}: {run.outcome.value}; now suppressed (it keeps coming back)"
         return f"{runbook.id}: {run.outcome.value} ({run.reason})"
+
+    def _announce(self, runbook: Runbook, running: dict[str, Any]) -> None:
+        """Say a run is under way before it acts (HEAL_RUNNING). A disk too full to take it
+        does not stop the run: freeing that disk may be what the run is for."""
+        try:
+            self.state.set_value(HEAL_RUNNING, running)
+        except HostIOError as e:
+            logger.warning("%s runs without being noted as under way: %s", runbook.id, e)
 
     def _verifier(self, finding: Finding) -> Callable[[], object]:
         """Re-run the finding's own check and return its new finding for the same subject."""

@@ -18,7 +18,7 @@ from nixcomply.checks import firewall
 from nixcomply.checks.context import CheckContext, GenerationStatus, SystemdLike
 from nixcomply.checks.finding import Finding
 from nixcomply.checks.registry import run_checks
-from nixcomply.errors import NixcomplyError
+from nixcomply.errors import HostIOError, NixcomplyError
 from nixcomply.host.state import State
 from nixcomply.host.systemd import SystemdFactory
 from nixcomply.reconcile.config import ReconcilerConfig
@@ -93,7 +93,10 @@ def check(ctx: CheckContext, state: State, names: Sequence[str] | None = None) -
         n = f.observed.get("n_restarts")
         if f.check == "service_health" and f.subject and isinstance(n, int):
             restarts[f.subject] = n
-    state.set_value(RESTARTS_KEY, restarts)
+    try:
+        state.set_value(RESTARTS_KEY, restarts)
+    except HostIOError as e:  # a full disk: the findings still go to the heals (one may free it)
+        logger.warning("not remembering the services' restart counts: %s", e)
     return findings
 
 
@@ -106,4 +109,5 @@ def summary(f: Finding, decision: str | None = None) -> FindingSummary:
         drifted=f.drifted,
         message=f.message,
         decision=decision,
+        reboot_needed=f.reboot_needed,
     )

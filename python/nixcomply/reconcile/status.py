@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from pydantic import Field
+
 from nixcomply.host.state import State
 from nixcomply.model.base import StrictModel
 from nixcomply.nixos.root import Root
 from nixcomply.reconcile.config import ReconcilerConfig
-from nixcomply.reconcile.cycle import tools_for
+from nixcomply.reconcile.cycle import REBOOT_REASONS, tools_for
 from nixcomply.reconcile.model import HostState
 from nixcomply.reconcile.observe import observe
 
@@ -38,6 +40,9 @@ class Status(StrictModel):
     # The newest checkpoint file: what an auditor keeps and passes as --pin-checkpoint.
     pin_checkpoint: str | None = None
     upload: dict[str, object] | None = None  # nixcomply.uplink.run.Overview.to_json(); None: not enrolled
+    # the kernel, initrd or modules (host.need_reboot) and the checks of the last run whose
+    # drift only the next boot heals (audit-rules locked until reboot, kernel-cmdline)
+    reboot_needed: list[str] = Field(default_factory=list)
 
     def lines(self) -> list[str]:
         h = self.host
@@ -73,7 +78,8 @@ class Status(StrictModel):
             out.append(f"pending    {self.pending_target}")
         if h.activation_pending:
             out.append("WARNING    the running system is not the boot default (a test activation is pending)")
-        out.append(f"reboot     {'needed: ' + ', '.join(h.need_reboot) if h.need_reboot else 'not needed'}")
+        reboot = self.reboot_needed
+        out.append(f"reboot     {'needed: ' + ', '.join(reboot) if reboot else 'not needed'}")
         for b in self.blocked:
             out.append(f"blocked    {b.revision[:12]} ({b.outcome} {b.at:%Y-%m-%d %H:%M}): {b.detail}")
         for key, why in self.suppressed.items():
@@ -103,6 +109,7 @@ def collect(config: ReconcilerConfig) -> Status:
             k: f"since {since:%Y-%m-%d %H:%M} UTC: {why}" for k, (since, why) in state.suppressed().items()
         }
         last_good = state.last_good()
+        reasons = state.value(REBOOT_REASONS)
     seq, size = _evidence_tail(config)
     pin = _pin_checkpoint(config, size)
     from datetime import UTC
@@ -128,6 +135,7 @@ def collect(config: ReconcilerConfig) -> Status:
         checkpoint_size=size,
         pin_checkpoint=pin,
         upload=uplink.to_json(datetime.now(UTC)) if uplink else None,
+        reboot_needed=[*host.need_reboot, *(r for r in reasons or [] if isinstance(r, str))],
     )
 
 
