@@ -45,7 +45,13 @@ def connect(path: Path) -> sqlite3.Connection:
 
 
 @contextmanager
-def transaction(db: sqlite3.Connection, path: Path, *, what: str = "the state database") -> Iterator[None]:
+def transaction(
+    db: sqlite3.Connection,
+    path: Path,
+    *,
+    what: str = "the state database",
+    other: type[NixcomplyError] = DatabaseError,
+) -> Iterator[None]:
     """A ``BEGIN IMMEDIATE`` transaction, committed when the block ends and rolled back when
     it raises (inside another transaction: part of that one). A refusal by the machine is
     :func:`refused`'s error."""
@@ -61,11 +67,18 @@ def transaction(db: sqlite3.Connection, path: Path, *, what: str = "the state da
             raise
         db.execute("COMMIT")
     except sqlite3.OperationalError as e:
-        raise refused(e, path, what=what) from None
+        raise refused(e, path, what=what, other=other) from None
 
 
-def refused(e: sqlite3.OperationalError, path: Path, *, what: str = "the state database") -> NixcomplyError:
-    """What an ``OperationalError`` means for the person running nixcomply."""
+def refused(
+    e: sqlite3.OperationalError,
+    path: Path,
+    *,
+    what: str = "the state database",
+    other: type[NixcomplyError] = DatabaseError,
+) -> NixcomplyError:
+    """What an ``OperationalError`` means for the person running nixcomply (``other``: the
+    error for what is not the machine's doing, naming the file)."""
     code = getattr(e, "sqlite_errorcode", None)
     if code == sqlite3.SQLITE_FULL:
         return HostIOError(
@@ -84,7 +97,7 @@ def refused(e: sqlite3.OperationalError, path: Path, *, what: str = "the state d
         )
     if code in (sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN):
         return HostIOError(f"{path}: cannot write {what}: {e}")
-    return DatabaseError(f"{path}: {e}")
+    return other(f"{path}: {e}")
 
 
 def timestamp(value: datetime) -> str:
