@@ -69,6 +69,20 @@ class _TooLarge(ApiError):
         super().__init__(413, ErrorCode.TOO_LARGE, f"the body is over {limit} bytes")
 
 
+class _TrackedSend:
+    """``send``, remembering whether the response has started: after that, an error can no
+    longer be answered, only the connection broken."""
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.started = False
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self.send(message)
+
+
 class Internal:
     """A bug is answered with the JSON 500 here, inside the other middleware, so the answer
     carries the security headers and the audit line its status (Starlette's own last resort
@@ -81,19 +95,12 @@ class Internal:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
+        tracked = _TrackedSend(send)
         try:
-            await self.app(scope, receive, tracking_send)
+            await self.app(scope, receive, tracked)
         except Exception as e:
             logger.error("internal error: %s: %s", type(e).__name__, e, exc_info=e)
-            if started:
+            if tracked.started:
                 raise
             await send_error(send, 500, ErrorCode.INTERNAL, "internal error; nothing was written")
 
@@ -141,7 +148,6 @@ class BodyLimit:
                     await send_error(send, 413, ErrorCode.TOO_LARGE, f"the body is over {self.limit} bytes")
                     return
         seen = 0
-        started = False
 
         async def counting_receive() -> Message:
             nonlocal seen
@@ -152,16 +158,11 @@ class BodyLimit:
                     raise _TooLarge(self.limit)
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
+        tracked = _TrackedSend(send)
         try:
-            await self.app(scope, counting_receive, tracking_send)
+            await self.app(scope, counting_receive, tracked)
         except _TooLarge:
-            if started:
+            if tracked.started:
                 raise
             await send_error(send, 413, ErrorCode.TOO_LARGE, f"the body is over {self.limit} bytes")
 
