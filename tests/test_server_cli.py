@@ -49,6 +49,14 @@ def config_file(pg_url: str, witness_key: tuple[Witness, Path], tmp_path: Path) 
     return path
 
 
+@pytest.fixture
+def witness_only_config(witness_key: tuple[Witness, Path], tmp_path: Path) -> Path:
+    """A server.json naming only the witness: the database comes from the environment."""
+    path = tmp_path / "server.json"
+    path.write_text(json.dumps({"witness": {"name": "msp.example/witness", "key_file": str(witness_key[1])}}))
+    return path
+
+
 def server(config: Path, *args: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     code = main([*args, "--config", str(config)])
     out = capsys.readouterr()
@@ -181,12 +189,11 @@ def test_bad_configuration_names_the_field(
 
 def test_the_database_url_and_its_password_are_never_printed(
     tmp_path: Path,
-    witness_key: tuple[Witness, Path],
+    witness_only_config: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    path = tmp_path / "server.json"
-    path.write_text(json.dumps({"witness": {"name": "msp.example/witness", "key_file": str(witness_key[1])}}))
+    path = witness_only_config
     monkeypatch.setenv(
         "NIXCOMPLY_SERVER_DATABASE_URL", f"postgresql+psycopg://nx:hunter2@/db?host={tmp_path}/nowhere"
     )
@@ -199,15 +206,14 @@ def test_the_database_url_and_its_password_are_never_printed(
 
 def test_status_never_shows_secrets_from_the_urls_query(
     pg_url: str,
-    witness_key: tuple[Witness, Path],
+    witness_only_config: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """libpq takes password=, passfile= and sslpassword= (and user=) in the query string:
     status printed them, and serve logged them (the same description), as they were."""
-    path = tmp_path / "server.json"
-    path.write_text(json.dumps({"witness": {"name": "msp.example/witness", "key_file": str(witness_key[1])}}))
+    path = witness_only_config
     secrets = "&password=hunter2&passfile=/run/keys/pgpass-hunter3&sslpassword=hunter4"
     monkeypatch.setenv("NIXCOMPLY_SERVER_DATABASE_URL", pg_url + secrets)
     code, out, err = server(path, "status", "--json", capsys=capsys)
@@ -225,13 +231,12 @@ def test_status_never_shows_secrets_from_the_urls_query(
 
 def test_an_unknown_connection_parameter_is_a_usage_error_naming_it(
     tmp_path: Path,
-    witness_key: tuple[Witness, Path],
+    witness_only_config: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """An unknown parameter in the URL's query was an internal error (exit 70) at connect."""
-    path = tmp_path / "server.json"
-    path.write_text(json.dumps({"witness": {"name": "msp.example/witness", "key_file": str(witness_key[1])}}))
+    path = witness_only_config
     monkeypatch.setenv(
         "NIXCOMPLY_SERVER_DATABASE_URL", f"postgresql+psycopg:///db?host={tmp_path}&PassFile=hunter2"
     )
