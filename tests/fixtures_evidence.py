@@ -202,6 +202,14 @@ def write_keyring(root: Path, keys: Keys) -> Path:
     return path
 
 
+def pinned_copy(root: Path) -> Path:
+    """An auditor's own copy of ``root``'s keyring, beside ``root`` (the keyring inside the
+    directory verified pins nothing, even when given as ``--keyring``)."""
+    copy = root.parent / f"{root.name}.pinned-keyring.json"
+    copy.write_bytes((root / "keyring.json").read_bytes())
+    return copy
+
+
 def write_key_files(directory: Path, keys: Keys) -> tuple[Path, Path]:
     b, lg = directory / "bundle.key", directory / "log.key"
     write_private_key(b, keys.bundle)

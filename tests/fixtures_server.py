@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fixtures_evidence import Keys, fill, make_keys, open_store
 from sqlalchemy import Engine, create_engine
 
-from nixcomply.evidence.cosignature import Witness, generate_witness
+from nixcomply.evidence.cosignature import Witness, WitnessPublicKey, generate_witness
 from nixcomply.evidence.statement import Host
 from nixcomply.model import httpsig
 from nixcomply.model.fleet import EnrollRequest, EnrollResponse, UploadResponse, b64encode
@@ -115,6 +115,7 @@ class FleetHost:
     transport: Ed25519PrivateKey
     client: Client
     machine_id: str
+    witness: WitnessPublicKey
 
     @property
     def keyid(self) -> str:
@@ -145,7 +146,11 @@ class FleetHost:
         for batch in batches(self.root, state.accepted_size, max_entries=7):
             response = self.client.upload(batch.request)
             store_cosignature(
-                self.root, response.accepted_size, response.checkpoint.encode(), response.cosignature
+                self.root,
+                response.accepted_size,
+                response.checkpoint.encode(),
+                response.cosignature,
+                witness=self.witness,
             )
             out.append(response)
         return out
@@ -157,5 +162,11 @@ def make_host(served: Served, tmp_path: Path, name: str) -> FleetHost:
     root.mkdir()
     host = Host(machine_id=f"{next(_machine):032x}", hostname=name)
     return FleetHost(
-        name, root, make_keys(), transport, Client(served.url, transport, counter()), host.machine_id
+        name,
+        root,
+        make_keys(),
+        transport,
+        Client(served.url, transport, counter()),
+        host.machine_id,
+        served.witness.public,
     )

@@ -12,6 +12,8 @@ A failure prints the ``@reproduce_failure`` blob to paste into the test.
 from __future__ import annotations
 
 import os
+import secrets
+import zlib
 from typing import Final
 
 from hypothesis import HealthCheck, settings
@@ -40,3 +42,13 @@ settings.load_profile(PROFILE)
 def examples(n: int) -> int:
     """``n`` examples in CI, :data:`FUZZ_FACTOR` times as many under ``make fuzz``."""
     return n * FUZZ_FACTOR if PROFILE == "fuzz" else n
+
+
+def seed(name: str) -> int:
+    """The seed of a test that draws its own random numbers (random kill times, say): fixed
+    per test in CI (from its name, so two tests do not share one), fresh under ``make fuzz``,
+    and ``$NIXCOMPLY_SEED`` when set, to replay a failure (the test prints its seed)."""
+    given = os.environ.get("NIXCOMPLY_SEED")
+    if given:
+        return int(given)
+    return secrets.randbelow(2**32) if PROFILE == "fuzz" else zlib.crc32(name.encode())

@@ -89,7 +89,14 @@ def check_fleet(fleet: dict[str, Any], out: Path, cli: Any) -> None:
     assert fleet["incidents"] == 0
     assert fleet["checkpoints"] >= 3
     witness = fleet["witness_key"]
-    ring = out / "host" / "state" / "keyring.json"  # the demo's own: pinned, as an auditor would
+    # The auditor's copy, apart from the host: pinned (the host's own would pin nothing).
+    ring = out / "auditor" / "keyring.json"
+    assert (
+        cli(
+            "evidence", "verify", out / "host" / "state", "--keyring", out / "host" / "state" / "keyring.json"
+        ).code
+        == 3
+    )
     r = cli("evidence", "verify", out / "host" / "state", "--witness", witness, "--keyring", ring)
     assert r.code == 0, r.out
     r = cli("evidence", "verify", fleet["packet"], "--witness", witness, "--keyring", ring)

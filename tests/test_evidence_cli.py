@@ -10,7 +10,16 @@ from datetime import date
 from pathlib import Path
 
 import pytest
-from fixtures_evidence import TOPLEVEL, Keys, attestation, fill, open_store, write_key_files, write_keyring
+from fixtures_evidence import (
+    TOPLEVEL,
+    Keys,
+    attestation,
+    fill,
+    open_store,
+    pinned_copy,
+    write_key_files,
+    write_keyring,
+)
 
 from conftest import Cli, CliResult
 from nixcomply.evidence.keyring import load_keyring
@@ -94,11 +103,11 @@ def test_keygen_writes_private_key_and_keyring(cli: Cli, tmp_path: Path) -> None
 
 
 def test_verify_ok_json_and_tampered(cli: Cli, store: Path) -> None:
-    r = cli("evidence", "verify", store, "--keyring", store / "keyring.json")
+    r = cli("evidence", "verify", store, "--keyring", pinned_copy(store))
     assert r.code == 0, r.out + r.err
     assert r.out.splitlines()[-2].startswith("OK: store")
     assert r.out.splitlines()[-1] == f"pin next time: --pin-checkpoint {store}/log/checkpoints/000000000006"
-    r = cli("evidence", "verify", store, "--keyring", store / "keyring.json", "--json")
+    r = cli("evidence", "verify", store, "--keyring", pinned_copy(store), "--json")
     report = json.loads(r.out)
     assert (report["ok"], report["exit_code"], report["entries"], report["checkpoints_verified"]) == (
         True,
@@ -111,7 +120,7 @@ def test_verify_ok_json_and_tampered(cli: Cli, store: Path) -> None:
     bundle = sorted(store.glob("evidence/*/*/*/*"))[2]
     statement = bundle / "statement.json"
     statement.write_bytes(statement.read_bytes().replace(b"success", b"failure", 1))
-    r = cli("evidence", "verify", store, "--keyring", store / "keyring.json")
+    r = cli("evidence", "verify", store, "--keyring", pinned_copy(store))
     assert r.code == 1
     first = r.out.splitlines()[0]
     assert first.startswith("FAILED: entry 2 (")
@@ -128,10 +137,10 @@ def test_verify_warning_exit_3(cli: Cli, tmp_path: Path, keys: Keys) -> None:
     with open_store(root, keys) as s:
         s.append(attestation(0, expires=date(2026, 6, 30)), subjects=[TOPLEVEL])
     write_keyring(root, keys)
-    r = cli("evidence", "verify", root, "--at", "2026-07-01", "--keyring", root / "keyring.json")
+    r = cli("evidence", "verify", root, "--at", "2026-07-01", "--keyring", pinned_copy(root))
     assert r.code == 3
     assert "expired on 2026-06-30" in r.out
-    assert cli("evidence", "verify", root, "--at", "2026-06-01", "--keyring", root / "keyring.json").code == 0
+    assert cli("evidence", "verify", root, "--at", "2026-06-01", "--keyring", pinned_copy(root)).code == 0
 
 
 @pytest.mark.parametrize(
@@ -142,7 +151,7 @@ def test_verify_warning_exit_3(cli: Cli, tmp_path: Path, keys: Keys) -> None:
         (["evidence", "verify", "{store}", "--keyring", "{bad_keyring}"], "bad.json:3: keys[0].role"),
         (
             ["evidence", "verify", "{store}", "--pin-checkpoint", "/nonexistent.note"],
-            "nonexistent.note: cannot read",
+            "nonexistent.note: no such file",
         ),
         (["evidence", "verify", "{store}", "--at", "yesterday"], "is not a date"),
         (["evidence", "verify", "{store}", "--jobs", "0"], "--jobs"),
@@ -198,14 +207,13 @@ def test_export_packet_verifies_and_detects_edits(cli: Cli, store: Path, tmp_pat
     assert [e["seq"] for e in meta["entries"]] == list(range(6))
     assert "nixcomply evidence verify . --keyring" in readme  # tests/test_packet_readme.py runs it
 
-    r = cli("evidence", "verify", packet, "--keyring", store / "keyring.json")
+    r = cli("evidence", "verify", packet, "--keyring", pinned_copy(store))
     assert r.code == 0, r.out + r.err
     assert "OK: packet" in r.out
     pin = tmp_path / "pin.note"
     pin.write_bytes((store / "log/checkpoints/000000000004").read_bytes())
     assert (
-        cli("evidence", "verify", packet, "--keyring", store / "keyring.json", "--pin-checkpoint", pin).code
-        == 0
+        cli("evidence", "verify", packet, "--keyring", pinned_copy(store), "--pin-checkpoint", pin).code == 0
     )
 
     # An edited index (an auditor's shortcut into the evidence) is caught.
@@ -216,7 +224,7 @@ def test_export_packet_verifies_and_detects_edits(cli: Cli, store: Path, tmp_pat
             if info.filename == "index/controls.csv":
                 data = data.replace(b",fail,", b",pass,").replace(b"attested", b"pass")
             dst.writestr(info, data)
-    r = cli("evidence", "verify", edited, "--keyring", store / "keyring.json")
+    r = cli("evidence", "verify", edited, "--keyring", pinned_copy(store))
     assert r.code == 1
     assert "index/controls.csv" in r.out
 
@@ -246,7 +254,7 @@ def test_export_controls_filter_and_range(cli: Cli, store: Path, tmp_path: Path)
     assert [e["seq"] for e in meta["entries"]] == list(range(6))
     assert meta["period"] == {"start": 0, "end": 6}
     assert {line.split(",")[7] for line in index} == {"3"}
-    assert cli("evidence", "verify", packet, "--keyring", store / "keyring.json").code == 0
+    assert cli("evidence", "verify", packet, "--keyring", pinned_copy(store)).code == 0
     empty = cli(
         "evidence", "export", "--from", "2025-01-01", "--to", "2025-01-31", "-o", packet, "--state-dir", store
     )
@@ -302,7 +310,7 @@ def test_attest_records_and_verifies(
     )
     assert r.code == 0, r.err
     assert "entry 6" in r.out
-    assert cli("evidence", "verify", store, "--keyring", store / "keyring.json").code == 0
+    assert cli("evidence", "verify", store, "--keyring", pinned_copy(store)).code == 0
     (bundle,) = [p for p in store.glob("evidence/*/*/*/*") if "-00000006-" in p.name]
     predicate = json.loads((bundle / "statement.json").read_text())["predicate"]
     assert (predicate["control"], predicate["coverage"], predicate["attested_by"]) == (
@@ -424,7 +432,7 @@ def test_rotate_and_revoke_via_cli(
         mp.setenv("CREDENTIALS_DIRECTORY", str(creds))
         r = cli("evidence", "revoke", old_name, "--reason", "laptop retired", "--state-dir", store)
     assert r.code == 0, r.err
-    r = cli("evidence", "verify", store, "--json", "--keyring", store / "keyring.json")
+    r = cli("evidence", "verify", store, "--json", "--keyring", pinned_copy(store))
     assert json.loads(r.out)["exit_code"] == 0, r.out
     revoked = [e for e in load_keyring(store / "keyring.json").keys if e.key.name == old_name]
     assert revoked[0].status.value == "revoked"

@@ -22,6 +22,7 @@ from fixtures_evidence import (
     fill,
     make_keys,
     open_store,
+    pinned_copy,
     write_keyring,
 )
 
@@ -206,7 +207,7 @@ def test_rolled_back_store_fails(cli: Cli, tmp_path: Path, keys: Keys) -> None:
     for part in ("evidence", "log"):
         shutil.rmtree(root / part)
         shutil.copytree(backup / part, root / part)
-    r = cli("evidence", "verify", root, "--keyring", root / "keyring.json", "--json")
+    r = cli("evidence", "verify", root, "--keyring", pinned_copy(root), "--json")
     report = json.loads(r.out)
     assert r.code == 1, r.out
     assert report["host_size"] == 5
@@ -221,7 +222,7 @@ def test_deleted_evidence_and_log_fail(cli: Cli, tmp_path: Path, keys: Keys) -> 
     root = host_store(tmp_path / "state", keys, 3)
     shutil.rmtree(root / "evidence")
     shutil.rmtree(root / "log")
-    r = cli("evidence", "verify", root, "--keyring", root / "keyring.json")
+    r = cli("evidence", "verify", root, "--keyring", pinned_copy(root))
     assert r.code == 1, r.out
     assert "the host's state database records 3 entries, the log has 0" in r.out
 

@@ -7,8 +7,10 @@ import os
 import re
 import subprocess
 import sys
+import zlib
 
-from fuzzing import PROFILE
+import pytest
+from fuzzing import PROFILE, seed
 from hypothesis import settings
 
 from conftest import REPO
@@ -38,3 +40,26 @@ def test_make_fuzz_runs_the_property_tests_with_the_fuzz_profile() -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     # every property test of the file ran (it has more than one since the envelope fast path)
     assert re.search(r"\b[1-9]\d* passed, \d+ deselected\b", r.stdout), r.stdout
+
+
+def test_tests_that_draw_their_own_random_numbers_are_reproducible_in_ci(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("NIXCOMPLY_SEED", raising=False)
+    if PROFILE == "ci":
+        assert seed("evidence-crash") == seed("evidence-crash") == zlib.crc32(b"evidence-crash")
+        assert seed("evidence-crash") != seed("another test")
+    monkeypatch.setenv("NIXCOMPLY_SEED", "1234")
+    assert seed("evidence-crash") == 1234
+
+
+def test_the_crash_test_is_seeded_and_runs_under_make_fuzz() -> None:
+    source = (REPO / "tests" / "test_evidence_crash.py").read_text()
+    assert "time.time_ns()" not in source  # no seed from the clock
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "-c", "python/pyproject.toml", "--rootdir=.", "-q", "--collect-only",
+         "-m", "property", "-p", "no:cacheprovider", "tests/test_evidence_crash.py"],
+        cwd=REPO, capture_output=True, text=True, check=False, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "test_sigkill_at_random_points_loses_nothing_acknowledged" in r.stdout

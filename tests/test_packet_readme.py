@@ -52,7 +52,7 @@ def test_the_packet_readme_command_verifies_the_unpacked_packet(
     witness = generate_witness("msp.example/witness")
     if witnessed:
         note = checkpoint(state, 3)
-        store_cosignature(state, 3, note, witness.cosign(parse_note(note).text))
+        store_cosignature(state, 3, note, witness.cosign(parse_note(note).text), witness=witness.public)
     zipped = tmp_path / "packet-clinic-01.zip"
     export_packet(
         state,

@@ -243,6 +243,31 @@ def raw(fleet: Served, method: str, path: str, body: bytes, headers: dict[str, s
         (b"old_size=0", "application/x-www-form-urlencoded", 415, "unsupported-media-type"),
         (b"{}", "text/plain", 415, "unsupported-media-type"),
         (b"x" * (1024 * 1024 + 1), "application/json", 413, "too-large"),
+        (
+            b'{"old_size": 0, "checkpoint": "x", "entries": ' + b"[" * 200_000 + b"]" * 200_000 + b"}",
+            "application/json",
+            400,
+            "malformed-body",
+        ),
+        (
+            b'{"old_size": 0, "checkpoint": "x", "entries": [{"seq": 0, "envelope": "", "attachments": '
+            + b'{"a": ' * 100_000
+            + b'""'
+            + b"}" * 100_000
+            + b"}]}",
+            "application/json",
+            400,
+            "malformed-body",
+        ),
+        (
+            b'{"old_size": 1' + b"0" * 5000 + b', "checkpoint": "x"}',
+            "application/json",
+            400,
+            "malformed-body",
+        ),
+        (b'{"old_size": 0, "checkpoint": "x", "old_size": 1}', "application/json", 400, "malformed-body"),
+        (b'{"old_size": 0, "checkpoint": "\\ud800"}', "application/json", 422, "invalid-body"),
+        (b'{"old_size": NaN, "checkpoint": "x"}', "application/json", 400, "malformed-body"),
     ],
     ids=[
         "malformed",
@@ -254,6 +279,12 @@ def raw(fleet: Served, method: str, path: str, body: bytes, headers: dict[str, s
         "form",
         "text",
         "oversize",
+        "deep-array",
+        "deep-object",
+        "huge-number",
+        "duplicate-key",
+        "lone-surrogate",
+        "nan",
     ],
 )
 def test_bad_uploads_get_a_clear_json_4xx_and_write_nothing(
@@ -389,3 +420,44 @@ def test_every_request_is_audited_and_enrollment_recorded(
     with fleet.engine.connect() as conn:
         actions = [a for _, _, a, _ in queries.audit_entries(conn, queries.Scope.msp())]
     assert actions == ["host.invited", "host.enrolled"]
+
+
+def test_a_value_the_database_cannot_store_is_a_4xx_and_burns_nothing(fleet: Served, tmp_path: Path) -> None:
+    """A NUL character in the keyring (a key's reason) made PostgreSQL refuse the JSON: the
+    enrollment was a 500, and a host's signed rotation reason would have been one at every
+    retry."""
+    host = make_host(fleet, tmp_path, "clinic-01")
+    token = fleet.invite("north", "clinic-01")
+    request = host.enroll_request(token).model_dump()
+    request["keyring"]["keys"][0]["reason"] = "a\u0000b"
+    body = json.dumps(request).encode()
+    status, answer = raw(
+        fleet, "POST", "/v1/enroll", body, host.client.signed_headers("POST", "/v1/enroll", body)
+    )
+    assert (status, answer["code"]) == (422, "invalid-body"), answer
+    assert "cannot store" in answer["message"]
+    assert host.enroll(token).hostname == "clinic-01"  # the token was not burnt
+
+
+def test_a_bug_is_a_json_500_with_the_security_headers_and_audited(
+    fleet: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The catch-all answer came from outside every middleware: no security headers, and the
+    audit line said status 0."""
+    caplog.set_level(logging.INFO, logger="nixcomply.server.audit")
+    host = enrolled(fleet, tmp_path)
+    host.record(1)
+
+    def broken(*_args: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("nixcomply.server.api.log.ingest", broken)
+    request = next(batches(host.root, 0)).request
+    body = request.model_dump_json().encode()
+    status, answer = raw(
+        fleet, "POST", "/v1/log/entries", body, host.client.signed_headers("POST", "/v1/log/entries", body)
+    )
+    assert (status, answer) == (500, {"code": "internal", "message": "internal error; nothing was written"})
+    audited = [json.loads(r.getMessage()) for r in caplog.records if r.name == "nixcomply.server.audit"]
+    assert audited[-1]["status"] == 500
+    assert table_count(fleet, entries) == 0

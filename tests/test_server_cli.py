@@ -14,19 +14,24 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pydantic
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from fixtures_evidence import fill, make_keys, open_store, write_keyring
 from fixtures_postgres import Cluster
-from fixtures_server import Served
+from fixtures_server import Served, make_host
 from sqlalchemy import create_engine, func, select
-from test_server_api import enrolled
+from test_server_api import enrolled, raw
 from test_server_ingest import twin
 
 from nixcomply.errors import EXIT_TEMPFAIL
+from nixcomply.evidence.checkpoint import Checkpoint
 from nixcomply.evidence.cosignature import Witness
+from nixcomply.model.fleet import EnrollRequest, UploadRequest
+from nixcomply.server import verifying
 from nixcomply.server.cli import main
+from nixcomply.server.config import load_config
 from nixcomply.server.db.tables import entries, hosts, metadata
 from nixcomply.uplink import run
 from nixcomply.uplink.client import UplinkError
@@ -41,6 +46,14 @@ def config_file(pg_url: str, witness_key: tuple[Witness, Path], tmp_path: Path) 
             {"database": {"url": pg_url}, "witness": {"name": "msp.example/witness", "key_file": str(key)}}
         )
     )
+    return path
+
+
+@pytest.fixture
+def witness_only_config(witness_key: tuple[Witness, Path], tmp_path: Path) -> Path:
+    """A server.json naming only the witness: the database comes from the environment."""
+    path = tmp_path / "server.json"
+    path.write_text(json.dumps({"witness": {"name": "msp.example/witness", "key_file": str(witness_key[1])}}))
     return path
 
 
@@ -118,6 +131,29 @@ def test_witness_key_and_keygen(
     assert "refusing to overwrite" in err
 
 
+def test_witness_keygen_never_replaces_a_key_that_appears_meanwhile(
+    config_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """keygen checked that --out did not exist, then renamed its new key over whatever was
+    there by then: a key another keygen wrote meanwhile was lost."""
+    out = tmp_path / "new" / "witness.key"
+    out.parent.mkdir()
+    real = verifying.generate_witness
+
+    def racing(name: str) -> Witness:
+        out.write_text("the other keygen's key\n")  # appears after any check of --out
+        return real(name)
+
+    monkeypatch.setattr(verifying, "generate_witness", racing)
+    code, printed, err = server(
+        config_file, "witness", "keygen", "--name", "w.example/x", "--out", str(out), capsys=capsys
+    )
+    assert (code, printed) == (2, ""), err
+    assert f"{out} exists; refusing to overwrite a key" in err
+    assert out.read_text() == "the other keygen's key\n"
+    assert [p.name for p in out.parent.iterdir()] == ["witness.key"]
+
+
 @pytest.mark.parametrize(
     ("config", "message"),
     [
@@ -127,7 +163,16 @@ def test_witness_key_and_keygen(
             "NIXCOMPLY_SERVER_DATABASE_URL",
         ),
         ({"witness": {"name": "w"}, "listen": {"port": 70000}}, "listen.port"),
+        (
+            {"witness": {"name": "w"}, "database": {"url": "postgresql:///x?host=/run&password=secret"}},
+            "NIXCOMPLY_SERVER_DATABASE_URL",
+        ),
+        (
+            {"witness": {"name": "w"}, "database": {"url": "postgresql:///x?sslpassword=secret"}},
+            "NIXCOMPLY_SERVER_DATABASE_URL",
+        ),
     ],
+    ids=["unknown-field", "password", "port", "password-in-the-query", "sslpassword-in-the-query"],
 )
 def test_bad_configuration_names_the_field(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], config: dict[str, Any], message: str
@@ -144,12 +189,11 @@ def test_bad_configuration_names_the_field(
 
 def test_the_database_url_and_its_password_are_never_printed(
     tmp_path: Path,
-    witness_key: tuple[Witness, Path],
+    witness_only_config: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    path = tmp_path / "server.json"
-    path.write_text(json.dumps({"witness": {"name": "msp.example/witness", "key_file": str(witness_key[1])}}))
+    path = witness_only_config
     monkeypatch.setenv(
         "NIXCOMPLY_SERVER_DATABASE_URL", f"postgresql+psycopg://nx:hunter2@/db?host={tmp_path}/nowhere"
     )
@@ -158,6 +202,48 @@ def test_the_database_url_and_its_password_are_never_printed(
     assert "hunter2" not in out + err
     assert err.splitlines()[0] == "nixcomply-server: error: cannot reach the database"
     assert err.splitlines()[1].startswith("nixcomply-server: hint: check that PostgreSQL runs")
+
+
+def test_status_never_shows_secrets_from_the_urls_query(
+    pg_url: str,
+    witness_only_config: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """libpq takes password=, passfile= and sslpassword= (and user=) in the query string:
+    status printed them, and serve logged them (the same description), as they were."""
+    path = witness_only_config
+    secrets = "&password=hunter2&passfile=/run/keys/pgpass-hunter3&sslpassword=hunter4"
+    monkeypatch.setenv("NIXCOMPLY_SERVER_DATABASE_URL", pg_url + secrets)
+    code, out, err = server(path, "status", "--json", capsys=capsys)
+    assert code == 0, err
+    shown = json.loads(out)["database"]
+    assert "hunter" not in out + err
+    assert shown.startswith("postgresql+psycopg:///") and "host=" in shown, shown
+    config = load_config(path)
+    assert config.describe_database() == shown
+    # and the real connection still uses them all (the password is ignored by this cluster)
+    assert config.database_url().query["sslpassword"] == "hunter4"
+    monkeypatch.setenv("NIXCOMPLY_SERVER_DATABASE_URL", pg_url + "&user=hunter5")
+    assert "hunter" not in config.describe_database()
+
+
+def test_an_unknown_connection_parameter_is_a_usage_error_naming_it(
+    tmp_path: Path,
+    witness_only_config: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An unknown parameter in the URL's query was an internal error (exit 70) at connect."""
+    path = witness_only_config
+    monkeypatch.setenv(
+        "NIXCOMPLY_SERVER_DATABASE_URL", f"postgresql+psycopg:///db?host={tmp_path}&PassFile=hunter2"
+    )
+    code, out, err = server(path, "status", capsys=capsys)
+    assert code == 2, err
+    assert "$NIXCOMPLY_SERVER_DATABASE_URL: 'PassFile' is not a PostgreSQL connection parameter" in err
+    assert "hunter2" not in out + err
 
 
 def test_status_shows_incidents_with_both_checkpoints(
@@ -184,6 +270,43 @@ def test_status_shows_incidents_with_both_checkpoints(
     assert data["totals"]["entries"] == 4
 
 
+def test_status_escapes_what_a_host_presented(
+    fleet: Served, config_file_for: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An incident's presented checkpoint is the host's own text (signed by its log key):
+    an extension line with a CSI (U+009B) or a bidi override was printed raw to the
+    operator's terminal by status."""
+    host = enrolled(fleet, tmp_path)
+    host.record(3)
+    host.push()
+    hostile = Checkpoint(
+        "clinic-01.example/evidence-log", 2, bytes(32), ("\x9b2J\x9b31mall clear", "\u202eevil")
+    ).sign([host.keys.log])
+    with pytest.raises(UplinkError):
+        host.client.upload(UploadRequest(old_size=2, checkpoint=hostile.decode()))
+    path = config_file_for(fleet)
+    code, out, _ = server(path, "status", capsys=capsys)
+    assert code == 1
+    assert "ROLLBACK north/clinic-01" in out
+    assert "\x9b" not in out and "\u202e" not in out
+    assert "\\x9b2J\\x9b31mall clear | \\u202eevil" in out
+    data = json.loads(server(path, "status", "--json", capsys=capsys)[1])
+    assert "\u202eevil" in data["incidents"][0]["presented_checkpoint"]
+
+
+def test_an_origin_that_is_not_printable_is_refused_at_enrollment(fleet: Served, tmp_path: Path) -> None:
+    host = make_host(fleet, tmp_path, "clinic-01")
+    request = host.enroll_request(fleet.invite("north", "clinic-01")).model_dump()
+    request["origin"] = "clinic-01\x1b]0;owned\x07"
+    with pytest.raises(pydantic.ValidationError, match="only printable characters"):
+        EnrollRequest.model_validate(request)
+    body = json.dumps(request).encode()
+    headers = host.client.signed_headers("POST", "/v1/enroll", body)
+    status, answer = raw(fleet, "POST", "/v1/enroll", body, headers)
+    assert (status, answer["code"]) == (422, "invalid-body")
+    assert "origin" in answer["message"]
+
+
 @pytest.fixture
 def config_file_for(tmp_path: Path) -> Any:
     def make(fleet: Served) -> Path:
@@ -200,7 +323,9 @@ def config_file_for(tmp_path: Path) -> Any:
 CHILD = """
 import os, signal, sys
 from nixcomply.core import faults
+from nixcomply.server import verifying
 from nixcomply.server.cli import main
+from nixcomply.server.config import load_config
 point = os.environ.get("KILL_AT")
 if point:
     def hook(name):

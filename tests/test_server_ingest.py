@@ -51,7 +51,7 @@ def twin(host: FleetHost, tmp_path: Path) -> FleetHost:
     history from here on."""
     root = tmp_path / f"{host.name}-twin"
     shutil.copytree(host.root, root)
-    return FleetHost(host.name, root, host.keys, host.transport, host.client, host.machine_id)
+    return FleetHost(host.name, root, host.keys, host.transport, host.client, host.machine_id, host.witness)
 
 
 def resign(entry: UploadEntry, host: FleetHost, change: dict[str, Any]) -> UploadEntry:
@@ -131,6 +131,30 @@ def test_a_smaller_checkpoint_is_a_rollback(fleet: Served, tmp_path: Path) -> No
     refused(lambda: host.client.upload(cut))
     [incident] = incident_rows(fleet)
     assert (incident.kind, incident.count) == ("rollback", 3)
+
+
+def test_a_host_presenting_history_after_history_cannot_fill_the_database(
+    fleet: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every distinct presentation was a new incident row with its checkpoint (up to 64 KiB):
+    a compromised host signing one rollback after another filled the server's database."""
+    monkeypatch.setattr(queries, "MAX_INCIDENTS_PER_HOST", 2)
+    host = enrolled(fleet, tmp_path)
+    host.record(5)
+    host.push()
+    for i in range(4):
+        note = Checkpoint("clinic-01.example/evidence-log", 2, bytes([i]) * 32).sign([host.keys.log])
+        request = UploadRequest(old_size=2, checkpoint=note.decode())
+        e = refused(lambda: host.client.upload(request))  # noqa: B023 - called at once
+        assert e.code is ErrorCode.ROLLBACK  # still refused and said, every time
+    rows = incident_rows(fleet)
+    assert [(r.kind, r.count) for r in rows] == [("rollback", 1), ("rollback", 3)]
+    other = enrolled(fleet, tmp_path, "clinic-02")  # another host's incidents are its own
+    other.record(3)
+    other.push()
+    note = Checkpoint("clinic-01.example/evidence-log", 1, bytes(32)).sign([other.keys.log])
+    refused(lambda: other.client.upload(UploadRequest(old_size=1, checkpoint=note.decode())))
+    assert len(incident_rows(fleet)) == 3
 
 
 def test_an_envelope_signed_by_an_unknown_key_is_refused(fleet: Served, tmp_path: Path) -> None:

@@ -226,7 +226,7 @@ def test_a_database_another_program_keeps_locked_is_try_again_later(
     State.open(tmp_path).close()
     holder = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")
-    monkeypatch.setattr("nixcomply.host.state.BUSY_TIMEOUT", 0.2)
+    monkeypatch.setattr("nixcomply.core.sqlite.BUSY_TIMEOUT", 0.2)
     try:
         with pytest.raises(LockHeldError, match="stayed locked by another connection") as raised:
             State.open(tmp_path)

@@ -4,19 +4,31 @@ against the real server over real HTTP."""
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
+import os
 import random
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
 import zipfile
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures_evidence import Keys, fill, make_keys, open_store, write_keyring
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fixtures_evidence import Keys, fill, make_keys, open_store, pinned_copy, write_keyring
 from fixtures_server import Served, serve
 from sqlalchemy import func, select
 
-from nixcomply.errors import UsageError
+from nixcomply.core import sqlite as core_sqlite
+from nixcomply.errors import LockHeldError, UsageError
 from nixcomply.evidence.checkpoint import parse_note
 from nixcomply.evidence.cosignature import (
     WitnessPublicKey,
@@ -24,8 +36,10 @@ from nixcomply.evidence.cosignature import (
     parse_cosignatures,
     verify_cosignature,
 )
+from nixcomply.model.fleet import ErrorBody, ErrorCode
 from nixcomply.server.db.tables import entries, hosts
 from nixcomply.uplink import run
+from nixcomply.uplink.client import Client, ServerUnreachable, UplinkError
 from nixcomply.uplink.state import MAX_DELAY, Enrollment, UplinkState, backoff
 
 
@@ -213,7 +227,7 @@ def test_verify_witness_requires_the_servers_cosignature_on_the_newest_checkpoin
     root, keys = host_store
     vkey = fleet.witness.public.vkey
     enroll(fleet, root)
-    ring = root / "keyring.json"
+    ring = pinned_copy(root)
     r = cli("evidence", "verify", root, "--witness", vkey, "--keyring", ring)
     assert r.code == 1, "nothing was cosigned yet"
     assert "not cosigned by a witness" in r.out
@@ -264,3 +278,202 @@ def test_enroll_errors_are_clear(
     assert "Traceback" not in r.err
     root, _ = host_store
     assert run.upload(root).outcome == "not-enrolled", "a refused enrollment enrolls nothing"
+
+
+def test_a_cosignature_that_does_not_verify_by_the_enrolled_witness_is_never_kept(
+    fleet: Served, host_store: tuple[Path, Keys], cli: Any
+) -> None:
+    """The host kept whatever cosignature the server answered: one by another key (a server
+    whose witness key changed, or whoever answers in its name) was written beside the
+    checkpoint, unchecked."""
+    root, _keys = host_store
+    enroll(fleet, root)
+    impostor = generate_witness("msp.example/witness").public.vkey  # same name, another key
+    with sqlite3.connect(root / "state.db") as db:
+        db.execute("UPDATE uplink_enrollment SET witness_key = ?", (impostor,))
+    report = run.upload(root)
+    assert report.outcome == "failed", report
+    assert "cosignature of checkpoint 5 is not valid" in (report.error or "")
+    assert not (root / "log" / "cosignatures").exists() or not any((root / "log" / "cosignatures").iterdir())
+    # the entries did arrive; once the host trusts the right key again it keeps the cosignature
+    with sqlite3.connect(root / "state.db") as db:
+        db.execute("UPDATE uplink_enrollment SET witness_key = ?", (fleet.witness.public.vkey,))
+    assert run.upload(root, force=True).outcome == "up-to-date"
+    assert (root / "log" / "cosignatures" / "000000000005").is_file()
+    ring = pinned_copy(root)
+    assert (
+        cli("evidence", "verify", root, "--keyring", ring, "--witness", fleet.witness.public.vkey).code == 0
+    )
+
+
+def test_a_locked_state_database_is_a_clear_error_not_an_internal_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The uplink's writes after opening raised sqlite3.OperationalError ('database is
+    locked', an internal error) when another program held the state database; the uplink now
+    writes through core/sqlite.py like the host's state."""
+    monkeypatch.setattr(core_sqlite, "BUSY_TIMEOUT", 0.05)
+    state = UplinkState.open(tmp_path)
+    other = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(LockHeldError, match=r"state\.db: the uplink's state stayed locked"):
+            state.failed(datetime.now(UTC), "server down")
+        with pytest.raises(LockHeldError):
+            UplinkState.open(tmp_path)
+        other.execute("ROLLBACK")
+        state.failed(datetime.now(UTC), "server down")
+        assert state.progress().failures == 1
+    finally:
+        other.close()
+        state.close()
+
+
+def test_the_servers_error_message_is_bounded_and_escaped() -> None:
+    """A server's error message went as it was into logs, the state database and `nixcomply
+    status`: escape sequences for the host operator's terminal, any length."""
+    hostile = ErrorBody(code=ErrorCode.INVALID, message="\x1b]0;owned\x07\u202e" + "x" * 100_000)
+    e = UplinkError(422, hostile)
+    assert str(e).isprintable()
+    assert "\\x1b]0;owned\\x07\\u202e" in str(e)
+    assert len(str(e)) < 1000
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink"])
+def test_a_fifo_or_link_planted_among_attachments_never_blocks_or_leaks(
+    fleet: Served, host_store: tuple[Path, Keys], tmp_path: Path, kind: str
+) -> None:
+    """The outbox read attachments with read_bytes: a FIFO blocked the upload (and with it the
+    end of every reconcile run) for ever, a symbolic link sent whatever it named (here a
+    file outside the store) to the server."""
+    root, _keys = host_store
+    enroll(fleet, root)
+    bundle = next(b for b in sorted(root.glob("evidence/*/*/*/*")) if (b / "attachments").is_dir())
+    planted = bundle / "attachments" / "planted.txt"
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not evidence\n")
+    if kind == "fifo":
+        os.mkfifo(planted)
+    else:
+        planted.symlink_to(secret)
+    code = (
+        "import sys; from pathlib import Path; from nixcomply.uplink import run; "
+        "r = run.upload(Path(sys.argv[1])); print(r.outcome); print(r.error)"
+    )
+    child = subprocess.run(
+        [sys.executable, "-c", code, str(root)], capture_output=True, text=True, timeout=120, check=False
+    )
+    outcome, error = child.stdout.splitlines()[:2]
+    assert outcome == "failed", child.stdout + child.stderr
+    assert str(planted) in error
+    assert "not a regular file" in error or "symbolic link" in error
+    assert server_entries(fleet) <= int(bundle.name.split("-")[1])
+
+
+def test_a_server_holding_more_than_the_host_is_loud_not_acknowledged(
+    fleet: Served, host_store: tuple[Path, Keys], tmp_path: Path
+) -> None:
+    """The host's store put back to an older copy: the server said it held 5, the host has 3,
+    and the uplink recorded 5 as accepted (an upload lag below zero, nothing said)."""
+    root, _keys = host_store
+    backup = tmp_path / "backup"
+    shutil.copytree(root, backup)
+    enroll(fleet, root)
+    assert run.upload(root).outcome == "uploaded"
+    for part in ("evidence", "log"):  # the evidence rolled back; the uplink state kept
+        shutil.rmtree(root / part)
+        shutil.copytree(backup / part, root / part)
+    leaves = (root / "log" / "leaves").read_bytes()
+    (root / "log" / "leaves").write_bytes(leaves[: 3 * 32])
+    report = run.upload(root, force=True)
+    assert report.outcome == "failed", report
+    assert "the server holds 5 entries of this host's log, the log here has 3" in (report.error or "")
+    assert UplinkState.open(root).progress().accepted_size == 5  # from the last real acknowledgement
+
+
+@contextlib.contextmanager
+def hostile_server(answer: Callable[[socket.socket, threading.Event], None]) -> Iterator[str]:
+    """A "server" on 127.0.0.1 that reads one request and answers with ``answer``."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(65536)
+            with contextlib.suppress(OSError):
+                answer(conn, stop)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+        listener.close()
+
+
+def _trickle(conn: socket.socket, stop: threading.Event) -> None:
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n")
+    while not stop.wait(0.05):
+        conn.sendall(b" ")
+
+
+def _flood(conn: socket.socket, _stop: threading.Event) -> None:
+    size = 8 * 1024 * 1024
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % size)
+    conn.sendall(b" " * size)
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [(_trickle, "no complete answer within 0.5 s"), (_flood, "an answer of more than 1048576 bytes")],
+    ids=["trickle", "flood"],
+)
+def test_a_server_that_trickles_or_floods_its_answer_is_cut_off(answer: Any, message: str) -> None:
+    """Only each read had a timeout: a server sending a byte every 50 ms held the uplink, and
+    the reconcile run ending with an upload, for ever; an endless answer was read whole."""
+    with hostile_server(answer) as url:
+        client = Client(url, Ed25519PrivateKey.generate(), itertools.count(1).__next__, timeout=0.5)
+        done: list[BaseException] = []
+
+        def call() -> None:
+            try:
+                client.log_state()
+            except BaseException as e:  # noqa: BLE001 - handed to the test thread
+                done.append(e)
+
+        worker = threading.Thread(target=call, daemon=True)
+        worker.start()
+        worker.join(timeout=60)  # a hang detector only; the client gives up after 0.5 s
+        assert not worker.is_alive(), "the client never gave up"
+        (error,) = done
+        assert isinstance(error, ServerUnreachable), error
+        assert message in str(error)
+
+
+def _claims_everything(conn: socket.socket, _stop: threading.Event) -> None:
+    body = json.dumps({"accepted_size": 5, "witness_key": "x"}).encode()
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+    conn.sendall(head + body)
+
+
+def test_a_claim_to_hold_the_log_needs_the_witnesss_cosignature(
+    fleet: Served, host_store: tuple[Path, Keys]
+) -> None:
+    """Whoever answered in the server's name (plain http) could say it held the whole log:
+    the host acknowledged it, its upload lag fell to zero, and nothing had been sent."""
+    root, _keys = host_store
+    enroll(fleet, root)
+    with hostile_server(_claims_everything) as url, sqlite3.connect(root / "state.db") as db:
+        db.execute("UPDATE uplink_enrollment SET server = ?", (url,))
+        db.commit()
+        report = run.upload(root)
+    assert report.outcome == "failed", report
+    assert "holds 5 entries but shows no cosigned checkpoint" in (report.error or "")
+    assert UplinkState.open(root).progress().accepted_size == 0
+    lag = run.lag(root)
+    assert lag is not None and lag.entries == 5

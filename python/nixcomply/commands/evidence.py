@@ -20,10 +20,10 @@ from nixcomply.core.paths import DEFAULT_STATE_DIR
 from nixcomply.errors import EXIT_OK, EXIT_WARNINGS
 
 if TYPE_CHECKING:
+    from nixcomply.evidence.cosignature import WitnessPublicKey
     from nixcomply.evidence.keys import Signer
     from nixcomply.evidence.log import LogHead
     from nixcomply.evidence.store import EvidenceStore
-    from nixcomply.evidence.verify import Report
 
 
 def _date(text: str) -> date:
@@ -249,20 +249,32 @@ def _verify(args: argparse.Namespace) -> int:
 
     from nixcomply.errors import UsageError
     from nixcomply.evidence.keyring import load_keyring
+    from nixcomply.evidence.log import COSIGNATURES
     from nixcomply.evidence.packet import read_pin
-    from nixcomply.evidence.verify import verify_path
+    from nixcomply.evidence.verify import VerifyProblem, verify_path
+    from nixcomply.evidence.verify.directory import inside
 
     if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
+    witness = _witness_key(args.witness) if args.witness is not None else None
     keyring = load_keyring(args.keyring) if args.keyring is not None else None
+    # A keyring or pin taken from the directory being verified is the directory's own word:
+    # checked like any other, but it pins nothing (exit 3, and the warning says why).
+    pinned = args.keyring is None or not inside(args.keyring, args.path)
     source = f"--keyring {args.keyring}" if args.keyring is not None else None
+    if not pinned:
+        source = f"{source}, a file of the directory verified"
     pin = read_pin(args.pin_checkpoint) if args.pin_checkpoint is not None else None
+    pin_inside = pin is not None and inside(pin.source, args.path)
     if keyring is None and pin is not None and pin.keyring is not None:
         keyring, source = pin.keyring, f"the keyring of --pin-checkpoint {pin.source}"
+        if pin_inside:
+            pinned, source = False, f"{source}, a file of the directory verified"
     progress = _progress() if sys.stderr.isatty() and not args.json else None
     report = verify_path(
         args.path,
         keyring,
+        pinned=pinned,
         source=source,
         pin=pin.checkpoint if pin is not None else None,
         host_head=_host_head(args.path),
@@ -270,8 +282,44 @@ def _verify(args: argparse.Namespace) -> int:
         progress=progress,
         jobs=args.jobs,
         all_checkpoints=args.all_checkpoints,
+        witness=witness,
     )
-    cosigned = _check_witness(args.path, args.witness, report) if args.witness is not None else None
+    if (
+        args.keyring is not None
+        and keyring is not None
+        and pin is not None
+        and pin.keyring is not None
+        and pin.keyring.trust() != keyring.trust()
+    ):
+        # Two pinned keyrings that disagree: the one given now wins, and the auditor is told.
+        report.warnings.append(
+            VerifyProblem(
+                "warning",
+                f"--keyring {args.keyring} differs from the keyring pinned in --pin-checkpoint "
+                f"{pin.source}: verified against --keyring; unless you expected a key change, "
+                "verify with the pin alone",
+                None,
+                str(args.keyring),
+            )
+        )
+    if pin_inside:
+        report.pinned = None  # checked (an inconsistency is still an error), but no pin
+        report.warnings.append(
+            VerifyProblem(
+                "warning",
+                f"--pin-checkpoint {args.pin_checkpoint} is a file of the directory verified: it pins "
+                "nothing (whoever can roll the directory back or cut it short rewrites it too); pass the "
+                "pin kept from an earlier verification",
+                None,
+                str(args.pin_checkpoint),
+            )
+        )
+    cosigned = None
+    if witness is not None and not any((p.path or "").startswith(COSIGNATURES) for p in report.errors):
+        cosigned = (
+            f"the newest checkpoint (size {report.checkpoint_size}) carries the valid cosignature "
+            f"of {witness.name}"
+        )
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
@@ -282,34 +330,24 @@ def _verify(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
+def _witness_key(vkey: str) -> WitnessPublicKey:
+    """``--witness``: the witness's verifier key (the MSP's server: ``nixcomply-server
+    witness key``), or a file holding it."""
+    from nixcomply.errors import InputError, UsageError
+    from nixcomply.evidence.cosignature import load_witness_key
+
+    try:
+        return load_witness_key(vkey)
+    except (ValueError, InputError) as e:
+        raise UsageError(f"--witness: {e}") from None
+
+
 def _host_head(path: Path) -> LogHead | None:
     """What the host's state database recorded of the log, when ``path`` is a state
     directory that has one (an auditor's copy of the evidence alone has none)."""
     from nixcomply.host.state import read_evidence_head
 
     return read_evidence_head(path) if path.is_dir() else None
-
-
-def _check_witness(path: Path, vkey: str, report: Report) -> str | None:
-    """Add an error to ``report`` unless the newest checkpoint carries a valid cosignature by
-    the witness (the MSP's server: ``nixcomply-server witness key``); say so when it does."""
-    from nixcomply.errors import UsageError
-    from nixcomply.evidence.cosignature import check_newest, load_witness_key
-    from nixcomply.evidence.log import COSIGNATURES
-    from nixcomply.evidence.verify import VerifyProblem
-
-    try:
-        witness = load_witness_key(vkey)
-    except ValueError as e:
-        raise UsageError(f"--witness: {e}") from None
-    if report.checkpoint_size == 0:
-        problem: str | None = "no checkpoint to be cosigned"
-    else:
-        problem = check_newest(path, witness, report.checkpoint_size)
-    if problem is not None:
-        report.errors.append(VerifyProblem("error", f"witness {witness.name}: {problem}", None, COSIGNATURES))
-        return None
-    return f"the newest checkpoint (size {report.checkpoint_size}) carries the valid cosignature of {witness.name}"
 
 
 def _signers(args: argparse.Namespace) -> tuple[Signer, Signer]:
@@ -346,6 +384,7 @@ def _open_store(args: argparse.Namespace) -> EvidenceStore:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from nixcomply.core.display import shown
     from nixcomply.errors import UsageError
     from nixcomply.evidence.export import export_packet
     from nixcomply.evidence.keyring import load_keyring
@@ -372,7 +411,7 @@ def _export(args: argparse.Namespace) -> int:
         f"tree size {result.tree_size}, {result.checkpoints} checkpoints"
     )
     for w in result.report.warnings[:10]:
-        print(f"warning: {w}", file=sys.stderr)
+        print(shown(f"warning: {w}"), file=sys.stderr)
     return EXIT_OK
 
 

@@ -91,6 +91,30 @@ def write_output(path: Path, data: bytes) -> bool:
     write where nobody meant to. Failures are a :class:`~nixcomply.errors.HostIOError`
     (exit 74) naming the path.
     """
+    st = check_output(path)
+    if st is None:
+        try:
+            atomic_write(path, data)
+        except OSError as e:
+            raise HostIOError.from_os_error(e, path=path) from None
+        return True
+    if stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode):
+        _stream(path, data)
+        return True
+    if st.st_size == len(data) and _same(path, data):
+        return False
+    try:
+        atomic_write(path, data)
+    except OSError as e:
+        raise HostIOError.from_os_error(e, path=path) from None
+    return True
+
+
+def check_output(path: Path) -> os.stat_result | None:
+    """Whether :func:`write_output` may write ``path``, asked before the work that makes
+    the output (so a directory given as ``-o`` is refused at once, never after an hour of
+    verification, and no temporary file is ever made beside the directory): its ``lstat``,
+    None for a new file in an existing directory, or a :class:`HostIOError` naming it."""
     try:
         st: os.stat_result | None = os.lstat(path)
     except FileNotFoundError:
@@ -109,18 +133,9 @@ def write_output(path: Path, data: bytes) -> bool:
         )
     elif stat.S_ISDIR(st.st_mode):
         raise HostIOError(f"{path}: is a directory", hint="give a file name, not a directory")
-    elif stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode):
-        _stream(path, data)
-        return True
-    elif not stat.S_ISREG(st.st_mode):
+    elif not (stat.S_ISREG(st.st_mode) or stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
         raise HostIOError(f"{path}: is not a regular file (a block device or a socket); refusing to write it")
-    elif st.st_size == len(data) and _same(path, data):
-        return False
-    try:
-        atomic_write(path, data)
-    except OSError as e:
-        raise HostIOError.from_os_error(e, path=path) from None
-    return True
+    return st
 
 
 def _same(path: Path, data: bytes) -> bool:
@@ -161,3 +176,42 @@ def _stream(path: Path, data: bytes) -> None:
         raise HostIOError.from_os_error(e, path=path) from None
     finally:
         os.close(fd)
+
+
+class NotRegularFile(OSError):
+    """:func:`read_regular` found a symbolic link, a FIFO, a socket or a device where a
+    regular file belongs (``strerror`` says which): never followed, never read."""
+
+
+_READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+_CHUNK = 1 << 16
+
+
+def read_regular(path: str | Path, *, dir_fd: int | None = None) -> bytes:
+    """The whole of a regular file that someone else may have written (a store or packet
+    being verified, the host's own evidence read for upload). A symbolic link is not
+    followed and a FIFO, socket or device is not read (:class:`NotRegularFile`): a FIFO
+    would block the reader for ever and ``/dev/zero`` would never end. The checks are on
+    the open descriptor, so the file checked is the file read."""
+    try:
+        fd = os.open(path, _READ_FLAGS, dir_fd=dir_fd)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise NotRegularFile(
+                errno.ELOOP, "is a symbolic link (never followed)", os.fspath(path)
+            ) from None
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            what = "a directory" if stat.S_ISDIR(mode) else "a FIFO, socket or device"
+            raise NotRegularFile(errno.EINVAL, f"is {what}, not a regular file (never read)", os.fspath(path))
+        chunk = os.read(fd, _CHUNK)
+        if len(chunk) < _CHUNK:  # a regular file reads short only at its end
+            return chunk
+        chunks = [chunk]
+        while chunk := os.read(fd, _CHUNK):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks)

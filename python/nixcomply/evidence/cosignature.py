@@ -34,6 +34,9 @@ from typing import Final
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from nixcomply.core.fsutil import read_regular
+from nixcomply.core.yamlsource import read_text
+from nixcomply.errors import InputError
 from nixcomply.evidence.checkpoint import EM_DASH, NoteError, parse_checkpoint_text, parse_note
 from nixcomply.evidence.keys import PRIVATE_PREFIX, b64decode_strict, check_key_name
 from nixcomply.evidence.log import COSIGNATURES
@@ -42,6 +45,7 @@ COSIGNATURE_V1: Final = 0x04
 WITNESS_KEY_FILE: Final = "witness.vkey"
 HEADER: Final = "cosignature/v1"
 MAX_TIMESTAMP: Final = 2**63 - 1
+MAX_MEMBER_BYTES: Final = 1024 * 1024
 _LINE: Final = re.compile(rf"^{EM_DASH} (\S+) ([A-Za-z0-9+/]+=*)$")
 
 
@@ -209,7 +213,10 @@ def check_newest(location: Path, witness: WitnessPublicKey, newest: int) -> str 
 
     name = f"{newest:012d}"
     note_path, cos_path = f"log/checkpoints/{name}", f"{COSIGNATURES}/{name}"
-    note, lines = _read_member(location, note_path), _read_member(location, cos_path)
+    try:
+        note, lines = _read_member(location, note_path), _read_member(location, cos_path)
+    except (OSError, NoteError, zipfile.BadZipFile) as e:
+        return str(e)
     if note is None:
         return f"{note_path}: missing"
     if lines is None:
@@ -222,14 +229,20 @@ def check_newest(location: Path, witness: WitnessPublicKey, newest: int) -> str 
 
 
 def _read_member(location: Path, name: str) -> bytes | None:
+    """A small file of a store, unpacked packet or packet ``.zip``: never through a
+    symbolic link, never a FIFO or device (``NotRegularFile``, an ``OSError``), never more
+    than :data:`MAX_MEMBER_BYTES` of a zip member."""
     if location.is_file():
-        try:
-            with zipfile.ZipFile(location) as zf:
-                return zf.read(name)
-        except KeyError:
-            return None
+        with zipfile.ZipFile(location) as zf:
+            try:
+                info = zf.getinfo(name)
+            except KeyError:
+                return None
+            if info.file_size > MAX_MEMBER_BYTES:
+                raise NoteError(f"{name}: {info.file_size} bytes, too large")
+            return zf.read(info)[: MAX_MEMBER_BYTES + 1]
     try:
-        return (location / name).read_bytes()
+        return read_regular(location / name)
     except FileNotFoundError:
         return None
 
@@ -237,9 +250,11 @@ def _read_member(location: Path, name: str) -> bytes | None:
 def load_witness_key(text_or_path: str) -> WitnessPublicKey:
     """A witness verifier key given as itself or as a file that holds it (``witness.vkey``)."""
     candidate = Path(text_or_path)
-    if "+" not in text_or_path or candidate.is_file():
+    if "+" not in text_or_path or candidate.exists():
+        # a file: read as user input (a FIFO or a device is refused, not waited on)
+        text = read_text(candidate, limit=4096).strip()
         try:
-            text_or_path = candidate.read_text().strip()
-        except OSError as e:
-            raise ValueError(f"{candidate}: {e.strerror or e}") from None
+            return WitnessPublicKey.from_vkey(text)
+        except ValueError as e:
+            raise InputError.single(candidate, f"not a witness verifier key: {e}") from None
     return WitnessPublicKey.from_vkey(text_or_path)

@@ -25,7 +25,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from nixcomply.core.fsutil import atomic_write
+from nixcomply.core.fsutil import check_output, write_output
 from nixcomply.errors import UsageError, VerificationError
 from nixcomply.evidence.cosignature import WITNESS_KEY_FILE, WitnessPublicKey
 from nixcomply.evidence.index import INDEX_FILE, control_index
@@ -91,8 +91,9 @@ made the records. Exit status 0 means every check passed, 3 that it
 passed with warnings (for example an attestation that has expired), 1 that something was
 altered or is missing (the first bad bundle is named), 2 that the command could not run.
 Without nixcomply installed: `nix shell github:<org>/nixcomply -c nixcomply evidence verify ...`.
-Without `--keyring` verify uses the keyring inside the packet, which proves only that the
-packet is intact, not who made it: it then says so and exits 3.
+Without `--keyring` (or with the packet's own `keyring.json` or `pin.json`) verify uses the
+keyring inside the packet, which proves only that the packet is intact, not who made it: it
+then says so and exits 3. Keep `pin.json` outside the unpacked packet.
 
 Keep `pin.json` once this packet verified with your keyring, and pass it next time:
 `nixcomply evidence verify next.zip --pin-checkpoint pin.json`. It holds this packet's
@@ -157,14 +158,28 @@ def export_packet(
     host_head: LogHead | None = None,
     witness_key: str | None = None,
 ) -> Exported:
-    """Verify the store, then write the packet for [start, end] to ``out`` (atomically).
+    """Verify the store, then write the packet for [start, end] to ``out`` (atomically,
+    through :func:`~nixcomply.core.fsutil.write_output`: a directory, a symlink or a missing
+    parent directory is refused before anything is verified).
     The witness's cosignatures of the packed checkpoints go with them, and its verifier key
     (``witness_key``, the MSP's server's) into ``witness.vkey``."""
     if end < start:
         raise UsageError(f"--to {end} is before --from {start}")
+    check_output(out)  # before the verification: a directory as -o is refused at once
+    try:
+        witness = WitnessPublicKey.from_vkey(witness_key) if witness_key is not None else None
+    except ValueError as e:
+        raise UsageError(f"--witness: {e}") from None
     with read_locked(root):
+        # The host's cosignatures by the witness the packet will name must verify by it.
         report = verify(
-            root, keyring, source="the store's keyring", host_head=host_head, jobs=jobs, index=True
+            root,
+            keyring,
+            source="the store's keyring",
+            host_head=host_head,
+            jobs=jobs,
+            index=True,
+            witnesses=[witness] if witness is not None else [],
         )
         first = report.first_error()
         if first is not None:
@@ -174,8 +189,8 @@ def export_packet(
             )
         packed = _pack(root, report, keyring, start=start, end=end, controls=controls)
     files, period = packed.files, packed.period
-    if witness_key is not None:
-        files[WITNESS_KEY_FILE] = (WitnessPublicKey.from_vkey(witness_key).vkey + "\n").encode()
+    if witness is not None:
+        files[WITNESS_KEY_FILE] = (witness.vkey + "\n").encode()
     created = datetime.now(UTC).replace(microsecond=0)
     size = report.checkpoint_size
     packet: dict[str, Any] = {
@@ -220,7 +235,7 @@ def export_packet(
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o644 << 16
             zf.writestr(info, files[name])
-    atomic_write(out, buf.getvalue())
+    write_output(out, buf.getvalue())
     return Exported(out, len(entries), size, packed.checkpoints, report, period)
 
 

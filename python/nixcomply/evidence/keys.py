@@ -277,7 +277,14 @@ def load_signer(name_or_path: str | Path | None, *, credential: str) -> Signer:
 
 def write_private_key(path: Path, signer: Signer, *, durable: bool = True) -> Path:
     """Write ``signer`` to ``path`` (mode 0600, never over an existing file) and its public
-    key to ``path.pub``; returns the public key path.
+    key to ``path.pub``; returns the public key path (see :func:`write_key_pair`)."""
+    return write_key_pair(path, signer.private_text(), signer.public.vkey, durable=durable)
+
+
+def write_key_pair(path: Path, private_text: str, public_text: str, *, durable: bool = True) -> Path:
+    """Write a private key's text to ``path`` (mode 0600, never over an existing file) and
+    its public key to ``path.pub``; returns the public key path. Every key file nixcomply
+    writes goes through here (evidence keys, the fleet server's witness key).
 
     The key is written to a temporary file first and then hard-linked to ``path``: the link
     fails if anything exists there by then, so a key that appears between a check and the
@@ -290,7 +297,7 @@ def write_private_key(path: Path, signer: Signer, *, durable: bool = True) -> Pa
     try:
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), 0o600)
-            f.write(signer.private_text().encode())
+            f.write(private_text.encode())
             f.flush()
             if durable:
                 os.fsync(f.fileno())
@@ -304,5 +311,5 @@ def write_private_key(path: Path, signer: Signer, *, durable: bool = True) -> Pa
     if durable:
         fsync_dir(path.parent)
     pub = path.with_name(path.name + ".pub")
-    atomic_write(pub, (signer.public.vkey + "\n").encode(), mode=0o644, durable=durable)
+    atomic_write(pub, (public_text + "\n").encode(), mode=0o644, durable=durable)
     return pub

@@ -14,23 +14,24 @@ import functools
 import inspect
 import json
 import logging
+import os
 import sqlite3
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import stat
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+from nixcomply.core import sqlite
 from nixcomply.errors import HostIOError, LockHeldError, NixcomplyError
 from nixcomply.evidence.log import LogHead
 
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION: Final = 2
-# How long a query waits for another connection's write transaction before giving up.
-BUSY_TIMEOUT = 30.0
 T = TypeVar("T")
 
 
@@ -227,10 +228,7 @@ class State:
         state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = state_dir / "state.db"
         try:
-            db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute("PRAGMA foreign_keys=ON")
+            db = sqlite.connect(path)
             with _transaction(db, path):  # IMMEDIATE: two first openers cannot both create the schema
                 version = db.execute("PRAGMA user_version").fetchone()[0]
                 if version in _MIGRATIONS:
@@ -569,8 +567,16 @@ def read_evidence_head(state_dir: Path) -> LogHead | None:
     """The recorded evidence head of ``state_dir/state.db``, read without writing anything
     (an auditor may verify a copy they cannot write); None without a database or record."""
     path = state_dir / "state.db"
-    if not path.is_file():
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
         return None
+    if not stat.S_ISREG(st.st_mode):
+        # A symbolic link, FIFO or device put in its place hides the record (or hangs the
+        # reader): that is tampering with what verification compares against, not "none".
+        raise StateError(
+            f"{path}: not a regular file (a symbolic link, FIFO or device): the host's record cannot be read"
+        )
     for mode in ("ro", "ro&immutable=1"):
         try:
             db = sqlite3.connect(f"file:{path}?mode={mode}", uri=True)
@@ -596,43 +602,12 @@ def read_evidence_head(state_dir: Path) -> LogHead | None:
     raise StateError(f"cannot read {path}", hint="is it a nixcomply state database?")
 
 
-@contextmanager
-def _transaction(db: sqlite3.Connection, path: Path) -> Iterator[None]:
+def _transaction(db: sqlite3.Connection, path: Path) -> AbstractContextManager[None]:
     """An explicit transaction (the connection is in autocommit mode otherwise). The
-    machine refusing the write (a full disk, a read-only filesystem) is a
-    :class:`~nixcomply.errors.HostIOError` naming the database, not an internal error."""
-    if db.in_transaction:
-        yield
-        return
-    try:
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
-    except sqlite3.OperationalError as e:
-        raise _refused(e, path) from None
+    machine refusing the write (a full disk, a read-only filesystem, a lock held past the
+    busy timeout) is an error naming the database (``nixcomply.core.sqlite``)."""
+    return sqlite.transaction(db, path, other=StateError)
 
 
 def _refused(e: sqlite3.OperationalError, path: Path) -> NixcomplyError:
-    code = getattr(e, "sqlite_errorcode", None)
-    if code == sqlite3.SQLITE_FULL:
-        return HostIOError(
-            f"{path}: cannot write the state database: the disk is full",
-            hint="free space on that filesystem and run again; nothing was lost",
-        )
-    if code == sqlite3.SQLITE_READONLY:
-        return HostIOError(
-            f"{path}: cannot write the state database: it is read-only (a read-only filesystem?)",
-            hint="nixcomply needs to write its state directory",
-        )
-    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-        return LockHeldError(
-            f"{path}: the state database stayed locked by another connection for {BUSY_TIMEOUT:g} s",
-            hint="another program holds it in a transaction (an sqlite3 shell?); close it and try again",
-        )
-    if code in (sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN):
-        return HostIOError(f"{path}: cannot write the state database: {e}")
-    return StateError(f"{path}: {e}")
+    return sqlite.refused(e, path, other=StateError)

@@ -44,6 +44,16 @@ Base64 = Annotated[str, StringConstraints(max_length=64 * 1024 * 1024), AfterVal
 Hash64 = Annotated[str, StringConstraints(min_length=44, max_length=44), AfterValidator(_b64)]
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")]
 Note = Annotated[str, StringConstraints(min_length=1, max_length=64 * 1024)]
+
+
+def _printable(value: str) -> str:
+    if not value.isprintable():
+        raise ValueError("only printable characters (no control, format or bidirectional characters)")
+    return value
+
+
+# A log's origin line (c2sp.org/tlog-checkpoint): shown to operators and auditors.
+Origin = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(_printable)]
 AttachmentName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
 
 
@@ -91,6 +101,7 @@ class ErrorCode(StrEnum):
     BAD_CHECKPOINT = "bad-checkpoint"  # 422: malformed or not signed by the host's log key
     BAD_PROOF = "bad-proof"  # 422: the consistency proof does not verify
     BAD_KEYRING = "bad-keyring"  # 422
+    RATE_LIMITED = "rate-limited"  # 429: too many requests from this host or address (Retry-After)
     UNAVAILABLE = "unavailable"  # 503: the database is unreachable; retry
     INTERNAL = "internal"  # 500: a bug; nothing was written
 
@@ -107,7 +118,7 @@ class EnrollRequest(_Wire):
     token: Annotated[str, StringConstraints(min_length=16, max_length=200)]
     hostname: Name
     machine_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
-    origin: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    origin: Origin
     transport_key: Hash64 = Field(description="the raw Ed25519 transport public key, base64")
     keyring: dict[str, Any] = Field(description="the host's keyring.json (bundle and log public keys)")
 

@@ -14,7 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -26,6 +26,7 @@ from nixcomply.server.api.deps import Services
 from nixcomply.server.auth import Authenticator
 from nixcomply.server.config import ServerConfig
 from nixcomply.server.errors import STATUS_CODES, ApiError
+from nixcomply.server.ratelimit import TokenBuckets
 from nixcomply.server.verifying import Witness
 
 logger = logging.getLogger(__name__)
@@ -69,8 +70,10 @@ async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = list(exc.errors())
-    if any(e.get("type") == "json_invalid" for e in errors):
-        return _error(400, ErrorCode.MALFORMED, "the body is not valid JSON")
+    invalid = [e for e in errors if e.get("type") == "json_invalid"]
+    if invalid:
+        why = (invalid[0].get("ctx") or {}).get("error")
+        return _error(400, ErrorCode.MALFORMED, "the body is not valid JSON" + (f": {why}" if why else ""))
     first = errors[0] if errors else {"loc": ("body",), "msg": "invalid"}
     shown = [
         {"loc": _loc(tuple(e.get("loc", ()))), "msg": str(e.get("msg")), "type": str(e.get("type"))}
@@ -91,6 +94,17 @@ async def _database_down(_request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _unstorable(_request: Request, exc: Exception) -> JSONResponse:
+    # A value PostgreSQL refuses to store: a NUL character in text or JSON (which a host's
+    # keyring or its signed rotation reason may carry), a number out of range. Bad input.
+    logger.warning("refused a value the database cannot store: %s", type(exc).__name__)
+    return _error(
+        422,
+        ErrorCode.INVALID,
+        "the request holds a value the database cannot store (a NUL character, a number out of range)",
+    )
+
+
 async def _internal(_request: Request, exc: Exception) -> JSONResponse:
     logger.error("internal error: %s: %s", type(exc).__name__, exc, exc_info=exc)
     return _error(500, ErrorCode.INTERNAL, "internal error; nothing was written")
@@ -103,6 +117,7 @@ def create_app(
     *,
     clock: Callable[[], datetime] = _now,
 ) -> FastAPI:
+    limits = config.rate_limit
     app = FastAPI(
         title="nixcomply-server",
         version=__version__,
@@ -114,7 +129,11 @@ def create_app(
         config=config,
         engine=engine,
         witness=witness,
-        auth=Authenticator(engine, skew=config.clock_skew_seconds),
+        auth=Authenticator(
+            engine,
+            skew=config.clock_skew_seconds,
+            limits=TokenBuckets(limits.host.per_second, limits.host.burst) if limits.enabled else None,
+        ),
         clock=clock,
     )
     app.include_router(enroll.router)
@@ -124,11 +143,17 @@ def create_app(
     app.add_exception_handler(RequestValidationError, _validation_error)
     for db_error in (OperationalError, InterfaceError, PoolTimeout):
         app.add_exception_handler(db_error, _database_down)
+    app.add_exception_handler(DataError, _unstorable)
     app.add_exception_handler(Exception, _internal)
     # Each add wraps the ones before: audit is outermost and sees every answer, including
     # the other middleware's refusals, which carry the security headers too.
+    app.add_middleware(middleware.Internal)
     app.add_middleware(middleware.ContentType)
     app.add_middleware(middleware.BodyLimit, limit=config.max_body_bytes)
+    if limits.enabled:
+        app.add_middleware(
+            middleware.RateLimit, buckets=TokenBuckets(limits.client.per_second, limits.client.burst)
+        )
     app.add_middleware(middleware.SecurityHeaders)
     app.add_middleware(middleware.Audit)
     return app

@@ -2,7 +2,9 @@
 
 Transport keys never change for a keyid, so they are cached in the process; revocation
 and the counter are checked in the database on every request, in the same statement that
-returns the host's row. An idle poll therefore costs exactly one indexed statement.
+returns the host's row. An idle poll therefore costs exactly one indexed statement. A host
+over its rate limit (``nixcomply.server.ratelimit``) is answered 429 once it is known to be
+that host.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from nixcomply.model.fleet import ErrorCode
 from nixcomply.server.db import queries
 from nixcomply.server.db.queries import HostRow
 from nixcomply.server.errors import ApiError
+from nixcomply.server.ratelimit import TokenBuckets
 
 CACHE_SIZE: Final = 200_000
 
@@ -50,9 +53,10 @@ def check_signature(
 
 
 class Authenticator:
-    def __init__(self, engine: Engine, *, skew: int) -> None:
+    def __init__(self, engine: Engine, *, skew: int, limits: TokenBuckets | None = None) -> None:
         self.engine = engine
         self.skew = skew
+        self.limits = limits
         self._keys: OrderedDict[str, Ed25519PublicKey] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -86,7 +90,19 @@ class Authenticator:
             row = queries.authenticate(conn, keyid=verified.keyid, counter=verified.counter, now=now)
             if row is not None:
                 request.state.host = f"{row.site_id}/{row.hostname}"
-                return row
+        if row is not None:
+            # Counted once the request is the host's own (signature and counter accepted),
+            # so nobody can spend another host's tokens with forged or replayed requests.
+            wait = self.limits.take(verified.keyid) if self.limits is not None else None
+            if wait is not None:
+                raise ApiError(
+                    429,
+                    ErrorCode.RATE_LIMITED,
+                    f"too many requests from this host; retry in {wait} s",
+                    headers={"Retry-After": str(wait)},
+                )
+            return row
+        with self.engine.connect() as conn:
             found = queries.transport_key(conn, verified.keyid)
         if found is not None and found[1]:
             raise ApiError(403, ErrorCode.REVOKED, "this host's enrollment was revoked")

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Final, TypedDict
 from nixcomply import __version__
 from nixcomply.cli import COMMON, add_group, add_verb, run
 from nixcomply.core import gcpause
+from nixcomply.core.display import shown
 from nixcomply.errors import EXIT_OK, EXIT_TEMPFAIL, HELP_EXIT_STATUS, NixcomplyError, UsageError
 from nixcomply.server.config import DEFAULT_CONFIG, ServerConfig, load_config
 
@@ -316,19 +317,15 @@ def cmd_witness_key(args: argparse.Namespace) -> int:
 
 
 def cmd_witness_keygen(args: argparse.Namespace) -> int:
-    from nixcomply.core.fsutil import atomic_write, ensure_dir
-    from nixcomply.server.verifying import generate_witness
+    from nixcomply.server.verifying import generate_witness, write_key_pair
 
     out = Path(args.out)
-    if out.exists():
-        raise UsageError(f"{out} exists; refusing to overwrite a key")
     try:
         witness = generate_witness(args.name)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    ensure_dir(out.parent)
-    atomic_write(out, witness.private_text().encode(), mode=0o600)
-    atomic_write(out.with_name(out.name + ".pub"), (witness.public.vkey + "\n").encode(), mode=0o644)
+    # Never over an existing file, not even one that appears while the key is written.
+    write_key_pair(out, witness.private_text(), witness.public.vkey)
     print(witness.public.vkey)
     return EXIT_OK
 
@@ -377,6 +374,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     lines += [
         f"  {h.site}/{h.hostname}: {h.accepted_size} entries, last upload {_when(h.last_upload_at)}"
         + (" (revoked)" if h.revoked_at else "")
+        + (f", {h.incidents} incident(s)" if h.incidents else "")
         for h in hosts
     ]
     lines.append(f"{len(incidents)} incident(s)" + (":" if incidents else ""))
@@ -388,7 +386,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         presented = i.presented_checkpoint.decode("utf-8", "replace").split("\n\n")[0]
         lines.append("    accepted:  " + accepted.replace("\n", " | "))
         lines.append("    presented: " + presented.replace("\n", " | "))
-    _print(args, data, lines)
+    # What a host presented (its checkpoint's lines, messages quoting them) is its own text.
+    _print(args, data, [shown(line) for line in lines])
     return EXIT_OK if not incidents else 1
 
 

@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Final
 
+from psycopg import ProgrammingError
+from psycopg.conninfo import make_conninfo
 from pydantic import Field
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -28,6 +30,10 @@ DATABASE_URL_ENV: Final = "NIXCOMPLY_SERVER_DATABASE_URL"
 WITNESS_CREDENTIAL: Final = "nixcomply-witness-key"
 DATABASE_CREDENTIAL: Final = "nixcomply-server-database-url"
 CREDENTIALS_ENV: Final = "CREDENTIALS_DIRECTORY"
+# Connection parameters (libpq's, as SQLAlchemy passes a URL's query string on) that carry
+# a secret or say where one is, or name the user: never shown, and never in the file.
+SECRET_QUERY_KEYS: Final = frozenset({"password", "passfile", "sslpassword", "user"})
+PASSWORD_QUERY_KEYS: Final = frozenset({"password", "passfile", "sslpassword"})
 
 
 class Listen(StrictModel):
@@ -52,6 +58,28 @@ class WitnessSettings(StrictModel):
     key_file: Path | None = Field(default=None, description=f"used when ${CREDENTIALS_ENV} is not set")
 
 
+class Bucket(StrictModel):
+    """A token bucket: ``burst`` requests at once, ``per_second`` on average."""
+
+    per_second: float = Field(gt=0, le=1_000_000)
+    burst: int = Field(ge=1, le=1_000_000)
+
+
+class RateLimits(StrictModel):
+    """Per-identity rate limits (``nixcomply.server.ratelimit``); over them a request is
+    answered 429 with ``Retry-After``."""
+
+    enabled: bool = True
+    client: Bucket = Field(
+        default_factory=lambda: Bucket(per_second=50, burst=200),
+        description="every request, by client address (behind a reverse proxy: the whole fleet's rate)",
+    )
+    host: Bucket = Field(
+        default_factory=lambda: Bucket(per_second=1, burst=60),
+        description="authenticated requests, by host (a pass is a poll and a few uploads every 15 minutes)",
+    )
+
+
 class ServerConfig(StrictModel):
     listen: Listen = Field(default_factory=Listen)
     database: Database = Field(default_factory=Database)
@@ -60,6 +88,7 @@ class ServerConfig(StrictModel):
     clock_skew_seconds: int = Field(default=300, ge=1, le=3600)
     invite_ttl_hours: float = Field(default=24, gt=0, le=24 * 30)
     migrate_on_start: bool = False
+    rate_limit: RateLimits = Field(default_factory=RateLimits)
 
     def database_url(self) -> URL:
         """From ``$NIXCOMPLY_SERVER_DATABASE_URL``, else the systemd credential
@@ -77,16 +106,18 @@ class ServerConfig(StrictModel):
                 hint=f"set database.url in the configuration, or ${DATABASE_URL_ENV}, or the credential {DATABASE_CREDENTIAL}",
             )
         try:
-            return make_url(text)
+            url = make_url(text)
         except (ValueError, ArgumentError):
             raise UsageError(f"{where} is not a database URL") from None
+        _check_parameters(url, where)
+        return url
 
     def describe_database(self) -> str:
-        """The database URL for logs and messages: no user name, no password."""
+        """The database URL for logs and messages: no user name, no password (libpq also
+        takes them, and a password file, from the query string: those go too)."""
         url = self.database_url()
-        bare = URL.create(
-            url.drivername, host=url.host, port=url.port, database=url.database, query=url.query
-        )
+        query = {k: v for k, v in url.query.items() if k.lower() not in SECRET_QUERY_KEYS}
+        bare = URL.create(url.drivername, host=url.host, port=url.port, database=url.database, query=query)
         return bare.render_as_string(hide_password=True)
 
     def witness_key(self) -> Witness:
@@ -111,6 +142,19 @@ class ServerConfig(StrictModel):
         return witness
 
 
+def _check_parameters(url: URL, where: str) -> None:
+    """Every query parameter is one libpq knows (one it does not was an internal error at
+    the first connection); the message names the parameter, never its value."""
+    for key in url.query:
+        try:
+            make_conninfo("", **{key: "x"})
+        except ProgrammingError:
+            raise UsageError(
+                f"{where}: {key!r} is not a PostgreSQL connection parameter",
+                hint="see the libpq documentation, 'Parameter Key Words' (names are case-sensitive)",
+            ) from None
+
+
 def load_config(path: Path) -> ServerConfig:
 
     if not path.exists():
@@ -128,7 +172,7 @@ def load_config(path: Path) -> ServerConfig:
             url = make_url(config.database.url)
         except (ValueError, ArgumentError):
             raise InputError([source.problem(loc, "not a database URL")]) from None
-        if url.password:
+        if url.password or PASSWORD_QUERY_KEYS & {k.lower() for k in url.query}:
             message = f"a URL with a password belongs in ${DATABASE_URL_ENV}, not in the file"
             raise InputError([source.problem(loc, message)])
     return config

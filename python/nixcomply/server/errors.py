@@ -37,5 +37,6 @@ STATUS_CODES: dict[int, ErrorCode] = {
     413: ErrorCode.TOO_LARGE,
     415: ErrorCode.UNSUPPORTED_MEDIA_TYPE,
     422: ErrorCode.INVALID,
+    429: ErrorCode.RATE_LIMITED,
     503: ErrorCode.UNAVAILABLE,
 }

@@ -1,5 +1,6 @@
-"""Cross-cutting request handling, as ASGI middleware rather than per-route code: the body
-size limit (413, checked on Content-Length before anything is read and again while the
+"""Cross-cutting request handling, as ASGI middleware rather than per-route code: the rate
+limit by client address (429, before anything else: ``nixcomply.server.ratelimit``), the
+body size limit (413, checked on Content-Length before anything is read and again while the
 body streams in), the content type of bodies (415), security headers on every response,
 and the audit log line of every request. Refusals are JSON ``ErrorBody`` like every
 other error."""
@@ -14,6 +15,7 @@ from typing import Any, Final
 
 from nixcomply.model.fleet import ErrorBody, ErrorCode
 from nixcomply.server.errors import ApiError
+from nixcomply.server.ratelimit import TokenBuckets
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -22,6 +24,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 audit_logger = logging.getLogger("nixcomply.server.audit")
+logger = logging.getLogger(__name__)
 
 SECURITY_HEADERS: Final = (
     (b"x-content-type-options", b"nosniff"),
@@ -35,13 +38,24 @@ SECURITY_HEADERS: Final = (
 BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
 
 
-async def send_error(send: Send, status: int, code: ErrorCode, message: str) -> None:
+async def send_error(
+    send: Send,
+    status: int,
+    code: ErrorCode,
+    message: str,
+    *,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
     body = ErrorBody(code=code, message=message).model_dump_json(exclude_none=True).encode()
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *(headers or []),
+            ],
         }
     )
     await send({"type": "http.response.body", "body": body})
@@ -53,6 +67,65 @@ class _TooLarge(ApiError):
 
     def __init__(self, limit: int) -> None:
         super().__init__(413, ErrorCode.TOO_LARGE, f"the body is over {limit} bytes")
+
+
+class _TrackedSend:
+    """``send``, remembering whether the response has started: after that, an error can no
+    longer be answered, only the connection broken."""
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.started = False
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self.send(message)
+
+
+class Internal:
+    """A bug is answered with the JSON 500 here, inside the other middleware, so the answer
+    carries the security headers and the audit line its status (Starlette's own last resort
+    sits outside all middleware). Nothing was written: each request is one transaction."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        tracked = _TrackedSend(send)
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as e:
+            logger.error("internal error: %s: %s", type(e).__name__, e, exc_info=e)
+            if tracked.started:
+                raise
+            await send_error(send, 500, ErrorCode.INTERNAL, "internal error; nothing was written")
+
+
+class RateLimit:
+    """429 for a client address over its bucket, before the request is read any further."""
+
+    def __init__(self, app: ASGIApp, *, buckets: TokenBuckets) -> None:
+        self.app = app
+        self.buckets = buckets
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            client = scope.get("client") or ("-", 0)
+            wait = self.buckets.take(str(client[0]))
+            if wait is not None:
+                await send_error(
+                    send,
+                    429,
+                    ErrorCode.RATE_LIMITED,
+                    f"too many requests from this address; retry in {wait} s",
+                    headers=[(b"retry-after", str(wait).encode())],
+                )
+                return
+        await self.app(scope, receive, send)
 
 
 class BodyLimit:
@@ -75,7 +148,6 @@ class BodyLimit:
                     await send_error(send, 413, ErrorCode.TOO_LARGE, f"the body is over {self.limit} bytes")
                     return
         seen = 0
-        started = False
 
         async def counting_receive() -> Message:
             nonlocal seen
@@ -86,16 +158,11 @@ class BodyLimit:
                     raise _TooLarge(self.limit)
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
+        tracked = _TrackedSend(send)
         try:
-            await self.app(scope, counting_receive, tracking_send)
+            await self.app(scope, counting_receive, tracked)
         except _TooLarge:
-            if started:
+            if tracked.started:
                 raise
             await send_error(send, 413, ErrorCode.TOO_LARGE, f"the body is over {self.limit} bytes")
 

@@ -24,6 +24,7 @@ from nixcomply.evidence.checkpoint import (
 )
 from nixcomply.evidence.cosignature import Witness, generate_witness, read_witness_key
 from nixcomply.evidence.keyring import Keyring, RangeCache
+from nixcomply.evidence.keys import write_key_pair
 from nixcomply.evidence.merkle import Frontier
 from nixcomply.evidence.statement import GENESIS_PREV, Attestation, KeyRole, Statement
 from nixcomply.evidence.verify import Check, EntriesResult, Entry, LogPosition, VerifyProblem, verify_entries
@@ -46,6 +47,7 @@ __all__ = [
     "load_frontier",
     "parse_checkpoint",
     "read_witness_key",
+    "write_key_pair",
 ]
 
 

@@ -5,9 +5,12 @@ dependencies."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import logging
+import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable
 from typing import Final, TypeVar
@@ -16,6 +19,7 @@ from urllib.parse import urlsplit
 import pydantic
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from nixcomply.core.display import shown
 from nixcomply.errors import NixcomplyError, UsageError
 from nixcomply.model import httpsig
 from nixcomply.model.fleet import (
@@ -32,15 +36,21 @@ from nixcomply.model.fleet import (
 logger = logging.getLogger(__name__)
 M = TypeVar("M", bound=pydantic.BaseModel)
 JSON: Final = "application/json"
+MAX_MESSAGE: Final = 500
+# The protocol's answers are a few kilobytes (a checkpoint, a cosignature, an error).
+MAX_RESPONSE: Final = 1024 * 1024
 
 
 class UplinkError(NixcomplyError):
     """The server refused a request (4xx/5xx with a JSON error body): ``code`` says why."""
 
-    def __init__(self, status: int, error: ErrorBody) -> None:
-        super().__init__(f"the server refused the request: {error.code.value} ({status}): {error.message}")
+    def __init__(self, status: int, error: ErrorBody, *, retry_after: int | None = None) -> None:
+        # The server's words reach logs, `nixcomply status` and a terminal: bounded, escaped.
+        said = shown(error.message[:MAX_MESSAGE])
+        super().__init__(f"the server refused the request: {error.code.value} ({status}): {said}")
         self.status = status
         self.error = error
+        self.retry_after = retry_after  # seconds, from Retry-After (429, 503)
 
     @property
     def code(self) -> ErrorCode:
@@ -48,7 +58,47 @@ class UplinkError(NixcomplyError):
 
     @property
     def retryable(self) -> bool:
-        return self.status >= 500 or self.code in {ErrorCode.STALE_SIGNATURE, ErrorCode.REPLAYED}
+        return self.status >= 500 or self.code in {
+            ErrorCode.STALE_SIGNATURE,
+            ErrorCode.REPLAYED,
+            ErrorCode.RATE_LIMITED,
+        }
+
+
+def _seconds(value: str | None) -> int | None:
+    """A ``Retry-After`` in seconds (the HTTP-date form is not one this server sends), capped
+    at a day so a hostile answer cannot park the uplink for ever."""
+    if value is None or not value.strip().isdigit():
+        return None
+    return min(int(value.strip()), 86_400)
+
+
+class _Deadline:
+    """Shuts the connection's socket down once ``seconds`` have passed, which ends whatever
+    read or write is blocked on it."""
+
+    def __init__(self, conn: http.client.HTTPConnection, seconds: float) -> None:
+        self.conn = conn
+        self.seconds = seconds
+        self.expired = False
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _expire(self) -> None:
+        self.expired = True
+        sock = self.conn.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+    def explain(self, url: str, e: Exception) -> str:
+        if self.expired:
+            return f"{url}: no complete answer within {self.seconds:g} s"
+        return f"{url}: {e}"
 
 
 class ServerUnreachable(NixcomplyError):
@@ -109,25 +159,38 @@ class Client:
         }
 
     def request(self, method: str, path: str, body: bytes, model: type[M]) -> M:
+        """One request and its answer, within ``timeout`` seconds in all (the socket's own
+        timeout bounds each read only: a server trickling a byte at a time would hold the
+        host, and the reconcile run that ends with an upload, for ever), and an answer of at
+        most :data:`MAX_RESPONSE` bytes."""
         full = self.prefix + path
         headers = self.signed_headers(method, full, body)
         for attempt in (1, 2):
             conn = self._connection()
+            deadline = _Deadline(conn, self.timeout)
             try:
                 conn.request(method, full, body=body if method != "GET" else None, headers=headers)
                 response = conn.getresponse()
-                data = response.read()
+                data = response.read(MAX_RESPONSE + 1)
+                if deadline.expired:  # a read cut short by the deadline returns what it had
+                    self.close()
+                    raise ServerUnreachable(f"{self.url}: no complete answer within {self.timeout:g} s")
                 break
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as e:
                 # A kept-alive connection the server closed meanwhile: one fresh try, with a
                 # fresh signature (the counter of the first may have been used).
                 self.close()
-                if attempt == 2:
-                    raise ServerUnreachable(f"{self.url}: {e}") from None
+                if attempt == 2 or deadline.expired:
+                    raise ServerUnreachable(deadline.explain(self.url, e)) from None
                 headers = self.signed_headers(method, full, body)
-            except (OSError, http.client.HTTPException) as e:
+            except (OSError, ValueError, http.client.HTTPException) as e:
                 self.close()
-                raise ServerUnreachable(f"{self.url}: {e}") from None
+                raise ServerUnreachable(deadline.explain(self.url, e)) from None
+            finally:
+                deadline.cancel()
+        if len(data) > MAX_RESPONSE:
+            self.close()
+            raise ServerUnreachable(f"{self.url}{full}: an answer of more than {MAX_RESPONSE} bytes")
         if response.getheader("connection", "").lower() == "close":
             self.close()
         if response.status >= 400:
@@ -137,7 +200,7 @@ class Client:
                 raise ServerUnreachable(
                     f"{self.url}{full}: HTTP {response.status} without a protocol error body"
                 ) from None
-            raise UplinkError(response.status, error)
+            raise UplinkError(response.status, error, retry_after=_seconds(response.getheader("retry-after")))
         try:
             return model.model_validate_json(data)
         except pydantic.ValidationError as e:

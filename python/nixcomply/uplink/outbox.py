@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from nixcomply.core.fsutil import atomic_write, ensure_dir
+from nixcomply.core.fsutil import atomic_write, ensure_dir, read_regular
 from nixcomply.errors import NixcomplyError
+from nixcomply.evidence.checkpoint import NoteError, parse_note
+from nixcomply.evidence.cosignature import WitnessPublicKey, parse_cosignatures, verify_cosignature
 from nixcomply.evidence.log import CHECKPOINTS, COSIGNATURES, checkpoint_name, read_leaves
 from nixcomply.evidence.merkle import Tree, leaf_hash
 from nixcomply.evidence.store import ATTACHMENTS_DIR, ENVELOPE_FILE, EVIDENCE_DIR
@@ -64,23 +66,37 @@ def _dirs(path: Path) -> list[Path]:
 
 
 def read_entry(seq: int, bundle: Path, leaf: bytes) -> UploadEntry:
-    envelope = (bundle / ENVELOPE_FILE).read_bytes()
+    """Entry ``seq`` as it is sent. Only regular files are read, never through a symbolic
+    link: a FIFO planted in the store would block the upload (and the end of every reconcile
+    run) for ever, and a link would send whatever it points at to the server."""
+    envelope = _read(bundle / ENVELOPE_FILE)
     if leaf_hash(envelope) != leaf:
         raise OutboxError(f"{bundle}: the envelope is not leaf {seq} of the log")
     attachments = {}
     directory = bundle / ATTACHMENTS_DIR
-    if directory.is_dir():
+    if directory.is_dir() and not directory.is_symlink():
         for item in sorted(directory.iterdir()):
-            attachments[item.name] = b64encode(item.read_bytes())
+            attachments[item.name] = b64encode(_read(item))
+    elif directory.is_symlink():
+        raise OutboxError(f"{directory}: is a symbolic link (never followed)")
     return UploadEntry(seq=seq, envelope=b64encode(envelope), attachments=attachments)
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return read_regular(path)
+    except OSError as e:
+        raise OutboxError(f"{path}: {e.strerror or e}") from None
 
 
 def checkpoint(root: Path, size: int) -> bytes:
     path = root / CHECKPOINTS / checkpoint_name(size)
     try:
-        return path.read_bytes()
+        return read_regular(path)
     except FileNotFoundError:
         raise OutboxError(f"{path}: missing; the log keeps a checkpoint per size") from None
+    except OSError as e:
+        raise OutboxError(f"{path}: {e.strerror or e}") from None
 
 
 def log_size(root: Path) -> int:
@@ -125,14 +141,30 @@ def batches(
         old = end
 
 
-def store_cosignature(root: Path, size: int, note: bytes, cosignature: str) -> Path:
+def store_cosignature(
+    root: Path, size: int, note: bytes, cosignature: str, *, witness: WitnessPublicKey
+) -> Path:
     """Keep the witness's cosignature beside the checkpoint it signs (``log/cosignatures/
-    <size>``), once the checkpoint it names is the host's own, byte for byte."""
+    <size>``), once the checkpoint it names is the host's own, byte for byte, and the
+    cosignature verifies by the witness key the host enrolled with: what a server (or
+    whoever answers in its name) returns is never kept unchecked, since a bad cosignature
+    file makes the host's own evidence fail verification."""
 
     if checkpoint(root, size) != note:
         raise OutboxError(f"the server cosigned a checkpoint of size {size} that is not this host's")
+    try:
+        lines = parse_cosignatures(cosignature)
+        verify_cosignature(parse_note(note).text, lines, witness)
+    except NoteError as e:
+        raise OutboxError(f"the server's cosignature of checkpoint {size} is not valid: {e}") from None
     path = ensure_dir(root / COSIGNATURES) / checkpoint_name(size)
-    atomic_write(path, cosignature.encode(), mode=0o644)
+    data = "".join(c.line() for c in lines).encode()
+    try:
+        if read_regular(path) == data:
+            return path  # kept already (every pass shows the newest one): no write
+    except OSError:
+        pass
+    atomic_write(path, data, mode=0o644)
     return path
 
 

@@ -289,30 +289,53 @@ def _pass(
     started = now()
     if not force and progress.next_attempt_at is not None and started < progress.next_attempt_at:
         return PassReport("waiting", progress.accepted_size, next_attempt_at=progress.next_attempt_at)
+    witness = WitnessPublicKey.from_vkey(enrollment.witness_key)  # checked at enrollment
     client = client_factory(enrollment.server, state.transport_key(), state.next_counter)
     report = PassReport("up-to-date", progress.accepted_size)
     try:
         remote = client.log_state()
+        local = log_size(root)
+        if remote.accepted_size > local:
+            # The server holds more of this log than the host: its evidence was lost or put
+            # back (restore the store), or the server keeps another log under this enrollment.
+            raise OutboxError(
+                f"the server holds {remote.accepted_size} entries of this host's log, the log here "
+                f"has {local}: entries were lost or the store was rolled back; restore it from a "
+                "backup (nothing is sent meanwhile)"
+            )
+        if remote.accepted_size > 0:
+            # "I hold N entries" is believed only with the witness's cosignature on this host's
+            # own checkpoint N: an answer from whoever sits between host and server (plain
+            # http) could otherwise make the host count unsent evidence as uploaded.
+            if not (remote.checkpoint and remote.cosignature):
+                raise OutboxError(
+                    f"the server says it holds {remote.accepted_size} entries but shows no cosigned checkpoint"
+                )
+            store_cosignature(
+                root, remote.accepted_size, remote.checkpoint.encode(), remote.cosignature, witness=witness
+            )
         report.accepted_size = remote.accepted_size
         state.acknowledged(remote.accepted_size, now())
         for batch in batches(root, remote.accepted_size, max_entries=max_entries):
             response = client.upload(batch.request)
             store_cosignature(
-                root, response.accepted_size, response.checkpoint.encode(), response.cosignature
+                root,
+                response.accepted_size,
+                response.checkpoint.encode(),
+                response.cosignature,
+                witness=witness,
             )
             state.acknowledged(response.accepted_size, now())
             report.sent += response.stored
             report.accepted_size = response.accepted_size
             report.cosigned.append(response.accepted_size)
             report.outcome = "uploaded"
-        if report.outcome == "up-to-date" and remote.checkpoint and remote.cosignature:
-            # Nothing new: make sure the newest cosignature is kept (a lost answer earlier).
-            store_cosignature(root, remote.accepted_size, remote.checkpoint.encode(), remote.cosignature)
     except (ServerUnreachable, UplinkError, OutboxError) as e:
         report.outcome = "failed"
         report.error = str(e)
         report.code = e.code.value if isinstance(e, UplinkError) else None
-        report.next_attempt_at = state.failed(now(), str(e))
+        wait = e.retry_after if isinstance(e, UplinkError) else None
+        report.next_attempt_at = state.failed(now(), str(e), at_least=wait or 0)
         level = logging.ERROR if isinstance(e, UplinkError) and e.code in _ALARMING else logging.WARNING
         logger.log(level, "upload to %s failed: %s", enrollment.server, e)
         return report

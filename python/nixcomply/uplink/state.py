@@ -13,15 +13,15 @@ from __future__ import annotations
 import random
 import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from nixcomply.core import sqlite
 from nixcomply.errors import NixcomplyError
 from nixcomply.evidence.keys import Signer, generate, read_private_key, write_private_key
 
@@ -30,6 +30,7 @@ TRANSPORT_KEY: Final = "uplink/transport.key"
 LOCK: Final = "uplink/lock"
 BASE_DELAY: Final = 30.0
 MAX_DELAY: Final = 3600.0
+WHAT: Final = "the uplink's state"
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS uplink_enrollment (
@@ -80,14 +81,6 @@ class Progress:
     last_error: str | None
 
 
-def _ts(t: datetime) -> str:
-    return t.astimezone(UTC).isoformat(timespec="microseconds")
-
-
-def _dt(text: str | None) -> datetime | None:
-    return None if text is None else datetime.fromisoformat(text)
-
-
 def backoff(
     failures: int, *, base: float = BASE_DELAY, cap: float = MAX_DELAY, rng: random.Random | None = None
 ) -> float:
@@ -105,17 +98,30 @@ class UplinkState:
     @classmethod
     def open(cls, state_dir: Path) -> UplinkState:
         state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = state_dir / "state.db"
         try:
-            db = sqlite3.connect(state_dir / "state.db", timeout=30, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            with _transaction(db):
+            db = sqlite.connect(path)
+        except sqlite3.OperationalError as e:
+            raise sqlite.refused(e, path, what=WHAT) from None
+        except sqlite3.Error as e:
+            raise UplinkStateError(f"{path}: {e}") from None
+        state = cls(db, state_dir)
+        try:
+            with state._write():
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         db.execute(statement)
-        except sqlite3.Error as e:
-            raise UplinkStateError(f"{state_dir / 'state.db'}: {e}") from None
-        return cls(db, state_dir)
+        except BaseException:
+            db.close()
+            raise
+        return state
+
+    @property
+    def path(self) -> Path:
+        return self.state_dir / "state.db"
+
+    def _write(self) -> AbstractContextManager[None]:
+        return sqlite.transaction(self._db, self.path, what=WHAT)
 
     def close(self) -> None:
         self._db.close()
@@ -149,10 +155,10 @@ class UplinkState:
         return Enrollment(row[0], row[1], row[2], row[3], row[4], datetime.fromisoformat(row[5]))
 
     def set_enrollment(self, e: Enrollment) -> None:
-        with _transaction(self._db):
+        with self._write():
             self._db.execute(
                 "INSERT OR REPLACE INTO uplink_enrollment VALUES (1, ?, ?, ?, ?, ?, ?)",
-                (e.server, e.site, e.hostname, e.keyid, e.witness_key, _ts(e.enrolled_at)),
+                (e.server, e.site, e.hostname, e.keyid, e.witness_key, sqlite.timestamp(e.enrolled_at)),
             )
             self._db.execute(
                 "UPDATE uplink_state SET accepted_size = 0, failures = 0, next_attempt_at = NULL, last_error = NULL"
@@ -163,7 +169,7 @@ class UplinkState:
     def next_counter(self) -> int:
         """The next request counter: above every one used, and above the clock in
         microseconds, so a lost database still never repeats a counter."""
-        with _transaction(self._db):
+        with self._write():
             (last,) = self._db.execute("SELECT counter FROM uplink_state").fetchone()
             value = max(int(last) + 1, time.time_ns() // 1000)
             self._db.execute("UPDATE uplink_state SET counter = ?", (value,))
@@ -174,40 +180,41 @@ class UplinkState:
             "SELECT counter, accepted_size, acknowledged_at, last_attempt_at, failures, next_attempt_at, last_error "
             "FROM uplink_state"
         ).fetchone()
-        return Progress(row[0], row[1], _dt(row[2]), _dt(row[3]), row[4], _dt(row[5]), row[6])
+        return Progress(
+            row[0],
+            row[1],
+            sqlite.parse_timestamp(row[2]),
+            sqlite.parse_timestamp(row[3]),
+            row[4],
+            sqlite.parse_timestamp(row[5]),
+            row[6],
+        )
 
     def acknowledged(self, size: int, now: datetime) -> None:
-        with _transaction(self._db):
+        with self._write():
             self._db.execute(
-                "UPDATE uplink_state SET accepted_size = ?, acknowledged_at = ?", (size, _ts(now))
+                "UPDATE uplink_state SET accepted_size = ?, acknowledged_at = ?",
+                (size, sqlite.timestamp(now)),
             )
 
     def succeeded(self, now: datetime) -> None:
-        with _transaction(self._db):
+        with self._write():
             self._db.execute(
                 "UPDATE uplink_state SET last_attempt_at = ?, failures = 0, next_attempt_at = NULL, last_error = NULL",
-                (_ts(now),),
+                (sqlite.timestamp(now),),
             )
 
-    def failed(self, now: datetime, error: str, *, rng: random.Random | None = None) -> datetime:
-        """Record a failed attempt; returns when the next one is due."""
-        with _transaction(self._db):
+    def failed(
+        self, now: datetime, error: str, *, rng: random.Random | None = None, at_least: float = 0
+    ) -> datetime:
+        """Record a failed attempt; returns when the next one is due (after the backoff, and
+        at least ``at_least`` seconds from now: a server's ``Retry-After``)."""
+        with self._write():
             (failures,) = self._db.execute("SELECT failures FROM uplink_state").fetchone()
             failures = int(failures) + 1
-            due = now + timedelta(seconds=backoff(failures, rng=rng))
+            due = now + timedelta(seconds=max(backoff(failures, rng=rng), at_least))
             self._db.execute(
                 "UPDATE uplink_state SET last_attempt_at = ?, failures = ?, next_attempt_at = ?, last_error = ?",
-                (_ts(now), failures, _ts(due), error[:2000]),
+                (sqlite.timestamp(now), failures, sqlite.timestamp(due), error[:2000]),
             )
         return due
-
-
-@contextmanager
-def _transaction(db: sqlite3.Connection) -> Iterator[None]:
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")

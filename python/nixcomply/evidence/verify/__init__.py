@@ -26,7 +26,9 @@ envelope. Nothing an envelope says is used to judge anything else before its sig
 been judged, so the first error is always the entry that was changed. For the log: one
 authentic bundle per sequence number with none missing, each envelope's leaf equal to the
 stored leaf, every checkpoint the root of the tree at its size, authentic by the log key's
-signature or by the digest the next entry signed (``chain.checkpoint``), the append state
+signature or by the digest the next entry signed (``chain.checkpoint``), every witness
+cosignature beside them well formed and, by a witness key the verifier knows, valid
+(:mod:`.cosignatures`), the append state
 and intent record agreeing, and nothing in the directory that does not belong there. A
 packet must prove it holds every entry of its period (``nixcomply.evidence.verify.packet``).
 
@@ -53,10 +55,12 @@ where, the append state), :mod:`.packet` (completeness), :mod:`.directory` (the 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
 
 from nixcomply.errors import UsageError
+from nixcomply.evidence.cosignature import WitnessPublicKey
 from nixcomply.evidence.keyring import Keyring
 from nixcomply.evidence.log import LogHead
 from nixcomply.evidence.packet import PIN_FILE, unpack
@@ -108,13 +112,17 @@ def verify(
     jobs: int | None = None,
     all_checkpoints: bool = False,
     index: bool = False,
+    witness: WitnessPublicKey | None = None,
+    witnesses: Sequence[WitnessPublicKey] = (),
 ) -> Report:
     """Verify a store or an unpacked packet directory (see the module docstring).
 
     ``keyring`` is the pinned keyring (``pinned=False`` if it is not the auditor's own);
     None uses the one inside ``path``, unpinned. ``pin`` is a checkpoint note the log must
     extend, ``host_head`` what the host's state database recorded (``nixcomply.host.state``);
-    ``index`` fills ``Report.index`` (every authentic entry's place, for export)."""
+    ``index`` fills ``Report.index`` (every authentic entry's place, for export);
+    ``witness`` must have cosigned the newest checkpoint, and every cosignature by it or by
+    one of ``witnesses`` must verify (:mod:`.cosignatures`)."""
     trust = (
         None
         if keyring is None
@@ -130,6 +138,8 @@ def verify(
         jobs=default_jobs() if jobs is None else jobs,
         all_checkpoints=all_checkpoints,
         index=index,
+        witness=witness,
+        witnesses=witnesses,
     )
 
 
@@ -145,6 +155,7 @@ def verify_path(
     progress: Progress | None = None,
     jobs: int | None = None,
     all_checkpoints: bool = False,
+    witness: WitnessPublicKey | None = None,
 ) -> Report:
     """:func:`verify` for a store directory, an unpacked packet or a packet ``.zip``."""
     if path.is_file():
@@ -161,6 +172,7 @@ def verify_path(
                 progress=progress,
                 jobs=jobs,
                 all_checkpoints=all_checkpoints,
+                witness=witness,
             )
             report.path = path
             if report.pin_next is not None:
@@ -186,4 +198,5 @@ def verify_path(
         progress=progress,
         jobs=jobs,
         all_checkpoints=all_checkpoints,
+        witness=witness,
     )

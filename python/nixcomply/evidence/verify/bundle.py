@@ -23,6 +23,7 @@ from typing import Any, Final, NamedTuple, TypeVar
 
 import pydantic
 
+from nixcomply.core.fsutil import read_regular
 from nixcomply.evidence import dsse
 from nixcomply.evidence.keys import PublicKey
 from nixcomply.evidence.log import CHECKPOINTS
@@ -260,21 +261,10 @@ def check_envelope(
 
 
 def read_file(path: str, *, dir_fd: int | None = None) -> bytes:
-    """A whole small file, with less overhead than ``open().read()``."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
-    try:
-        chunk = os.read(fd, _READ)
-        if len(chunk) < _READ:  # a regular file reads short only at its end
-            return chunk
-        chunks = [chunk]
-        while chunk := os.read(fd, _READ):
-            chunks.append(chunk)
-    finally:
-        os.close(fd)
-    return b"".join(chunks)
-
-
-_READ: Final = 1 << 16
+    """A whole small file of the store or packet: a regular one only (a symbolic link, a
+    FIFO or a device planted there is an ``OSError`` naming what it is, never followed or
+    read: :func:`nixcomply.core.fsutil.read_regular`)."""
+    return read_regular(path, dir_fd=dir_fd)
 
 
 def check_bundle(base: str, rel: str, keys: Candidates, *, keep_statement: bool = False) -> Checked:

@@ -4,8 +4,8 @@
 2. check every bundle on its own (:mod:`.bundle`, on all cores: :mod:`.parallel`);
 3. judge which of them are authentic, following the pinned keyring through the rotation
    entries (:mod:`.trust`);
-4. check the sequence (:mod:`.chain`), the checkpoints, the pin and the host's record
-   (:mod:`.checkpoint`), then the store's append state and intent record (:mod:`.layout`)
+4. check the sequence (:mod:`.chain`), the checkpoints, their witness cosignatures
+   (:mod:`.cosignatures`), the pin and the host's record (:mod:`.checkpoint`), then the store's append state and intent record (:mod:`.layout`)
    or the packet's completeness and proofs (:mod:`.packet`);
 5. compare the keyring found beside the evidence with the judged history, and say so when
    the keyring was not pinned.
@@ -16,12 +16,15 @@ from __future__ import annotations
 import gc
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
 
+from nixcomply.core.fsutil import read_regular
 from nixcomply.errors import InputError, UsageError
+from nixcomply.evidence.cosignature import WitnessPublicKey
 from nixcomply.evidence.keyring import Keyring, load_keyring
 from nixcomply.evidence.log import LEAVES, PENDING, STATE_DIR, LogHead, state_name
 from nixcomply.evidence.merkle import frontiers_at
@@ -31,6 +34,7 @@ from nixcomply.evidence.store import KEYRING
 from nixcomply.evidence.verify import checkpoint as checkpoints
 from nixcomply.evidence.verify.bundle import Candidates, Claim
 from nixcomply.evidence.verify.chain import check_chain
+from nixcomply.evidence.verify.cosignatures import check_cosignatures, packet_witness
 from nixcomply.evidence.verify.layout import check_leftovers, check_pending, check_state, scan, split_torn
 from nixcomply.evidence.verify.packet import PacketError, check_packet, parse_packet
 from nixcomply.evidence.verify.parallel import Progress, check_all
@@ -48,13 +52,31 @@ class Trust:
     source: str
 
 
-def unpinned_warning(root: Path) -> str:
+def unpinned_warning(root: Path, source: str) -> str:
     return (
-        f"the keyring is the one inside {root}, not a pinned copy: this shows the evidence is intact "
+        f"the keyring is the one inside {root} ({source}), not a pinned copy: this shows the evidence is intact "
         "and consistent, not who made it (whoever can write the directory can replace the keys too); "
         "pass --keyring with a copy from the clinic or its IT provider, or --pin-checkpoint with the "
         "pin.json of an earlier packet"
     )
+
+
+def inside(file: Path, root: Path) -> bool:
+    """Whether ``file`` is part of the directory ``root`` (under it, or the same file as its
+    keyring or pin by another name: a hard link). Such a file given as the pinned keyring or
+    pin pins nothing: whoever can write the directory can replace it with the evidence."""
+    try:
+        if file.resolve().is_relative_to(root.resolve()):
+            return True
+    except (OSError, RuntimeError):  # a symlink loop: the readers refuse the file anyway
+        return False
+    for rel in (KEYRING, PACKET_KEYRING, PIN_FILE):
+        try:
+            if os.path.samefile(file, root / rel):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def verify_directory(*args: Any, **kwargs: Any) -> Report:
@@ -81,6 +103,8 @@ def _verify_directory(
     jobs: int,
     all_checkpoints: bool = False,
     index: bool = False,
+    witness: WitnessPublicKey | None = None,
+    witnesses: Sequence[WitnessPublicKey] = (),
 ) -> Report:
     started = time.perf_counter()
     is_packet = (root / PACKET_FILE).exists()
@@ -89,8 +113,7 @@ def _verify_directory(
 
     def read(rel: str) -> bytes | None:
         try:
-            with open(base + rel, "rb") as f:
-                return f.read()
+            return read_regular(base + rel)
         except FileNotFoundError:
             return None
         except OSError as e:
@@ -194,6 +217,18 @@ def _verify_directory(
         complete=packet is None,
         pending=pending is not None,
     )
+    known = [
+        k for k in (witness, *witnesses, packet_witness(report, read) if is_packet else None) if k is not None
+    ]
+    check_cosignatures(
+        report,
+        read,
+        sizes=layout.cosignatures,
+        checkpoints=layout.checkpoints,
+        known=known,
+        required=witness,
+        newest=report.checkpoint_size,
+    )
     if pin is not None:
         checkpoints.check_pin(
             report, pin, roots=roots, leaves=len(leaves), origin=cps.origin, history=history
@@ -238,7 +273,7 @@ def _verify_directory(
                 difference.message, path=keyring_rel, rank=Rank.STORE
             )
     if not trust.pinned:
-        report.warn(unpinned_warning(root), path=keyring_rel, rank=Rank.STORE)
+        report.warn(unpinned_warning(root, trust.source), path=keyring_rel, rank=Rank.STORE)
     _check_attestations(report, entries, today)
     if index:
         report.index = {

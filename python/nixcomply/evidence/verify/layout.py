@@ -131,24 +131,63 @@ def _numbered(
     into.sort()
 
 
+# The places that are directories; every other evidence entry is a regular file.
+DIRECTORIES: Final = frozenset(
+    {EVIDENCE_DIR, LOG_DIR, PROOFS_DIR, "index", STATE_DIR, CHECKPOINTS, COSIGNATURES}
+)
+
+
+def _kind(report: Report, rel: str, entry: os.DirEntry[str]) -> bool:
+    """Whether an expected entry is what its place holds: a real directory or a regular
+    file. A symbolic link is never followed (the evidence would be read from wherever it
+    points) and a FIFO or device never read: either is an error naming it."""
+    if entry.is_symlink():
+        report.error("is a symbolic link (never followed)", path=rel, rank=Rank.STORE)
+        return False
+    if rel in DIRECTORIES:
+        if not entry.is_dir(follow_symlinks=False):
+            report.error("is not a directory", path=rel, rank=Rank.STORE)
+            return False
+    elif not entry.is_file(follow_symlinks=False):
+        report.error(
+            "is not a regular file (a FIFO, socket or device is never read)", path=rel, rank=Rank.STORE
+        )
+        return False
+    return True
+
+
 def scan(report: Report, root: Path, *, packet: bool) -> Layout:
     """List ``root`` (a store, or an unpacked packet); everything out of place is an error."""
     layout = Layout()
     allowed = PACKET_ENTRIES if packet else STORE_ENTRIES
+    usable = set()
     for e in _listing(report, root, ""):
         if e.name not in allowed:
             _place(report, layout, e.name, e, "the store root" if not packet else "the packet")
-    for e in _listing(report, root, LOG_DIR):
-        if e.name not in (PACKET_LOG_ENTRIES if packet else LOG_ENTRIES):
-            _place(report, layout, f"{LOG_DIR}/{e.name}", e, LOG_DIR)
-    _numbered(report, root, layout, CHECKPOINTS, pattern=SIZE_NAME, into=layout.checkpoints)
-    _numbered(report, root, layout, COSIGNATURES, pattern=SIZE_NAME, into=layout.cosignatures)
+        elif e.name in HOST_ENTRIES and not packet:
+            usable.add(e.name)  # the host's own files: not evidence, not read here
+        elif _kind(report, e.name, e):
+            usable.add(e.name)
+    if LOG_DIR in usable:
+        for e in _listing(report, root, LOG_DIR):
+            rel = f"{LOG_DIR}/{e.name}"
+            if e.name not in (PACKET_LOG_ENTRIES if packet else LOG_ENTRIES):
+                _place(report, layout, rel, e, LOG_DIR)
+            elif _kind(report, rel, e):
+                usable.add(rel)
+    # A place that is not there, or not a directory (said above), is not listed.
+    if CHECKPOINTS in usable:
+        _numbered(report, root, layout, CHECKPOINTS, pattern=SIZE_NAME, into=layout.checkpoints)
+    if COSIGNATURES in usable:
+        _numbered(report, root, layout, COSIGNATURES, pattern=SIZE_NAME, into=layout.cosignatures)
     if packet:
-        _numbered(report, root, layout, PROOFS_DIR, pattern=PROOF_NAME, into=layout.proofs)
-        for e in _listing(report, root, "index"):
-            if f"index/{e.name}" != INDEX_FILE:
-                _place(report, layout, f"index/{e.name}", e, "index")
-    else:
+        if PROOFS_DIR in usable:
+            _numbered(report, root, layout, PROOFS_DIR, pattern=PROOF_NAME, into=layout.proofs)
+        if "index" in usable:
+            for e in _listing(report, root, "index"):
+                if f"index/{e.name}" != INDEX_FILE:
+                    _place(report, layout, f"index/{e.name}", e, "index")
+    elif STATE_DIR in usable:
         _numbered(report, root, layout, STATE_DIR, pattern=STATE_NAME, into=layout.states)
     for size in sorted(set(layout.cosignatures) - set(layout.checkpoints)):
         report.error(
@@ -156,7 +195,7 @@ def scan(report: Report, root: Path, *, packet: bool) -> Layout:
             path=f"{COSIGNATURES}/{size:012d}",
             rank=Rank.STORE,
         )
-    if (root / EVIDENCE_DIR).is_dir():
+    if EVIDENCE_DIR in usable:
         _walk(report, root, layout, EVIDENCE_DIR, 0)
     return layout
 

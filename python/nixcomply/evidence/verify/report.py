@@ -8,6 +8,7 @@ from enum import IntEnum, StrEnum
 from pathlib import Path
 from typing import Final, Literal, TypedDict
 
+from nixcomply.core.display import shown
 from nixcomply.errors import EXIT_FAILURE, EXIT_OK, EXIT_WARNINGS
 
 ProblemLevel = Literal["error", "warning"]
@@ -214,7 +215,11 @@ class Report:
         }
 
     def lines(self) -> list[str]:
-        """The human summary: the first error, the rest, the warnings, then the verdict."""
+        """The human summary: the first error, the rest, the warnings, then the verdict;
+        what the evidence wrote (file names, origins) with control characters escaped."""
+        return [shown(line) for line in self._lines()]
+
+    def _lines(self) -> list[str]:
         out = []
         first = self.first_error()
         if first is not None:

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from nixcomply.model import httpsig
 from nixcomply.model.fleet import EnrollRequest, EnrollResponse, ErrorBody, ErrorCode, b64decode
 from nixcomply.server.api.deps import BodyDep, ServicesDep
+from nixcomply.server.api.strict import StrictJsonRoute
 from nixcomply.server.auth import check_signature, message_of
 from nixcomply.server.db import queries
 from nixcomply.server.errors import ApiError
@@ -17,7 +18,7 @@ from nixcomply.server.invites import token_digest
 from nixcomply.server.verifying import HostKeys
 
 logger = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1", tags=["enrollment"])
+router = APIRouter(prefix="/v1", tags=["enrollment"], route_class=StrictJsonRoute)
 
 
 @router.post(

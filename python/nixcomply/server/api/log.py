@@ -6,10 +6,14 @@ from fastapi import APIRouter
 
 from nixcomply.model.fleet import ErrorBody, LogState, UploadRequest, UploadResponse, b64encode
 from nixcomply.server.api.deps import CallerDep, ServicesDep
+from nixcomply.server.api.strict import StrictJsonRoute
 from nixcomply.server.ingest import ingest
 
 router = APIRouter(
-    prefix="/v1/log", tags=["log"], responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}}
+    prefix="/v1/log",
+    tags=["log"],
+    responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}},
+    route_class=StrictJsonRoute,
 )
 
 

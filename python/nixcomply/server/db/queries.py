@@ -362,6 +362,10 @@ def advance(
     )
 
 
+# Distinct incidents kept per host (see record_incident).
+MAX_INCIDENTS_PER_HOST = 100
+
+
 def record_incident(
     conn: Connection,
     scope: Scope,
@@ -373,9 +377,25 @@ def record_incident(
     presented_sha256: bytes,
     detail: Mapping[str, Any],
 ) -> None:
-    """Keep a refused fork or rollback; the same presentation again only counts up."""
+    """Keep a refused fork or rollback; the same presentation again only counts up. A host
+    past :data:`MAX_INCIDENTS_PER_HOST` distinct incidents only counts up its newest one:
+    the first are the evidence, and a host that keeps presenting other histories (each up
+    to a checkpoint's 64 KiB) must not be able to fill the server's database."""
     assert scope.host_id is not None
     assert scope.site_id is not None
+    known = incidents.c.host_id == scope.host_id
+    total = conn.execute(select(func.count()).where(known)).scalar_one()
+    if total >= MAX_INCIDENTS_PER_HOST:
+        seen = conn.execute(
+            select(incidents.c.id).where(known, incidents.c.presented_sha256 == presented_sha256)
+        ).scalar_one_or_none()
+        target = seen or conn.execute(select(func.max(incidents.c.id)).where(known)).scalar_one()
+        conn.execute(
+            update(incidents)
+            .where(incidents.c.id == target)
+            .values(count=incidents.c.count + 1, last_seen_at=func.now())
+        )
+        return
     stmt = pg_insert(incidents).values(
         host_id=scope.host_id,
         site_id=scope.site_id,
