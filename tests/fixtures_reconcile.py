@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fixtures_checks import CHECKDATA, data
 
 from nixcomply.evidence.verify import verify_path
 from nixcomply.nixos.tools import Tools
@@ -28,7 +29,7 @@ from nixcomply.reconcile.config import ReconcilerConfig
 from nixcomply.reconcile.cycle import Reconciler
 from nixcomply.reconcile.model import CycleReport
 from nixcomply.sandbox.emulated import Sandbox
-from nixcomply.sandbox.machine import SandboxHost, sandbox_manifest
+from nixcomply.sandbox.machine import HOST_ONLY_CHECKS, SandboxHost, sandbox_manifest
 
 HOST = "clinic-01"
 
@@ -152,3 +153,24 @@ def fresh(reconcile_world: ReconcileWorld) -> ReconcileWorld:
             shutil.rmtree(child) if child.is_dir() else child.unlink()
     reconcile_world.host.write_config(settings={"flake": str(reconcile_world.sandbox.flake_ref)})
     return reconcile_world
+
+
+def locked_audit_checks(world: ReconcileWorld) -> dict[str, Any]:
+    """Checks settings for a host whose audit rules are locked (``auditctl -s`` says
+    enabled 2) and miss the deletion rules (``auditctl -l`` prints the host directory's
+    auditctl-l.txt): drift that only a reboot can heal. Only the audit_rules check runs,
+    against an auditctl stand-in written into the world."""
+    printed = world.host.dir / "auditctl-l.txt"
+    rules = data("audit_rules/hipaa-v1.txt").splitlines()
+    printed.write_text("".join(line + "\n" for line in rules if "key=delete" not in line))
+    auditctl = world.host.dir / "auditctl"
+    auditctl.write_text(
+        "#!/bin/sh\n"
+        f'case "$1" in -l) cat {printed} ;; -s) cat {CHECKDATA / "audit_status/locked.txt"} ;; *) exit 2 ;; esac\n'
+    )
+    auditctl.chmod(0o755)
+    return {
+        "skip": sorted(HOST_ONLY_CHECKS - {"audit_rules"}),
+        "disk": {"mounts": ["/"]},
+        "executables": {"auditctl": str(auditctl)},
+    }

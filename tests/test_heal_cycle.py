@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fixtures_checks import CHECKDATA, data
-from fixtures_reconcile import ReconcileWorld
+from fixtures_checks import data
+from fixtures_reconcile import ReconcileWorld, locked_audit_checks
 
 from conftest import Cli
 from nixcomply.host.state import State
 from nixcomply.reconcile.cycle import Reconciler
 from nixcomply.reconcile.model import CycleReport, FindingSummary
-from nixcomply.sandbox.machine import HOST_ONLY_CHECKS
 
 
 def remediations(world: ReconcileWorld) -> list[dict[str, Any]]:
@@ -96,23 +95,7 @@ def test_locked_audit_rules_alert_that_a_reboot_is_needed(fresh: ReconcileWorld,
     next boot: the cycle alerts (L1-AUDIT-003) instead of re-applying the generation, and
     `nixcomply status` and the metrics say a reboot is needed until the rules are loaded."""
     fresh.install("good")
-    printed = fresh.host.dir / "auditctl-l.txt"
-    printed.write_text(
-        "".join(
-            line + "\n" for line in data("audit_rules/hipaa-v1.txt").splitlines() if "key=delete" not in line
-        )
-    )
-    auditctl = fresh.host.dir / "auditctl"
-    auditctl.write_text(
-        "#!/bin/sh\n"
-        f'case "$1" in -l) cat {printed} ;; -s) cat {CHECKDATA / "audit_status/locked.txt"} ;; *) exit 2 ;; esac\n'
-    )
-    auditctl.chmod(0o755)
-    checks = {
-        "skip": sorted(HOST_ONLY_CHECKS - {"audit_rules"}),
-        "disk": {"mounts": ["/"]},
-        "executables": {"auditctl": str(auditctl)},
-    }
+    checks = locked_audit_checks(fresh)
     config = fresh.configure("good", checks=checks)
     report = Reconciler(config).run()
     (deletions,) = [f for f in report.findings if f.check == "audit_rules" and f.status == "drift"]
@@ -126,7 +109,9 @@ def test_locked_audit_rules_alert_that_a_reboot_is_needed(fresh: ReconcileWorld,
     assert "reboot     needed: audit-rules" in status.out, status.out
     assert "nixcomply_need_reboot 1" in fresh.host.metrics_path.read_text()
 
-    printed.write_text(data("audit_rules/hipaa-v1.txt"))  # the host was rebooted: the rules are loaded
+    (fresh.host.dir / "auditctl-l.txt").write_text(
+        data("audit_rules/hipaa-v1.txt")
+    )  # the host was rebooted: the rules are loaded
     report = Reconciler(config).run()
     assert report.reboot_needed == []
     assert "reboot     not needed" in cli("status", "--config", fresh.host.config_path).out

@@ -22,8 +22,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 import pytest
-from fixtures_checks import CHECKDATA, data
-from fixtures_reconcile import ReconcileWorld
+from fixtures_reconcile import ReconcileWorld, locked_audit_checks
 
 from nixcomply.core.faults import CYCLE_POINTS, HEAL_POINTS, FaultPoint
 from nixcomply.host.state import AttemptOutcome, State
@@ -31,7 +30,6 @@ from nixcomply.model.outcome import PlanKind
 from nixcomply.nixos import generations, system
 from nixcomply.reconcile.cycle import Reconciler
 from nixcomply.reconcile.respond import HEAL_RUNNING
-from nixcomply.sandbox.machine import HOST_ONLY_CHECKS
 
 HEALTHY: Final = "newer"
 BROKEN: Final = "broken"
@@ -259,20 +257,7 @@ def test_killed_between_an_alert_and_its_cooldown_the_alert_is_recorded(fresh: R
     it again, so the evidence never said a person had been alerted. Now the record comes
     first: killed between the two, the next cycle alerts and records once more."""
     fresh.install("good")
-    printed = fresh.host.dir / "auditctl-l.txt"
-    rules = data("audit_rules/hipaa-v1.txt").splitlines()
-    printed.write_text("".join(line + "\n" for line in rules if "key=delete" not in line))
-    auditctl = fresh.host.dir / "auditctl"
-    auditctl.write_text(
-        "#!/bin/sh\n"
-        f'case "$1" in -l) cat {printed} ;; -s) cat {CHECKDATA / "audit_status/locked.txt"} ;; *) exit 2 ;; esac\n'
-    )
-    auditctl.chmod(0o755)
-    checks = {
-        "skip": sorted(HOST_ONLY_CHECKS - {"audit_rules"}),
-        "disk": {"mounts": ["/"]},
-        "executables": {"auditctl": str(auditctl)},
-    }
+    checks = locked_audit_checks(fresh)
     config = fresh.configure("good", checks=checks)
     killed_at(fresh, FaultPoint.ALERTED)
     Reconciler(config).run()
