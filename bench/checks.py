@@ -6,11 +6,16 @@ check, /proc/sys, modprobe.d, sudoers, journald.conf, backup and restore-test re
 antivirus signatures); the external tools are small scripts printing outputs captured from
 the real tools (tests/data/checks), so what is measured is nixcomply's own cost plus one
 process start per command, as on a host. systemd is an in-process stand-in. Prints the
-wall time of the concurrent pass, of the same pass on one worker, and their ratio.
+wall time of the concurrent pass, of the same pass on one worker, and their ratio. A pass
+with an error or a drift fails the run at any size; the 2 s target is judged only from the
+default number of runs (`--runs 1` is the test suite's smoke run).
+
+    python bench/checks.py [--runs N]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import shlex
 import statistics
@@ -202,13 +207,18 @@ def timed_pass(ctx: CheckContext, workers: int) -> tuple[float, dict[str, int]]:
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--runs", type=int, default=RUNS, help=f"passes of each kind (judged from {RUNS})")
+    runs = parser.parse_args().runs
     with tempfile.TemporaryDirectory(prefix="nixcomply-bench-") as tmp:
         root, config = build_root(Path(tmp))
         ctx = CheckContext.for_host(root, config=config, systemd_factory=connect)
         concurrent = []
         sequential = []
         counts: dict[str, int] = {}
-        for _ in range(RUNS):
+        for _ in range(runs):
             seconds, counts = timed_pass(ctx, config.max_workers)
             concurrent.append(seconds)
             sequential.append(timed_pass(ctx, 1)[0])
@@ -223,6 +233,9 @@ def main() -> int:
         if counts.get("error") or counts.get("drift"):
             print("unexpected findings: the sandbox root should pass every check", file=sys.stderr)
             return 1
+        if runs < RUNS:
+            print(f"not judged below {RUNS} runs")
+            return 0
         return 0 if par < TARGET_S else 1
 
 
