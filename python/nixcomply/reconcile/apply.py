@@ -24,6 +24,8 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -62,8 +64,14 @@ class _Timer:
     def __init__(self) -> None:
         self.durations: dict[str, float] = {}
 
-    def measure(self, name: str, started: float) -> None:
-        self.durations[name] = round(time.monotonic() - started, 3)
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Time what runs inside as ``name``, whether it ends well or raises."""
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.durations[name] = round(time.monotonic() - started, 3)
 
 
 def free_space_problem(config: ReconcilerConfig) -> str | None:
@@ -166,48 +174,43 @@ class _Attempt:
         previous = system.current_system(self.ctx.root)
 
         began = datetime.now(UTC)
-        started = time.monotonic()
         try:
-            activation = nixos_rebuild(
-                RebuildAction.TEST,
-                self.target,
-                tools=self.ctx.tools,
-                timeout=self.ctx.config.activation_timeout,
-            )
+            with self.timer.phase("test"):
+                activation = nixos_rebuild(
+                    RebuildAction.TEST,
+                    self.target,
+                    tools=self.ctx.tools,
+                    timeout=self.ctx.config.activation_timeout,
+                )
         except CommandError as e:
-            self.timer.measure("test", started)
             return self._revert(f"`nixos-rebuild test` failed: {e}", None)
-        self.timer.measure("test", started)
         faults.point(FaultPoint.TESTED)
 
         self.state.set_phase(self.revision, AttemptPhase.GATING)
-        started = time.monotonic()
-        gate = health.run_gate(
-            self.ctx.config.health_gate,
-            activation=health.Activation(activation, self.target, previous, began, self.ctx.unit_dir),
-            failed_before=failed_before,
-            systemd=self.ctx.systemd,
-            env=dict(self.ctx.tools.extra_env),
-        )
-        self.timer.measure("gate", started)
+        with self.timer.phase("gate"):
+            gate = health.run_gate(
+                self.ctx.config.health_gate,
+                activation=health.Activation(activation, self.target, previous, began, self.ctx.unit_dir),
+                failed_before=failed_before,
+                systemd=self.ctx.systemd,
+                env=dict(self.ctx.tools.extra_env),
+            )
         faults.point(FaultPoint.GATED)
         if not gate.ok:
             failed = "; ".join(f"{c.name}: {c.detail}" for c in gate.checks if not c.ok)
             return self._revert(f"health gate failed: {failed}", gate)
 
         self.state.set_phase(self.revision, AttemptPhase.SWITCHING)
-        started = time.monotonic()
         try:
-            switched = nixos_rebuild(
-                RebuildAction.SWITCH,
-                self.target,
-                tools=self.ctx.tools,
-                timeout=self.ctx.config.activation_timeout,
-            )
+            with self.timer.phase("switch"):
+                switched = nixos_rebuild(
+                    RebuildAction.SWITCH,
+                    self.target,
+                    tools=self.ctx.tools,
+                    timeout=self.ctx.config.activation_timeout,
+                )
         except CommandError as e:
-            self.timer.measure("switch", started)
             return self._revert(f"`nixos-rebuild switch` failed: {e}", gate)
-        self.timer.measure("switch", started)
         faults.point(FaultPoint.SWITCHED)
         after = generations.current_generation(self.ctx.root)
         note = (
@@ -236,19 +239,17 @@ class _Attempt:
         )
         if good is None:
             return self.result(ApplyOutcome.FAILED, "the host has no profile generation to start from")
-        started = time.monotonic()
         try:
-            switch_to_configuration(
-                good, RebuildAction.TEST, tools=self.ctx.tools, timeout=self.ctx.config.activation_timeout
-            )
+            with self.timer.phase("undo"):
+                switch_to_configuration(
+                    good, RebuildAction.TEST, tools=self.ctx.tools, timeout=self.ctx.config.activation_timeout
+                )
         except CommandError as e:
-            self.timer.measure("undo", started)
             return self.result(
                 ApplyOutcome.FAILED,
                 f"{current} was active without a passed gate; re-activating the boot default {good} "
                 f"before testing failed: {e}",
             )
-        self.timer.measure("undo", started)
         return None
 
     def _revert(self, why: str, gate: GateResult | None) -> ApplyResult:
@@ -260,15 +261,13 @@ class _Attempt:
             return self.result(
                 ApplyOutcome.FAILED, why + "; the host has no profile generation to revert to", gate
             )
-        started = time.monotonic()
         try:
-            switch_to_configuration(
-                good, RebuildAction.TEST, tools=self.ctx.tools, timeout=self.ctx.config.activation_timeout
-            )
+            with self.timer.phase("revert"):
+                switch_to_configuration(
+                    good, RebuildAction.TEST, tools=self.ctx.tools, timeout=self.ctx.config.activation_timeout
+                )
         except CommandError as e:
-            self.timer.measure("revert", started)
             return self.result(ApplyOutcome.FAILED, f"{why}; re-activating {good} failed too: {e}", gate)
-        self.timer.measure("revert", started)
         faults.point(FaultPoint.REVERTED)
         return self.result(
             ApplyOutcome.REVERTED, f"{why}; re-activated {good} (the boot default was never changed)", gate
